@@ -1,0 +1,146 @@
+"""Array backend: the array module (numpy or cupy), FFTs, transfers and device binding.
+
+One :class:`Backend` is built per MPI rank and passed explicitly to everything that computes;
+there is no module-level state.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import scipy.fft
+
+from .errors import ConfigError
+
+DEVICE_ENV = "PTYCHOMPI_DEVICE"
+
+
+def _import_cupy() -> ModuleType | None:
+    try:
+        import cupy  # noqa: PLC0415
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+        return cupy
+    except Exception:  # no cupy, no driver, no device
+        return None
+
+
+def local_rank(comm: Any | None) -> int:
+    """The rank of this process among the ranks on the same node."""
+    if comm is None or comm.Get_size() == 1:
+        return 0
+    from mpi4py import MPI  # noqa: PLC0415
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_rank()
+    finally:
+        node.Free()
+
+
+@dataclass
+class Backend:
+    """Array module, FFTs and transfers for one rank.
+
+    ``xp`` is numpy or cupy; ``fft2``/``ifft2`` are unitary over the last two axes.
+    """
+
+    xp: ModuleType
+    name: str  # "cpu" | "gpu"
+    device_id: int | None = None
+    workers: int = 1
+    double: bool = False
+    _plans: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "gpu"
+
+    @property
+    def real_dtype(self) -> np.dtype:
+        return np.dtype(np.float64 if self.double else np.float32)
+
+    @property
+    def complex_dtype(self) -> np.dtype:
+        return np.dtype(np.complex128 if self.double else np.complex64)
+
+    def fft2(self, a: Any, overwrite: bool = False) -> Any:
+        """Unitary 2-D FFT over the last two axes."""
+        if self.is_gpu:
+            return self.xp.fft.fft2(a, norm="ortho")
+        return scipy.fft.fft2(a, norm="ortho", workers=self.workers, overwrite_x=overwrite)
+
+    def ifft2(self, a: Any, overwrite: bool = False) -> Any:
+        """Unitary inverse 2-D FFT over the last two axes."""
+        if self.is_gpu:
+            return self.xp.fft.ifft2(a, norm="ortho")
+        return scipy.fft.ifft2(a, norm="ortho", workers=self.workers, overwrite_x=overwrite)
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """Host (or device) array to this backend's device."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def asnumpy(self, a: Any) -> np.ndarray:
+        """Array on this backend to a numpy array on the host."""
+        if self.is_gpu:
+            return self.xp.asnumpy(a)
+        return np.asarray(a)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op on CPU); used around timers."""
+        if self.is_gpu:
+            self.xp.cuda.get_current_stream().synchronize()
+
+
+def cpu_workers(comm: Any | None) -> int:
+    """FFT threads per rank: the cores of this node shared among its ranks."""
+    env = os.environ.get("PTYCHOMPI_WORKERS")
+    if env:
+        return max(1, int(env))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ranks_here = 1
+    if comm is not None and comm.Get_size() > 1:
+        from mpi4py import MPI  # noqa: PLC0415
+
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        ranks_here = node.Get_size()
+        node.Free()
+    return max(1, (cores or 1) // ranks_here)
+
+
+def select_backend(
+    device: str = "auto",
+    comm: Any | None = None,
+    double: bool = False,
+    workers: int | None = None,
+) -> Backend:
+    """Build the backend for this rank.
+
+    ``device`` is ``cpu``, ``gpu`` or ``auto`` (GPU when one is visible), overridden by the
+    environment variable ``PTYCHOMPI_DEVICE``. The GPU is the node-local rank modulo the
+    visible GPUs. Asking for a GPU where there is none is an error, never a fallback.
+    """
+    device = os.environ.get(DEVICE_ENV, device or "auto").strip().lower()
+    if device not in ("cpu", "gpu", "auto"):
+        raise ConfigError(
+            f"parallel.device (or ${DEVICE_ENV}) is {device!r}; use one of cpu, gpu, auto"
+        )
+    if device == "cpu":
+        return Backend(np, "cpu", None, workers or cpu_workers(comm), double)
+    cupy = _import_cupy()
+    if cupy is None:
+        if device == "gpu":
+            raise ConfigError(
+                "a GPU was asked for (parallel.device or $PTYCHOMPI_DEVICE = gpu) but none is "
+                "usable: install ptychompi[gpu] (cupy) on a machine with a CUDA GPU, or use "
+                "device: cpu"
+            )
+        return Backend(np, "cpu", None, workers or cpu_workers(comm), double)
+    gpu = local_rank(comm) % cupy.cuda.runtime.getDeviceCount()
+    cupy.cuda.Device(gpu).use()
+    return Backend(cupy, "gpu", gpu, 1, double)

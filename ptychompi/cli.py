@@ -1,0 +1,130 @@
+"""The ``ptychompi`` command: parses arguments, then calls the API. Errors are one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import PtychompiError
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .config import default_yaml, load_config  # noqa: PLC0415
+
+    if args.check:
+        load_config(args.check)
+        print(f"{args.check}: valid")
+        return 0
+    print(default_yaml(), end="")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import simulate_to_files  # noqa: PLC0415
+
+    paths = simulate_to_files(
+        args.out, frame=args.frame, grid=args.grid, step_px=args.step_px,
+        probe_diameter_px=args.probe_diameter_px, photons=args.photons, seed=args.seed,
+        probe_modes=args.probe_modes)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect_file  # noqa: PLC0415
+
+    print(inspect_file(args.file))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_cli  # noqa: PLC0415
+
+    return run_cli(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .io.export import export_result  # noqa: PLC0415
+
+    for p in export_result(args.result, args.to, args.out):
+        print(f"wrote {p}")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .submit import submit_cli  # noqa: PLC0415
+
+    return submit_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ptychompi", description="MPI + GPU ptychography")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("config", help="print the default config, or check one")
+    c.add_argument("--defaults", action="store_true", help="print the commented defaults")
+    c.add_argument("--check", metavar="CONFIG", help="validate a config file")
+    c.set_defaults(func=_cmd_config)
+
+    s = sub.add_parser("simulate", help="write a simulated scan (CXI) and its ground truth")
+    s.add_argument("--out", required=True, help="output .cxi path")
+    s.add_argument("--frame", type=int, default=128, help="frame size in pixels")
+    s.add_argument("--grid", type=int, default=30, help="positions per side of the raster")
+    s.add_argument("--step-px", type=float, default=15.0, help="raster step in object pixels")
+    s.add_argument("--probe-diameter-px", type=float, default=40.0, help="probe diameter")
+    s.add_argument("--photons", type=float, default=1e6, help="photons per frame")
+    s.add_argument("--probe-modes", type=int, default=1, help="incoherent probe modes")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.set_defaults(func=_cmd_simulate)
+
+    i = sub.add_parser("inspect", help="summarise a scan, MDA or result file")
+    i.add_argument("file")
+    i.set_defaults(func=_cmd_inspect)
+
+    r = sub.add_parser("run", help="reconstruct (under mpiexec for several ranks)")
+    r.add_argument("config", nargs="?", help="YAML config")
+    r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    r.add_argument("--ptychopy", metavar="CMDSTR", help="a ptychopy command string instead")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. algorithm.iterations=50")
+    r.add_argument("--quiet", action="store_true", help="only errors on the console")
+    r.add_argument("--verbose", action="store_true", help="debug output on the console")
+    r.set_defaults(func=_cmd_run)
+
+    e = sub.add_parser("export", help="export a result file")
+    e.add_argument("result")
+    e.add_argument("--to", required=True, choices=("tiff", "png", "csv"))
+    e.add_argument("--out", default=None, help="output folder (default: beside the result)")
+    e.set_defaults(func=_cmd_export)
+
+    b = sub.add_parser("submit", help="render and submit a SLURM or PBS job")
+    b.add_argument("config")
+    b.add_argument("--scheduler", required=True, choices=("slurm", "pbs"))
+    b.add_argument("--nodes", type=int, default=1)
+    b.add_argument("--gpus-per-node", type=int, default=4)
+    b.add_argument("--time", default="01:00:00", help="HH:MM:SS")
+    b.add_argument("--account", default=None)
+    b.add_argument("--queue", default=None, help="partition (SLURM) or queue (PBS)")
+    b.add_argument("--setup", default=None, help="shell lines to activate the environment")
+    b.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
+    b.set_defaults(func=_cmd_submit)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PtychompiError as exc:
+        print(f"ptychompi: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ptychompi: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
