@@ -54,7 +54,8 @@ _MAX_POSITIONERS = 100
 _MAX_DETECTORS = 1000
 _MAX_TRIGGERS = 100
 
-#: Default parameter -> PV names (glob patterns allowed) tried in order.
+#: Default parameter -> PV names tried in order (glob patterns; a trailing ".VAL" is
+#: optional on both sides, as in EPICS).
 DEFAULT_PV_MAP: dict[str, list[str]] = {
     "energy_kev": [
         "29idmono:ENERGY_SP",
@@ -64,15 +65,15 @@ DEFAULT_PV_MAP: dict[str, list[str]] = {
         "*mono:ENERGY_RBV",
         "*:Energy_SP",
         "*:Energy_RBV",
-        "ID02us:Energy.VAL",
-        "ID02ds:Energy.VAL",
-        "ID??:Energy.VAL",
-        "ID??us:Energy.VAL",
-        "ID??ds:Energy.VAL",
+        "ID02us:Energy",
+        "ID02ds:Energy",
         "ID??:Energy",
+        "ID??us:Energy",
+        "ID??ds:Energy",
         "ID??:EnergySet",
-        "ID??:EnergySetRBV",
         "ID??:EnergyRBV",
+        "S??ID:EnergyM",
+        "S??ID:EnergySetC",
     ],
 }
 
@@ -253,11 +254,14 @@ class _Xdr:
     def f32(self) -> float:
         return struct.unpack_from(">f", self.buf, self._need(4))[0]
 
-    def count(self, what: str, limit: int) -> int:
+    def count(self, what: str, limit: int | None = None, item_bytes: int = 4) -> int:
+        """A non-negative int32 count; without ``limit``, bounded by the bytes left."""
         pos = self.pos
         n = self.i32()
-        if not 0 <= n <= limit:
+        if n < 0 or (limit is not None and n > limit):
             raise _Corrupt(pos, f"{what} = {n} (expected 0..{limit})")
+        if limit is None and n * item_bytes > self.size - self.pos:
+            raise _Truncated(self.pos, n * item_bytes)
         return n
 
     def array(self, dtype: str, n: int) -> np.ndarray:
@@ -296,7 +300,7 @@ def _read_scan(x: _Xdr, expect_rank: int, visited: set[int]) -> MdaScan:
     rank = x.i32()
     if rank != expect_rank:
         raise _Corrupt(start, f"scan rank {rank} where {expect_rank} was expected")
-    npts = x.count("NPTS", (x.size - x.pos) // 4)
+    npts = x.count("NPTS")
     cpt_pos = x.pos
     cpt = x.i32()
     if not 0 <= cpt <= npts:
@@ -373,7 +377,7 @@ def _read_extra_value(x: _Xdr, code: int, count: int) -> Any:
 
 def _read_extras(x: _Xdr, offset: int) -> list[ExtraPV]:
     x.seek(offset)
-    n = x.count("number of extra PVs", (x.size - x.pos) // 4)
+    n = x.count("number of extra PVs")
     pvs: list[ExtraPV] = []
     for _ in range(n):
         name = x.string()
@@ -384,7 +388,7 @@ def _read_extras(x: _Xdr, offset: int) -> list[ExtraPV]:
             raise _Corrupt(code_pos, f"extra PV {name!r} has unknown DBR type {code}")
         count, unit = 1, ""
         if code != 0:
-            count = x.count(f"element count of extra PV {name!r}", (x.size - x.pos) // 4)
+            count = x.count(f"element count of extra PV {name!r}")
             unit = x.string()
         value = _read_extra_value(x, code, count)
         pvs.append(ExtraPV(name, desc, DBR_TYPES[code], count, unit, value))
@@ -493,8 +497,8 @@ def _first_positioner(scan: MdaScan) -> Positioner | None:
     return min(scan.positioners, key=lambda p: p.number)
 
 
-def _unit(p: Positioner) -> str:
-    return p.unit or p.readback_unit
+def _unit(p: Positioner, default: str | None = None) -> str:
+    return p.unit or p.readback_unit or default or ""
 
 
 def _scale(unit: str, table: dict[str, float]) -> float | None:
@@ -509,17 +513,25 @@ def _median_step(values: np.ndarray | None) -> float | None:
     return float(np.median(d)) if d.size else None
 
 
+def _base(name: str) -> str:
+    return name[:-4] if name.endswith(".VAL") else name
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(_base(name), _base(pattern))
+
+
 def _lookup(mda: MdaFile, patterns: list[str]) -> tuple[str, Any, str] | None:
     """First extra PV or detector matching a pattern: (name, value, unit)."""
     for pattern in patterns:
         for pv in mda.extra_pvs:
-            if fnmatch.fnmatchcase(pv.name, pattern):
+            if _matches(pv.name, pattern):
                 return pv.name, pv.value, pv.unit
         stack = [mda.scan]
         while stack:
             scan = stack.pop(0)
             for det in scan.detectors:
-                if fnmatch.fnmatchcase(det.name, pattern) and det.data.size:
+                if _matches(det.name, pattern) and det.data.size:
                     return det.name, float(np.nanmean(det.data)), det.unit
             stack.extend(scan.sub_scans[:1])
     return None
@@ -537,7 +549,11 @@ def _as_float(value: Any) -> float | None:
     return float(arr.reshape(-1)[0])
 
 
-def scan_parameters(mda: MdaFile, pv_map: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def scan_parameters(
+    mda: MdaFile,
+    pv_map: dict[str, list[str]] | None = None,
+    default_unit: str | None = None,
+) -> dict[str, Any]:
     """Positions, steps and beamline parameters a ptychography reconstruction needs.
 
     Fast axis = P1 (lowest-numbered positioner) of the innermost scan; slow axis = P1
@@ -549,6 +565,8 @@ def scan_parameters(mda: MdaFile, pv_map: dict[str, list[str]] | None = None) ->
     ending in ``_kev`` are converted by their eV/keV unit, names ending in ``_m`` by
     their length unit; a PV whose unit cannot be converted is skipped. Other names
     give the raw value plus ``<name>_unit``. Each found parameter has ``<name>_pv``.
+    ``default_unit`` (e.g. "mm" for 2-ID-E fly scans) is used for a positioner
+    without a unit, for ``*_positions_m`` and ``*_step_m``.
     """
     out: dict[str, Any] = {}
     scan = mda.scan
@@ -587,13 +605,13 @@ def scan_parameters(mda: MdaFile, pv_map: dict[str, list[str]] | None = None) ->
         else:
             scan_dims = tuple(acquired)
         out["slow_name"] = slow_p.name if slow_p else None
-        out["slow_unit"] = _unit(slow_p) if slow_p else None
+        out["slow_unit"] = _unit(slow_p, default_unit) if slow_p else None
     out["scan_dims"] = tuple(int(d) for d in scan_dims)
     out["requested_dims"] = tuple(mda.dims)
     out["aborted"] = mda.aborted
     out["partial_rows"] = partial
     out["fast_name"] = fast_p.name if fast_p else None
-    out["fast_unit"] = _unit(fast_p) if fast_p else None
+    out["fast_unit"] = _unit(fast_p, default_unit) if fast_p else None
     out["fast_step_mode"] = fast_p.step_mode if fast_p else None
     out.setdefault("slow_name", None)
     out.setdefault("slow_unit", None)
@@ -660,12 +678,10 @@ def summary(mda: MdaFile) -> str:
     else:
         lines.append("status     complete")
     level = mda.scan
-    n_sub = 0
     while True:
         lines.append(
             f"level {level.rank}    {level.name}  npts {level.npts}  cpt {level.cpt}"
             f"  ({level.time_stamp})"
-            + (f"  [{n_sub} rows stored]" if n_sub and level is not mda.scan else "")
         )
         if not level.positioners:
             lines.append("             no positioners")
@@ -686,7 +702,7 @@ def summary(mda: MdaFile) -> str:
         )
         if not level.sub_scans:
             break
-        if level.rank == mda.scan.rank:
+        if level is mda.scan:
             lines[-1] += f", {len(level.sub_scans)} inner scans stored"
         level = level.sub_scans[0]
     n_dup = len(mda.extra_pvs) - len(mda.extra_pv_dict)
