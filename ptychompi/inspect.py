@@ -113,7 +113,8 @@ def _describe(obj: h5py.Dataset) -> str:
 
 
 def _inspect_result(path: str, f: h5py.File) -> str:
-    lines = [f"result     {Path(path).name}"]
+    kind = "truth" if "positions_px" in f and "error" not in f else "result"
+    lines = [f"{kind:<10} {Path(path).name}"]
     for name in ("object", "probe", "positions"):
         if isinstance(f.get(name), h5py.Dataset):
             lines.append(f"{name:<10} {_describe(f[name])}")

@@ -241,8 +241,7 @@ def read_cxi(path: str | os.PathLike) -> CXIScan:
             bits = np.asarray(det["mask"][()])
             if bits.ndim == 3:  # per-frame masks: a pixel is valid only if valid everywhere
                 bits = np.bitwise_or.reduce(bits.astype(np.uint32), axis=0)
-            if bits.shape == (m_r, m_c):
-                mask = bits == 0
+            mask = bits == 0  # a shape that differs from the frames fails validate()
 
         energy_j = _scalar(f, SOURCE + "/energy")
         wl_file = _scalar(f, SOURCE + "/wavelength")

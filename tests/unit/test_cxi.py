@@ -244,6 +244,17 @@ def test_frames_translations_length_mismatch(tmp_path: Path) -> None:
     _assert_one_line(exc, Path(path))
 
 
+def test_mask_shape_mismatch(tmp_path: Path) -> None:
+    ex = _example()
+    path = write_cxi(tmp_path / "m.cxi", ex["frames"], ex["positions_m"], energy_j=1e-15,
+                     distance_m=1.0, pixel_size_m=75e-6)
+    with h5py.File(path, "a") as f:
+        f["/entry_1/instrument_1/detector_1/mask"] = np.zeros((4, 4), np.uint32)
+    with pytest.raises(DataError, match="mask shape") as exc:
+        read_cxi(path)
+    _assert_one_line(exc, Path(path))
+
+
 def test_missing_translation(tmp_path: Path) -> None:
     path = tmp_path / "notrans.cxi"
     with h5py.File(path, "w") as f:
