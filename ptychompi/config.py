@@ -88,6 +88,9 @@ class AlgorithmConfig:
     seed: int = opt(0, "random seed (position order, batches)", low=0)
     probe_guess: str | None = opt(None, "starting probe: .npy, .h5 or ptychopy .csv")
     object_guess: str | None = opt(None, "starting object: .npy, .h5 or ptychopy .csv")
+    probe_diameter_m: float | None = opt(
+        None, "nominal beam diameter: the data's mean far-field amplitude is defocused to "
+        "this size for the starting probe (null = back-propagated, in focus)", low=0.0)
     alpha: float = opt(1.0, "ePIE object step size", low=0.0)
     beta: float = opt(1.0, "ePIE probe step size", low=0.0)
     overlap_iterations: int = opt(1, "DM: overlap-projection sweeps per iteration", low=1)

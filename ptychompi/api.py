@@ -1,0 +1,212 @@
+"""The Python API: :class:`Reconstruction`, whole mode (``run``) and step mode (``step``).
+
+Every rank of the communicator builds a Reconstruction; each reads only its own frames and
+reconstructs its tile. ``object`` is assembled on rank 0; ``probe`` is the same everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend, select_backend
+from .config import Config, load_config
+from .dataset import ScanLayout, load_amplitudes, open_source, plan_layout, plan_preprocessor
+from .engines import ENGINES, Engine, Schedule, TileData
+from .errors import ConfigError, PtychompiError
+from .initial import initial_object, initial_probe
+from .parallel.exchange import SerialExchange
+from .parallel.tiling import Tile, decompose
+from .physics import Propagator
+from .scan import ScanSource
+
+
+def agree(comm: Any | None, error: BaseException | None) -> None:
+    """Collective check outside the engines: re-raise the first rank's problem everywhere."""
+    if comm is None or comm.Get_size() == 1:
+        if error is not None:
+            raise error
+        return
+    message = None
+    if error is not None:
+        message = str(error) if isinstance(error, PtychompiError) else \
+            f"{type(error).__name__}: {error}"
+    messages = comm.allgather(message)
+    for rank, msg in enumerate(messages):
+        if msg is not None:
+            raise PtychompiError(f"rank {rank}: {msg}")
+
+
+def _make_exchange(comm: Any | None, tiles: list[Tile], rank: int, backend: Backend,
+                   cuda_aware: str) -> Any:
+    if comm is None or comm.Get_size() == 1:
+        return SerialExchange(tiles[rank], backend)
+    from .parallel.exchange import make_exchange  # noqa: PLC0415
+
+    return make_exchange(comm, tiles, rank, backend, cuda_aware)
+
+
+class Reconstruction:
+    """One reconstruction on the ranks of ``comm`` (``None``: this process alone).
+
+    ``config`` is a YAML path, a dict or a :class:`Config`; ``scan`` replaces ``data.path``
+    with an in-memory or already opened scan.
+    """
+
+    def __init__(self, config: str | dict | Config, comm: Any | None = None, *,
+                 scan: ScanSource | None = None) -> None:
+        self.config = load_config(config)
+        self.comm = comm
+        self.rank = 0 if comm is None else comm.Get_rank()
+        self.size = 1 if comm is None else comm.Get_size()
+        self.history: list[dict] = []
+        self.started = time.perf_counter()
+        cfg = self.config
+        error: BaseException | None = None
+        try:
+            self.backend = select_backend(cfg.parallel.device, comm,
+                                          double=cfg.algorithm.precision == "double",
+                                          workers=cfg.parallel.workers)
+            self.source = scan if scan is not None else open_source(cfg)
+            if scan is not None:
+                scan.validate()
+            preprocessor = plan_preprocessor(cfg, self.source)
+            frame = int(preprocessor.frame_shape[0])
+            self.layout = plan_layout(cfg, self.source, frame, preprocessor.pixel_scale)
+            self._validate()
+            grid = tuple(cfg.parallel.grid) if cfg.parallel.grid else None
+            self.tiles = decompose(self.layout.positions_px, (frame, frame), self.size, grid)
+            self.tile = self.tiles[self.rank]
+            t0 = time.perf_counter()
+            amplitudes = load_amplitudes(self.source, preprocessor, self.tile.indices,
+                                         self.layout)
+            self.seconds_io = time.perf_counter() - t0
+        except Exception as exc:  # reported collectively below
+            error = exc
+        agree(comm, error)
+        self.exchange = _make_exchange(comm, self.tiles, self.rank, self.backend,
+                                       cfg.parallel.cuda_aware)
+        self.engine = self._build_engine(amplitudes)
+
+    # ------------------------------------------------------------------ set-up
+    def _validate(self) -> None:
+        a, n = self.config.algorithm, self.layout.n_frames
+        if a.batch_size is not None and a.batch_size > n:
+            raise ConfigError(f"algorithm.batch_size = {a.batch_size} is larger than the scan "
+                              f"({n} positions); use at most {n}")
+        if self.size > n:
+            raise ConfigError(f"{n} positions cannot be split over {self.size} ranks; "
+                              f"use at most {n} ranks")
+
+    def _build_engine(self, amplitudes: np.ndarray) -> Engine:
+        cfg, be, layout, tile = self.config, self.backend, self.layout, self.tile
+        frame = layout.frame
+        valid = amplitudes >= 0
+        local_power = float(np.sum(np.where(valid, amplitudes.astype(np.float64) ** 2, 0.0)))
+        local_amp = np.where(valid, amplitudes, 0).sum(axis=0, dtype=np.float64)
+        power = self.exchange.allreduce(local_power)
+        mean_amp = self.exchange.allreduce(local_amp) / layout.n_frames
+        pixel = layout.pixel_size_m
+        propagator = Propagator.build(be, layout.propagation, frame, layout.wavelength_m,
+                                      layout.distance_m, pixel)
+        probe = initial_probe(cfg.algorithm, frame, self.source.illumination, mean_amp,
+                              power / layout.n_frames, propagator, pixel)
+        box = tile.box
+        obj = initial_object(cfg.algorithm, layout.object_shape)[box.slices()]
+        data = TileData(
+            amplitudes=be.asarray(amplitudes, be.real_dtype),
+            positions=layout.positions_px[tile.indices] - np.asarray(tile.origin, np.float64),
+            indices=np.asarray(tile.indices),
+            box_shape=box.shape,
+            n_global=layout.n_frames,
+            power_global=power,
+            propagator=propagator,
+        )
+        schedule = Schedule(cfg.parallel.share_frequency, cfg.parallel.probe_share_frequency)
+        engine_cls = ENGINES[cfg.algorithm.name]
+        return engine_cls(cfg.algorithm, data, self.exchange, be, probe, obj, schedule)
+
+    # ------------------------------------------------------------------ running
+    @property
+    def iteration(self) -> int:
+        return self.engine.iteration
+
+    def step(self, n: int = 1) -> dict:
+        """Run ``n`` iterations; return the last one's metrics."""
+        metrics: dict = {}
+        for _ in range(n):
+            metrics = self.engine.step()
+            if not np.isfinite(metrics["error"]):
+                raise PtychompiError(
+                    f"the reconstruction diverged (error is {metrics['error']}) at iteration "
+                    f"{metrics['iteration']}; check the data and geometry or lower the steps")
+            self.history.append(metrics)
+        return metrics
+
+    def run(self, callback: Callable[[dict], None] | None = None) -> dict:
+        """Whole mode: iterate up to ``algorithm.iterations``; ``callback`` sees each metric."""
+        while self.engine.iteration < self.config.algorithm.iterations:
+            metrics = self.step()
+            if callback is not None:
+                callback(metrics)
+        return self.metrics
+
+    # ------------------------------------------------------------------ results
+    @property
+    def metrics(self) -> dict:
+        """Per-iteration errors and timings of this run, plus communication accounting."""
+        stats = self.exchange.stats
+        return {"error": [m["error"] for m in self.history],
+                "seconds": [m["seconds"] for m in self.history],
+                "iterations": self.engine.iteration,
+                "compute_s": self.engine.seconds_compute, "comm_s": stats.seconds,
+                "bytes_sent": stats.bytes_sent, "io_s": getattr(self, "seconds_io", 0.0)}
+
+    @property
+    def probe(self) -> np.ndarray:
+        """The probe (K, M, M), identical on every rank."""
+        return self.backend.asnumpy(self.engine.probe)
+
+    @property
+    def local_object(self) -> np.ndarray:
+        """This rank's tile of the object (its box)."""
+        return self.backend.asnumpy(self.engine.object)
+
+    @property
+    def object(self) -> np.ndarray | None:
+        """The global object assembled on rank 0 (``None`` on other ranks). Collective."""
+        be = self.backend
+        if self.size == 1:
+            full = np.ones(self.layout.object_shape, dtype=self.engine.object.dtype)
+            full[self.tile.box.slices()] = be.asnumpy(self.engine.object)
+            return full
+        from .parallel.assemble import assemble  # noqa: PLC0415
+
+        weight = self.engine.illumination()
+        num = be.asnumpy(self.engine.object * weight)
+        return assemble(num, be.asnumpy(weight), self.tile, self.layout.object_shape, self.comm)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Positions (N, 2) in the global object's pixels."""
+        return self.layout.positions_px
+
+    @property
+    def scan_layout(self) -> ScanLayout:
+        return self.layout
+
+    def close(self) -> None:
+        """Release the scan file and device memory."""
+        source = getattr(self, "source", None)
+        if source is not None:
+            source.close()
+        self.engine = None  # type: ignore[assignment]
+
+    def __enter__(self) -> Reconstruction:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

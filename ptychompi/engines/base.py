@@ -1,0 +1,185 @@
+"""The engine contract (DESIGN.md section 5) and what all engines share.
+
+An engine is built from the algorithm config, one rank's tile of data and an exchange; each
+:meth:`Engine.step` runs one iteration and returns its metrics. Every cross-tile sum goes
+through the exchange (``halo_sum`` for object-shaped arrays, ``allreduce`` for the probe and
+scalars), so the same engine runs on one rank or on many.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backend import Backend
+from ..config import AlgorithmConfig
+from ..physics import (
+    Propagator,
+    apply_amplitude_limits,
+    orthogonalize_modes,
+    scatter_add,
+    shifted_probes,
+    subpixel_ramps,
+    window_index,
+)
+
+
+@dataclass
+class TileData:
+    """One rank's share of the scan, on the device."""
+
+    amplitudes: Any  # (n, M, M) sqrt(I), invalid = -1, far field ifftshifted
+    positions: np.ndarray  # (n, 2) float64 top-left corners, tile-local pixels
+    indices: np.ndarray  # (n,) global frame indices
+    box_shape: tuple[int, int]
+    n_global: int
+    power_global: float  # Σ_valid I over the whole scan
+    propagator: Propagator
+
+    @property
+    def frame(self) -> int:
+        return int(self.amplitudes.shape[-1])
+
+
+@dataclass
+class Schedule:
+    """When to exchange: object every ``share_frequency``, probe every
+    ``probe_share_frequency`` iterations."""
+
+    share_frequency: int = 1
+    probe_share_frequency: int = 1
+
+    def share_object(self, iteration: int) -> bool:
+        return (iteration + 1) % self.share_frequency == 0
+
+    def share_probe(self, iteration: int) -> bool:
+        return (iteration + 1) % self.probe_share_frequency == 0
+
+
+class Engine:
+    """Shared state and helpers; subclasses implement :meth:`_iterate`."""
+
+    name = "engine"
+
+    def __init__(self, cfg: AlgorithmConfig, data: TileData, exchange: Any, backend: Backend,
+                 probe: np.ndarray, obj: np.ndarray, schedule: Schedule | None = None) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.exchange = exchange
+        self.backend = backend
+        self.schedule = schedule or Schedule()
+        xp = backend.xp
+        self.iteration = 0
+        self.rng = np.random.default_rng(cfg.seed)
+        frame = data.frame
+        top = np.floor(data.positions).astype(np.int64)
+        self.rows, self.cols = top[:, 0], top[:, 1]
+        self.fractions = data.positions - top
+        self.index = xp.asarray(window_index(self.rows, self.cols, frame, data.box_shape[1]))
+        use_ramps = cfg.subpixel and len(top) and np.abs(self.fractions).max() > 1e-3
+        self.use_subpixel = bool(use_ramps)
+        self.probe = backend.asarray(probe, backend.complex_dtype)
+        self.object = backend.asarray(obj, backend.complex_dtype)
+        self.seconds_compute = 0.0
+
+    # ------------------------------------------------------------------ contract
+    def step(self) -> dict:
+        """Run one iteration; return its metrics (global Fourier error, seconds)."""
+        t0 = time.perf_counter()
+        comm0 = self.exchange.stats.seconds
+        err_num = self._iterate()
+        if self.probe.shape[0] > 1:
+            self.probe = orthogonalize_modes(self.backend, self.probe)
+        apply_amplitude_limits(self.backend, self.object, self.cfg.object_amplitude_min,
+                               self.cfg.object_amplitude_max)
+        err = self.exchange.allreduce(float(err_num))
+        self.backend.synchronize()
+        self.iteration += 1
+        seconds = time.perf_counter() - t0
+        self.seconds_compute += seconds - (self.exchange.stats.seconds - comm0)
+        return {"iteration": self.iteration, "error": err / max(self.data.power_global, 1e-30),
+                "seconds": seconds}
+
+    def _iterate(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def updates_probe(self) -> bool:
+        return self.iteration >= self.cfg.probe_update_start
+
+    # ------------------------------------------------------------------ helpers
+    def ramps(self, sel: Any = slice(None)) -> tuple[Any, Any] | None:
+        if not self.use_subpixel:
+            return None
+        return subpixel_ramps(self.backend, self.fractions[sel], self.data.frame)
+
+    def probes_at(self, sel: Any, probe_ft: Any | None = None) -> Any:
+        """Probes (B, K, M, M) at positions ``sel`` (sub-pixel shifted) or (1, K, M, M)."""
+        ramps = self.ramps(sel)
+        if ramps is None:
+            return self.probe[None]
+        if probe_ft is None:
+            probe_ft = self.backend.fft2(self.probe)
+        return shifted_probes(self.backend, probe_ft, ramps, self.probe)
+
+    def illumination(self) -> Any:
+        """Σ_j S_jᵀ Σ_k |P_k|² over this tile's positions (the assembly weight)."""
+        xp = self.backend.xp
+        weight = xp.zeros(self.data.box_shape, dtype=self.backend.real_dtype)
+        power = (xp.abs(self.probe) ** 2).sum(axis=0).astype(self.backend.real_dtype)
+        n = len(self.rows)
+        values = xp.broadcast_to(power, (n, *power.shape))
+        scatter_add(self.backend, weight, values, self.rows, self.cols)
+        return weight
+
+    def merge_object(self) -> None:
+        """Illumination-weighted average of the tiles over their halos (halo sum of w·O, w)."""
+        if self.exchange.size == 1:
+            return
+        xp = self.backend.xp
+        w = self.illumination()
+        num = self.object * w
+        den = w.copy()
+        self.exchange.halo_sum(num, den)
+        lit = den > 0
+        self.object = xp.where(lit, num / xp.where(lit, den, 1), self.object).astype(
+            self.object.dtype)
+
+    def average_probe(self) -> None:
+        """Mean of the ranks' probes (for engines whose probe drifts between shares)."""
+        if self.exchange.size == 1:
+            return
+        self.probe = self.exchange.allreduce(self.probe) / self.exchange.size
+
+    def chunks(self, n: int, size: int = 128) -> list[slice]:
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue bit for bit, as host arrays."""
+        rng = json.dumps(self.rng.bit_generator.state).encode()
+        out = {"object": self.backend.asnumpy(self.object),
+               "probe": self.backend.asnumpy(self.probe),
+               "iteration": np.array(self.iteration),
+               "rng": np.frombuffer(rng, dtype=np.uint8).copy()}
+        out.update({k: self.backend.asnumpy(v) for k, v in self._extra_state().items()})
+        return out
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from :meth:`state`'s output."""
+        xp = self.backend.xp
+        self.object = xp.asarray(state["object"], dtype=self.backend.complex_dtype)
+        self.probe = xp.asarray(state["probe"], dtype=self.backend.complex_dtype)
+        self.iteration = int(state["iteration"])
+        self.rng.bit_generator.state = json.loads(bytes(np.asarray(state["rng"])).decode())
+        self._restore_extra(state)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _restore_extra(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027
+        pass

@@ -1,0 +1,174 @@
+"""LSQML (Odstrčil, Menzel & Guizar-Sicairos, Opt. Express 26, 3108, 2018), DESIGN.md §5.
+
+Sparse batches are global: every rank draws the same seeded permutation of all frame
+indices, splits it into the same batches and updates with its own members of each batch, so
+n ranks with ``share_frequency: 1`` follow the one-rank trajectory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..physics import EPS, extract, model_intensity, modulus_project, scatter_add, unshift_sum
+from .base import Engine
+
+DEFAULT_BATCHES = 8  # batches per iteration when batch_size is not set
+DELTA = 0.1  # object-direction preconditioner (δ)
+DAMPING = 0.1  # λ relative to the batch mean of each diagonal
+STEP_SCALE = 0.9
+TRIM = 0.1  # fraction trimmed from each side for the object step mean
+POISSON_NEWTON_STEPS = 6
+
+
+def trimmed_mean(values: np.ndarray, trim: float = TRIM) -> float:
+    """Mean after dropping the lowest and highest ``trim`` fraction."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    if v.size == 0:
+        return 0.0
+    cut = int(np.floor(trim * v.size))
+    kept = v[cut:v.size - cut] if v.size - 2 * cut > 0 else v
+    return float(kept.mean())
+
+
+class LSQML(Engine):
+    name = "lsqml"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        n_global = self.data.n_global
+        size = self.cfg.batch_size or max(1, -(-n_global // DEFAULT_BATCHES))
+        self.n_batches = max(1, -(-n_global // size))
+        self._lookup = np.full(n_global, -1, dtype=np.int64)
+        self._lookup[self.data.indices] = np.arange(len(self.data.indices))
+
+    def _batches(self) -> list[np.ndarray]:
+        """This rank's local indices in each global sparse batch (same count on all ranks)."""
+        perm = self.rng.permutation(self.data.n_global)
+        out = []
+        for part in np.array_split(perm, self.n_batches):
+            local = self._lookup[part]
+            out.append(np.sort(local[local >= 0]))
+        return out
+
+    def _iterate(self) -> float:
+        err = 0.0
+        for batch in self._batches():
+            err += self._update(batch)
+        if self.exchange.size > 1:
+            if self.schedule.share_frequency > 1 and self.schedule.share_object(self.iteration):
+                self.merge_object()
+            if self.schedule.probe_share_frequency > 1 and self.schedule.share_probe(
+                    self.iteration):
+                self.average_probe()
+        return err
+
+    def _exit_update(self, wave: Any, amplitude: Any) -> tuple[Any, float]:
+        """Detector-space target Ψ' for the Gaussian or Poisson noise model."""
+        be, xp = self.backend, self.backend.xp
+        if self.cfg.noise_model == "gaussian":
+            return modulus_project(be, wave, amplitude, in_place=False)
+        model = model_intensity(wave)
+        valid = amplitude >= 0
+        meas = xp.where(valid, amplitude ** 2, 0)
+        err = float(xp.sum(xp.where(valid, (xp.sqrt(model) - amplitude) ** 2, 0),
+                           dtype=np.float64))
+        ratio = xp.where(valid, meas / (model + EPS), 1.0)
+        # Ψ(α) = Ψ (1 - α (1 - R)); minimise Σ Î(α) - I log Î(α) per position by Newton steps
+        g = 1.0 - ratio
+        alpha = xp.full((wave.shape[0], 1, 1), 0.5, dtype=be.real_dtype)
+        for _ in range(POISSON_NEWTON_STEPS):
+            s = 1.0 - alpha * g
+            s2 = xp.maximum(s * s, 1e-12)
+            # L(α) = Σ Î s² - I log(Î s²);  L' = Σ -2 g s (Î - I/s²);  L'' = Σ 2 g² (Î + I/s²)
+            d1 = (-2 * g * s * (model - meas / s2)).sum(axis=(1, 2), keepdims=True)
+            d2 = (2 * g * g * (model + meas / s2)).sum(axis=(1, 2), keepdims=True)
+            alpha = xp.clip(alpha - d1 / (d2 + EPS), 0.0, 1.0).astype(be.real_dtype)
+        factor = xp.where(valid, 1.0 - alpha * g, 1.0).astype(be.real_dtype)
+        return wave * factor[:, None], err
+
+    def _update(self, batch: np.ndarray) -> float:
+        be, xp = self.backend, self.backend.xp
+        ex = self.exchange
+        prop = self.data.propagator
+        share_obj = self.schedule.share_object(self.iteration)
+        share_probe = self.schedule.share_probe(self.iteration)
+        update_probe = self.updates_probe
+        nb = len(batch)
+        sel = xp.asarray(batch)
+        rows, cols = self.rows[batch], self.cols[batch]
+        ramps = self.ramps(batch)
+        err = 0.0
+        if nb:
+            probes = self.probes_at(batch)
+            obj = extract(be, self.object, self.index[sel])
+            psi = probes * obj[:, None]
+            target, err = self._exit_update(prop.forward(psi), self.data.amplitudes[sel])
+            chi = prop.backward(target, overwrite=True)
+            chi -= psi
+
+        # object and probe search directions
+        num = xp.zeros(self.data.box_shape, dtype=be.complex_dtype)
+        illum = xp.zeros(self.data.box_shape, dtype=be.real_dtype)
+        if nb:
+            scatter_add(be, num, (chi * probes.conj()).sum(axis=1), rows, cols)
+            power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+            scatter_add(be, illum, xp.broadcast_to(power, (nb, *power.shape[1:])), rows, cols)
+        if share_obj:
+            ex.halo_sum(num, illum)
+        dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
+        d_obj = num / xp.sqrt(illum ** 2 + (DELTA * dmax) ** 2 + EPS)
+
+        if update_probe:
+            if nb:
+                d_probe = unshift_sum(be, chi * obj.conj()[:, None], ramps)
+            else:
+                d_probe = xp.zeros_like(self.probe)
+            count = float(nb)
+            if share_probe:
+                d_probe = ex.allreduce(d_probe)
+                count = ex.allreduce(count)
+            d_probe = d_probe / max(count, 1.0)
+
+        # per-position step lengths: minimise ‖χ − α_O ΔO P − α_P ΔP O‖²
+        if nb:
+            dop = extract(be, d_obj, self.index[sel])[:, None] * probes
+            a11 = (dop.real ** 2 + dop.imag ** 2).sum(axis=(1, 2, 3))
+            b1 = (dop.conj() * chi).real.sum(axis=(1, 2, 3))
+            if update_probe:
+                dpo = d_probe[None] * obj[:, None]
+                a22 = (dpo.real ** 2 + dpo.imag ** 2).sum(axis=(1, 2, 3))
+                a12 = (dop * dpo.conj()).real.sum(axis=(1, 2, 3))
+                b2 = (dpo.conj() * chi).real.sum(axis=(1, 2, 3))
+        stats = np.zeros(3)
+        if nb:
+            stats[0] = float(a11.sum())
+            stats[1] = float(a22.sum()) if update_probe else 0.0
+        stats[2] = nb
+        stats = ex.allreduce(stats) if share_obj else stats
+        mean11 = stats[0] / max(stats[2], 1)
+        mean22 = stats[1] / max(stats[2], 1)
+        if nb:
+            a11 = a11 + DAMPING * mean11 + EPS
+            if update_probe:
+                a22 = a22 + DAMPING * mean22 + EPS
+                det = a11 * a22 - a12 ** 2
+                alpha_o = (a22 * b1 - a12 * b2) / det
+                alpha_p = (a11 * b2 - a12 * b1) / det
+            else:
+                alpha_o = b1 / a11
+                alpha_p = xp.zeros_like(alpha_o)
+            alpha_o = STEP_SCALE * be.asnumpy(xp.maximum(alpha_o, 0))
+            alpha_p = STEP_SCALE * be.asnumpy(xp.maximum(alpha_p, 0))
+        else:
+            alpha_o = alpha_p = np.zeros(0)
+        all_o = ex.allgather(alpha_o) if share_obj else alpha_o
+        self.object += trimmed_mean(all_o) * d_obj
+        if update_probe:
+            psum = float(np.sum(alpha_p, dtype=np.float64))
+            pcount = float(nb)
+            if share_probe:
+                psum, pcount = ex.allreduce(psum), ex.allreduce(pcount)
+            self.probe += (psum / max(pcount, 1.0)) * d_probe
+        return err
