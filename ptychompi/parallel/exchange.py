@@ -1,24 +1,69 @@
-"""Cross-tile sums: the exchange seam the engines see (DESIGN.md section 6)."""
+"""Cross-tile sums: the exchange seam the engines see (DESIGN.md section 6).
+
+Two implementations share one interface: :class:`SerialExchange` (one rank: halo sums are the
+identity) and :class:`MPIExchange` (halo sums with ``Neighbor_alltoallv`` on a distributed
+graph of the tiles whose boxes overlap, reductions with ``Allreduce``). Build either with
+:func:`make_exchange`.
+
+Failures follow two paths:
+
+- :meth:`MPIExchange.check` at points that *every* rank reaches (after loading data, after an
+  iteration's metrics, before a checkpoint): each rank passes the exception it caught (or
+  ``None``); if any rank had one, every rank raises :class:`RankFailure` naming the lowest
+  failing rank and its cause, so the run ends cleanly with the same message everywhere.
+- :func:`abort_on_error` for an exception that escapes where other ranks may already be
+  blocked inside a collective (mid-iteration: a halo sum, a probe reduction) and will never
+  reach a ``check``: it prints one line to stderr and calls ``MPI_Abort``, which ends every
+  rank with a non-zero code instead of hanging. Checkpoints are written atomically, so the last
+  one survives.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from math import prod
+from typing import Any, NoReturn
 
 import numpy as np
 
+from ..errors import ConfigError, PtychompiError
 from .tiling import Tile
+
+#: byte alignment of each neighbour's segment in the packed halo buffer (complex128 on a GPU)
+ALIGN = 16
+
+
+class RankFailure(PtychompiError):
+    """A problem seen on one or more ranks, raised on every rank by a collective check.
+
+    ``origin_rank`` is the lowest failing rank; ``failures`` lists every ``(rank, message)``.
+    """
+
+    def __init__(self, message: str, origin_rank: int,
+                 failures: list[tuple[int, str]] | None = None) -> None:
+        super().__init__(message)
+        self.origin_rank = origin_rank
+        self.failures = failures or [(origin_rank, message)]
 
 
 @dataclass
 class ExchangeStats:
-    """Communication accounting of one rank."""
+    """Communication accounting of one rank.
+
+    ``bytes_sent`` counts every payload this rank hands to MPI (halo buffers, reduction and
+    gather inputs); ``halo_bytes`` the halo-sum part alone; ``seconds`` the wall time inside
+    MPI calls (and host staging copies); ``collectives`` the MPI calls made.
+    """
 
     bytes_sent: int = 0
     seconds: float = 0.0
     halo_sums: int = 0
     reductions: int = 0
+    halo_bytes: int = 0
+    collectives: int = 0
+    checks: int = 0
 
 
 class SerialExchange:
@@ -38,6 +83,8 @@ class SerialExchange:
 
     def allreduce(self, value: Any, op: str = "sum") -> Any:
         """Sum (or max/min) over ranks of an array or scalar; same type back."""
+        if op not in ("sum", "max", "min"):
+            raise ValueError(f"allreduce op {op!r}: use sum, max or min")
         self.stats.reductions += 1
         return value
 
@@ -47,8 +94,309 @@ class SerialExchange:
 
     def check(self, error: BaseException | None = None) -> None:
         """Collective failure check: re-raise a problem seen on any rank on every rank."""
+        self.stats.checks += 1
         if error is not None:
             raise error
 
     def timer(self) -> float:
         return time.perf_counter()
+
+    def close(self) -> None:
+        """Release communication resources (none here)."""
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error) if isinstance(error, PtychompiError) else \
+        f"{type(error).__name__}: {error}"
+    return " ".join(text.split()) or type(error).__name__
+
+
+def _mpi_op(op: str) -> Any:
+    from mpi4py import MPI  # noqa: PLC0415
+
+    ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+    if op not in ops:
+        raise ValueError(f"allreduce op {op!r}: use sum, max or min")
+    return ops[op]
+
+
+def _is_device_array(a: Any) -> bool:
+    """A GPU array (cupy, or anything exposing the CUDA array interface)."""
+    return hasattr(a, "__cuda_array_interface__")
+
+
+@dataclass
+class _HaloPlan:
+    """Packed-buffer layout of one halo-sum signature (dtypes and leading shapes)."""
+
+    counts: list[int]  # bytes per neighbour (send = receive: halos are symmetric)
+    displs: list[int]
+    total: int
+    send: Any  # uint8 buffer, host (numpy) or device (cupy)
+    recv: Any
+    # (array index, (row slice, col slice), send view, recv view) for every neighbour x array
+    pieces: list[tuple[int, tuple[slice, slice], Any, Any]]
+    host_send: np.ndarray | None = None  # pinned staging buffers (GPU without CUDA-aware MPI)
+    host_recv: np.ndarray | None = None
+
+
+class MPIExchange:
+    """Halo sums and reductions over the ranks of ``comm`` for one rank's ``tile``.
+
+    A distributed-graph communicator over the tile's neighbours is created once (collective
+    over ``comm``: every rank must build its exchange together). Each :meth:`halo_sum` is one
+    ``Neighbor_alltoallv`` of a byte buffer holding, per neighbour, the halo slices of all the
+    arrays passed; its volume is the halo area times the bytes per pixel, never the object.
+    Buffers and slices are built on the first call for a given set of dtypes and shapes and
+    reused after. ``cuda_aware``: device (cupy) buffers go straight to MPI; otherwise they are
+    staged through pinned host memory.
+    """
+
+    def __init__(self, comm: Any, tiles: list[Tile], rank: int, backend: Any,
+                 cuda_aware: bool = False) -> None:
+        size = comm.Get_size()
+        if len(tiles) != size:
+            raise ConfigError(f"{len(tiles)} tiles for {size} ranks")
+        if rank != comm.Get_rank():
+            raise ValueError(f"exchange built for rank {rank} on rank {comm.Get_rank()}")
+        self.comm = comm
+        self.tiles = tiles
+        self.tile = tiles[rank]
+        self.rank = rank
+        self.size = size
+        self.backend = backend
+        self.cuda_aware = bool(cuda_aware)
+        self.stats = ExchangeStats()
+        self.neighbours = list(self.tile.neighbours)
+        origin = self.tile.origin
+        self._slices = [self.tile.halos[n].slices(origin) for n in self.neighbours]
+        self._areas = [prod(self.tile.halos[n].shape) for n in self.neighbours]
+        self._plans: dict[tuple, _HaloPlan] = {}
+        t0 = time.perf_counter()
+        self._graph = comm.Create_dist_graph_adjacent(self.neighbours, self.neighbours,
+                                                      reorder=False)
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.collectives += 1
+
+    # ------------------------------------------------------------------ halo sums
+    def halo_bytes(self, *arrays: Any) -> int:
+        """Bytes this rank sends in a :meth:`halo_sum` of ``arrays`` (with segment padding)."""
+        per_pixel = sum(np.dtype(a.dtype).itemsize * prod(a.shape[:-2]) for a in arrays)
+        return sum(-(-area * per_pixel // ALIGN) * ALIGN for area in self._areas)
+
+    def _plan(self, arrays: tuple[Any, ...], device: bool) -> _HaloPlan:
+        key = (device, *((np.dtype(a.dtype).str, tuple(a.shape[:-2])) for a in arrays))
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        # within a segment, larger items first keeps every view aligned to its item size
+        order = sorted(range(len(arrays)), key=lambda k: -np.dtype(arrays[k].dtype).itemsize)
+        layout: list[tuple[int, int, int, int]] = []  # (neighbour, array, offset, nbytes)
+        counts, displs, offset = [], [], 0
+        for i, area in enumerate(self._areas):
+            start = offset
+            for k in order:
+                nbytes = np.dtype(arrays[k].dtype).itemsize * prod(arrays[k].shape[:-2]) * area
+                layout.append((i, k, offset, nbytes))
+                offset += nbytes
+            offset = -(-offset // ALIGN) * ALIGN
+            counts.append(offset - start)
+            displs.append(start)
+        xp = self.backend.xp if device else np
+        send = xp.empty(max(offset, ALIGN), dtype=np.uint8)
+        recv = xp.empty(max(offset, ALIGN), dtype=np.uint8)
+        pieces = []
+        for i, k, off, nbytes in layout:
+            sl = self._slices[i]
+            shape = (*arrays[k].shape[:-2], sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+            dt = np.dtype(arrays[k].dtype)
+            pieces.append((k, sl, send[off:off + nbytes].view(dt).reshape(shape),
+                           recv[off:off + nbytes].view(dt).reshape(shape)))
+        plan = _HaloPlan(counts, displs, offset, send, recv, pieces)
+        if device and not self.cuda_aware:
+            import cupyx  # noqa: PLC0415
+
+            plan.host_send = cupyx.empty_pinned(send.shape, dtype=np.uint8)
+            plan.host_recv = cupyx.empty_pinned(recv.shape, dtype=np.uint8)
+        self._plans[key] = plan
+        return plan
+
+    def halo_sum(self, *arrays: Any) -> None:
+        """Add, in place over each halo, the neighbours' arrays (shape (..., H, W) of the box).
+
+        Every pixel ends with the sum over all tiles that cover it of their values before the
+        call. All arrays travel in one ``Neighbor_alltoallv``; every rank must call this with
+        the same dtypes and leading shapes, in the same order.
+        """
+        self.stats.halo_sums += 1
+        if not arrays:
+            return
+        box = self.tile.box.shape
+        for a in arrays:
+            if tuple(a.shape[-2:]) != box:
+                raise ValueError(f"halo_sum: array of shape {tuple(a.shape)} does not end "
+                                 f"with the tile's box shape {box}")
+        device = _is_device_array(arrays[0])
+        plan = self._plan(arrays, device)
+        for k, (rs, cs), send_view, _ in plan.pieces:
+            send_view[...] = arrays[k][..., rs, cs]
+        from mpi4py import MPI  # noqa: PLC0415
+
+        spec = (plan.counts, plan.displs)
+        t0 = time.perf_counter()
+        if device and not self.cuda_aware:
+            plan.send.get(out=plan.host_send)  # blocking device -> pinned host copy
+            self._graph.Neighbor_alltoallv([plan.host_send, spec, MPI.BYTE],
+                                           [plan.host_recv, spec, MPI.BYTE])
+            plan.recv.set(plan.host_recv)
+            self.backend.synchronize()
+        else:
+            if device:
+                self.backend.synchronize()  # packing kernels done before MPI reads
+            self._graph.Neighbor_alltoallv([plan.send, spec, MPI.BYTE],
+                                           [plan.recv, spec, MPI.BYTE])
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.collectives += 1
+        self.stats.bytes_sent += plan.total
+        self.stats.halo_bytes += plan.total
+        for k, (rs, cs), _, recv_view in plan.pieces:
+            arrays[k][..., rs, cs] += recv_view
+
+    # ------------------------------------------------------------------ reductions
+    def _timed(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.stats.seconds += time.perf_counter() - t0
+            self.stats.collectives += 1
+
+    def allreduce(self, value: Any, op: str = "sum") -> Any:
+        """Sum (or max/min) over ranks of an array or scalar; same type back.
+
+        numpy arrays and scalars are reduced as buffers with ``Allreduce``; cupy arrays on the
+        device when MPI is CUDA-aware, else through the host.
+        """
+        mop = _mpi_op(op)
+        self.stats.reductions += 1
+        if _is_device_array(value):
+            xp = self.backend.xp
+            if self.cuda_aware:
+                send = xp.asarray(value, order="C")
+                out = xp.empty_like(send)
+                self.backend.synchronize()
+                self._timed(self.comm.Allreduce, send, out, op=mop)
+                self.stats.bytes_sent += int(send.nbytes)
+                return out
+            return xp.asarray(self._allreduce_host(xp.asnumpy(value), mop))
+        if isinstance(value, np.ndarray):
+            return self._allreduce_host(value, mop)
+        if isinstance(value, np.generic):
+            return self._allreduce_host(np.asarray(value), mop)[()]
+        if isinstance(value, (int, float, complex)) and not isinstance(value, bool):
+            return type(value)(self._allreduce_host(np.asarray(value), mop)[()])
+        self.stats.bytes_sent += sys.getsizeof(value)
+        return self._timed(self.comm.allreduce, value, op=mop)
+
+    def _allreduce_host(self, value: np.ndarray, mop: Any) -> np.ndarray:
+        send = np.asarray(value, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+        out = np.empty_like(send)
+        self._timed(self.comm.Allreduce, send, out, op=mop)
+        self.stats.bytes_sent += int(send.nbytes)
+        return out
+
+    def allgather(self, values: np.ndarray) -> np.ndarray:
+        """Concatenation over ranks (in rank order) of 1-D host arrays."""
+        local = np.asarray(values).reshape(-1)
+        self.stats.bytes_sent += int(local.nbytes)
+        parts = self._timed(self.comm.allgather, local)
+        return np.concatenate(parts)
+
+    # ------------------------------------------------------------------ failures
+    def check(self, error: BaseException | None = None) -> None:
+        """Collective failure check; every rank must call it at the same point.
+
+        One ``Allreduce`` of a flag when all is well. If any rank passed an error, the
+        one-line messages are gathered and every rank raises :class:`RankFailure` naming the
+        lowest failing rank and its cause (chained to the local error where there is one).
+        """
+        from mpi4py import MPI  # noqa: PLC0415
+
+        self.stats.checks += 1
+        flag = np.array([0 if error is None else 1], np.int32)
+        total = np.zeros(1, np.int32)
+        self._timed(self.comm.Allreduce, flag, total, op=MPI.MAX)
+        if not total[0]:
+            return
+        message = None if error is None else _one_line(error)
+        # gather to rank 0 and broadcast the outcome in one call: every rank raises the same
+        entries = self._timed(self.comm.allgather, message)
+        failures = [(r, m) for r, m in enumerate(entries) if m is not None]
+        origin, cause = failures[0]
+        text = f"rank {origin}: {cause}"
+        if len(failures) > 1:
+            others = ", ".join(str(r) for r, _ in failures[1:])
+            text += f"; {len(failures) - 1} more rank(s) failed too ({others})"
+        raise RankFailure(text, origin, failures) from error
+
+    # ------------------------------------------------------------------ misc
+    def timer(self) -> float:
+        return time.perf_counter()
+
+    def close(self) -> None:
+        """Free the graph communicator (collective over the ranks; idempotent)."""
+        graph, self._graph = self._graph, None
+        self._plans.clear()
+        if graph is not None:
+            graph.Free()
+
+    def __enter__(self) -> MPIExchange:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def detect_cuda_aware() -> bool:
+    """Whether the MPI library says it can read and write CUDA device memory."""
+    try:
+        from mpi4py import MPI  # noqa: PLC0415
+
+        query = getattr(MPI, "Query_cuda_support", None)
+        return bool(query()) if query is not None else False
+    except Exception:
+        return False
+
+
+def make_exchange(comm: Any | None, tiles: list[Tile], rank: int, backend: Any,
+                  cuda_aware: str | bool = "auto") -> SerialExchange | MPIExchange:
+    """The exchange for ``rank``: serial on one rank (``comm`` None or of size 1), else MPI.
+
+    ``cuda_aware``: ``"yes"`` / ``"no"`` / ``"auto"`` (ask MPI via ``MPI.Query_cuda_support``;
+    only matters on a GPU backend). Collective over ``comm`` when it has several ranks.
+    """
+    if isinstance(cuda_aware, bool):
+        choice = "yes" if cuda_aware else "no"
+    else:
+        choice = str(cuda_aware).strip().lower()
+    if choice not in ("auto", "yes", "no"):
+        raise ConfigError(f"cuda_aware = {cuda_aware!r}: use auto, yes or no")
+    if comm is None or comm.Get_size() == 1:
+        return SerialExchange(tiles[rank], backend)
+    gpu = bool(getattr(backend, "is_gpu", False))
+    aware = gpu and (choice == "yes" or (choice == "auto" and detect_cuda_aware()))
+    return MPIExchange(comm, tiles, rank, backend, aware)
+
+
+def abort_on_error(comm: Any | None, exc: BaseException) -> NoReturn:
+    """End the whole run after an error on this rank only, where others may be blocked.
+
+    Prints ``ptychompi: error on rank R: <message>`` once to stderr and calls
+    ``comm.Abort(1)``, so no rank hangs in a collective. Without a communicator, exits with
+    code 1. Use :meth:`MPIExchange.check` instead where every rank reaches the same point.
+    """
+    rank = comm.Get_rank() if comm is not None else 0
+    print(f"ptychompi: error on rank {rank}: {_one_line(exc)}", file=sys.stderr, flush=True)
+    if comm is not None:
+        comm.Abort(1)
+    raise SystemExit(1)
