@@ -1,0 +1,155 @@
+"""``ptychompi submit``: render a SLURM or PBS job (one MPI rank per GPU) and submit it.
+
+The templates are ``jobscripts/{slurm,pbs}.sh.in`` (``string.Template`` placeholders), found
+inside the installed package (``ptychompi/jobscripts``) or in a source checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from string import Template
+
+from .config import load_config
+from .errors import PtychompiError
+
+__all__ = ["render_job", "submit_cli", "template_text", "SCHEDULERS"]
+
+SCHEDULERS = {"slurm": "sbatch", "pbs": "qsub"}
+_TIME = re.compile(r"^(\d{1,4}):([0-5]\d):([0-5]\d)$")
+_NAME = re.compile(r"^[A-Za-z0-9_.@:+-]+$")
+
+
+def template_text(scheduler: str) -> str:
+    """The job template for ``scheduler`` (installed package first, then the checkout)."""
+    name = f"{scheduler}.sh.in"
+    try:
+        res = importlib.resources.files("ptychompi") / "jobscripts" / name
+        if res.is_file():
+            return res.read_text(encoding="utf-8")
+    except (ModuleNotFoundError, OSError):
+        pass
+    local = Path(__file__).resolve().parents[1] / "jobscripts" / name
+    if local.is_file():
+        return local.read_text(encoding="utf-8")
+    raise PtychompiError(f"job template {name} is missing from the ptychompi installation; "
+                         "reinstall ptychompi")
+
+
+def _check(scheduler: str, nodes: int, gpus_per_node: int, time: str,
+           account: str | None, queue: str | None) -> None:
+    if scheduler not in SCHEDULERS:
+        raise PtychompiError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    for flag, n in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise PtychompiError(f"{flag} {n!r} must be a whole number of at least 1")
+    m = _TIME.match(str(time))
+    if not m or not any(int(g) for g in m.groups()):
+        raise PtychompiError(f"--time {time!r} is not a wall time HH:MM:SS (e.g. 02:30:00)")
+    for flag, value in (("--account", account), ("--queue", queue)):
+        if value is not None and not _NAME.match(value):
+            raise PtychompiError(f"{flag} {value!r}: use letters, digits and _ . - @ : + only")
+
+
+def _default_setup() -> str:
+    if sys.prefix != sys.base_prefix:  # running from a virtual environment: reuse it
+        activate = Path(sys.prefix) / "bin" / "activate"
+        if activate.is_file():
+            return (f"source {shlex.quote(str(activate))}"
+                    "  # the environment `ptychompi submit` ran in")
+    return "# no --setup given: ptychompi must already be on PATH"
+
+
+def _render(config_path: str | os.PathLike, scheduler: str, nodes: int, gpus_per_node: int,
+            time: str, account: str | None, queue: str | None,
+            setup: str | None) -> tuple[str, Path]:
+    _check(scheduler, nodes, gpus_per_node, time, account, queue)
+    cfg = load_config(config_path)  # a missing or invalid config fails here, in its own words
+    config_abs = Path(os.path.abspath(config_path))
+    workdir = Path.cwd()
+    output_dir = Path(os.path.abspath(workdir / cfg.output.directory))
+    if re.search(r"\s", str(output_dir)):
+        raise PtychompiError(f"output.directory {str(output_dir)!r} contains spaces, which "
+                             "job-script directives cannot hold; choose a path without spaces")
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", config_abs.stem) or "job"
+    optional = []
+    if scheduler == "slurm":
+        if account:
+            optional.append(f"#SBATCH --account={account}")
+        if queue:
+            optional.append(f"#SBATCH --partition={queue}")
+        job_name = f"ptychompi-{stem}"
+    else:
+        if account:
+            optional.append(f"#PBS -A {account}")
+        if queue:
+            optional.append(f"#PBS -q {queue}")
+        job_name = ("p" + stem)[:15] if not stem[0].isalpha() else stem[:15]
+    values = {
+        "job_name": job_name, "nodes": nodes, "gpus_per_node": gpus_per_node,
+        "ntasks": nodes * gpus_per_node, "ncpus": gpus_per_node, "time": time,
+        "output_dir": str(output_dir), "optional_directives": "\n".join(optional),
+        "config_path": str(config_abs), "config": shlex.quote(str(config_abs)),
+        "workdir": shlex.quote(str(workdir)),
+        "setup": setup.rstrip("\n") if setup else _default_setup(),
+    }
+    try:
+        script = Template(template_text(scheduler)).substitute(values)
+    except (KeyError, ValueError) as exc:
+        raise PtychompiError(f"job template {scheduler}.sh.in is broken ({exc}); "
+                             "reinstall ptychompi") from None
+    return script, output_dir
+
+
+def render_job(config_path: str | os.PathLike, scheduler: str, nodes: int, gpus_per_node: int,
+               time: str, account: str | None = None, queue: str | None = None,
+               setup: str | None = None) -> str:
+    """The job script text: ``nodes`` × ``gpus_per_node`` ranks running ``ptychompi run``."""
+    return _render(config_path, scheduler, nodes, gpus_per_node, time, account, queue,
+                   setup)[0]
+
+
+def submit_cli(args: argparse.Namespace) -> int:
+    """Write ``<output.directory>/job.<scheduler>.sh``; print it (--dry-run) or submit it."""
+    script, output_dir = _render(args.config, args.scheduler, args.nodes, args.gpus_per_node,
+                                 args.time, args.account, args.queue, args.setup)
+    path = output_dir / f"job.{args.scheduler}.sh"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(script, encoding="utf-8")
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP)
+    except OSError as exc:
+        raise PtychompiError(f"cannot write the job script {path} ({exc.strerror or exc}); "
+                             "set output.directory to a writable folder") from None
+    tool = SCHEDULERS[args.scheduler]
+    if getattr(args, "dry_run", False):
+        print(script, end="")
+        print(f"# wrote {path}; submit it with: {tool} {path}", file=sys.stderr)
+        return 0
+    exe = shutil.which(tool)
+    if exe is None:
+        raise PtychompiError(f"{tool} not found on PATH; run `ptychompi submit` on the "
+                             f"cluster's login node, or use --dry-run and submit {path} yourself")
+    try:
+        proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PtychompiError(f"{tool} {path} failed to run ({exc})") from None
+    if proc.returncode != 0:
+        detail = " ".join((proc.stderr or proc.stdout or "").split()) or "no message"
+        raise PtychompiError(f"{tool} {path} failed (exit {proc.returncode}): {detail}")
+    print(f"wrote {path}")
+    out = (proc.stdout or "").strip()
+    if args.scheduler == "slurm":
+        print(out or "Submitted batch job (sbatch printed no id)")
+    else:
+        print(f"Submitted PBS job {out}" if out else "Submitted PBS job (qsub printed no id)")
+    return 0
