@@ -169,7 +169,9 @@ def read_ptychopy_csv(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"CSV file {str(p)!r} not found; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{p}: cannot read it as text ({exc})") from None
-    text = _I_SUFFIX.sub(r"\1j", text).replace("(", "").replace(")", "")
+    if "i" in text.lower().replace("inf", ""):  # the a+bi spelling (rare: skip the regex)
+        text = _I_SUFFIX.sub(r"\1j", text)
+    text = text.replace("(", "").replace(")", "")
     rows = []
     for line in text.splitlines():
         line = line.strip().rstrip(",").strip()
@@ -183,11 +185,12 @@ def read_ptychopy_csv(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{p}: line {bad + 1} has {ncols[bad]} values but line 1 has "
                         f"{ncols[0]}; every row must have the same length")
     try:
-        vals = [complex(v) for r in rows for v in r.split(",")]
+        vals = np.loadtxt(rows, delimiter=",", dtype=np.complex128, ndmin=2, comments=None)
     except ValueError as exc:
-        raise DataError(f"{p}: not a ptychopy complex CSV ({exc}); expected values like "
+        reason = str(exc).splitlines()[0] if str(exc) else "unparsable value"
+        raise DataError(f"{p}: not a ptychopy complex CSV ({reason}); expected values like "
                         "1.5-0.2j, (1.5-0.2j) or 1.5-0.2i") from None
-    return np.asarray(vals, dtype=np.complex128).reshape(len(rows), ncols[0])
+    return vals.reshape(len(rows), ncols[0])
 
 
 def split_probe_modes(a: np.ndarray) -> np.ndarray:
