@@ -16,12 +16,55 @@ def illuminated_region(probe: np.ndarray, positions_px: np.ndarray, shape: tuple
     return weight >= level * weight.max()
 
 
-def aligned_error(estimate: np.ndarray, truth: np.ndarray) -> float:
-    """``min_c ‖c·x − t‖ / ‖t‖`` with c one complex factor.
+def phase_ramp(product: np.ndarray, region: np.ndarray, upsample: int = 4,
+               refine: int = 3) -> tuple[float, float]:
+    """Frequencies (cycles/pixel) of the linear phase ramp that best explains ``product``.
 
-    The factor removes the global phase and the ptychographic scale ambiguity (O·s, P/s).
+    Maximises ``|Σ_region product · exp(-2πi(k_r r + k_c c))|``: the peak of a zero-padded FFT,
+    then a few rounds of local grid refinement.
     """
-    x, t = np.ravel(estimate), np.ravel(truth)
+    d = np.where(region, product, 0)
+    h, w = d.shape
+    spec = np.abs(np.fft.fft2(d, s=(upsample * h, upsample * w)))
+    i, j = np.unravel_index(np.argmax(spec), spec.shape)
+    kr = np.fft.fftfreq(upsample * h)[i]
+    kc = np.fft.fftfreq(upsample * w)[j]
+    rows, cols = np.nonzero(region)
+    vals = d[rows, cols]
+    step_r, step_c = 1.0 / (upsample * h), 1.0 / (upsample * w)
+    grid = np.linspace(-1, 1, 5)
+    for _ in range(refine):
+        scores = [(abs(np.sum(vals * np.exp(-2j * np.pi * ((kr + a * step_r) * rows
+                                                          + (kc + b * step_c) * cols)))), a, b)
+                  for a in grid for b in grid]
+        _, a, b = max(scores)
+        kr, kc = kr + a * step_r, kc + b * step_c
+        step_r, step_c = step_r / 2, step_c / 2
+    for _ in range(2):  # weighted least squares on the (now small) residual phase
+        resid = np.angle(vals * np.exp(-2j * np.pi * (kr * rows + kc * cols)))
+        weight = np.abs(vals)
+        design = np.stack([rows, cols, np.ones_like(rows)], 1).astype(np.float64)
+        sol = np.linalg.lstsq(design * weight[:, None], resid * weight, rcond=None)[0]
+        kr, kc = kr + sol[0] / (2 * np.pi), kc + sol[1] / (2 * np.pi)
+    return float(kr), float(kc)
+
+
+def aligned_error(estimate: np.ndarray, truth: np.ndarray, region: np.ndarray | None = None,
+                  remove_ramp: bool = True) -> float:
+    """``min ‖c·e^{i k·r}·x − t‖ / ‖t‖`` over ``region``: c one complex factor, k a ramp.
+
+    The factor removes the global phase and the scale ambiguity (O·s, P/s); the linear phase
+    ramp is the other exact ambiguity of blind ptychography (O·e^{ik·r}, P·e^{-ik·r}).
+    """
+    estimate, truth = np.asarray(estimate), np.asarray(truth)
+    if region is None:
+        region = np.ones(truth.shape, dtype=bool)
+    x = estimate.astype(np.complex128)
+    if remove_ramp and truth.ndim == 2:
+        kr, kc = phase_ramp(truth * np.conj(x), region)
+        r, c = np.mgrid[:truth.shape[0], :truth.shape[1]]
+        x = x * np.exp(2j * np.pi * (kr * r + kc * c))
+    x, t = x[region], truth[region]
     c = np.vdot(x, t) / max(np.vdot(x, x).real, 1e-30)
     return float(np.linalg.norm(c * x - t) / np.linalg.norm(t))
 
@@ -37,9 +80,8 @@ def object_error(estimate: np.ndarray, estimate_positions: np.ndarray, truth: np
     offset = np.round(np.median(np.asarray(estimate_positions) - np.asarray(truth_positions),
                                 axis=0)).astype(int)
     region = illuminated_region(truth_probe, truth_positions, truth.shape, level)
-    rows, cols = np.nonzero(region)
-    er, ec = rows + offset[0], cols + offset[1]
-    inside = (er >= 0) & (er < estimate.shape[0]) & (ec >= 0) & (ec < estimate.shape[1])
-    if not inside.all():
-        raise ValueError("the estimate does not cover the truth's illuminated region")
-    return aligned_error(estimate[er, ec], truth[rows, cols])
+    h, w = truth.shape
+    r0, c0 = offset
+    if r0 < 0 or c0 < 0 or r0 + h > estimate.shape[0] or c0 + w > estimate.shape[1]:
+        raise ValueError("the estimate does not cover the truth's area")
+    return aligned_error(estimate[r0:r0 + h, c0:c0 + w], truth, region)

@@ -164,6 +164,26 @@ def modulus_project(backend: Backend, wave: Any, amplitude: Any, *,
     return out, err
 
 
+def relaxed_modulus_project(backend: Backend, wave: Any, amplitude: Any,
+                            bound: float) -> Any:
+    """Modulus projection that stops at the noise level (DM's power-bound constraint).
+
+    Per frame, the mean squared amplitude deviation ``e_j`` over valid pixels is compared
+    with ``bound`` (0.25 photons is the Poisson floor of ``(sqrt(I) - A)²``): frames within
+    it are left as they are, others are moved so that their deviation is exactly ``bound``.
+    """
+    xp = backend.xp
+    model = xp.sqrt(model_intensity(wave))
+    valid = amplitude >= 0
+    dev = xp.where(valid, model - amplitude, 0.0)
+    count = xp.maximum(valid.sum(axis=(1, 2)), 1)
+    err = (dev ** 2).sum(axis=(1, 2)) / count
+    renorm = xp.sqrt(bound / xp.maximum(err, bound))[:, None, None]
+    target = amplitude + dev * renorm
+    factor = xp.where(valid, target / (model + EPS), 1.0).astype(backend.real_dtype)
+    return wave * factor[:, None]
+
+
 def fourier_error_terms(backend: Backend, wave: Any, amplitude: Any) -> float:
     """``Σ_valid (sqrt(Î) - A)²`` of a batch without projecting."""
     xp = backend.xp

@@ -11,10 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from ..physics import extract, fourier_error_terms, modulus_project, scatter_add, unshift_sum
+from ..physics import (
+    extract,
+    fourier_error_terms,
+    modulus_project,
+    relaxed_modulus_project,
+    scatter_add,
+    unshift_sum,
+)
 from .base import Engine
 
 REGULARISATION = 1e-3  # δ relative to the largest illumination / object power
+POISSON_FLOOR = 0.25  # E[(sqrt(I_measured) - sqrt(I))²] for photon counts
 
 
 class DifferenceMap(Engine):
@@ -94,7 +102,11 @@ class DifferenceMap(Engine):
             model = prop.forward(phi)
             waves = self.waves[sl]
             trial = 2 * model - waves
-            projected, _ = modulus_project(be, trial, self.data.amplitudes[sl])
+            if self.cfg.fourier_relax > 0:
+                projected = relaxed_modulus_project(be, trial, self.data.amplitudes[sl],
+                                                    POISSON_FLOOR * self.cfg.fourier_relax)
+            else:
+                projected, _ = modulus_project(be, trial, self.data.amplitudes[sl])
             err += fourier_error_terms(be, model, self.data.amplitudes[sl])
             waves += projected
             waves -= model
