@@ -1,0 +1,21 @@
+"""ptychompi: MPI + GPU ptychographic reconstruction (ePIE, DM, LSQML) on spatial tiles."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .api import Reconstruction  # noqa: E402
+from .config import Config, default_yaml, load_config  # noqa: E402
+from .errors import ConfigError, DataError, PtychompiError  # noqa: E402
+from .simulate import simulate, simulate_to_files  # noqa: E402
+
+
+def read_scan(path: str):  # noqa: ANN201 - ScanSource
+    """Open a scan file (CXI, or APS row files with their config keys) lazily."""
+    from .dataset import open_source  # noqa: PLC0415
+
+    return open_source(load_config({"data": {"path": str(path)}}))
+
+
+__all__ = ["Reconstruction", "Config", "load_config", "default_yaml", "read_scan", "simulate",
+           "simulate_to_files", "PtychompiError", "ConfigError", "DataError", "__version__"]

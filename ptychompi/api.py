@@ -35,9 +35,12 @@ def agree(comm: Any | None, error: BaseException | None) -> None:
         message = str(error) if isinstance(error, PtychompiError) else \
             f"{type(error).__name__}: {error}"
     messages = comm.allgather(message)
-    for rank, msg in enumerate(messages):
-        if msg is not None:
-            raise PtychompiError(f"rank {rank}: {msg}")
+    failed = [(rank, msg) for rank, msg in enumerate(messages) if msg is not None]
+    if not failed:
+        return
+    if len(failed) == len(messages) and len({m for _, m in failed}) == 1:
+        raise PtychompiError(failed[0][1])  # the same problem everywhere: no rank to name
+    raise PtychompiError(f"rank {failed[0][0]}: {failed[0][1]}")
 
 
 def _make_exchange(comm: Any | None, tiles: list[Tile], rank: int, backend: Backend,
@@ -198,6 +201,34 @@ class Reconstruction:
     def scan_layout(self) -> ScanLayout:
         return self.layout
 
+    def result_data(self) -> Any:
+        """The result (object, probe, positions, errors, provenance) on rank 0. Collective."""
+        from .io.results import ResultData  # noqa: PLC0415
+
+        obj = self.object
+        prov = provenance(self)
+        if self.rank != 0:
+            return None
+        return ResultData(object=obj, probe=self.probe, positions=self.positions,
+                          error=np.asarray(self.metrics["error"], np.float64),
+                          pixel_size=self.layout.pixel_size_m,
+                          config_yaml=self.config.to_yaml(), provenance=prov)
+
+    def save(self, path: str) -> Any:
+        """Write the result file (rank 0, atomically). Collective; returns the ResultData."""
+        from .io.results import write_result  # noqa: PLC0415
+
+        data = self.result_data()
+        if data is not None:
+            write_result(path, data)
+        return data
+
+    def resume_from(self, obj: np.ndarray, probe: np.ndarray, iteration: int,
+                    history: list[dict] | None = None) -> None:
+        """Continue from a global object and probe (e.g. a checkpoint on another rank count)."""
+        self.engine.start_from(obj[self.tile.box.slices()], probe, iteration)
+        self.history = list(history or [])
+
     def close(self) -> None:
         """Release the scan file and device memory."""
         source = getattr(self, "source", None)
@@ -210,3 +241,25 @@ class Reconstruction:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def provenance(recon: Reconstruction) -> dict:
+    """Version, ranks, grid, devices, timings and bytes exchanged (gathered to every rank)."""
+    from . import __version__  # noqa: PLC0415
+
+    m = recon.metrics
+    local = {"compute_s": m["compute_s"], "comm_s": m["comm_s"], "io_s": m["io_s"],
+             "bytes_sent": m["bytes_sent"], "positions_held": len(recon.tile.indices),
+             "local_object_pixels": int(np.prod(recon.tile.box.shape)),
+             "device": recon.backend.name if recon.backend.device_id is None
+             else f"gpu{recon.backend.device_id}"}
+    rows = [local] if recon.comm is None else recon.comm.allgather(local)
+    grid = list(recon.tile.grid) if getattr(recon.tile, "grid", None) else [1, 1]
+    prov = {"version": __version__, "ranks": recon.size, "grid": grid,
+            "algorithm": recon.config.algorithm.name, "iterations_done": recon.iteration,
+            "wall_time_s": time.perf_counter() - recon.started,
+            "devices": [r["device"] for r in rows]}
+    for key in ("compute_s", "comm_s", "io_s", "bytes_sent", "positions_held",
+                "local_object_pixels"):
+        prov[key] = [r[key] for r in rows]
+    return prov

@@ -113,13 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _rank() -> int:
+    """This process's MPI rank when MPI is running, else 0 (errors print on rank 0 only)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return 0
+    return mpi.COMM_WORLD.Get_rank()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except PtychompiError as exc:
-        print(f"ptychompi: error: {exc}", file=sys.stderr)
+        if _rank() == 0:
+            print(f"ptychompi: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ptychompi: interrupted", file=sys.stderr)

@@ -158,6 +158,19 @@ class Engine:
     def chunks(self, n: int, size: int = 128) -> list[slice]:
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
+    def start_from(self, obj: np.ndarray, probe: np.ndarray, iteration: int) -> None:
+        """Continue from an object tile and probe at ``iteration`` (engine-specific state is
+        rebuilt from them, as at the start)."""
+        xp = self.backend.xp
+        self.object = xp.asarray(obj, dtype=self.backend.complex_dtype)
+        self.probe = xp.asarray(probe, dtype=self.backend.complex_dtype)
+        self.iteration = int(iteration)
+        self.rng = np.random.default_rng([self.cfg.seed, self.iteration])
+        self._reset()
+
+    def _reset(self) -> None:  # noqa: B027 - engines with extra state override
+        """Rebuild engine-specific state from the current object and probe."""
+
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, np.ndarray]:
         """Everything needed to continue bit for bit, as host arrays."""

@@ -1,0 +1,112 @@
+"""Checkpoints: the global result file plus each rank's exact engine state.
+
+``<out>/checkpoint.h5`` is a result file (object, probe, errors, config) written by rank 0;
+``<out>/checkpoint/rank<r>of<n>.h5`` holds rank r's engine state. Every file is written to a
+temporary name and renamed, so a crash leaves the previous checkpoint intact. Resuming on the
+same rank count restores every rank's state (bit for bit); on another count the engines start
+again from the global object and probe at the checkpoint's iteration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import yaml
+
+from .errors import PtychompiError
+
+RESULT_NAME = "checkpoint.h5"
+INCOMPATIBLE = (("algorithm", "name"), ("algorithm", "probe_modes"), ("preprocess", "crop_size"),
+                ("preprocess", "binning"), ("geometry", "propagation"), ("data", "path"),
+                ("data", "n_frames"))
+
+
+def state_path(out_dir: str | Path, rank: int, size: int) -> Path:
+    return Path(out_dir) / "checkpoint" / f"rank{rank}of{size}.h5"
+
+
+def _write_state(path: Path, state: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in state.items():
+                f.create_dataset(key, data=np.asarray(value))
+            f.flush()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read_state(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {key: f[key][()] for key in f}
+
+
+def write_checkpoint(recon: Any, out_dir: str | Path) -> None:
+    """Write the checkpoint of a running reconstruction. Collective."""
+    from .io.results import write_result  # noqa: PLC0415
+
+    state = recon.engine.state()
+    state["history_error"] = np.asarray([m["error"] for m in recon.history], np.float64)
+    state["history_seconds"] = np.asarray([m["seconds"] for m in recon.history], np.float64)
+    _write_state(state_path(out_dir, recon.rank, recon.size), state)
+    data = recon.result_data()
+    if recon.comm is not None:
+        recon.comm.Barrier()  # every rank's state is on disk before the result names it
+    if data is not None:
+        data.provenance["checkpoint_iteration"] = recon.iteration
+        write_result(str(Path(out_dir) / RESULT_NAME), data)
+
+
+def check_compatible(saved_yaml: str, cfg: Any) -> None:
+    """Raise if the checkpoint was made with a setting the resumed run cannot continue."""
+    saved = yaml.safe_load(saved_yaml) or {}
+    now = cfg.to_dict()
+    for section, key in INCOMPATIBLE:
+        old, new = saved.get(section, {}).get(key), now[section][key]
+        if old != new:
+            raise PtychompiError(f"cannot resume: {section}.{key} was {old!r} in the checkpoint "
+                                 f"and is {new!r} now; restore it or start a new run")
+
+
+def resume(recon: Any, out_dir: str | Path) -> int:
+    """Continue ``recon`` from the checkpoint in ``out_dir``; returns the iteration."""
+    from .io.results import read_result  # noqa: PLC0415
+
+    path = Path(out_dir) / RESULT_NAME
+    if not path.is_file():
+        raise PtychompiError(f"--resume: no checkpoint at {path}; run without --resume, or set "
+                             "output.checkpoint_every")
+    data = read_result(str(path))
+    check_compatible(data.config_yaml, recon.config)
+    iteration = int(data.provenance.get("checkpoint_iteration",
+                                        data.provenance.get("iterations_done", 0)))
+    same = data.provenance.get("ranks") == recon.size
+    mine = state_path(out_dir, recon.rank, recon.size)
+    have = same and mine.is_file()
+    if recon.comm is not None:
+        have = recon.comm.allreduce(int(have), op=__import__("mpi4py").MPI.MIN) == 1
+    state = _read_state(mine) if have else None
+    if state is not None and int(state["iteration"]) != iteration:
+        state = None
+    if recon.comm is not None:
+        ok = recon.comm.allreduce(int(state is not None), op=__import__("mpi4py").MPI.MIN)
+        state = state if ok else None
+    if state is not None:
+        recon.engine.restore(state)
+        recon.history = [{"iteration": i + 1, "error": float(e), "seconds": float(s)}
+                         for i, (e, s) in enumerate(zip(state["history_error"],
+                                                        state["history_seconds"], strict=True))]
+    else:
+        history = [{"iteration": i + 1, "error": float(e), "seconds": 0.0}
+                   for i, e in enumerate(data.error)]
+        recon.resume_from(data.object, data.probe, iteration, history)
+    return iteration
