@@ -7,8 +7,6 @@ object update equals the sequential one; the probe update is the batch mean.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ..physics import extract, modulus_project, scatter_add_disjoint, unshift_sum
