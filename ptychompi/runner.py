@@ -53,14 +53,16 @@ def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
     return config_from_dict(values)
 
 
-def _build(args: argparse.Namespace, comm: Any) -> tuple[Reconstruction, str | None]:
+def _build(args: argparse.Namespace, comm: Any) -> tuple[Reconstruction, Any]:
     """The reconstruction from a config file or a ptychopy command string."""
     if args.ptychopy:
         from .compat.ptychopy import reconstruction_from_cmdstr  # noqa: PLC0415
 
-        recon, options = reconstruction_from_cmdstr(args.ptychopy, comm=comm,
-                                                    overrides=args.set)
-        return recon, getattr(options, "job_id", None)
+        if args.set:
+            raise ConfigError("--set does not combine with --ptychopy; put the parameter in "
+                              "the command string")
+        recon, options = reconstruction_from_cmdstr(args.ptychopy, comm=comm)
+        return recon, options
     if not args.config:
         raise ConfigError("give a config file (ptychompi run scan.yaml) or --ptychopy CMDSTR")
     cfg = apply_overrides(load_config(args.config), args.set)
@@ -122,7 +124,7 @@ def run_cli(args: argparse.Namespace) -> int:
     agree(comm_arg, error)
     setup_logging(str(out) if args.config else None, rank, quiet=args.quiet,
                   verbose=args.verbose)
-    recon, stem = _build(args, comm_arg)
+    recon, ptychopy_options = _build(args, comm_arg)
     cfg = recon.config
     out = Path(cfg.output.directory)
     if args.ptychopy and rank == 0:
@@ -157,7 +159,11 @@ def run_cli(args: argparse.Namespace) -> int:
         raise
     progress.close()
     log.info("%d iterations in %.1f s", total, time.perf_counter() - t0)
-    _finish(recon, out, stem)
+    _finish(recon, out, None)
+    if ptychopy_options is not None:
+        from .compat.ptychopy import write_outputs  # noqa: PLC0415
+
+        write_outputs(recon, ptychopy_options)  # data/<jobID>_object_0.csv as ptychopy does
     recon.close()
     close_logging()
     return 0
