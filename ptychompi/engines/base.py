@@ -175,11 +175,11 @@ class Engine:
     def state(self) -> dict[str, np.ndarray]:
         """Everything needed to continue bit for bit, as host arrays."""
         rng = json.dumps(self.rng.bit_generator.state).encode()
-        out = {"object": self.backend.asnumpy(self.object),
-               "probe": self.backend.asnumpy(self.probe),
+        out = {"object": np.array(self.backend.asnumpy(self.object)),
+               "probe": np.array(self.backend.asnumpy(self.probe)),
                "iteration": np.array(self.iteration),
                "rng": np.frombuffer(rng, dtype=np.uint8).copy()}
-        out.update({k: self.backend.asnumpy(v) for k, v in self._extra_state().items()})
+        out.update({k: np.array(self.backend.asnumpy(v)) for k, v in self._extra_state().items()})
         return out
 
     def restore(self, state: dict[str, np.ndarray]) -> None:
