@@ -55,6 +55,7 @@ def write_checkpoint(recon: Any, out_dir: str | Path) -> None:
     from .io.results import write_result  # noqa: PLC0415
 
     state = recon.engine.state()
+    state["indices"] = np.asarray(recon.engine.data.indices)
     state["history_error"] = np.asarray([m["error"] for m in recon.history], np.float64)
     state["history_seconds"] = np.asarray([m["seconds"] for m in recon.history], np.float64)
     _write_state(state_path(out_dir, recon.rank, recon.size), state)
@@ -109,4 +110,33 @@ def resume(recon: Any, out_dir: str | Path) -> int:
         history = [{"iteration": i + 1, "error": float(e), "seconds": 0.0}
                    for i, e in enumerate(data.error)]
         recon.resume_from(data.object, data.probe, iteration, history)
+        _adopt_exit_waves(recon, out_dir, int(data.provenance.get("ranks", 0)), iteration)
     return iteration
+
+
+def _adopt_exit_waves(recon: Any, out_dir: str | Path, old_size: int, iteration: int) -> None:
+    """DM on a new rank count: take each position's exit waves from the old ranks' states."""
+    engine = recon.engine
+    if not hasattr(engine, "waves") or old_size < 1:
+        return
+    wanted = {int(g): i for i, g in enumerate(engine.data.indices)}
+    found = 0
+    for rank in range(old_size):
+        path = state_path(out_dir, rank, old_size)
+        if not path.is_file():
+            return
+        with h5py.File(path, "r") as f:
+            if "waves" not in f or int(f["iteration"][()]) != iteration:
+                return
+            old = f["indices"][()]
+            take = [(j, wanted[int(g)]) for j, g in enumerate(old) if int(g) in wanted]
+            if not take:
+                continue
+            src, dst = (np.asarray(t) for t in zip(*take, strict=True))
+            waves = f["waves"][()]
+            if waves.shape[1:] != tuple(engine.waves.shape[1:]):
+                return
+            engine.waves[engine.backend.xp.asarray(dst)] = engine.backend.asarray(waves[src])
+            found += len(take)
+    if found != len(wanted):  # incomplete: keep the waves rebuilt from object and probe
+        engine._reset()
