@@ -30,6 +30,10 @@ class DifferenceMap(Engine):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Exit waves of the current probe and object."""
         xp = self.backend.xp
         n, k, m = len(self.rows), self.probe.shape[0], self.data.frame
         self.waves = xp.empty((n, k, m, m), dtype=self.backend.complex_dtype)
