@@ -1,0 +1,130 @@
+"""Seconds per iteration of ePIE, DM and LSQML against the FFT floor of the same scan.
+
+For each size ``GRIDxM`` a simulated ``GRID x GRID`` raster of M² frames is built (step
+M·15/128 px, probe M·40/128 px). For each engine: median seconds per iteration over
+``--iterations`` after ``--warmup``, frames per second, peak memory of the engine (host RSS
+on CPU, CuPy pool high-water on GPU) and the ratio to the FFT floor: one forward plus one
+inverse FFT of all K·N frames (same backend and workers, complex64), measured right before
+the engine in the same process.
+
+    python benchmarks/engines.py --sizes 30x128 --engines epie,dm,lsqml --subpixel both \
+        --json engines.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+
+import common
+
+import ptychompi
+from ptychompi.backend import select_backend
+
+
+def run_engine(scan, probe_m: float, engine: str, subpixel: bool, args) -> dict:
+    iterations = args.iterations + args.warmup
+    cfg = common.make_config(engine, iterations, probe_m, subpixel, args.device, args.workers,
+                             args.batch_size)
+    backend = select_backend(args.device, None, workers=args.workers)
+    n, frame = scan.n_frames, scan.frame_shape[0]
+    gc.collect()
+    floor = common.fft_floor(backend, n, 1, frame, reps=args.floor_reps)
+    host = common.HostMemory()
+    dev = common.DeviceMemory(backend.xp) if backend.is_gpu else None
+    t0 = time.perf_counter()
+    recon = ptychompi.Reconstruction(cfg, None, scan=scan)
+    setup = time.perf_counter() - t0
+    modes = int(recon.engine.probe.shape[0])
+    if modes != 1:  # the floor covers K·N frames
+        floor = common.fft_floor(backend, n, modes, frame, reps=args.floor_reps)
+    seconds, errors, floors = [], [], [floor]
+    for i in range(iterations):
+        if i >= args.warmup:  # one floor sample beside each timed iteration (noisy hosts)
+            floors.append(common.fft_floor(backend, n, modes, frame, reps=1, warm=False))
+        m = recon.step()
+        if dev is not None:
+            dev.sample()
+        if i >= args.warmup:
+            seconds.append(m["seconds"])
+            errors.append(m["error"])
+    per_iter = common.median(seconds)
+    floor = common.median(floors[1:] + [floor])
+    row = {
+        "engine": engine, "subpixel": bool(recon.engine.use_subpixel),
+        "subpixel_requested": subpixel, "n_frames": n, "frame": frame, "modes": modes,
+        "ffts_per_pass": int(recon.engine.data.propagator.ffts_per_pass),
+        "seconds_per_iteration": per_iter,
+        "seconds_min": min(seconds), "seconds_max": max(seconds),
+        "frames_per_second": n / per_iter,
+        "fft_floor_s": floor, "ratio_to_floor": per_iter / floor,
+        "peak_bytes": dev.peak_bytes() if dev is not None else host.peak_bytes(),
+        "peak_kind": "cupy pool" if dev is not None else "host RSS",
+        "setup_s": setup, "error_first": errors[0], "error_last": errors[-1],
+        "iterations": len(seconds), "warmup": args.warmup,
+    }
+    recon.close()
+    del recon
+    gc.collect()
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'size':>9} {'engine':>6} {'subpx':>5} {'s/iter':>8} {'frames/s':>9} "
+            f"{'floor s':>8} {'x floor':>7} {'peak MiB':>9} {'error':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        size = f"{r['n_frames']}x{r['frame']}"
+        lines.append(
+            f"{size:>9} {r['engine']:>6} {'on' if r['subpixel'] else 'off':>5} "
+            f"{r['seconds_per_iteration']:8.3f} {r['frames_per_second']:9.0f} "
+            f"{r['fft_floor_s']:8.3f} {r['ratio_to_floor']:7.2f} "
+            f"{r['peak_bytes'] / 2**20:9.1f} {r['error_last']:9.2e}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="30x128", help="GRIDxFRAME list, e.g. 30x128,20x256")
+    ap.add_argument("--engines", default="epie,dm,lsqml")
+    ap.add_argument("--iterations", type=int, default=10, help="timed iterations")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    ap.add_argument("--workers", type=int, default=None, help="CPU FFT threads (null = cores)")
+    ap.add_argument("--batch-size", type=int, default=None, help="algorithm.batch_size")
+    ap.add_argument("--subpixel", default="on", choices=("on", "off", "both"))
+    ap.add_argument("--floor-reps", type=int, default=5)
+    ap.add_argument("--json", default=None, help="write the rows here")
+    args = ap.parse_args(argv)
+    if args.iterations < 1 or args.warmup < 0:
+        ap.error("--iterations must be >= 1 and --warmup >= 0")
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.subpixel]
+    rows = []
+    for grid, frame in common.parse_sizes(args.sizes):
+        t0 = time.perf_counter()
+        scan, probe_m, info = common.make_scan(grid, frame)
+        print(f"# {grid}x{grid} scan of {frame}^2 frames simulated in "
+              f"{time.perf_counter() - t0:.1f} s (object {info['object_shape']})",
+              file=sys.stderr, flush=True)
+        for engine in engines:
+            for sub in modes:
+                row = run_engine(scan, probe_m, engine, sub, args)
+                row["size"] = f"{grid}x{frame}"
+                row["object_shape"] = info["object_shape"]
+                rows.append(row)
+                print(f"# {engine} subpixel={sub}: {row['seconds_per_iteration']:.3f} s/it, "
+                      f"{row['ratio_to_floor']:.2f}x floor", file=sys.stderr, flush=True)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": common.machine(), "device": args.device,
+                       "args": vars(args), "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

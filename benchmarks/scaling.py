@@ -1,0 +1,168 @@
+"""Strong and weak scaling of one engine over MPI ranks (one mpiexec launch per rank count).
+
+Worker (under mpiexec): builds the simulated scan on every rank, reconstructs with
+``Reconstruction(cfg, MPI.COMM_WORLD)`` and prints one JSON line (prefixed ``RESULT``) on
+rank 0: ranks, median seconds per iteration (slowest rank), compute / comm / io seconds per
+rank, bytes exchanged per rank per iteration, the object size.
+
+    mpiexec -n 2 python benchmarks/scaling.py --worker --mode strong --grid 30 --frame 128
+
+Driver: launches the worker for each rank count and adds speed-up and efficiency.
+
+    python benchmarks/scaling.py --drive 1,2 --mode strong --engine dm --grid 30 --frame 128
+
+Strong scaling keeps the ``GRID x GRID`` scan; weak scaling grows it with the ranks
+(``round(GRID·sqrt(k))`` squared positions, so positions ∝ ranks). Speed-up is t1/tk
+(strong) or the positions per second relative to the first rank count (weak); efficiency
+is speed-up / k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import common
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TAG = "RESULT "
+
+
+def grid_for(mode: str, grid: int, ranks: int) -> int:
+    return grid if mode == "strong" else int(round(grid * math.sqrt(ranks)))
+
+
+def worker(args: argparse.Namespace) -> int:
+    import numpy as np
+    from mpi4py import MPI
+
+    import ptychompi
+
+    comm = MPI.COMM_WORLD
+    size, rank = comm.Get_size(), comm.Get_rank()
+    grid = grid_for(args.mode, args.grid, size)
+    scan, probe_m, info = common.make_scan(grid, args.frame)
+    cfg = common.make_config(args.engine, args.iterations + args.warmup, probe_m,
+                             args.subpixel == "on", "cpu", args.workers)
+    comm.Barrier()
+    t0 = time.perf_counter()
+    recon = ptychompi.Reconstruction(cfg, comm, scan=scan)
+    setup = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        recon.step()
+    m0 = recon.metrics
+    seconds = []
+    for _ in range(args.iterations):
+        seconds.append(recon.step()["seconds"])
+    m1 = recon.metrics
+    it = args.iterations
+    local = {
+        "rank": rank, "positions": len(recon.tile.indices),
+        "tile_pixels": int(np.prod(recon.tile.box.shape)),
+        "seconds": seconds,
+        "compute_s_per_iter": (m1["compute_s"] - m0["compute_s"]) / it,
+        "comm_s_per_iter": (m1["comm_s"] - m0["comm_s"]) / it,
+        "bytes_per_iter": (m1["bytes_sent"] - m0["bytes_sent"]) / it,
+        "io_s": m1["io_s"], "workers": recon.backend.workers,
+    }
+    rows = comm.gather(local, root=0)
+    if rank == 0:
+        slowest = [max(r["seconds"][i] for r in rows) for i in range(it)]
+        obj_shape = list(recon.layout.object_shape)
+        out = {
+            "mode": args.mode, "engine": args.engine, "ranks": size,
+            "grid": grid, "frame": args.frame, "n_frames": scan.n_frames,
+            "subpixel": args.subpixel == "on",
+            "seconds_per_iteration": common.median(slowest),
+            "setup_s": setup, "error_last": recon.history[-1]["error"],
+            "object_shape": obj_shape, "object_bytes": int(np.prod(obj_shape)) * 8,
+            "per_rank": [{k: v for k, v in r.items() if k != "seconds"} for r in rows],
+            "machine": common.machine(),
+        }
+        print(TAG + json.dumps(out), flush=True)
+    recon.close()
+    return 0
+
+
+def drive(args: argparse.Namespace) -> int:
+    counts = [int(k) for k in args.drive.split(",")]
+    results = []
+    for k in counts:
+        cmd = [args.mpiexec, "-n", str(k), sys.executable, os.path.join(HERE, "scaling.py"),
+               "--worker", "--mode", args.mode, "--engine", args.engine,
+               "--grid", str(args.grid), "--frame", str(args.frame),
+               "--iterations", str(args.iterations), "--warmup", str(args.warmup),
+               "--subpixel", args.subpixel]
+        if args.workers:
+            cmd += ["--workers", str(args.workers)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(TAG)]
+        if proc.returncode != 0 or not lines:
+            sys.stderr.write(proc.stdout + proc.stderr)
+            raise SystemExit(f"mpiexec -n {k} failed (exit {proc.returncode})")
+        results.append(json.loads(lines[-1][len(TAG):]))
+    base = results[0]
+    for r in results:
+        ratio = base["seconds_per_iteration"] / r["seconds_per_iteration"]
+        scale = r["ranks"] / base["ranks"]
+        if args.mode == "strong":
+            r["speedup"] = ratio
+        else:  # throughput (positions per second) relative to the first count
+            r["speedup"] = ratio * r["n_frames"] / base["n_frames"]
+        r["efficiency"] = r["speedup"] / scale
+        print(json.dumps(r), flush=True)
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+def table(results: list[dict]) -> str:
+    head = (f"{'mode':>6} {'ranks':>5} {'frames':>6} {'s/iter':>8} {'speedup':>7} {'eff':>5} "
+            f"{'comp s':>7} {'comm s':>7} {'KiB/it/rank':>11} {'obj KiB':>8}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        pr = r["per_rank"]
+        comp = max(p["compute_s_per_iter"] for p in pr)
+        comm = max(p["comm_s_per_iter"] for p in pr)
+        sent = max(p["bytes_per_iter"] for p in pr) / 1024
+        lines.append(f"{r['mode']:>6} {r['ranks']:5d} {r['n_frames']:6d} "
+                     f"{r['seconds_per_iteration']:8.3f} {r['speedup']:7.2f} "
+                     f"{r['efficiency']:5.2f} {comp:7.3f} {comm:7.3f} {sent:11.1f} "
+                     f"{r['object_bytes'] / 1024:8.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", default="strong", choices=("strong", "weak"))
+    ap.add_argument("--worker", action="store_true", help="run one measurement (under mpiexec)")
+    ap.add_argument("--drive", default=None, help="rank counts to launch, e.g. 1,2")
+    ap.add_argument("--engine", default="dm", choices=("epie", "dm", "lsqml"))
+    ap.add_argument("--grid", type=int, default=30)
+    ap.add_argument("--frame", type=int, default=128)
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--subpixel", default="on", choices=("on", "off"))
+    ap.add_argument("--workers", type=int, default=None, help="FFT threads per rank")
+    ap.add_argument("--mpiexec", default=os.path.join(os.path.dirname(sys.executable),
+                                                      "mpiexec"))
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args)
+    if args.drive:
+        return drive(args)
+    ap.error("give --worker (under mpiexec) or --drive 1,2")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
