@@ -14,7 +14,7 @@ import numpy as np
 from ..physics import EPS, extract, model_intensity, modulus_project, scatter_add, unshift_sum
 from .base import Engine
 
-DEFAULT_BATCHES = 8  # batches per iteration when batch_size is not set
+DEFAULT_BATCHES = 20  # batches per iteration when batch_size is not set
 DELTA = 0.1  # object-direction preconditioner (δ)
 DAMPING = 0.1  # λ relative to the batch mean of each diagonal
 STEP_SCALE = 0.9
