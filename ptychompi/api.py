@@ -161,6 +161,8 @@ class Reconstruction:
     @property
     def metrics(self) -> dict:
         """Per-iteration errors and timings of this run, plus communication accounting."""
+        if self.engine is None:  # closed: what the run ended with
+            return self._final_metrics
         stats = self.exchange.stats
         return {"error": [m["error"] for m in self.history],
                 "seconds": [m["seconds"] for m in self.history],
@@ -234,6 +236,8 @@ class Reconstruction:
         source = getattr(self, "source", None)
         if source is not None:
             source.close()
+        if getattr(self, "engine", None) is not None:
+            self._final_metrics = self.metrics
         self.engine = None  # type: ignore[assignment]
 
     def __enter__(self) -> Reconstruction:

@@ -215,6 +215,18 @@ def measured_power(backend: Backend, amplitude: Any) -> float:
     return float(xp.sum(xp.where(amplitude >= 0, amplitude ** 2, 0.0), dtype=np.float64))
 
 
+def re_inner(backend: Backend, x: Any, y: Any) -> Any:
+    """``Re Σ conj(x_b) y_b`` per leading index b, without complex temporaries.
+
+    Complex arrays are viewed as interleaved real pairs, so the sum is one real row-wise dot.
+    """
+    xp = backend.xp
+    n = x.shape[0]
+    xv = xp.ascontiguousarray(x).view(backend.real_dtype).reshape(n, -1)
+    yv = xp.ascontiguousarray(y).view(backend.real_dtype).reshape(n, -1)
+    return xp.einsum("ij,ij->i", xv, yv)
+
+
 # --------------------------------------------------------------------------- probe modes
 def orthogonalize_modes(backend: Backend, probe: Any) -> Any:
     """Orthogonal probe modes spanning the same space, sorted by decreasing power."""

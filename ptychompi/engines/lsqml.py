@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from ..physics import EPS, extract, model_intensity, modulus_project, scatter_add, unshift_sum
+from ..physics import (
+    EPS,
+    extract,
+    model_intensity,
+    modulus_project,
+    re_inner,
+    scatter_add,
+    unshift_sum,
+)
 from .base import Engine
 
 DEFAULT_BATCHES = 20  # batches per iteration when batch_size is not set
@@ -134,13 +142,13 @@ class LSQML(Engine):
         # per-position step lengths: minimise ‖χ − α_O ΔO P − α_P ΔP O‖²
         if nb:
             dop = extract(be, d_obj, self.index[sel])[:, None] * probes
-            a11 = (dop.real ** 2 + dop.imag ** 2).sum(axis=(1, 2, 3))
-            b1 = (dop.conj() * chi).real.sum(axis=(1, 2, 3))
+            a11 = re_inner(be, dop, dop).astype(np.float64)
+            b1 = re_inner(be, dop, chi).astype(np.float64)
             if update_probe:
                 dpo = d_probe[None] * obj[:, None]
-                a22 = (dpo.real ** 2 + dpo.imag ** 2).sum(axis=(1, 2, 3))
-                a12 = (dop * dpo.conj()).real.sum(axis=(1, 2, 3))
-                b2 = (dpo.conj() * chi).real.sum(axis=(1, 2, 3))
+                a22 = re_inner(be, dpo, dpo).astype(np.float64)
+                a12 = re_inner(be, dop, dpo).astype(np.float64)
+                b2 = re_inner(be, dpo, chi).astype(np.float64)
         stats = np.zeros(3)
         if nb:
             stats[0] = float(a11.sum())
