@@ -149,8 +149,13 @@ def run_cli(args: argparse.Namespace) -> int:
                       metrics["seconds"])
             if every and recon.iteration % every == 0 and recon.iteration < total:
                 write_checkpoint(recon, out)
-    except PtychompiError:
+    except PtychompiError as exc:
         progress.close()
+        if rank == 0:
+            from .notify import notify_run_end  # noqa: PLC0415
+
+            notify_run_end(cfg.output, f"ptychompi run failed at iteration "
+                           f"{recon.iteration}: {exc}", False)
         raise  # raised identically on every rank (errors are allreduced)
     except Exception as exc:  # noqa: BLE001 - one rank failed mid-collective
         progress.close()
