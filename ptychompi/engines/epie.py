@@ -67,12 +67,19 @@ class EPIE(Engine):
             delta = prop.backward(projected, overwrite=True)
             delta -= psi
             pmax = float((probes.real ** 2 + probes.imag ** 2).sum(axis=1).max())
-            obj_update = (alpha / pmax) * (probes.conj() * delta).sum(axis=1)
-            scatter_add_disjoint(self.object, obj_update.astype(self.object.dtype),
+            weight = (alpha / pmax) * probes.conj()
+            if weight.shape[:2] == (1, 1):  # one mode, no sub-pixel shift: one multiply
+                obj_update = delta[:, 0] * weight[0, 0]
+            else:
+                obj_update = (weight * delta).sum(axis=1)
+            scatter_add_disjoint(be, self.object, obj_update.astype(self.object.dtype),
                                  self.index[sel])
             if update_probe:
                 omax = (obj.real ** 2 + obj.imag ** 2).reshape(len(batch), -1).max(axis=1)
-                grad = obj.conj()[:, None] * delta / omax[:, None, None, None]
+                scaled = obj.conj()
+                scaled /= omax[:, None, None]
+                delta *= scaled[:, None]
+                grad = delta
                 self.probe += (beta / len(batch)) * unshift_sum(be, grad, self.ramps(batch))
         if self.schedule.share_object(self.iteration):
             self.merge_object()
