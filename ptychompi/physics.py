@@ -236,6 +236,16 @@ def measured_power(backend: Backend, amplitude: Any) -> float:
     return float(xp.sum(xp.where(amplitude >= 0, amplitude ** 2, 0.0), dtype=np.float64))
 
 
+def mode_sum(waves: Any, weights: Any) -> Any:
+    """``Σ_k waves_k · weights_k``: (B, K, M, M) x (B or 1, K, M, M) -> (B, M, M).
+
+    One multiply without a (B, K, M, M) temporary in the common one-mode case.
+    """
+    if waves.shape[1] == 1:
+        return waves[:, 0] * weights[:, 0]
+    return (waves * weights).sum(axis=1)
+
+
 def re_inner(backend: Backend, x: Any, y: Any) -> Any:
     """``Re Σ conj(x_b) y_b`` per leading index b, without complex temporaries.
 

@@ -14,6 +14,7 @@ import numpy as np
 from ..physics import (
     EPS,
     extract,
+    mode_sum,
     model_intensity,
     modulus_project,
     re_inner,
@@ -76,7 +77,7 @@ class LSQML(Engine):
         """Detector-space target Ψ' for the Gaussian or Poisson noise model."""
         be, xp = self.backend, self.backend.xp
         if self.cfg.noise_model == "gaussian":
-            return modulus_project(be, wave, amplitude, in_place=False)
+            return modulus_project(be, wave, amplitude)  # the wave is a fresh array
         model = model_intensity(wave)
         valid = amplitude >= 0
         meas = xp.where(valid, amplitude ** 2, 0)
@@ -120,7 +121,7 @@ class LSQML(Engine):
         num = xp.zeros(self.data.box_shape, dtype=be.complex_dtype)
         illum = xp.zeros(self.data.box_shape, dtype=be.real_dtype)
         if nb:
-            scatter_add(be, num, (chi * probes.conj()).sum(axis=1), rows, cols)
+            scatter_add(be, num, mode_sum(chi, probes.conj()), rows, cols)
             power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
             scatter_add(be, illum, xp.broadcast_to(power, (nb, *power.shape[1:])), rows, cols)
         if share_obj:
