@@ -3,6 +3,15 @@
 Exit waves are kept in detector space, ``Ψ_j = prop(ψ_j)``, so one iteration needs one
 backward pass (for the overlap projection) and one forward pass (of ``P·O_j``, which also
 gives the Fourier error): ``Ψ_j ← Ψ_j + π_F(2Φ_j − Ψ_j) − Φ_j`` with ``Φ_j = prop(P O_j)``.
+
+With noisy data DM has no fixed point and drifts (a strict projection, even with the true probe
+fixed, degrades the object), so π_F is the power-bound relaxed projection, with a bound well
+below the Poisson floor (a bound at the floor stops DM at the first consistent, biased object).
+DM does the global search; from iteration ``REFINE_FROM`` on (a fixed count, not a fraction
+of ``cfg.iterations``, so that a resumed run equals an uninterrupted one) the same loop does
+error reduction, ``Ψ_j ← π_F(Φ_j)`` with the strict projection, which decreases the
+amplitude misfit monotonically (the Gaussian likelihood) and removes DM's bias, as ptypy users
+follow DM with ML.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from .base import Engine
 
 REGULARISATION = 1e-3  # δ relative to the largest illumination / object power
 POISSON_FLOOR = 0.25  # E[(sqrt(I_measured) - sqrt(I))²] for photon counts
+BOUND_FRACTION = 0.15  # DM's bound: this fraction of the floor × fourier_relax (measured best)
+REFINE_FROM = 50  # error reduction (Ψ ← π_F Φ, strict) from this iteration on
 
 
 class DifferenceMap(Engine):
@@ -96,22 +107,33 @@ class DifferenceMap(Engine):
         pdelta = REGULARISATION * float(pden.max())
         self.probe = ((pnum + pdelta * self.probe) / (pden + pdelta)).astype(be.complex_dtype)
 
+    @property
+    def refining(self) -> bool:
+        """Error reduction (strict projection, Ψ ← π_F Φ) instead of DM this iteration."""
+        return self.iteration >= REFINE_FROM
+
     def _fourier_update(self) -> float:
         be = self.backend
         prop = self.data.propagator
+        refine = self.refining
+        bound = POISSON_FLOOR * BOUND_FRACTION * self.cfg.fourier_relax
         probe_ft = be.fft2(self.probe) if self.use_subpixel else None
         err = 0.0
         for sl in self.chunks(len(self.rows)):
             phi = self.probes_at(sl, probe_ft) * extract(be, self.object, self.index[sl])[:, None]
             model = prop.forward(phi)
             waves = self.waves[sl]
+            if refine:  # the projection's error is the misfit of the model
+                projected, batch_err = modulus_project(be, model, self.data.amplitudes[sl])
+                waves[...] = projected
+                err += batch_err
+                continue
+            err += fourier_error_terms(be, model, self.data.amplitudes[sl])
             trial = 2 * model - waves
-            if self.cfg.fourier_relax > 0:
-                projected = relaxed_modulus_project(be, trial, self.data.amplitudes[sl],
-                                                    POISSON_FLOOR * self.cfg.fourier_relax)
+            if bound > 0:
+                projected = relaxed_modulus_project(be, trial, self.data.amplitudes[sl], bound)
             else:
                 projected, _ = modulus_project(be, trial, self.data.amplitudes[sl])
-            err += fourier_error_terms(be, model, self.data.amplitudes[sl])
             waves += projected
             waves -= model
         return err
