@@ -94,8 +94,11 @@ class AlgorithmConfig:
     alpha: float = opt(1.0, "ePIE object step size", low=0.0)
     beta: float = opt(1.0, "ePIE probe step size", low=0.0)
     overlap_iterations: int = opt(1, "DM: overlap-projection sweeps per iteration", low=1)
-    fourier_relax: float = opt(1.0, "DM: modulus constraint stops at this many times the "
-                               "Poisson noise floor (0 = strict projection)", low=0.0)
+    fourier_relax: float = opt(1.0, "DM: scale of the power bound where the modulus "
+                               "constraint stops (0.15 x the Poisson floor x this; 0 = strict)",
+                               low=0.0)
+    dm_refine_from: int | None = opt(50, "DM: from this iteration on, alternating projections "
+                                     "(strict modulus) refine DM's result (null = never)", low=0)
     noise_model: str = opt("gaussian", "LSQML noise model", choices=("gaussian", "poisson"))
     object_amplitude_min: float | None = opt(None, "clip object amplitude below", low=0.0)
     object_amplitude_max: float | None = opt(None, "clip object amplitude above", low=0.0)

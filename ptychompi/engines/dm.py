@@ -7,8 +7,8 @@ gives the Fourier error): ``Ψ_j ← Ψ_j + π_F(2Φ_j − Ψ_j) − Φ_j`` with
 With noisy data DM has no fixed point and drifts (a strict projection, even with the true probe
 fixed, degrades the object), so π_F is the power-bound relaxed projection, with a bound well
 below the Poisson floor (a bound at the floor stops DM at the first consistent, biased object).
-DM does the global search; from iteration ``REFINE_FROM`` on (a fixed count, not a fraction
-of ``cfg.iterations``, so that a resumed run equals an uninterrupted one) the same loop does
+DM does the global search; from iteration ``algorithm.dm_refine_from`` on (a fixed count, not
+a fraction of the iterations, so that a resumed run equals an uninterrupted one) the loop does
 error reduction, ``Ψ_j ← π_F(Φ_j)`` with the strict projection, which decreases the
 amplitude misfit monotonically (the Gaussian likelihood) and removes DM's bias, as ptypy users
 follow DM with ML.
@@ -33,7 +33,6 @@ from .base import Engine
 REGULARISATION = 1e-3  # δ relative to the largest illumination / object power
 POISSON_FLOOR = 0.25  # E[(sqrt(I_measured) - sqrt(I))²] for photon counts
 BOUND_FRACTION = 0.15  # DM's bound: this fraction of the floor × fourier_relax (measured best)
-REFINE_FROM = 50  # error reduction (Ψ ← π_F Φ, strict) from this iteration on
 
 
 class DifferenceMap(Engine):
@@ -110,7 +109,8 @@ class DifferenceMap(Engine):
     @property
     def refining(self) -> bool:
         """Error reduction (strict projection, Ψ ← π_F Φ) instead of DM this iteration."""
-        return self.iteration >= REFINE_FROM
+        start = self.cfg.dm_refine_from
+        return start is not None and self.iteration >= start
 
     def _fourier_update(self) -> float:
         be = self.backend
