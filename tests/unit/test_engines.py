@@ -53,9 +53,10 @@ def truth_floor(sim) -> float:
 
 
 # (object error bar, final error / noise floor, first / final Fourier error) after 100
-# iterations. ePIE and LSQML meet the engines issue's object bars (0.10, 0.06); DM does not
-# yet (0.06 asked, about 0.20 reached: see the issue note), so its bar records where it is.
-BARS = {"epie": (0.10, 1.5, 10.0), "dm": (0.25, 2.0, 7.0), "lsqml": (0.06, 1.5, 10.0)}
+# iterations: the engines issue's object bars. The Fourier error cannot fall 20x here: with the
+# defocused starting probe the first iteration is at ~4e-2 and the Poisson floor of these data
+# is ~3e-3, so the test asks for 10x and a final error within 1.5x of that floor.
+BARS = {"epie": (0.10, 1.5, 10.0), "dm": (0.06, 1.5, 10.0), "lsqml": (0.06, 1.5, 10.0)}
 
 
 @pytest.mark.slow
@@ -85,7 +86,7 @@ def test_two_probe_modes_fit_better():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,bar", [("epie", 0.015), ("lsqml", 0.015), ("dm", 0.03)])
+@pytest.mark.parametrize("name,bar", [("epie", 0.015), ("lsqml", 0.015), ("dm", 0.015)])
 def test_petra_nearfield(shared_data, tmp_path, name, bar):
     """Real near-field data: the error falls below the bar and the phase shows the star."""
     cfg = {"data": {"path": str(shared_data / P25)},
@@ -94,12 +95,13 @@ def test_petra_nearfield(shared_data, tmp_path, name, bar):
            "parallel": {"device": "cpu"}}
     with Reconstruction(cfg) as r:
         r.run()
-        final = r.metrics["error"][-1]
+        errors = r.metrics["error"]
+        final = errors[-1]
         from ptychompi.io.export import export_arrays  # noqa: PLC0415
 
         export_arrays(r.object, r.probe, r.layout.pixel_size_m, "png", str(tmp_path), name)
     assert final <= bar, f"{name}: Fourier error {final:.4f} > {bar}"
-    assert r.metrics["error"][0] > final
+    assert errors[0] > final
 
 
 @pytest.mark.parametrize("name", ["epie", "dm", "lsqml"])
