@@ -28,7 +28,7 @@ rank, size = comm.Get_rank(), comm.Get_size()
 FRAME, GRID, STEP_PX, PROBE_PX = 64, 10, 8, 20
 ITERATIONS = 30
 EXACT_SINGLE = 1e-4  # complex64: n ranks vs one rank (LSQML)
-EXACT_DOUBLE = 1e-8  # complex128: n ranks vs one rank (DM and LSQML)
+EXACT_DOUBLE = 1e-7  # complex128: exact up to rounding (DM amplifies rounding over 30 iterations)
 DM_FLOOR_FACTOR = 2.0  # DM complex64: at most this times its own float32 rounding noise
 ERROR_RATIO = 1.10  # ePIE / DM with share_frequency 5: error at most 10 % above one rank's
 
