@@ -212,17 +212,26 @@ def relaxed_modulus_project(backend: Backend, wave: Any, amplitude: Any,
     Per frame, the mean squared amplitude deviation ``e_j`` over valid pixels is compared
     with ``bound`` (0.25 photons is the Poisson floor of ``(sqrt(I) - A)²``): frames within
     it are left as they are, others are moved so that their deviation is exactly ``bound``.
+    Works in place on ``wave``.
     """
     xp = backend.xp
-    model = xp.sqrt(model_intensity(wave))
+    model = model_amplitude(backend, wave)
     valid = amplitude >= 0
-    dev = xp.where(valid, model - amplitude, 0.0)
+    meas = xp.maximum(amplitude, 0)
+    dev = model - meas
+    dev *= valid
     count = xp.maximum(valid.sum(axis=(1, 2)), 1)
-    err = (dev ** 2).sum(axis=(1, 2)) / count
-    renorm = xp.sqrt(bound / xp.maximum(err, bound))[:, None, None]
-    target = amplitude + dev * renorm
-    factor = xp.where(valid, target / (model + EPS), 1.0).astype(backend.real_dtype)
-    return wave * factor[:, None]
+    n = dev.shape[0]
+    flat = dev.reshape(n, -1)
+    err = xp.einsum("ij,ij->i", flat, flat) / count
+    renorm = xp.sqrt(bound / xp.maximum(err, bound)).astype(backend.real_dtype)
+    dev *= renorm[:, None, None]
+    dev += meas  # the target amplitude
+    model += EPS
+    xp.divide(dev, model, out=dev)  # the factor
+    xp.copyto(dev, 1, where=~valid)
+    wave *= dev[:, None]
+    return wave
 
 
 def fourier_error_terms(backend: Backend, wave: Any, amplitude: Any) -> float:

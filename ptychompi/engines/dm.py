@@ -32,6 +32,7 @@ from .base import Engine
 
 REGULARISATION = 1e-3  # δ relative to the largest illumination / object power
 POISSON_FLOOR = 0.25  # E[(sqrt(I_measured) - sqrt(I))²] for photon counts
+PSI_CACHE_BYTES = 2 << 30  # keep sample-plane exit waves between object and probe updates
 BOUND_FRACTION = 0.15  # DM's bound: this fraction of the floor × fourier_relax (measured best)
 
 
@@ -69,9 +70,15 @@ class DifferenceMap(Engine):
         num = xp.zeros(self.data.box_shape, dtype=be.complex_dtype)
         den = xp.zeros(self.data.box_shape, dtype=be.real_dtype)
         n = len(self.rows)
+        update_probe = self.updates_probe
+        # keep the exit waves for the probe update when they fit: one backward pass, not two
+        keep = update_probe and self.waves.nbytes <= PSI_CACHE_BYTES
+        kept: list[Any] = []
         for sl in self.chunks(n):
             probes = self.probes_at(sl, probe_ft)
             psi = self._exit_waves(sl)
+            if keep:
+                kept.append(psi)
             scatter_add(be, num, (probes.conj() * psi).sum(axis=1), self.rows[sl],
                         self.cols[sl])
             power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
@@ -83,13 +90,13 @@ class DifferenceMap(Engine):
                                                          op="max")
         self.object = ((num + delta * self.object) / (den + delta)).astype(be.complex_dtype)
 
-        if not self.updates_probe:
+        if not update_probe:
             return
         pnum = xp.zeros_like(self.probe)
         pden = xp.zeros(self.probe.shape[-2:], dtype=be.real_dtype)
-        for sl in self.chunks(n):
+        for i, sl in enumerate(self.chunks(n)):
             obj = extract(be, self.object, self.index[sl])
-            psi = self._exit_waves(sl)
+            psi = kept[i] if keep else self._exit_waves(sl)
             ramps = self.ramps(sl)
             power = (obj.real ** 2 + obj.imag ** 2)[:, None]
             if ramps is None:
