@@ -9,7 +9,6 @@ again from the global object and probe at the checkpoint's iteration.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 import yaml
 
 from .errors import PtychompiError
+from .io.atomic import atomic_h5
 
 RESULT_NAME = "checkpoint.h5"
 INCOMPATIBLE = (("algorithm", "name"), ("algorithm", "probe_modes"), ("preprocess", "crop_size"),
@@ -31,18 +31,9 @@ def state_path(out_dir: str | Path, rank: int, size: int) -> Path:
 
 def _write_state(path: Path, state: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in state.items():
-                f.create_dataset(key, data=np.asarray(value))
-            f.flush()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_h5(path) as f:
+        for key, value in state.items():
+            f.create_dataset(key, data=np.asarray(value))
 
 
 def _read_state(path: Path) -> dict[str, np.ndarray]:

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import DataError
 from ..geometry import ELECTRON_VOLT_J, HC_KEV_M
 from ..scan import ScanGeometry, ScanSource
+from .atomic import atomic_h5
 
 DETECTOR = "/entry_1/instrument_1/detector_1"
 SOURCE = "/entry_1/instrument_1/source_1"
@@ -275,7 +276,7 @@ def write_cxi(path: str | os.PathLike, frames: np.ndarray, positions_m: np.ndarr
               wavelength_m: float | None = None, mask: np.ndarray | None = None,
               illumination: np.ndarray | None = None, compression: str | None = "gzip",
               basis_vectors: np.ndarray | None = None) -> str:
-    """Write a CXI scan atomically (to ``path + ".tmp"``, then rename); returns the path.
+    """Write a CXI scan atomically (temporary name, then rename); returns the path.
 
     ``positions_m`` are (row, col) beam positions in metres, converted back to sample
     translations so that :func:`read_cxi` returns them unchanged. ``mask`` is True on valid
@@ -312,37 +313,30 @@ def write_cxi(path: str | os.PathLike, frames: np.ndarray, positions_m: np.ndarr
         raise DataError(f"{p}: unknown compression {compression!r}; use gzip, lz4 or None")
 
     Path(p).parent.mkdir(parents=True, exist_ok=True)
-    tmp = p + ".tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("cxi_version", data=160)
-            f.create_dataset("number_of_entries", data=1)
-            det = f.create_group(DETECTOR)
-            data = det.create_dataset("data", data=frames, chunks=(1, m_r, m_c), **comp)
-            data.attrs["axes"] = "translation:y:x"
-            det.create_dataset("distance", data=float(distance_m))
-            det.create_dataset("x_pixel_size", data=float(pixel_size_m))
-            det.create_dataset("y_pixel_size", data=float(pixel_size_m))
-            det.create_dataset("basis_vectors", data=basis)
-            if mask is not None:
-                valid = np.asarray(mask, dtype=bool)
-                if valid.shape != (m_r, m_c):
-                    raise DataError(f"{p}: mask shape {valid.shape} does not match frames "
-                                    f"{(m_r, m_c)}")
-                det.create_dataset("mask", data=(~valid).astype(np.uint32))
-            src = f.create_group(SOURCE)
-            src.create_dataset("energy", data=float(energy_j))
-            src.create_dataset("wavelength", data=float(wavelength_m))
-            if illumination is not None:
-                src.create_dataset("illumination", data=np.asarray(illumination))
-            geo = f.create_group("/entry_1/sample_1/geometry_1")
-            geo.create_dataset("translation", data=translation)
-            links = f.create_group(DATA_LINKS)
-            links["data"] = h5py.SoftLink(DETECTOR + "/data")
-            links["translation"] = h5py.SoftLink(TRANSLATION)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_h5(p) as f:
+        f.create_dataset("cxi_version", data=160)
+        f.create_dataset("number_of_entries", data=1)
+        det = f.create_group(DETECTOR)
+        data = det.create_dataset("data", data=frames, chunks=(1, m_r, m_c), **comp)
+        data.attrs["axes"] = "translation:y:x"
+        det.create_dataset("distance", data=float(distance_m))
+        det.create_dataset("x_pixel_size", data=float(pixel_size_m))
+        det.create_dataset("y_pixel_size", data=float(pixel_size_m))
+        det.create_dataset("basis_vectors", data=basis)
+        if mask is not None:
+            valid = np.asarray(mask, dtype=bool)
+            if valid.shape != (m_r, m_c):
+                raise DataError(f"{p}: mask shape {valid.shape} does not match frames "
+                                f"{(m_r, m_c)}")
+            det.create_dataset("mask", data=(~valid).astype(np.uint32))
+        src = f.create_group(SOURCE)
+        src.create_dataset("energy", data=float(energy_j))
+        src.create_dataset("wavelength", data=float(wavelength_m))
+        if illumination is not None:
+            src.create_dataset("illumination", data=np.asarray(illumination))
+        geo = f.create_group("/entry_1/sample_1/geometry_1")
+        geo.create_dataset("translation", data=translation)
+        links = f.create_group(DATA_LINKS)
+        links["data"] = h5py.SoftLink(DETECTOR + "/data")
+        links["translation"] = h5py.SoftLink(TRANSLATION)
     return p

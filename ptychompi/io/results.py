@@ -21,7 +21,6 @@ Only one process (rank 0) may write a given path.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataError, PtychompiError
+from .atomic import atomic_h5
 
 __all__ = ["ResultData", "write_result", "read_result", "check_output_dir",
            "estimate_result_bytes", "FORMAT_NAME", "FORMAT_VERSION"]
@@ -101,51 +101,25 @@ def _write_state(group: h5py.Group, state: Mapping[str, Any]) -> None:
         group.create_dataset(name, data=arr)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (best effort: not every platform can open a folder)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_result(path: str | os.PathLike, data: ResultData) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT_NAME
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.create_dataset("object", data=np.asarray(data.object))
-            f.create_dataset("probe", data=np.asarray(data.probe))
-            pos = f.create_dataset("positions", data=np.asarray(data.positions, np.float64))
-            pos.attrs["units"] = "object pixels"
-            pos.attrs["convention"] = "(row, col) of each frame's top-left corner"
-            f.create_dataset("error", data=np.asarray(data.error, np.float64).reshape(-1))
-            px = f.create_dataset("pixel_size", data=np.float64(data.pixel_size))
-            px.attrs["units"] = "m"
-            f.create_dataset("config", data=data.config_yaml or "", dtype=h5py.string_dtype())
-            prov = f.create_group("provenance")
-            for key, value in (data.provenance or {}).items():
-                _write_attr_or_dataset(prov, str(key), value)
-            if data.state:
-                _write_state(f.create_group("state"), data.state)
-            f.flush()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    with atomic_h5(path) as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.create_dataset("object", data=np.asarray(data.object))
+        f.create_dataset("probe", data=np.asarray(data.probe))
+        pos = f.create_dataset("positions", data=np.asarray(data.positions, np.float64))
+        pos.attrs["units"] = "object pixels"
+        pos.attrs["convention"] = "(row, col) of each frame's top-left corner"
+        f.create_dataset("error", data=np.asarray(data.error, np.float64).reshape(-1))
+        px = f.create_dataset("pixel_size", data=np.float64(data.pixel_size))
+        px.attrs["units"] = "m"
+        f.create_dataset("config", data=data.config_yaml or "", dtype=h5py.string_dtype())
+        prov = f.create_group("provenance")
+        for key, value in (data.provenance or {}).items():
+            _write_attr_or_dataset(prov, str(key), value)
+        if data.state:
+            _write_state(f.create_group("state"), data.state)
 
 
 # ----------------------------------------------------------------------------- reading
