@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataError, PtychompiError
+from ..monitor import format_bytes
 from .atomic import atomic_h5
 
 __all__ = ["ResultData", "write_result", "read_result", "check_output_dir",
@@ -197,14 +198,6 @@ def read_result(path: str | os.PathLike) -> ResultData:
 
 
 # ----------------------------------------------------------------------------- checks
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"  # pragma: no cover
-
-
 def estimate_result_bytes(object_shape: tuple[int, ...], probe_shape: tuple[int, ...],
                           n_positions: int, iterations: int, checkpoint_state_bytes: int = 0,
                           complex_bytes: int = 8) -> int:
@@ -239,6 +232,6 @@ def check_output_dir(directory: str | os.PathLike, expected_bytes: int) -> None:
     free = shutil.disk_usage(d).free
     need = 2 * int(expected_bytes)
     if free < need:
-        raise PtychompiError(f"output directory {str(d)!r} has {_human(free)} free but the "
-                             f"results need {_human(need)} (twice the result size); "
+        raise PtychompiError(f"output directory {str(d)!r} has {format_bytes(free)} free but the "
+                             f"results need {format_bytes(need)} (twice the result size); "
                              f"free some space or {fix} on another file system")
