@@ -129,3 +129,17 @@ def test_unwritable_output_is_reported_before_compute(tmp_path, scan):
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ptychompi: error:"), res.stderr
+
+
+def test_run_a_ptychopy_command_string(tmp_path):
+    cmd = ("./ptycho -jobID=sim64 -beamSize=110e-9 -scanDims=8,8 -step=50e-9,50e-9 -i=3 "
+           "-size=64 -lambda=2.4796837508399954e-10 -dx_d=172e-6 -z=1 -simulate=1 -blind=0")
+    res = subprocess.run([str(BIN / "ptychompi"), "run", "--ptychopy", cmd, "--quiet"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    obj = np.genfromtxt(tmp_path / "data" / "sim64_object_0.csv", delimiter=",", dtype=complex)
+    probe = np.genfromtxt(tmp_path / "data" / "sim64_probes_0.csv", delimiter=",",
+                          dtype=complex)
+    assert obj.ndim == 2 and probe.shape == (64, 64)
+    _, _, errors = final(tmp_path / "data")
+    assert len(errors) == 3
