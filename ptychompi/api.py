@@ -238,6 +238,7 @@ class Reconstruction:
             source.close()
         if getattr(self, "engine", None) is not None:
             self._final_metrics = self.metrics
+            self.engine.close()
         self.engine = None  # type: ignore[assignment]
 
     def __enter__(self) -> Reconstruction:

@@ -6,7 +6,10 @@ there is no module-level state.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -56,6 +59,7 @@ class Backend:
     workers: int = 1
     double: bool = False
     _plans: dict = field(default_factory=dict, repr=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
     def is_gpu(self) -> bool:
@@ -69,17 +73,36 @@ class Backend:
     def complex_dtype(self) -> np.dtype:
         return np.dtype(np.complex128 if self.double else np.complex64)
 
+    @property
+    def threads(self) -> int:
+        """Threads a CPU engine may spread independent chunks over (1 on a GPU)."""
+        return 1 if self.is_gpu else self.workers
+
+    @contextlib.contextmanager
+    def single_threaded(self) -> Iterator[None]:
+        """Inside a worker thread: FFTs of this thread use one core."""
+        self._local.workers = 1
+        try:
+            yield
+        finally:
+            del self._local.workers
+
+    def _fft_workers(self) -> int:
+        return getattr(self._local, "workers", self.workers)
+
     def fft2(self, a: Any, overwrite: bool = False) -> Any:
         """Unitary 2-D FFT over the last two axes."""
         if self.is_gpu:
             return self.xp.fft.fft2(a, norm="ortho")
-        return scipy.fft.fft2(a, norm="ortho", workers=self.workers, overwrite_x=overwrite)
+        return scipy.fft.fft2(a, norm="ortho", workers=self._fft_workers(),
+                              overwrite_x=overwrite)
 
     def ifft2(self, a: Any, overwrite: bool = False) -> Any:
         """Unitary inverse 2-D FFT over the last two axes."""
         if self.is_gpu:
             return self.xp.fft.ifft2(a, norm="ortho")
-        return scipy.fft.ifft2(a, norm="ortho", workers=self.workers, overwrite_x=overwrite)
+        return scipy.fft.ifft2(a, norm="ortho", workers=self._fft_workers(),
+                               overwrite_x=overwrite)
 
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         """Host (or device) array to this backend's device."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +87,7 @@ class Engine:
         self.probe = backend.asarray(probe, backend.complex_dtype)
         self.object = backend.asarray(obj, backend.complex_dtype)
         self.seconds_compute = 0.0
+        self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ contract
     def step(self) -> dict:
@@ -157,6 +160,44 @@ class Engine:
 
     def chunks(self, n: int, size: int = 128) -> list[slice]:
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def map_chunks(self, fn: Callable[[int, slice], Any], n: int,
+                   size: int = 128) -> list[Any]:
+        """``fn(thread, chunk)`` for every chunk of ``n`` positions; results in chunk order.
+
+        On a CPU backend with several cores the chunks are spread over that many threads
+        (numpy and pocketfft release the GIL), thread t taking chunks t, t+T, ...; each FFT
+        inside uses one core. The static assignment keeps every sum deterministic: ``fn``
+        accumulates into per-thread buffers indexed by ``thread``, summed in thread order.
+        """
+        chunks = self.chunks(n, size)
+        threads = min(self.backend.threads, len(chunks))
+        if threads <= 1:
+            return [fn(0, sl) for sl in chunks]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.backend.threads,
+                                            thread_name_prefix="ptychompi")
+
+        def work(t: int) -> list[tuple[int, Any]]:
+            with self.backend.single_threaded():
+                return [(i, fn(t, sl)) for i, sl in enumerate(chunks) if i % threads == t]
+
+        out: list[Any] = [None] * len(chunks)
+        for part in self._pool.map(work, range(threads)):
+            for i, value in part:
+                out[i] = value
+        return out
+
+    def thread_buffers(self, shape: tuple[int, ...], dtype: Any) -> list[Any]:
+        """One zeroed accumulator per worker thread (see :meth:`map_chunks`)."""
+        xp = self.backend.xp
+        return [xp.zeros(shape, dtype=dtype) for _ in range(max(1, self.backend.threads))]
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def start_from(self, obj: np.ndarray, probe: np.ndarray, iteration: int) -> None:
         """Continue from an object tile and probe at ``iteration`` (engine-specific state is

@@ -23,6 +23,7 @@ import numpy as np
 from ..physics import (
     extract,
     fourier_error_terms,
+    mode_sum,
     modulus_project,
     relaxed_modulus_project,
     scatter_add,
@@ -50,10 +51,13 @@ class DifferenceMap(Engine):
         self.waves = xp.empty((n, k, m, m), dtype=self.backend.complex_dtype)
         prop = self.data.propagator
         probe_ft = self.backend.fft2(self.probe) if self.use_subpixel else None
-        for sl in self.chunks(n):
+
+        def fill(_: int, sl: slice) -> None:
             phi = self.probes_at(sl, probe_ft) * extract(self.backend, self.object,
                                                          self.index[sl])[:, None]
             self.waves[sl] = prop.forward(phi)
+
+        self.map_chunks(fill, n)
 
     def _iterate(self) -> float:
         for _ in range(self.cfg.overlap_iterations):
@@ -67,23 +71,28 @@ class DifferenceMap(Engine):
         be, xp = self.backend, self.backend.xp
         share_obj = self.schedule.share_object(self.iteration)
         probe_ft = be.fft2(self.probe) if self.use_subpixel else None
-        num = xp.zeros(self.data.box_shape, dtype=be.complex_dtype)
-        den = xp.zeros(self.data.box_shape, dtype=be.real_dtype)
+        nums = self.thread_buffers(self.data.box_shape, be.complex_dtype)
+        dens = self.thread_buffers(self.data.box_shape, be.real_dtype)
         n = len(self.rows)
         update_probe = self.updates_probe
         # keep the exit waves for the probe update when they fit: one backward pass, not two
         keep = update_probe and self.waves.nbytes <= PSI_CACHE_BYTES
-        kept: list[Any] = []
-        for sl in self.chunks(n):
+
+        def object_terms(t: int, sl: slice) -> Any:
             probes = self.probes_at(sl, probe_ft)
             psi = self._exit_waves(sl)
-            if keep:
-                kept.append(psi)
-            scatter_add(be, num, (probes.conj() * psi).sum(axis=1), self.rows[sl],
+            scatter_add(be, nums[t], mode_sum(psi, probes.conj()), self.rows[sl],
                         self.cols[sl])
             power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
             power = xp.broadcast_to(power, (sl.stop - sl.start, *power.shape[1:]))
-            scatter_add(be, den, power, self.rows[sl], self.cols[sl])
+            scatter_add(be, dens[t], power, self.rows[sl], self.cols[sl])
+            return psi if keep else None
+
+        kept = self.map_chunks(object_terms, n)
+        num, den = nums[0], dens[0]
+        for extra_num, extra_den in zip(nums[1:], dens[1:], strict=True):
+            num += extra_num
+            den += extra_den
         if share_obj:
             self.exchange.halo_sum(num, den)
         delta = REGULARISATION * self.exchange.allreduce(float(den.max()) if den.size else 0.0,
@@ -92,21 +101,23 @@ class DifferenceMap(Engine):
 
         if not update_probe:
             return
-        pnum = xp.zeros_like(self.probe)
-        pden = xp.zeros(self.probe.shape[-2:], dtype=be.real_dtype)
-        for i, sl in enumerate(self.chunks(n)):
+        chunk_of = {sl.start: i for i, sl in enumerate(self.chunks(n))}
+
+        def probe_terms(_: int, sl: slice) -> tuple[Any, Any]:
             obj = extract(be, self.object, self.index[sl])
-            psi = kept[i] if keep else self._exit_waves(sl)
+            psi = kept[chunk_of[sl.start]] if keep else self._exit_waves(sl)
             ramps = self.ramps(sl)
             power = (obj.real ** 2 + obj.imag ** 2)[:, None]
             if ramps is None:
-                pnum += (obj.conj()[:, None] * psi).sum(axis=0)
-                pden += power.sum(axis=0)[0]
-            else:  # numerator and denominator back-shifted together, in one FFT batch
-                both = xp.concatenate([obj.conj()[:, None] * psi, power.astype(psi.dtype)], 1)
-                summed = unshift_sum(be, both, ramps)
-                pnum += summed[:-1]
-                pden += summed[-1].real
+                return (obj.conj()[:, None] * psi).sum(axis=0), power.sum(axis=0)[0]
+            # numerator and denominator back-shifted together, in one FFT batch
+            both = xp.concatenate([obj.conj()[:, None] * psi, power.astype(psi.dtype)], 1)
+            summed = unshift_sum(be, both, ramps)
+            return summed[:-1], summed[-1].real
+
+        terms = self.map_chunks(probe_terms, n)
+        pnum = sum((t[0] for t in terms[1:]), terms[0][0].copy())
+        pden = sum((t[1] for t in terms[1:]), terms[0][1].copy())
         if self.schedule.share_probe(self.iteration):
             pnum = self.exchange.allreduce(pnum)
             pden = self.exchange.allreduce(pden)
@@ -125,25 +136,27 @@ class DifferenceMap(Engine):
         refine = self.refining
         bound = POISSON_FLOOR * BOUND_FRACTION * self.cfg.fourier_relax
         probe_ft = be.fft2(self.probe) if self.use_subpixel else None
-        err = 0.0
-        for sl in self.chunks(len(self.rows)):
+
+        def update(_: int, sl: slice) -> float:
             phi = self.probes_at(sl, probe_ft) * extract(be, self.object, self.index[sl])[:, None]
             model = prop.forward(phi)
             waves = self.waves[sl]
             if refine:  # the projection's error is the misfit of the model
                 projected, batch_err = modulus_project(be, model, self.data.amplitudes[sl])
                 waves[...] = projected
-                err += batch_err
-                continue
-            err += fourier_error_terms(be, model, self.data.amplitudes[sl])
-            trial = 2 * model - waves
+                return batch_err
+            err = fourier_error_terms(be, model, self.data.amplitudes[sl])
+            trial = model * 2
+            trial -= waves
             if bound > 0:
                 projected = relaxed_modulus_project(be, trial, self.data.amplitudes[sl], bound)
             else:
                 projected, _ = modulus_project(be, trial, self.data.amplitudes[sl])
             waves += projected
             waves -= model
-        return err
+            return err
+
+        return float(sum(self.map_chunks(update, len(self.rows))))
 
     def _extra_state(self) -> dict[str, Any]:
         return {"waves": self.waves}

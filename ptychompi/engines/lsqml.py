@@ -105,35 +105,45 @@ class LSQML(Engine):
         share_probe = self.schedule.share_probe(self.iteration)
         update_probe = self.updates_probe
         nb = len(batch)
-        sel = xp.asarray(batch)
-        rows, cols = self.rows[batch], self.cols[batch]
-        ramps = self.ramps(batch)
-        err = 0.0
-        if nb:
-            probes = self.probes_at(batch)
+        size = max(1, -(-nb // max(1, be.threads)))  # one sub-batch per worker thread
+        nums = self.thread_buffers(self.data.box_shape, be.complex_dtype)
+        illums = self.thread_buffers(self.data.box_shape, be.real_dtype)
+
+        def exit_part(t: int, sl: slice) -> tuple[Any, ...]:
+            part = batch[sl]
+            sel = xp.asarray(part)
+            rows, cols = self.rows[part], self.cols[part]
+            probes = self.probes_at(part)
             obj = extract(be, self.object, self.index[sel])
             psi = probes * obj[:, None]
             target, err = self._exit_update(prop.forward(psi), self.data.amplitudes[sel])
             chi = prop.backward(target, overwrite=True)
             chi -= psi
+            scatter_add(be, nums[t], mode_sum(chi, probes.conj()), rows, cols)
+            power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+            scatter_add(be, illums[t], xp.broadcast_to(power, (len(part), *power.shape[1:])),
+                        rows, cols)
+            d_probe = (unshift_sum(be, chi * obj.conj()[:, None], self.ramps(part))
+                       if update_probe else None)
+            return probes, obj, chi, err, d_probe
+
+        parts = self.map_chunks(exit_part, nb, size) if nb else []
+        err = float(sum(p[3] for p in parts))
+        num, illum = nums[0], illums[0]
+        for extra_num, extra_illum in zip(nums[1:], illums[1:], strict=True):
+            num += extra_num
+            illum += extra_illum
 
         # object and probe search directions
-        num = xp.zeros(self.data.box_shape, dtype=be.complex_dtype)
-        illum = xp.zeros(self.data.box_shape, dtype=be.real_dtype)
-        if nb:
-            scatter_add(be, num, mode_sum(chi, probes.conj()), rows, cols)
-            power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
-            scatter_add(be, illum, xp.broadcast_to(power, (nb, *power.shape[1:])), rows, cols)
         if share_obj:
             ex.halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
         d_obj = num / xp.sqrt(illum ** 2 + (DELTA * dmax) ** 2 + EPS)
 
         if update_probe:
-            if nb:
-                d_probe = unshift_sum(be, chi * obj.conj()[:, None], ramps)
-            else:
-                d_probe = xp.zeros_like(self.probe)
+            d_probe = xp.zeros_like(self.probe)
+            for p in parts:
+                d_probe += p[4]
             count = float(nb)
             if share_probe:
                 d_probe = ex.allreduce(d_probe)
@@ -141,15 +151,21 @@ class LSQML(Engine):
             d_probe = d_probe / max(count, 1.0)
 
         # per-position step lengths: minimise ‖χ − α_O ΔO P − α_P ΔP O‖²
-        if nb:
-            dop = extract(be, d_obj, self.index[sel])[:, None] * probes
-            a11 = re_inner(be, dop, dop).astype(np.float64)
-            b1 = re_inner(be, dop, chi).astype(np.float64)
+        def step_terms(_: int, sl: slice) -> list[np.ndarray]:
+            probes, obj, chi = parts[sl.start // size][:3]
+            dop = extract(be, d_obj, self.index[xp.asarray(batch[sl])])[:, None] * probes
+            terms = [re_inner(be, dop, dop), re_inner(be, dop, chi)]
             if update_probe:
                 dpo = d_probe[None] * obj[:, None]
-                a22 = re_inner(be, dpo, dpo).astype(np.float64)
-                a12 = re_inner(be, dop, dpo).astype(np.float64)
-                b2 = re_inner(be, dpo, chi).astype(np.float64)
+                terms += [re_inner(be, dpo, dpo), re_inner(be, dop, dpo),
+                          re_inner(be, dpo, chi)]
+            return [xp.asarray(v, dtype=np.float64) for v in terms]
+
+        if nb:
+            cols_ = list(zip(*self.map_chunks(step_terms, nb, size), strict=True))
+            a11, b1 = xp.concatenate(cols_[0]), xp.concatenate(cols_[1])
+            if update_probe:
+                a22, a12, b2 = (xp.concatenate(c) for c in cols_[2:])
         stats = np.zeros(3)
         if nb:
             stats[0] = float(a11.sum())
