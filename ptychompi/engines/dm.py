@@ -71,8 +71,10 @@ class DifferenceMap(Engine):
         be, xp = self.backend, self.backend.xp
         share_obj = self.schedule.share_object(self.iteration)
         probe_ft = be.fft2(self.probe) if self.use_subpixel else None
-        nums = self.thread_buffers(self.data.box_shape, be.complex_dtype)
-        dens = self.thread_buffers(self.data.box_shape, be.real_dtype)
+        # sums in double precision: their order (tiles, threads) then no longer matters, so n
+        # ranks follow the one-rank trajectory even in complex64 (DM amplifies rounding)
+        nums = self.thread_buffers(self.data.box_shape, np.complex128)
+        dens = self.thread_buffers(self.data.box_shape, np.float64)
         n = len(self.rows)
         update_probe = self.updates_probe
         # keep the exit waves for the probe update when they fit: one backward pass, not two
@@ -109,10 +111,11 @@ class DifferenceMap(Engine):
             ramps = self.ramps(sl)
             power = (obj.real ** 2 + obj.imag ** 2)[:, None]
             if ramps is None:
-                return (obj.conj()[:, None] * psi).sum(axis=0), power.sum(axis=0)[0]
+                return ((obj.conj()[:, None] * psi).sum(axis=0, dtype=np.complex128),
+                        power.sum(axis=0, dtype=np.float64)[0])
             # numerator and denominator back-shifted together, in one FFT batch
             both = xp.concatenate([obj.conj()[:, None] * psi, power.astype(psi.dtype)], 1)
-            summed = unshift_sum(be, both, ramps)
+            summed = unshift_sum(be, both, ramps).astype(np.complex128)
             return summed[:-1], summed[-1].real
 
         terms = self.map_chunks(probe_terms, n)
