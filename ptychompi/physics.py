@@ -105,14 +105,16 @@ def unshift_sum(backend: Backend, values: Any, ramps: tuple[Any, Any] | None) ->
     """Σ_j shift_{-f_j}(values_j) over the batch axis: (B, K, M, M) -> (K, M, M).
 
     Linear, so the back-shift costs one forward FFT per position and one inverse in total.
+    The sum is taken in double precision (complex128 result), so that it does not depend on
+    how positions are grouped into batches, tiles or threads.
     """
     if ramps is None:
-        return values.sum(axis=0)
+        return values.sum(axis=0, dtype=np.complex128)
     rr, rc = ramps
     spec = backend.fft2(values)
     spec *= rr.conj()[:, None, :, None]
     spec *= rc.conj()[:, None, None, :]
-    return backend.ifft2(spec.sum(axis=0), overwrite=True)
+    return backend.ifft2(spec.sum(axis=0, dtype=np.complex128), overwrite=True)
 
 
 # --------------------------------------------------------------------------- propagation

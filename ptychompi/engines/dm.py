@@ -115,7 +115,7 @@ class DifferenceMap(Engine):
                         power.sum(axis=0, dtype=np.float64)[0])
             # numerator and denominator back-shifted together, in one FFT batch
             both = xp.concatenate([obj.conj()[:, None] * psi, power.astype(psi.dtype)], 1)
-            summed = unshift_sum(be, both, ramps).astype(np.complex128)
+            summed = unshift_sum(be, both, ramps)
             return summed[:-1], summed[-1].real
 
         terms = self.map_chunks(probe_terms, n)

@@ -106,8 +106,9 @@ class LSQML(Engine):
         update_probe = self.updates_probe
         nb = len(batch)
         size = max(1, -(-nb // max(1, be.threads)))  # one sub-batch per worker thread
-        nums = self.thread_buffers(self.data.box_shape, be.complex_dtype)
-        illums = self.thread_buffers(self.data.box_shape, be.real_dtype)
+        # double-precision sums: independent of how positions split over tiles and threads
+        nums = self.thread_buffers(self.data.box_shape, np.complex128)
+        illums = self.thread_buffers(self.data.box_shape, np.float64)
 
         def exit_part(t: int, sl: slice) -> tuple[Any, ...]:
             part = batch[sl]
@@ -138,17 +139,17 @@ class LSQML(Engine):
         if share_obj:
             ex.halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
-        d_obj = num / xp.sqrt(illum ** 2 + (DELTA * dmax) ** 2 + EPS)
+        d_obj = (num / xp.sqrt(illum ** 2 + (DELTA * dmax) ** 2 + EPS)).astype(be.complex_dtype)
 
-        if update_probe:
-            d_probe = xp.zeros_like(self.probe)
+        if update_probe:  # summed in double precision, like every cross-position sum
+            d_probe = xp.zeros(self.probe.shape, dtype=np.complex128)
             for p in parts:
                 d_probe += p[4]
             count = float(nb)
             if share_probe:
                 d_probe = ex.allreduce(d_probe)
                 count = ex.allreduce(count)
-            d_probe = d_probe / max(count, 1.0)
+            d_probe = (d_probe / max(count, 1.0)).astype(be.complex_dtype)
 
         # per-position step lengths: minimise ‖χ − α_O ΔO P − α_P ΔP O‖²
         def step_terms(_: int, sl: slice) -> list[np.ndarray]:
