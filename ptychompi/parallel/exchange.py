@@ -388,6 +388,9 @@ def make_exchange(comm: Any | None, tiles: list[Tile], rank: int, backend: Any,
     return MPIExchange(comm, tiles, rank, backend, aware)
 
 
+ABORT_GRACE_S = 0.5
+
+
 def abort_on_error(comm: Any | None, exc: BaseException) -> NoReturn:
     """End the whole run after an error on this rank only, where others may be blocked.
 
@@ -398,5 +401,6 @@ def abort_on_error(comm: Any | None, exc: BaseException) -> NoReturn:
     rank = comm.Get_rank() if comm is not None else 0
     print(f"ptychompi: error on rank {rank}: {_one_line(exc)}", file=sys.stderr, flush=True)
     if comm is not None:
+        time.sleep(ABORT_GRACE_S)  # let mpiexec forward the line before the job is killed
         comm.Abort(1)
     raise SystemExit(1)
