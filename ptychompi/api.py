@@ -14,7 +14,7 @@ import numpy as np
 
 from .backend import Backend, select_backend
 from .config import Config, load_config
-from .dataset import ScanLayout, load_amplitudes, open_source, plan_layout, plan_preprocessor
+from .dataset import load_amplitudes, open_source, plan_layout, plan_preprocessor
 from .engines import ENGINES, Engine, Schedule, TileData
 from .errors import ConfigError, PtychompiError
 from .initial import initial_object, initial_probe
@@ -198,10 +198,6 @@ class Reconstruction:
     def positions(self) -> np.ndarray:
         """Positions (N, 2) in the global object's pixels."""
         return self.layout.positions_px
-
-    @property
-    def scan_layout(self) -> ScanLayout:
-        return self.layout
 
     def result_data(self) -> Any:
         """The result (object, probe, positions, errors, provenance) on rank 0. Collective."""

@@ -58,7 +58,6 @@ class Backend:
     device_id: int | None = None
     workers: int = 1
     double: bool = False
-    _plans: dict = field(default_factory=dict, repr=False)
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     @property

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -353,4 +353,4 @@ def default_yaml() -> str:
 
 __all__ = ["Config", "DataConfig", "GeometryConfig", "PreprocessConfig", "AlgorithmConfig",
            "ParallelConfig", "OutputConfig", "NotifyConfig", "EmailConfig", "load_config",
-           "config_from_dict", "default_yaml", "Literal"]
+           "config_from_dict", "default_yaml"]

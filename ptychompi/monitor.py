@@ -217,7 +217,10 @@ def format_summary(metrics: dict[str, Any]) -> str:
     lines.append(f"  final error   {_fmt_error(None if final is None else float(final))}")
     wall = metrics.get("wall_time_s")
     if wall is not None:
-        lines.append(f"  wall time     {float(wall):.1f} s ({format_duration(float(wall))})")
+        text = f"{float(wall):.1f} s"
+        if float(wall) >= 60:  # minutes and hours only where they help
+            text += f" ({format_duration(float(wall))})"
+        lines.append(f"  wall time     {text}")
     compute = _per_rank(metrics, "compute_s")
     comm = _per_rank(metrics, "comm_s")
     sent = _per_rank(metrics, "bytes_sent")
