@@ -143,3 +143,19 @@ def test_run_a_ptychopy_command_string(tmp_path):
     assert obj.ndim == 2 and probe.shape == (64, 64)
     _, _, errors = final(tmp_path / "data")
     assert len(errors) == 3
+
+
+def test_output_formats_are_written_at_the_end(tmp_path, scan):
+    cfg = write_config(tmp_path / "c.yaml", scan, tmp_path / "out")
+    values = yaml.safe_load(cfg.read_text())
+    values["algorithm"]["iterations"] = 3
+    values["output"].update({"checkpoint_every": 0, "formats": ["hdf5", "tiff", "png", "csv"]})
+    cfg.write_text(yaml.safe_dump(values))
+    res = run([str(cfg)], ranks=2)
+    assert res.returncode == 0, res.stderr
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    for expected in ("result.h5", "ptychompi.log", "result_object_amplitude.tif",
+                     "result_object_phase.png", "result_object_0.csv", "result_probes_0.csv"):
+        assert expected in names, sorted(names)
+    log = (tmp_path / "out" / "ptychompi.log").read_text()
+    assert "iteration 3 error" in log
