@@ -241,12 +241,6 @@ def fourier_error_terms(backend: Backend, wave: Any, amplitude: Any) -> float:
     return _deviation(backend, model_amplitude(backend, wave), amplitude)[2]
 
 
-def measured_power(backend: Backend, amplitude: Any) -> float:
-    """``Σ_valid I`` of a stack of amplitudes."""
-    xp = backend.xp
-    return float(xp.sum(xp.where(amplitude >= 0, amplitude ** 2, 0.0), dtype=np.float64))
-
-
 def mode_sum(waves: Any, weights: Any) -> Any:
     """``Σ_k waves_k · weights_k``: (B, K, M, M) x (B or 1, K, M, M) -> (B, M, M).
 
