@@ -149,9 +149,10 @@ class LSQML(Engine):
             for p in parts:
                 d_probe += p[4]
             count = float(nb)
-            if share_probe:
-                d_probe = ex.allreduce(d_probe)
-                count = ex.allreduce(count)
+            if share_probe:  # one reduction for the direction and the batch size
+                packed = ex.allreduce(xp.concatenate([d_probe.reshape(-1),
+                                                      xp.full(1, count, np.complex128)]))
+                d_probe, count = packed[:-1].reshape(self.probe.shape), float(packed[-1].real)
             d_probe = (d_probe / max(count, 1.0)).astype(be.complex_dtype)
 
         # per-position step lengths: minimise ‖χ − α_O ΔO P − α_P ΔP O‖²
@@ -192,12 +193,16 @@ class LSQML(Engine):
             alpha_p = STEP_SCALE * be.asnumpy(xp.maximum(alpha_p, 0))
         else:
             alpha_o = alpha_p = np.zeros(0)
-        all_o = ex.allgather(alpha_o) if share_obj else alpha_o
-        self.object += trimmed_mean(all_o) * d_obj
+        # one gather of the (α_O, α_P) pairs serves the object's trimmed mean and the probe's mean
+        pairs = np.stack([alpha_o, alpha_p], axis=1).reshape(-1)
+        if share_obj:
+            pairs = ex.allgather(pairs)
+        pairs = pairs.reshape(-1, 2)
+        self.object += trimmed_mean(pairs[:, 0]) * d_obj
         if update_probe:
-            psum = float(np.sum(alpha_p, dtype=np.float64))
-            pcount = float(nb)
-            if share_probe:
+            alphas = pairs[:, 1] if share_probe else alpha_p  # the probe's own sharing
+            psum, pcount = float(np.sum(alphas, dtype=np.float64)), float(len(alphas))
+            if share_probe and not share_obj:
                 psum, pcount = ex.allreduce(psum), ex.allreduce(pcount)
             self.probe += (psum / max(pcount, 1.0)) * d_probe
         return err
