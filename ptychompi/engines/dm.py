@@ -121,9 +121,11 @@ class DifferenceMap(Engine):
         terms = self.map_chunks(probe_terms, n)
         pnum = sum((t[0] for t in terms[1:]), terms[0][0].copy())
         pden = sum((t[1] for t in terms[1:]), terms[0][1].copy())
-        if self.schedule.share_probe(self.iteration):
-            pnum = self.exchange.allreduce(pnum)
-            pden = self.exchange.allreduce(pden)
+        if self.schedule.share_probe(self.iteration):  # numerator and denominator in one call
+            packed = self.exchange.allreduce(xp.concatenate([pnum.reshape(-1),
+                                                             pden.reshape(-1)]))
+            pnum = packed[:pnum.size].reshape(pnum.shape)
+            pden = packed[pnum.size:].real.reshape(pden.shape)
         pdelta = REGULARISATION * float(pden.max())
         self.probe = ((pnum + pdelta * self.probe) / (pden + pdelta)).astype(be.complex_dtype)
 
