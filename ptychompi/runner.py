@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from .api import Reconstruction, agree
@@ -53,31 +54,45 @@ def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
     return config_from_dict(values)
 
 
-def _build(args: argparse.Namespace, comm: Any) -> tuple[Reconstruction, Any]:
-    """The reconstruction from a config file or a ptychopy command string."""
+def _build(args: argparse.Namespace, cfg: Config | None,
+           comm: Any) -> tuple[Reconstruction, Any]:
+    """The reconstruction from the loaded config or a ptychopy command string."""
     if args.ptychopy:
         from .compat.ptychopy import reconstruction_from_cmdstr  # noqa: PLC0415
 
         if args.set:
             raise ConfigError("--set does not combine with --ptychopy; put the parameter in "
                               "the command string")
-        recon, options = reconstruction_from_cmdstr(args.ptychopy, comm=comm)
-        return recon, options
-    if not args.config:
-        raise ConfigError("give a config file (ptychompi run scan.yaml) or --ptychopy CMDSTR")
-    cfg = apply_overrides(load_config(args.config), args.set)
+        return reconstruction_from_cmdstr(args.ptychopy, comm=comm)
     return Reconstruction(cfg, comm), None
 
 
-def _prepare_output(cfg: Config, rank: int) -> Path:
+def _load(args: argparse.Namespace) -> Config:
+    if not args.config:
+        raise ConfigError("give a config file (ptychompi run scan.yaml) or --ptychopy CMDSTR")
+    return apply_overrides(load_config(args.config), args.set)
+
+
+def _check_space(recon: Reconstruction) -> None:
+    """Free space for the result and checkpoints, from the real sizes. Collective."""
     from .io.results import check_output_dir, estimate_result_bytes  # noqa: PLC0415
 
-    out = Path(cfg.output.directory)
-    if rank == 0:
-        check_output_dir(out, estimate_result_bytes((2048, 2048), (cfg.algorithm.probe_modes,
-                                                                  512, 512), 10_000,
-                                                    cfg.algorithm.iterations))
-    return out
+    error = None
+    if recon.rank == 0:
+        cfg, layout = recon.config, recon.layout
+        m, k = layout.frame, cfg.algorithm.probe_modes
+        state = 0
+        if cfg.output.checkpoint_every:
+            state = int(np.prod(layout.object_shape)) * 8
+            if cfg.algorithm.name == "dm":  # every position's exit waves
+                state += layout.n_frames * k * m * m * 8
+        try:
+            check_output_dir(cfg.output.directory, estimate_result_bytes(
+                layout.object_shape, (k, m, m), layout.n_frames, cfg.algorithm.iterations,
+                state))
+        except Exception as exc:  # reported by every rank below
+            error = exc
+    agree(recon.comm, error)
 
 
 def _finish(recon: Reconstruction, out: Path, stem: str | None) -> dict:
@@ -114,21 +129,25 @@ def run_cli(args: argparse.Namespace) -> int:
     rank = 0 if comm is None else comm.Get_rank()
     comm_arg = comm if size > 1 else None
     error: BaseException | None = None
-    out = Path(".")
+    cfg: Config | None = None
     try:
-        if args.config and not args.ptychopy:
-            probe_cfg = apply_overrides(load_config(args.config), args.set)
-            out = _prepare_output(probe_cfg, rank)
+        if not args.ptychopy:
+            cfg = _load(args)
+            if rank == 0:  # writable before reading any data; free space once sizes are known
+                from .io.results import check_output_dir  # noqa: PLC0415
+
+                check_output_dir(cfg.output.directory, 0)
     except Exception as exc:
         error = exc
     agree(comm_arg, error)
-    setup_logging(str(out) if args.config else None, rank, quiet=args.quiet,
+    setup_logging(cfg.output.directory if cfg else None, rank, quiet=args.quiet,
                   verbose=args.verbose)
-    recon, ptychopy_options = _build(args, comm_arg)
+    recon, ptychopy_options = _build(args, cfg, comm_arg)
     cfg = recon.config
     out = Path(cfg.output.directory)
     if args.ptychopy and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+    _check_space(recon)
     log.info("ptychompi %s: %s on %d rank(s), %d frames of %dx%d, object %s, pixel %.3g m",
              cfg.algorithm.name, recon.layout.source_path, size, recon.layout.n_frames,
              recon.layout.frame, recon.layout.frame, recon.layout.object_shape,
