@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cpu_kernels
 from .backend import Backend
 
 EPS = 1e-9
@@ -25,6 +26,19 @@ def window_index(rows: np.ndarray, cols: np.ndarray, frame: int, width: int) -> 
     r = np.asarray(rows, np.int64)[:, None, None] + ar[None, :, None]
     c = np.asarray(cols, np.int64)[:, None, None] + ar[None, None, :]
     return r * width + c
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The M x M object windows of some positions: top-left corners on the host (what the
+    CPU kernels and the scatter-adds use) and, on a GPU, their flat indices on the device."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    index: Any = None  # (B, M, M) flat indices (GPU gathers); None on a CPU
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def _corners(index: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +91,23 @@ def scatter_add_disjoint(backend: Backend, target: Any, values: Any, index: Any)
     scatter_add(backend, target, values, rows, cols)
 
 
+def exit_waves(backend: Backend, probes: Any, obj: Any, win: Windows) -> Any:
+    """Exit waves ``probes · O_j`` (B, K, M, M) of the windows ``win``.
+
+    CPU: one fused kernel reading the windows in place (no gathered copy).
+    """
+    if backend.is_gpu:
+        return probes * extract(backend, obj, win.index)[:, None]
+    out = np.empty((len(win), *probes.shape[1:]), dtype=np.result_type(probes, obj))
+    cpu_kernels.exit_waves(_c(probes), _c(obj), win.rows, win.cols, out)
+    return out
+
+
+def _c(a: Any) -> np.ndarray:
+    """C-contiguous host array (the fused CPU kernels are compiled for that layout)."""
+    return np.ascontiguousarray(a)
+
+
 # --------------------------------------------------------------------------- sub-pixel
 def subpixel_ramps(backend: Backend, fractions: np.ndarray, frame: int) -> tuple[Any, Any]:
     """1-D Fourier phase ramps (B, M) per axis that shift a frame by ``+fractions``."""
@@ -97,7 +128,11 @@ def shifted_probes(backend: Backend, probe_ft: Any, ramps: tuple[Any, Any] | Non
     if ramps is None:
         return probe[None]
     rr, rc = ramps
-    spec = probe_ft[None] * rr[:, None, :, None] * rc[:, None, None, :]
+    if backend.is_gpu:
+        spec = probe_ft[None] * rr[:, None, :, None] * rc[:, None, None, :]
+    else:
+        spec = np.empty((rr.shape[0], *probe_ft.shape), dtype=probe_ft.dtype)
+        cpu_kernels.ramp_fill(_c(probe_ft), rr, rc, spec)
     return backend.ifft2(spec, overwrite=True)
 
 
@@ -112,6 +147,10 @@ def unshift_sum(backend: Backend, values: Any, ramps: tuple[Any, Any] | None) ->
         return values.sum(axis=0, dtype=np.complex128)
     rr, rc = ramps
     spec = backend.fft2(values)
+    if not backend.is_gpu:
+        total = np.zeros(spec.shape[1:], dtype=np.complex128)
+        cpu_kernels.ramp_sum(_c(spec), rr, rc, total)
+        return backend.ifft2(total, overwrite=True)
     spec *= rr.conj()[:, None, :, None]
     spec *= rc.conj()[:, None, None, :]
     return backend.ifft2(spec.sum(axis=0, dtype=np.complex128), overwrite=True)
@@ -189,22 +228,20 @@ def modulus_project(backend: Backend, wave: Any, amplitude: Any, *,
     """Replace the modulus of ``wave`` (B, K, M, M) by the measured ``amplitude`` (B, M, M).
 
     Masked pixels (amplitude < 0) keep their model value. Returns the projected wave and the
-    batch's Fourier error numerator ``Σ_valid (sqrt(Î) - A)²``. The CPU path works in place
-    on few temporaries (measured 1.8x faster than the plain expression for 400 x 128²).
+    batch's Fourier error numerator ``Σ_valid (sqrt(Î) - A)²``. GPU: a CUDA kernel
+    (``kernels/modulus.cu``); CPU: a fused numba kernel (one pass).
     """
     if backend.is_gpu:
         from .kernels import modulus_project_gpu  # noqa: PLC0415
 
         return modulus_project_gpu(wave, amplitude, in_place=in_place)
-    xp = backend.xp
-    model = model_amplitude(backend, wave)
-    valid, meas, err = _deviation(backend, model, amplitude)
-    model += EPS
-    xp.divide(meas, model, out=model)  # the factor A / |Ψ|
-    xp.copyto(model, 1, where=~valid)
-    out = wave if in_place else wave.copy()
-    out *= model[:, None]
-    return out, err
+    direct = in_place and wave.flags.c_contiguous
+    out = wave if direct else np.empty(wave.shape, dtype=wave.dtype)
+    err = cpu_kernels.modulus_project(_c(wave), _c(amplitude), out, EPS)
+    if in_place and not direct:
+        wave[...] = out
+        out = wave
+    return out, float(err)
 
 
 def relaxed_modulus_project(backend: Backend, wave: Any, amplitude: Any,
@@ -236,9 +273,139 @@ def relaxed_modulus_project(backend: Backend, wave: Any, amplitude: Any,
     return wave
 
 
+def dm_fourier_update(backend: Backend, model: Any, waves: Any, amplitude: Any,
+                      bound: float) -> float:
+    """DM's Fourier step in place on ``waves``: ``Ψ ← Ψ + π_F(2Φ − Ψ) − Φ`` (Φ = ``model``).
+
+    π_F is :func:`relaxed_modulus_project` with ``bound`` (the strict
+    :func:`modulus_project` when ``bound`` is 0). Returns the model's error
+    ``Σ_valid (|Φ| − A)²``. CPU: one fused kernel, two passes per frame.
+    """
+    if not backend.is_gpu and waves.flags.c_contiguous:
+        return float(cpu_kernels.dm_fourier_update(_c(model), waves, _c(amplitude),
+                                                   float(bound), EPS))
+    err = fourier_error_terms(backend, model, amplitude)
+    trial = model * 2
+    trial -= waves
+    if bound > 0:
+        projected = relaxed_modulus_project(backend, trial, amplitude, bound)
+    else:
+        projected, _ = modulus_project(backend, trial, amplitude)
+    waves += projected
+    waves -= model
+    return err
+
+
 def fourier_error_terms(backend: Backend, wave: Any, amplitude: Any) -> float:
     """``Σ_valid (sqrt(Î) - A)²`` of a batch without projecting."""
     return _deviation(backend, model_amplitude(backend, wave), amplitude)[2]
+
+
+# --------------------------------------------------------------------------- engine sums
+def object_terms(backend: Backend, values: Any, probes: Any, win: Windows, num: Any,
+                 den: Any) -> None:
+    """Scatter-add the object numerator ``Σ_k values_k conj(P_k)`` into ``num`` and the
+    illumination ``Σ_k |P_k|²`` into ``den`` at every window (CPU: one fused kernel)."""
+    if backend.is_gpu:
+        scatter_add(backend, num, mode_sum(values, probes.conj()), win.rows, win.cols)
+        power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+        power = backend.xp.broadcast_to(power, (len(win), *power.shape[1:]))
+        scatter_add(backend, den, power, win.rows, win.cols)
+        return
+    cpu_kernels.object_terms(_c(values), _c(probes), win.rows, win.cols, num, den)
+
+
+def probe_terms(backend: Backend, values: Any, obj: Any, win: Windows) -> tuple[Any, Any]:
+    """``(Σ_j conj(O_j) values_j, Σ_j |O_j|²)`` over the windows, in double precision:
+    (K, M, M) complex128 and (M, M) float64."""
+    if backend.is_gpu:
+        o = extract(backend, obj, win.index)
+        return ((o.conj()[:, None] * values).sum(axis=0, dtype=np.complex128),
+                (o.real ** 2 + o.imag ** 2).sum(axis=0, dtype=np.float64))
+    pnum = np.zeros(values.shape[1:], dtype=np.complex128)
+    pden = np.zeros(values.shape[2:], dtype=np.float64)
+    cpu_kernels.probe_terms(_c(values), _c(obj), win.rows, win.cols, pnum, pden)
+    return pnum, pden
+
+
+def conj_object_products(backend: Backend, values: Any, obj: Any, win: Windows,
+                         with_power: bool = False) -> Any:
+    """``conj(O_j) · values_j`` (B, K, M, M), with ``|O_j|²`` appended as mode K when
+    ``with_power`` (the stack :func:`unshift_sum` back-shifts in one FFT batch)."""
+    if backend.is_gpu:
+        o = extract(backend, obj, win.index)
+        out = o.conj()[:, None] * values
+        if with_power:
+            power = (o.real ** 2 + o.imag ** 2)[:, None].astype(values.dtype)
+            out = backend.xp.concatenate([out, power], 1)
+        return out
+    b, k = values.shape[:2]
+    out = np.empty((b, k + int(with_power), *values.shape[2:]), dtype=values.dtype)
+    cpu_kernels.conj_window_products(_c(values), _c(obj), win.rows, win.cols, out)
+    return out
+
+
+def lsqml_object_terms(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any,
+                       win: Windows, num: Any, den: Any, with_probe: bool) -> Any:
+    """LSQML: ``chi -= psi`` in place, then :func:`object_terms` of ``chi`` and, when
+    ``with_probe``, the unshifted probe direction ``Σ_j chi_j conj(O_j)`` (complex128,
+    returned; else None). CPU: one fused kernel."""
+    if backend.is_gpu or not chi.flags.c_contiguous:
+        chi -= psi
+        object_terms(backend, chi, probes, win, num, den)
+        if not with_probe:
+            return None
+        return conj_object_products(backend, chi, obj, win).sum(axis=0, dtype=np.complex128)
+    pnum = np.zeros(chi.shape[1:] if with_probe else (0, 0, 0), dtype=np.complex128)
+    cpu_kernels.lsqml_object_terms(chi, _c(psi), _c(probes), _c(obj), win.rows, win.cols,
+                                   num, den, pnum)
+    return pnum if with_probe else None
+
+
+def lsqml_step_terms(backend: Backend, chi: Any, probes: Any, obj: Any, d_obj: Any,
+                     d_probe: Any | None, win: Windows) -> list[Any]:
+    """Per-position sums of LSQML's step-length system (float64, each (B,)):
+    ``Re⟨dop, dop⟩, Re⟨dop, χ⟩`` and, with ``d_probe``, ``Re⟨dpo, dpo⟩, Re⟨dop, dpo⟩,
+    Re⟨dpo, χ⟩`` where ``dop = ΔO_j P_j`` and ``dpo = ΔP O_j``."""
+    if backend.is_gpu:
+        xp = backend.xp
+        dop = extract(backend, d_obj, win.index)[:, None] * probes
+        terms = [re_inner(backend, dop, dop), re_inner(backend, dop, chi)]
+        if d_probe is not None:
+            dpo = d_probe[None] * extract(backend, obj, win.index)[:, None]
+            terms += [re_inner(backend, dpo, dpo), re_inner(backend, dop, dpo),
+                      re_inner(backend, dpo, chi)]
+        return [xp.asarray(v, dtype=np.float64) for v in terms]
+    dp = _c(d_probe) if d_probe is not None else np.zeros((0, 0, 0), dtype=chi.dtype)
+    out = np.zeros((len(win), 5), dtype=np.float64)
+    cpu_kernels.lsqml_step_terms(_c(chi), _c(probes), _c(obj), _c(d_obj), dp, win.rows,
+                                 win.cols, out)
+    return list(out[:, :5 if d_probe is not None else 2].T)
+
+
+def reduce_accumulators(backend: Backend, acc: Any, dtype: Any) -> Any:
+    """``Σ_t acc[t]`` over per-thread accumulators (T, ...), in thread order, as ``dtype``.
+
+    CPU: one fused pass that also zeroes ``acc`` for reuse; GPU: ``acc`` is left as it is.
+    """
+    if backend.is_gpu:
+        total = acc[0]
+        for extra in acc[1:]:
+            total += extra
+        return total.astype(dtype, copy=False)
+    out = np.empty(acc.shape[1:], dtype=dtype)
+    cpu_kernels.reduce_accumulators(acc, out)
+    return out
+
+
+def lsqml_object_direction(backend: Backend, num: Any, illum: Any, damping: float) -> Any:
+    """``num / sqrt(illum² + damping + EPS)`` in working precision (CPU: one pass)."""
+    if backend.is_gpu:
+        xp = backend.xp
+        return (num / xp.sqrt(illum ** 2 + damping + EPS)).astype(num.dtype)
+    out = np.empty(num.shape, dtype=num.dtype)
+    cpu_kernels.lsqml_object_direction(_c(num), _c(illum), float(damping), EPS, out)
+    return out
 
 
 def mode_sum(waves: Any, weights: Any) -> Any:

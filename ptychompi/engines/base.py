@@ -21,13 +21,18 @@ from ..backend import Backend
 from ..config import AlgorithmConfig
 from ..physics import (
     Propagator,
+    Windows,
     apply_amplitude_limits,
     orthogonalize_modes,
+    reduce_accumulators,
     scatter_add,
     shifted_probes,
     subpixel_ramps,
     window_index,
 )
+
+GPU_CHUNK = 128  # positions per chunk on a GPU (enough work per launch)
+CPU_CHUNK = 16  # on a CPU: a chunk's waves (2 MiB at 128²) stay in cache between passes
 
 
 @dataclass
@@ -84,10 +89,16 @@ class Engine:
         self.index = xp.asarray(window_index(self.rows, self.cols, frame, data.box_shape[1]))
         use_ramps = cfg.subpixel and len(top) and np.abs(self.fractions).max() > 1e-3
         self.use_subpixel = bool(use_ramps)
+        # the positions never change: their sub-pixel ramps (2 x n x M) are computed once
+        self._ramps = (subpixel_ramps(backend, self.fractions, frame) if self.use_subpixel
+                       else None)
         self.probe = backend.asarray(probe, backend.complex_dtype)
         self.object = backend.asarray(obj, backend.complex_dtype)
         self.seconds_compute = 0.0
+        self.chunk_size = GPU_CHUNK if backend.is_gpu else CPU_CHUNK
         self._pool: ThreadPoolExecutor | None = None
+        self._accumulators: dict[tuple, np.ndarray] = {}
+        self._dirty: set[int] = set()
 
     # ------------------------------------------------------------------ contract
     def step(self) -> dict:
@@ -115,10 +126,21 @@ class Engine:
         return self.iteration >= self.cfg.probe_update_start
 
     # ------------------------------------------------------------------ helpers
+    def _device_sel(self, sel: Any) -> Any:
+        """A position selection (slice or host index array) usable on the device."""
+        return sel if isinstance(sel, slice) else self.backend.xp.asarray(sel)
+
     def ramps(self, sel: Any = slice(None)) -> tuple[Any, Any] | None:
-        if not self.use_subpixel:
+        """Sub-pixel Fourier ramps (B, M) per axis of positions ``sel``, or None."""
+        if self._ramps is None:
             return None
-        return subpixel_ramps(self.backend, self.fractions[sel], self.data.frame)
+        dsel = self._device_sel(sel)
+        return self._ramps[0][dsel], self._ramps[1][dsel]
+
+    def windows(self, sel: Any) -> Windows:
+        """The object windows of positions ``sel`` (flat indices only on a GPU)."""
+        index = self.index[self._device_sel(sel)] if self.backend.is_gpu else None
+        return Windows(self.rows[sel], self.cols[sel], index)
 
     def probes_at(self, sel: Any, probe_ft: Any | None = None) -> Any:
         """Probes (B, K, M, M) at positions ``sel`` (sub-pixel shifted) or (1, K, M, M)."""
@@ -158,11 +180,13 @@ class Engine:
             return
         self.probe = self.exchange.allreduce(self.probe) / self.exchange.size
 
-    def chunks(self, n: int, size: int = 128) -> list[slice]:
+    def chunks(self, n: int, size: int | None = None) -> list[slice]:
+        """Consecutive slices of ``size`` positions (default :attr:`chunk_size`)."""
+        size = size or self.chunk_size
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     def map_chunks(self, fn: Callable[[int, slice], Any], n: int,
-                   size: int = 128) -> list[Any]:
+                   size: int | None = None) -> list[Any]:
         """``fn(thread, chunk)`` for every chunk of ``n`` positions; results in chunk order.
 
         On a CPU backend with several cores the chunks are spread over that many threads
@@ -188,10 +212,30 @@ class Engine:
                 out[i] = value
         return out
 
-    def thread_buffers(self, shape: tuple[int, ...], dtype: Any) -> list[Any]:
-        """One zeroed accumulator per worker thread (see :meth:`map_chunks`)."""
+    def accumulators(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """Zeroed accumulators (T, *shape), one per worker thread (see :meth:`map_chunks`).
+
+        On a CPU they are kept between calls and zeroed again by :meth:`reduce`, which must
+        follow; on a GPU they are fresh arrays.
+        """
         xp = self.backend.xp
-        return [xp.zeros(shape, dtype=dtype) for _ in range(max(1, self.backend.threads))]
+        full = (max(1, self.backend.threads), *shape)
+        if self.backend.is_gpu:
+            return xp.zeros(full, dtype=dtype)
+        key = (full, np.dtype(dtype).str)
+        acc = self._accumulators.get(key)
+        if acc is None:
+            acc = self._accumulators[key] = np.zeros(full, dtype=dtype)
+        elif id(acc) in self._dirty:  # an earlier user did not reduce (an exception)
+            acc.fill(0)
+        self._dirty.add(id(acc))
+        return acc
+
+    def reduce(self, acc: Any, dtype: Any) -> Any:
+        """The sum of :meth:`accumulators` ``acc`` in thread order, as ``dtype``."""
+        total = reduce_accumulators(self.backend, acc, dtype)
+        self._dirty.discard(id(acc))
+        return total
 
     def close(self) -> None:
         """Stop the worker threads."""

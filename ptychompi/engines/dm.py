@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from ..physics import (
-    extract,
-    fourier_error_terms,
-    mode_sum,
+    conj_object_products,
+    dm_fourier_update,
+    exit_waves,
     modulus_project,
-    relaxed_modulus_project,
-    scatter_add,
+    object_terms,
+    probe_terms,
     unshift_sum,
 )
 from .base import Engine
@@ -53,8 +53,8 @@ class DifferenceMap(Engine):
         probe_ft = self.backend.fft2(self.probe) if self.use_subpixel else None
 
         def fill(_: int, sl: slice) -> None:
-            phi = self.probes_at(sl, probe_ft) * extract(self.backend, self.object,
-                                                         self.index[sl])[:, None]
+            phi = exit_waves(self.backend, self.probes_at(sl, probe_ft), self.object,
+                             self.windows(sl))
             self.waves[sl] = prop.forward(phi)
 
         self.map_chunks(fill, n)
@@ -73,28 +73,21 @@ class DifferenceMap(Engine):
         probe_ft = be.fft2(self.probe) if self.use_subpixel else None
         # sums in double precision: their order (tiles, threads) then no longer matters, so n
         # ranks follow the one-rank trajectory even in complex64 (DM amplifies rounding)
-        nums = self.thread_buffers(self.data.box_shape, np.complex128)
-        dens = self.thread_buffers(self.data.box_shape, np.float64)
+        nums = self.accumulators(self.data.box_shape, np.complex128)
+        dens = self.accumulators(self.data.box_shape, np.float64)
         n = len(self.rows)
         update_probe = self.updates_probe
         # keep the exit waves for the probe update when they fit: one backward pass, not two
         keep = update_probe and self.waves.nbytes <= PSI_CACHE_BYTES
 
-        def object_terms(t: int, sl: slice) -> Any:
-            probes = self.probes_at(sl, probe_ft)
+        def object_sums(t: int, sl: slice) -> Any:
             psi = self._exit_waves(sl)
-            scatter_add(be, nums[t], mode_sum(psi, probes.conj()), self.rows[sl],
-                        self.cols[sl])
-            power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
-            power = xp.broadcast_to(power, (sl.stop - sl.start, *power.shape[1:]))
-            scatter_add(be, dens[t], power, self.rows[sl], self.cols[sl])
+            object_terms(be, psi, self.probes_at(sl, probe_ft), self.windows(sl), nums[t],
+                         dens[t])
             return psi if keep else None
 
-        kept = self.map_chunks(object_terms, n)
-        num, den = nums[0], dens[0]
-        for extra_num, extra_den in zip(nums[1:], dens[1:], strict=True):
-            num += extra_num
-            den += extra_den
+        kept = self.map_chunks(object_sums, n)
+        num, den = self.reduce(nums, np.complex128), self.reduce(dens, np.float64)
         if share_obj:
             self.exchange.halo_sum(num, den)
         delta = REGULARISATION * self.exchange.allreduce(float(den.max()) if den.size else 0.0,
@@ -105,20 +98,18 @@ class DifferenceMap(Engine):
             return
         chunk_of = {sl.start: i for i, sl in enumerate(self.chunks(n))}
 
-        def probe_terms(_: int, sl: slice) -> tuple[Any, Any]:
-            obj = extract(be, self.object, self.index[sl])
+        def probe_sums(_: int, sl: slice) -> tuple[Any, Any]:
             psi = kept[chunk_of[sl.start]] if keep else self._exit_waves(sl)
             ramps = self.ramps(sl)
-            power = (obj.real ** 2 + obj.imag ** 2)[:, None]
             if ramps is None:
-                return ((obj.conj()[:, None] * psi).sum(axis=0, dtype=np.complex128),
-                        power.sum(axis=0, dtype=np.float64)[0])
+                return probe_terms(be, psi, self.object, self.windows(sl))
             # numerator and denominator back-shifted together, in one FFT batch
-            both = xp.concatenate([obj.conj()[:, None] * psi, power.astype(psi.dtype)], 1)
+            both = conj_object_products(be, psi, self.object, self.windows(sl),
+                                        with_power=True)
             summed = unshift_sum(be, both, ramps)
             return summed[:-1], summed[-1].real
 
-        terms = self.map_chunks(probe_terms, n)
+        terms = self.map_chunks(probe_sums, n)
         pnum = sum((t[0] for t in terms[1:]), terms[0][0].copy())
         pden = sum((t[1] for t in terms[1:]), terms[0][1].copy())
         if self.schedule.share_probe(self.iteration):  # numerator and denominator in one call
@@ -143,23 +134,14 @@ class DifferenceMap(Engine):
         probe_ft = be.fft2(self.probe) if self.use_subpixel else None
 
         def update(_: int, sl: slice) -> float:
-            phi = self.probes_at(sl, probe_ft) * extract(be, self.object, self.index[sl])[:, None]
+            phi = exit_waves(be, self.probes_at(sl, probe_ft), self.object, self.windows(sl))
             model = prop.forward(phi)
             waves = self.waves[sl]
             if refine:  # the projection's error is the misfit of the model
                 projected, batch_err = modulus_project(be, model, self.data.amplitudes[sl])
                 waves[...] = projected
                 return batch_err
-            err = fourier_error_terms(be, model, self.data.amplitudes[sl])
-            trial = model * 2
-            trial -= waves
-            if bound > 0:
-                projected = relaxed_modulus_project(be, trial, self.data.amplitudes[sl], bound)
-            else:
-                projected, _ = modulus_project(be, trial, self.data.amplitudes[sl])
-            waves += projected
-            waves -= model
-            return err
+            return dm_fourier_update(be, model, waves, self.data.amplitudes[sl], bound)
 
         return float(sum(self.map_chunks(update, len(self.rows))))
 

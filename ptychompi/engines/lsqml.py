@@ -13,12 +13,13 @@ import numpy as np
 
 from ..physics import (
     EPS,
-    extract,
-    mode_sum,
+    conj_object_products,
+    exit_waves,
+    lsqml_object_direction,
+    lsqml_object_terms,
+    lsqml_step_terms,
     model_intensity,
     modulus_project,
-    re_inner,
-    scatter_add,
     unshift_sum,
 )
 from .base import Engine
@@ -107,42 +108,36 @@ class LSQML(Engine):
         nb = len(batch)
         size = max(1, -(-nb // max(1, be.threads)))  # one sub-batch per worker thread
         # double-precision sums: independent of how positions split over tiles and threads
-        nums = self.thread_buffers(self.data.box_shape, np.complex128)
-        illums = self.thread_buffers(self.data.box_shape, np.float64)
+        nums = self.accumulators(self.data.box_shape, np.complex128)
+        illums = self.accumulators(self.data.box_shape, np.float64)
 
         def exit_part(t: int, sl: slice) -> tuple[Any, ...]:
             part = batch[sl]
-            sel = xp.asarray(part)
-            rows, cols = self.rows[part], self.cols[part]
+            win = self.windows(part)
+            ramps = self.ramps(part)
             probes = self.probes_at(part)
-            obj = extract(be, self.object, self.index[sel])
-            psi = probes * obj[:, None]
-            target, err = self._exit_update(prop.forward(psi), self.data.amplitudes[sel])
+            psi = exit_waves(be, probes, self.object, win)
+            target, err = self._exit_update(prop.forward(psi),
+                                            self.data.amplitudes[xp.asarray(part)])
             chi = prop.backward(target, overwrite=True)
-            chi -= psi
-            scatter_add(be, nums[t], mode_sum(chi, probes.conj()), rows, cols)
-            power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
-            scatter_add(be, illums[t], xp.broadcast_to(power, (len(part), *power.shape[1:])),
-                        rows, cols)
-            d_probe = (unshift_sum(be, chi * obj.conj()[:, None], self.ramps(part))
-                       if update_probe else None)
-            return probes, obj, chi, err, d_probe
+            # χ = Ψ' − ψ, the object sums and (unshifted) the probe direction in one pass
+            d_probe = lsqml_object_terms(be, chi, psi, probes, self.object, win, nums[t],
+                                         illums[t], update_probe and ramps is None)
+            if update_probe and ramps is not None:
+                d_probe = unshift_sum(be, conj_object_products(be, chi, self.object, win),
+                                      ramps)
+            return probes, win, chi, err, d_probe
 
         parts = self.map_chunks(exit_part, nb, size) if nb else []
         err = float(sum(p[3] for p in parts))
-        num, illum = nums[0], illums[0]
-        for extra_num, extra_illum in zip(nums[1:], illums[1:], strict=True):
-            num += extra_num
-            illum += extra_illum
-
         # object and probe search directions; the halos travel in working precision (LSQML,
         # unlike DM, does not amplify that rounding: n ranks stay within 1e-5 of one rank)
-        num = num.astype(be.complex_dtype)
-        illum = illum.astype(be.real_dtype)
+        num = self.reduce(nums, be.complex_dtype)
+        illum = self.reduce(illums, be.real_dtype)
         if share_obj:
             ex.halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
-        d_obj = (num / xp.sqrt(illum ** 2 + (DELTA * dmax) ** 2 + EPS)).astype(be.complex_dtype)
+        d_obj = lsqml_object_direction(be, num, illum, (DELTA * dmax) ** 2)
 
         if update_probe:  # summed in double precision, like every cross-position sum
             d_probe = xp.zeros(self.probe.shape, dtype=np.complex128)
@@ -156,15 +151,10 @@ class LSQML(Engine):
             d_probe = (d_probe / max(count, 1.0)).astype(be.complex_dtype)
 
         # per-position step lengths: minimise ‖χ − α_O ΔO P − α_P ΔP O‖²
-        def step_terms(_: int, sl: slice) -> list[np.ndarray]:
-            probes, obj, chi = parts[sl.start // size][:3]
-            dop = extract(be, d_obj, self.index[xp.asarray(batch[sl])])[:, None] * probes
-            terms = [re_inner(be, dop, dop), re_inner(be, dop, chi)]
-            if update_probe:
-                dpo = d_probe[None] * obj[:, None]
-                terms += [re_inner(be, dpo, dpo), re_inner(be, dop, dpo),
-                          re_inner(be, dpo, chi)]
-            return [xp.asarray(v, dtype=np.float64) for v in terms]
+        def step_terms(_: int, sl: slice) -> list[Any]:
+            probes, win, chi = parts[sl.start // size][:3]
+            return lsqml_step_terms(be, chi, probes, self.object, d_obj,
+                                    d_probe if update_probe else None, win)
 
         if nb:
             cols_ = list(zip(*self.map_chunks(step_terms, nb, size), strict=True))

@@ -3,7 +3,9 @@
 No GPU is needed: an array module that forwards to numpy plays CuPy, and the two CUDA kernels
 are replaced by their numpy references (the kernels themselves are checked against those
 references in test_kernels.py on a GPU). This proves the ``backend.is_gpu`` code paths of
-physics and engines compute what the CPU paths compute.
+physics and engines compute what the CPU paths compute. The CPU path runs fused numba kernels
+(:mod:`ptychompi.cpu_kernels`) whose float32 rounding differs from numpy's by an ulp, so the
+two agree to rounding as carried by each engine over four iterations (TOLERANCE).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from ptychompi.scan import ArrayScan, ScanGeometry
 from ptychompi.simulate import simulate
 
 MODES = 2  # probe modes: exercises the mode orthogonalisation too
+# (error, object/probe) relative tolerances. DM and LSQML carry an ulp of difference as a few
+# 1e-6; batched ePIE with beta = 1 amplifies it (a 1.2e-7 relative change of the shifted
+# probes alone moves its probe by 6e-3 after two iterations, measured with numpy on both
+# sides), so for ePIE the branches must agree to 1e-3 in the error and 1e-2 in the arrays.
+TOLERANCE = {"epie": (1e-3, 1e-2), "dm": (2e-5, 2e-5), "lsqml": (2e-5, 2e-5)}
 
 
 class NumpyAsCupy(types.ModuleType):
@@ -73,13 +80,14 @@ def test_gpu_branches_match_cpu(monkeypatch, standin_gpu, name):
 
     gpu = run(standin_gpu)
     # the stand-in's FFT is numpy.fft; give the CPU path the same FFT (scipy.fft rounds
-    # differently and ePIE carries such differences), so the branches must agree exactly
+    # differently and ePIE carries such differences), so only the kernels' rounding remains
     monkeypatch.setattr(scipy.fft, "fft2", lambda a, norm=None, workers=None,
                         overwrite_x=False: np.fft.fft2(a, norm=norm))
     monkeypatch.setattr(scipy.fft, "ifft2", lambda a, norm=None, workers=None,
                         overwrite_x=False: np.fft.ifft2(a, norm=norm))
     cpu = run(Backend(np, "cpu", None, 1))
     assert gpu[2][-1] < gpu[2][0]
-    np.testing.assert_allclose(gpu[2], cpu[2], rtol=1e-6)
+    err_tol, array_tol = TOLERANCE[name]
+    np.testing.assert_allclose(gpu[2], cpu[2], rtol=err_tol)
     for a, b in zip(gpu[:2], cpu[:2], strict=True):
-        assert np.linalg.norm(a - b) <= 1e-6 * np.linalg.norm(b)
+        assert np.linalg.norm(a - b) <= array_tol * np.linalg.norm(b)

@@ -1,0 +1,401 @@
+"""Fused CPU kernels (numba) for the element-wise passes of the engines.
+
+Each kernel does in one loop over a frame, while the frame is in cache, what the plain numpy
+expression named in its docstring does in several passes over whole (B, K, M, M) stacks. They
+are compiled on first use (``cache=True``: once per machine, then loaded from ``__pycache__``)
+and release the GIL, so the engines' worker threads (:meth:`Engine.map_chunks`) run them in
+parallel. The GPU path never calls them (:mod:`ptychompi.kernels` and ``kernels/*.cu``).
+
+Conventions: waves are C-contiguous (B, K, M, M) complex arrays, amplitudes (B, M, M) real
+with masked pixels < 0, probes (B, K, M, M) or (1, K, M, M) (one probe for every position),
+objects 2-D; windows of the object are ``obj[rows[j]:rows[j]+M, cols[j]:cols[j]+M]``.
+Element-wise arithmetic stays in the arrays' working precision (complex64/float32) in the
+order numpy uses; every sum over pixels or positions is accumulated in double precision.
+Row buffers hold per-pixel partial sums so that the inner loops vectorise without reordering
+floating-point additions (no ``fastmath``).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_JIT = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
+# per-position dot products: the additions may be reordered (vectorised partial sums), which
+# is deterministic for a given build and changes only double-precision rounding
+_JIT_SUMS = {**_JIT, "fastmath": {"reassoc"}}
+
+
+# --------------------------------------------------------------------------- exit waves
+@numba.njit(**_JIT)
+def exit_waves(probes: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+               out: np.ndarray) -> None:
+    """``out[j, k] = probes[j, k] * obj[window j]``.
+
+    Replaces ``probes * extract(backend, obj, index)[:, None]`` (no window copy).
+    """
+    b, kk, m0, m1 = out.shape
+    shared = probes.shape[0] == 1
+    for j in range(b):
+        pj = 0 if shared else j
+        r, c = rows[j], cols[j]
+        for k in range(kk):
+            for y in range(m0):
+                orow = obj[r + y, c:c + m1]
+                prow = probes[pj, k, y]
+                dst = out[j, k, y]
+                for x in range(m1):
+                    dst[x] = prow[x] * orow[x]
+
+
+# --------------------------------------------------------------------------- modulus
+@numba.njit(**_JIT)
+def _mode_power_row(wave: np.ndarray, j: int, y: int, acc: np.ndarray) -> None:
+    """``acc[:] = Σ_k |wave[j, k, y, :]|²`` in the wave's real precision."""
+    kk, m1 = wave.shape[1], wave.shape[3]
+    for x in range(m1):
+        acc[x] = 0
+    for k in range(kk):
+        row = wave[j, k, y]
+        for x in range(m1):
+            v = row[x]
+            acc[x] += v.real * v.real + v.imag * v.imag
+
+
+@numba.njit(**_JIT)
+def modulus_project(wave: np.ndarray, amplitude: np.ndarray, out: np.ndarray,
+                    eps: float) -> float:
+    """Modulus projection and Fourier error in one pass; ``out`` may be ``wave``.
+
+    Replaces ``model = sqrt(Σ_k |Ψ_k|²)``, ``err = Σ_valid (model - A)²`` and
+    ``out = Ψ · where(A >= 0, A / (model + eps), 1)`` (:func:`physics.modulus_project`).
+    Returns ``err`` (double).
+    """
+    b, kk, m0, m1 = wave.shape
+    rdt = amplitude.dtype.type
+    epsr = rdt(eps)
+    power = np.empty(m1, amplitude.dtype)
+    factor = np.empty(m1, amplitude.dtype)
+    errs = np.zeros(m1, np.float64)
+    for j in range(b):
+        for y in range(m0):
+            _mode_power_row(wave, j, y, power)
+            arow = amplitude[j, y]
+            for x in range(m1):
+                a = arow[x]
+                model = np.sqrt(power[x])
+                d = model - a
+                valid = a >= 0
+                errs[x] += d * d if valid else 0.0
+                factor[x] = a / (model + epsr) if valid else rdt(1)
+            for k in range(kk):
+                src = wave[j, k, y]
+                dst = out[j, k, y]
+                for x in range(m1):
+                    dst[x] = src[x] * factor[x]
+    return errs.sum()
+
+
+@numba.njit(**_JIT)
+def dm_fourier_update(model: np.ndarray, waves: np.ndarray, amplitude: np.ndarray,
+                      bound: float, eps: float) -> float:
+    """DM's Fourier step, in place on ``waves``: ``Ψ ← Ψ + π(2Φ − Ψ) − Φ``, Φ = ``model``.
+
+    Replaces (:mod:`ptychompi.engines.dm`) ``err = fourier_error_terms(Φ, A)``,
+    ``trial = 2Φ − Ψ``, ``relaxed_modulus_project(trial, A, bound)`` (or the strict
+    ``modulus_project`` when ``bound <= 0``) and ``Ψ += projected; Ψ −= Φ``: two passes over
+    each frame (its statistics, then the update) instead of about ten over the stack.
+    Returns ``err = Σ_valid (|Φ| − A)²`` (double).
+    """
+    b, kk, m0, m1 = waves.shape
+    rdt = amplitude.dtype.type
+    epsr = rdt(eps)
+    two = rdt(2)
+    pm = np.empty(m1, amplitude.dtype)
+    pt = np.empty(m1, amplitude.dtype)
+    errs = np.zeros(m1, np.float64)
+    devs = np.empty(m1, np.float64)
+    counts = np.empty(m1, np.int64)
+    factor = np.empty(m1, amplitude.dtype)
+    for j in range(b):
+        devs[:] = 0.0
+        counts[:] = 0
+        for y in range(m0):  # pass 1: the model's error, the trial's deviation
+            pm[:] = 0
+            pt[:] = 0
+            for k in range(kk):
+                mrow, wrow = model[j, k, y], waves[j, k, y]
+                for x in range(m1):
+                    m, w = mrow[x], wrow[x]
+                    tr = m.real * two - w.real
+                    ti = m.imag * two - w.imag
+                    pm[x] += m.real * m.real + m.imag * m.imag
+                    pt[x] += tr * tr + ti * ti
+            arow = amplitude[j, y]
+            for x in range(m1):
+                a = arow[x]
+                valid = a >= 0
+                d = np.sqrt(pm[x]) - a
+                errs[x] += d * d if valid else 0.0
+                dt = np.sqrt(pt[x]) - a
+                devs[x] += dt * dt if valid else 0.0
+                counts[x] += 1 if valid else 0
+        if bound > 0:
+            mean = devs.sum() / max(counts.sum(), 1)
+            renorm = rdt(np.sqrt(bound / max(mean, bound)))
+        else:
+            renorm = rdt(0)
+        for y in range(m0):  # pass 2: Ψ += factor · (2Φ − Ψ) − Φ
+            pt[:] = 0
+            for k in range(kk):
+                mrow, wrow = model[j, k, y], waves[j, k, y]
+                for x in range(m1):
+                    m, w = mrow[x], wrow[x]
+                    tr = m.real * two - w.real
+                    ti = m.imag * two - w.imag
+                    pt[x] += tr * tr + ti * ti
+            arow = amplitude[j, y]
+            for x in range(m1):
+                a = arow[x]
+                t = np.sqrt(pt[x])
+                target = (t - a) * renorm + a
+                factor[x] = target / (t + epsr) if a >= 0 else rdt(1)
+            for k in range(kk):
+                mrow, wrow = model[j, k, y], waves[j, k, y]
+                for x in range(m1):
+                    m, w = mrow[x], wrow[x]
+                    trial = m * two - w
+                    wrow[x] = (w + trial * factor[x]) - m
+    return errs.sum()
+
+
+# --------------------------------------------------------------------------- object sums
+@numba.njit(**_JIT)
+def object_terms(values: np.ndarray, probes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                 num: np.ndarray, den: np.ndarray) -> None:
+    """Object numerator and denominator, scatter-added into double-precision tiles.
+
+    Replaces ``scatter_add(num, mode_sum(values, probes.conj()), rows, cols)`` and
+    ``scatter_add(den, Σ_k |probes_k|², rows, cols)`` (windows may overlap).
+    """
+    b, kk, m0, m1 = values.shape
+    shared = probes.shape[0] == 1
+    for j in range(b):
+        pj = 0 if shared else j
+        r, c = rows[j], cols[j]
+        for y in range(m0):
+            nrow = num[r + y, c:c + m1]
+            drow = den[r + y, c:c + m1]
+            for k in range(kk):
+                prow, vrow = probes[pj, k, y], values[j, k, y]
+                for x in range(m1):
+                    p = prow[x]
+                    nrow[x] += vrow[x] * p.conjugate()
+                    drow[x] += p.real * p.real + p.imag * p.imag
+
+
+@numba.njit(**_JIT)
+def lsqml_object_terms(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.ndarray,
+                       rows: np.ndarray, cols: np.ndarray, num: np.ndarray, den: np.ndarray,
+                       pnum: np.ndarray) -> None:
+    """LSQML's exit-wave update and its sums: ``chi -= psi`` in place, then the object
+    numerator ``num += Σ_k chi_k conj(P_k)``, the illumination ``den += Σ_k |P_k|²`` (both
+    scatter-added) and, when ``pnum`` has K modes, ``pnum[k] += Σ_j chi_jk conj(O_j)``.
+
+    Replaces ``chi -= psi``, the two ``scatter_add`` calls of :func:`object_terms` and
+    ``(chi * extract(obj).conj()[:, None]).sum(0, dtype=complex128)``.
+    """
+    b, kk, m0, m1 = chi.shape
+    shared = probes.shape[0] == 1
+    with_probe = pnum.shape[0] == kk
+    for j in range(b):
+        pj = 0 if shared else j
+        r, c = rows[j], cols[j]
+        for y in range(m0):
+            orow = obj[r + y, c:c + m1]
+            nrow = num[r + y, c:c + m1]
+            drow = den[r + y, c:c + m1]
+            for k in range(kk):
+                prow, crow, srow = probes[pj, k, y], chi[j, k, y], psi[j, k, y]
+                for x in range(m1):
+                    p = prow[x]
+                    v = crow[x] - srow[x]
+                    crow[x] = v
+                    nrow[x] += v * p.conjugate()
+                    drow[x] += p.real * p.real + p.imag * p.imag
+                if with_probe:
+                    qrow = pnum[k, y]
+                    for x in range(m1):
+                        qrow[x] += crow[x] * orow[x].conjugate()
+
+
+# --------------------------------------------------------------------------- probe sums
+@numba.njit(**_JIT)
+def probe_terms(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                pnum: np.ndarray, pden: np.ndarray) -> None:
+    """Probe numerator ``pnum[k] += Σ_j conj(O_j) values_jk`` and denominator
+    ``pden += Σ_j |O_j|²`` (double precision), reading the windows in place.
+
+    Replaces ``(obj.conj()[:, None] * values).sum(0, dtype=complex128)`` and
+    ``(|obj|²).sum(0, dtype=float64)`` with ``obj = extract(backend, obj, index)``.
+    """
+    b, kk, m0, m1 = values.shape
+    for j in range(b):
+        r, c = rows[j], cols[j]
+        for y in range(m0):
+            orow = obj[r + y, c:c + m1]
+            drow = pden[y]
+            for x in range(m1):
+                o = orow[x]
+                drow[x] += o.real * o.real + o.imag * o.imag
+            for k in range(kk):
+                vrow, qrow = values[j, k, y], pnum[k, y]
+                for x in range(m1):
+                    qrow[x] += orow[x].conjugate() * vrow[x]
+
+
+@numba.njit(**_JIT)
+def conj_window_products(values: np.ndarray, obj: np.ndarray, rows: np.ndarray,
+                         cols: np.ndarray, out: np.ndarray) -> None:
+    """``out[j, k] = conj(O_j) · values[j, k]`` for k < K and, when ``out`` has K + 1
+    modes, ``out[j, K] = |O_j|²`` (the stack that :func:`physics.unshift_sum` back-shifts).
+
+    Replaces ``concatenate([obj.conj()[:, None] * values, |obj|²[:, None]], 1)``.
+    """
+    b, kk, m0, m1 = values.shape
+    with_power = out.shape[1] > kk
+    for j in range(b):
+        r, c = rows[j], cols[j]
+        for y in range(m0):
+            orow = obj[r + y, c:c + m1]
+            for k in range(kk):
+                vrow, dst = values[j, k, y], out[j, k, y]
+                for x in range(m1):
+                    dst[x] = orow[x].conjugate() * vrow[x]
+            if with_power:
+                dst = out[j, kk, y]
+                for x in range(m1):
+                    o = orow[x]
+                    dst[x] = o.real * o.real + o.imag * o.imag
+
+
+# --------------------------------------------------------------------------- sub-pixel
+@numba.njit(**_JIT)
+def ramp_fill(probe_ft: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
+              out: np.ndarray) -> None:
+    """``out[j, k] = probe_ft[k] · ramp_r[j][:, None] · ramp_c[j][None, :]``.
+
+    Replaces ``probe_ft[None] * rr[:, None, :, None] * rc[:, None, None, :]``.
+    """
+    b, kk, m0, m1 = out.shape
+    for j in range(b):
+        for k in range(kk):
+            for y in range(m0):
+                srow, dst, ry = probe_ft[k, y], out[j, k, y], ramp_r[j, y]
+                rc = ramp_c[j]
+                for x in range(m1):
+                    dst[x] = (srow[x] * ry) * rc[x]
+
+
+@numba.njit(**_JIT)
+def ramp_sum(spec: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
+             out: np.ndarray) -> None:
+    """``out[k] += Σ_j spec[j, k] · conj(ramp_r[j])[:, None] · conj(ramp_c[j])[None, :]``
+    into a complex128 ``out``.
+
+    Replaces ``spec *= rr.conj()[:, None, :, None]; spec *= rc.conj()[:, None, None, :];
+    spec.sum(axis=0, dtype=complex128)`` (:func:`physics.unshift_sum`).
+    """
+    b, kk, m0, m1 = spec.shape
+    for j in range(b):
+        rc = ramp_c[j]
+        for k in range(kk):
+            for y in range(m0):
+                srow, dst, ry = spec[j, k, y], out[k, y], ramp_r[j, y].conjugate()
+                for x in range(m1):
+                    dst[x] += (srow[x] * ry) * rc[x].conjugate()
+
+
+# --------------------------------------------------------------------------- LSQML steps
+@numba.njit(**_JIT_SUMS)
+def lsqml_step_terms(chi: np.ndarray, probes: np.ndarray, obj: np.ndarray, d_obj: np.ndarray,
+                     d_probe: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                     out: np.ndarray) -> None:
+    """Per-position sums of LSQML's 2x2 step-length system, in double precision.
+
+    With ``dop = ΔO_j · P_j`` and ``dpo = ΔP · O_j``: ``out[j] = (Re⟨dop, dop⟩,
+    Re⟨dop, χ⟩, Re⟨dpo, dpo⟩, Re⟨dop, dpo⟩, Re⟨dpo, χ⟩)``; the last three are left at zero
+    when ``d_probe`` has no modes. Replaces the ``re_inner`` calls of the LSQML engine and
+    their (B, K, M, M) temporaries ``extract(d_obj)[:, None] * probes``, ``d_probe * obj``.
+    """
+    b, kk, m0, m1 = chi.shape
+    shared = probes.shape[0] == 1
+    with_probe = d_probe.shape[0] == kk
+    for j in range(b):
+        pj = 0 if shared else j
+        r, c = rows[j], cols[j]
+        s0 = s1 = s2 = s3 = s4 = 0.0
+        for y in range(m0):
+            orow = obj[r + y, c:c + m1]
+            drow = d_obj[r + y, c:c + m1]
+            for k in range(kk):
+                prow, crow = probes[pj, k, y], chi[j, k, y]
+                if not with_probe:
+                    for x in range(m1):
+                        dop = drow[x] * prow[x]
+                        ch = crow[x]
+                        s0 += dop.real * dop.real + dop.imag * dop.imag
+                        s1 += dop.real * ch.real + dop.imag * ch.imag
+                    continue
+                qrow = d_probe[k, y]
+                for x in range(m1):
+                    dop = drow[x] * prow[x]
+                    dpo = qrow[x] * orow[x]
+                    ch = crow[x]
+                    s0 += dop.real * dop.real + dop.imag * dop.imag
+                    s1 += dop.real * ch.real + dop.imag * ch.imag
+                    s2 += dpo.real * dpo.real + dpo.imag * dpo.imag
+                    s3 += dop.real * dpo.real + dop.imag * dpo.imag
+                    s4 += dpo.real * ch.real + dpo.imag * ch.imag
+        out[j, 0], out[j, 1], out[j, 2], out[j, 3], out[j, 4] = s0, s1, s2, s3, s4
+
+
+# --------------------------------------------------------------------------- accumulators
+@numba.njit(**_JIT)
+def reduce_accumulators(acc: np.ndarray, out: np.ndarray) -> None:
+    """``out = Σ_t acc[t]`` added in thread order and cast to ``out``'s dtype; then zeroes
+    ``acc`` for its next use.
+
+    Replaces ``total = acc[0]; total += acc[1]; ...; total.astype(dtype)`` and allocating
+    fresh zeroed per-thread buffers.
+    """
+    t, h, w = acc.shape
+    buf = np.empty(w, acc.dtype)
+    for y in range(h):
+        first = acc[0, y]
+        for x in range(w):
+            buf[x] = first[x]
+            first[x] = 0
+        for i in range(1, t):
+            row = acc[i, y]
+            for x in range(w):
+                buf[x] += row[x]
+                row[x] = 0
+        dst = out[y]
+        for x in range(w):
+            dst[x] = buf[x]
+
+
+@numba.njit(**_JIT)
+def lsqml_object_direction(num: np.ndarray, illum: np.ndarray, damping: float, eps: float,
+                           out: np.ndarray) -> None:
+    """LSQML's preconditioned object direction ``out = num / sqrt(illum² + damping + eps)``
+    (working precision), replacing the numpy expression's four passes over the tile."""
+    rdt = illum.dtype.type
+    d, e = rdt(damping), rdt(eps)
+    h, w = num.shape
+    for y in range(h):
+        nrow, irow, dst = num[y], illum[y], out[y]
+        for x in range(w):
+            i = irow[x]
+            dst[x] = nrow[x] / np.sqrt(i * i + d + e)
