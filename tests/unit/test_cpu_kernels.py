@@ -1,0 +1,217 @@
+"""Each fused CPU kernel (ptychompi.cpu_kernels) against the numpy expression it replaces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ptychompi import cpu_kernels as ck
+from ptychompi import physics
+from ptychompi.backend import Backend
+
+CPU = Backend(np, "cpu", None, 1)
+RTOL = 1e-5
+M, H, W, B = 16, 40, 44, 5
+
+
+def rand_complex(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+
+def amplitudes(rng: np.random.Generator, b: int = B) -> np.ndarray:
+    amp = (np.abs(rng.standard_normal((b, M, M))) * 2).astype(np.float32)
+    amp[rng.random(amp.shape) < 0.2] = -1.0  # masked pixels
+    return amp
+
+
+def corners(rng: np.random.Generator, b: int = B) -> tuple[np.ndarray, np.ndarray]:
+    """Window corners that overlap (several windows share object pixels)."""
+    return rng.integers(0, H - M, b), rng.integers(0, W - M, b)
+
+
+def windows(obj: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return physics.extract(CPU, obj, physics.window_index(rows, cols, M, obj.shape[1]))
+
+
+def close(actual: np.ndarray, expected: np.ndarray, rtol: float = RTOL) -> None:
+    """Relative agreement in the norm (elements near zero do not dominate)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    assert np.linalg.norm(actual - expected) <= rtol * np.linalg.norm(expected)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+@pytest.mark.parametrize("shared", [True, False])
+def test_exit_waves(rng, modes, shared):
+    probes = rand_complex(rng, (1 if shared else B, modes, M, M))
+    obj = rand_complex(rng, (H, W))
+    rows, cols = corners(rng)
+    out = np.empty((B, modes, M, M), np.complex64)
+    ck.exit_waves(probes, obj, rows, cols, out)
+    close(out, probes * windows(obj, rows, cols)[:, None])
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+def test_modulus_project(rng, modes):
+    wave = rand_complex(rng, (B, modes, M, M))
+    amp = amplitudes(rng)
+    model = np.sqrt((np.abs(wave) ** 2).sum(axis=1))
+    valid = amp >= 0
+    expected = wave * np.where(valid, amp / (model + physics.EPS), 1)[:, None]
+    err_expected = float((((model - amp) ** 2) * valid).sum(dtype=np.float64))
+    out = np.empty_like(wave)
+    err = ck.modulus_project(wave, amp, out, physics.EPS)
+    close(out, expected)
+    assert err == pytest.approx(err_expected, rel=RTOL)
+    np.testing.assert_array_equal(out[:, :][~np.broadcast_to(valid[:, None], out.shape)],
+                                  wave[~np.broadcast_to(valid[:, None], wave.shape)])
+    same, err2 = physics.modulus_project(CPU, wave, amp, in_place=True)  # wrapper, in place
+    assert same is wave and err2 == pytest.approx(err, rel=1e-12)
+    close(wave, expected)
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+@pytest.mark.parametrize("bound", [0.0, 0.05, 1e6])
+def test_dm_fourier_update(rng, modes, bound):
+    model = rand_complex(rng, (B, modes, M, M))
+    waves = rand_complex(rng, (B, modes, M, M))
+    amp = amplitudes(rng)
+    # numpy reference: error of the model, trial, relaxed (or strict) projection, update
+    err_expected = physics.fourier_error_terms(CPU, model, amp)
+    trial = model * 2 - waves
+    if bound > 0:
+        projected = physics.relaxed_modulus_project(CPU, trial.copy(), amp, bound)
+    else:
+        valid = amp >= 0
+        tmod = np.sqrt((np.abs(trial) ** 2).sum(axis=1))
+        projected = trial * np.where(valid, amp / (tmod + physics.EPS), 1)[:, None]
+    expected = waves + projected - model
+    err = ck.dm_fourier_update(model, waves, amp, bound, physics.EPS)
+    close(waves, expected)
+    assert err == pytest.approx(err_expected, rel=RTOL)
+
+
+def test_dm_fourier_update_huge_bound_keeps_the_trial(rng):
+    """A bound above every frame's deviation leaves the trial as it is: Ψ ← Φ."""
+    model, waves = rand_complex(rng, (B, 1, M, M)), rand_complex(rng, (B, 1, M, M))
+    ck.dm_fourier_update(model, waves, amplitudes(rng), 1e9, physics.EPS)
+    close(waves, model)
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+@pytest.mark.parametrize("shared", [True, False])
+def test_object_terms(rng, modes, shared):
+    values = rand_complex(rng, (B, modes, M, M))
+    probes = rand_complex(rng, (1 if shared else B, modes, M, M))
+    rows, cols = corners(rng)
+    num, den = np.zeros((H, W), np.complex128), np.zeros((H, W), np.float64)
+    ck.object_terms(values, probes, rows, cols, num, den)
+    num_ref, den_ref = np.zeros_like(num), np.zeros_like(den)
+    power = np.broadcast_to((np.abs(probes) ** 2).sum(axis=1), (B, M, M))
+    physics.scatter_add(CPU, num_ref, (values * probes.conj()).sum(axis=1), rows, cols)
+    physics.scatter_add(CPU, den_ref, power, rows, cols)
+    close(num, num_ref)
+    close(den, den_ref)
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+@pytest.mark.parametrize("with_probe", [True, False])
+def test_lsqml_object_terms(rng, modes, with_probe):
+    chi, psi = rand_complex(rng, (B, modes, M, M)), rand_complex(rng, (B, modes, M, M))
+    probes, obj = rand_complex(rng, (1, modes, M, M)), rand_complex(rng, (H, W))
+    rows, cols = corners(rng)
+    expected_chi = chi - psi
+    num, den = np.zeros((H, W), np.complex128), np.zeros((H, W), np.float64)
+    pnum = np.zeros((modes, M, M) if with_probe else (0, 0, 0), np.complex128)
+    ck.lsqml_object_terms(chi, psi, probes, obj, rows, cols, num, den, pnum)
+    close(chi, expected_chi)
+    num_ref, den_ref = np.zeros_like(num), np.zeros_like(den)
+    physics.scatter_add(CPU, num_ref, (expected_chi * probes.conj()).sum(axis=1), rows, cols)
+    physics.scatter_add(CPU, den_ref, np.broadcast_to((np.abs(probes) ** 2).sum(axis=1),
+                                                      (B, M, M)), rows, cols)
+    close(num, num_ref)
+    close(den, den_ref)
+    if with_probe:
+        win = windows(obj, rows, cols)
+        close(pnum, (expected_chi * win.conj()[:, None]).sum(axis=0, dtype=np.complex128))
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+def test_probe_terms_and_conj_products(rng, modes):
+    values, obj = rand_complex(rng, (B, modes, M, M)), rand_complex(rng, (H, W))
+    rows, cols = corners(rng)
+    win = windows(obj, rows, cols)
+    pnum, pden = np.zeros((modes, M, M), np.complex128), np.zeros((M, M), np.float64)
+    ck.probe_terms(values, obj, rows, cols, pnum, pden)
+    close(pnum, (win.conj()[:, None] * values).sum(axis=0, dtype=np.complex128))
+    close(pden, (np.abs(win) ** 2).sum(axis=0, dtype=np.float64))
+    both = np.empty((B, modes + 1, M, M), np.complex64)
+    ck.conj_window_products(values, obj, rows, cols, both)
+    close(both[:, :modes], win.conj()[:, None] * values)
+    close(both[:, modes], np.abs(win) ** 2)
+    only = np.empty((B, modes, M, M), np.complex64)
+    ck.conj_window_products(values, obj, rows, cols, only)
+    close(only, both[:, :modes])
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+def test_ramp_fill_and_sum(rng, modes):
+    spec = rand_complex(rng, (modes, M, M))
+    rr, rc = physics.subpixel_ramps(CPU, rng.random((B, 2)), M)
+    out = np.empty((B, modes, M, M), np.complex64)
+    ck.ramp_fill(spec, rr, rc, out)
+    close(out, spec[None] * rr[:, None, :, None] * rc[:, None, None, :])
+    stack = rand_complex(rng, (B, modes, M, M))
+    total = np.zeros((modes, M, M), np.complex128)
+    ck.ramp_sum(stack, rr, rc, total)
+    expected = (stack * rr.conj()[:, None, :, None] * rc.conj()[:, None, None, :]).sum(
+        axis=0, dtype=np.complex128)
+    close(total, expected)
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+@pytest.mark.parametrize("with_probe", [True, False])
+def test_lsqml_step_terms(rng, modes, with_probe):
+    chi, probes = rand_complex(rng, (B, modes, M, M)), rand_complex(rng, (1, modes, M, M))
+    obj, d_obj = rand_complex(rng, (H, W)), rand_complex(rng, (H, W))
+    d_probe = rand_complex(rng, (modes, M, M))
+    rows, cols = corners(rng)
+    out = np.zeros((B, 5))
+    ck.lsqml_step_terms(chi, probes, obj, d_obj, d_probe if with_probe else
+                        np.zeros((0, 0, 0), np.complex64), rows, cols, out)
+    dop = windows(d_obj, rows, cols)[:, None] * probes
+    dpo = d_probe[None] * windows(obj, rows, cols)[:, None]
+
+    def re_dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return (x.conj() * y).real.astype(np.float64).sum(axis=(1, 2, 3))
+
+    close(out[:, 0], re_dot(dop, dop))
+    close(out[:, 1], re_dot(dop, chi))
+    if with_probe:
+        close(out[:, 2], re_dot(dpo, dpo))
+        close(out[:, 3], re_dot(dop, dpo))
+        close(out[:, 4], re_dot(dpo, chi))
+    else:
+        assert not out[:, 2:].any()
+
+
+def test_reduce_accumulators_sums_in_order_and_zeroes(rng):
+    acc = rng.standard_normal((3, H, W)) + 1j * rng.standard_normal((3, H, W))
+    expected = (acc[0] + acc[1] + acc[2]).astype(np.complex64)
+    out = np.empty((H, W), np.complex64)
+    ck.reduce_accumulators(acc, out)
+    np.testing.assert_array_equal(out, expected)
+    assert not acc.any()
+
+
+def test_lsqml_object_direction(rng):
+    num = rand_complex(rng, (H, W))
+    illum = np.abs(rng.standard_normal((H, W))).astype(np.float32)
+    out = np.empty_like(num)
+    ck.lsqml_object_direction(num, illum, 0.25, physics.EPS, out)
+    close(out, num / np.sqrt(illum ** 2 + 0.25 + physics.EPS))
