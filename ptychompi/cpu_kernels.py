@@ -399,3 +399,55 @@ def lsqml_object_direction(num: np.ndarray, illum: np.ndarray, damping: float, e
         for x in range(w):
             i = irow[x]
             dst[x] = nrow[x] / np.sqrt(i * i + d + e)
+
+
+# --------------------------------------------------------------------------- ePIE
+@numba.njit(**_JIT)
+def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.ndarray,
+                rows: np.ndarray, cols: np.ndarray, step: float, psum: np.ndarray,
+                store_grad: bool) -> None:
+    """ePIE's updates for a batch of non-overlapping windows.
+
+    With ``Δ_j = chi_j − psi_j``: ``O_j += step · Σ_k conj(P_jk) Δ_jk`` in place and the probe
+    gradient ``g_jk = Δ_jk · conj(O_j) / max|O_j|²`` of the old object, either summed into
+    ``psum`` (K modes, complex128) or, with ``store_grad``, written over ``chi``.
+
+    Replaces ``delta = chi − psi``, ``weight = step · probes.conj()``, the mode sum,
+    ``scatter_add_disjoint``, ``omax``, ``obj.conj() / omax`` and ``delta *= scaled``.
+    """
+    b, kk, m0, m1 = chi.shape
+    shared = probes.shape[0] == 1
+    accumulate = psum.shape[0] == kk
+    with_probe = accumulate or store_grad
+    rdt = obj.real.dtype.type
+    stepr = rdt(step)
+    upd = np.empty(m1, obj.dtype)
+    scaled = np.empty(m1, obj.dtype)
+    for j in range(b):
+        pj = 0 if shared else j
+        r, c = rows[j], cols[j]
+        omax = rdt(0)
+        if with_probe:
+            for y in range(m0):
+                orow = obj[r + y, c:c + m1]
+                for x in range(m1):
+                    o = orow[x]
+                    omax = max(omax, o.real * o.real + o.imag * o.imag)
+        for y in range(m0):
+            orow = obj[r + y, c:c + m1]
+            for x in range(m1):
+                scaled[x] = orow[x].conjugate() / omax if with_probe else orow[x]
+            for k in range(kk):
+                prow, crow, srow = probes[pj, k, y], chi[j, k, y], psi[j, k, y]
+                for x in range(m1):
+                    d = crow[x] - srow[x]
+                    u = prow[x].conjugate() * stepr * d
+                    upd[x] = u if k == 0 else upd[x] + u
+                    if with_probe:
+                        crow[x] = d * scaled[x]
+                if accumulate:
+                    qrow = psum[k, y]
+                    for x in range(m1):
+                        qrow[x] += crow[x]
+            for x in range(m1):
+                orow[x] += upd[x]

@@ -383,6 +383,38 @@ def lsqml_step_terms(backend: Backend, chi: Any, probes: Any, obj: Any, d_obj: A
     return list(out[:, :5 if d_probe is not None else 2].T)
 
 
+def epie_update(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any, win: Windows,
+                step: float, probe_grad: str) -> Any:
+    """ePIE's object update in place and its probe gradient, for disjoint windows.
+
+    ``Δ = chi − psi``; ``O_j += step · Σ_k conj(P_k) Δ_k``; the gradient
+    ``Δ_k conj(O_j) / max|O_j|²`` (old object) is returned summed over positions
+    (``probe_grad="sum"``, complex128 (K, M, M)), per position (``"stack"``, (B, K, M, M),
+    for the sub-pixel back-shift) or not at all (``"none"``). CPU: one fused kernel.
+    """
+    if backend.is_gpu:
+        old = extract(backend, obj, win.index)
+        delta = chi - psi
+        weight = step * probes.conj()
+        if weight.shape[:2] == (1, 1):  # one mode, no sub-pixel shift: one multiply
+            obj_update = delta[:, 0] * weight[0, 0]
+        else:
+            obj_update = (weight * delta).sum(axis=1)
+        scatter_add_disjoint(backend, obj, obj_update.astype(obj.dtype), win.index)
+        if probe_grad == "none":
+            return None
+        omax = (old.real ** 2 + old.imag ** 2).reshape(len(win), -1).max(axis=1)
+        scaled = old.conj()
+        scaled /= omax[:, None, None]
+        delta *= scaled[:, None]
+        return delta if probe_grad == "stack" else delta.sum(axis=0, dtype=np.complex128)
+    accumulate = probe_grad == "sum"
+    psum = np.zeros(chi.shape[1:] if accumulate else (0, 0, 0), dtype=np.complex128)
+    cpu_kernels.epie_update(chi, _c(psi), _c(probes), obj, win.rows, win.cols, float(step),
+                            psum, probe_grad == "stack")
+    return psum if accumulate else (chi if probe_grad == "stack" else None)
+
+
 def reduce_accumulators(backend: Backend, acc: Any, dtype: Any) -> Any:
     """``Σ_t acc[t]`` over per-thread accumulators (T, ...), in thread order, as ``dtype``.
 

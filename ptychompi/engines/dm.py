@@ -51,13 +51,43 @@ class DifferenceMap(Engine):
         self.waves = xp.empty((n, k, m, m), dtype=self.backend.complex_dtype)
         prop = self.data.propagator
         probe_ft = self.backend.fft2(self.probe) if self.use_subpixel else None
+        self._shifted: tuple[Any, dict[int, Any]] | None = None
+        store = self._probe_store()
 
         def fill(_: int, sl: slice) -> None:
-            phi = exit_waves(self.backend, self.probes_at(sl, probe_ft), self.object,
+            phi = exit_waves(self.backend, self._probes(sl, probe_ft, store), self.object,
                              self.windows(sl))
             self.waves[sl] = prop.forward(phi)
 
         self.map_chunks(fill, n)
+        self._keep_probes(store)
+
+    # ------------------------------------------------------------------ shifted probes
+    def _probe_store(self) -> dict[int, Any] | None:
+        """Where a pass keeps its sub-pixel-shifted probes for the next overlap projection
+        (which uses the same probe), when they fit: one inverse FFT pass less per iteration."""
+        fits = self.waves.nbytes <= PSI_CACHE_BYTES
+        return {} if self.use_subpixel and fits else None
+
+    def _keep_probes(self, store: dict[int, Any] | None) -> None:
+        self._shifted = None if store is None else (self.probe.copy(), store)
+
+    def _kept_probes(self) -> dict[int, Any]:
+        """Shifted probes kept by the last pass, if they belong to the current probe."""
+        kept, self._shifted = self._shifted, None
+        if kept is None or not bool(self.backend.xp.array_equal(kept[0], self.probe)):
+            return {}
+        return kept[1]
+
+    def _probes(self, sl: slice, probe_ft: Any, store: dict[int, Any] | None = None,
+                kept: dict[int, Any] | None = None) -> Any:
+        """Probes at chunk ``sl``: kept ones when there are, else shifted now (and stored)."""
+        if kept and sl.start in kept:
+            return kept[sl.start]
+        probes = self.probes_at(sl, probe_ft)
+        if store is not None:
+            store[sl.start] = probes
+        return probes
 
     def _iterate(self) -> float:
         for _ in range(self.cfg.overlap_iterations):
@@ -71,6 +101,7 @@ class DifferenceMap(Engine):
         be, xp = self.backend, self.backend.xp
         share_obj = self.schedule.share_object(self.iteration)
         probe_ft = be.fft2(self.probe) if self.use_subpixel else None
+        kept_probes = self._kept_probes()
         # sums in double precision: their order (tiles, threads) then no longer matters, so n
         # ranks follow the one-rank trajectory even in complex64 (DM amplifies rounding)
         nums = self.accumulators(self.data.box_shape, np.complex128)
@@ -82,11 +113,12 @@ class DifferenceMap(Engine):
 
         def object_sums(t: int, sl: slice) -> Any:
             psi = self._exit_waves(sl)
-            object_terms(be, psi, self.probes_at(sl, probe_ft), self.windows(sl), nums[t],
-                         dens[t])
+            object_terms(be, psi, self._probes(sl, probe_ft, kept=kept_probes),
+                         self.windows(sl), nums[t], dens[t])
             return psi if keep else None
 
         kept = self.map_chunks(object_sums, n)
+        kept_probes.clear()  # free them before the probe update
         num, den = self.reduce(nums, np.complex128), self.reduce(dens, np.float64)
         if share_obj:
             self.exchange.halo_sum(num, den)
@@ -132,9 +164,11 @@ class DifferenceMap(Engine):
         refine = self.refining
         bound = POISSON_FLOOR * BOUND_FRACTION * self.cfg.fourier_relax
         probe_ft = be.fft2(self.probe) if self.use_subpixel else None
+        store = self._probe_store()
 
         def update(_: int, sl: slice) -> float:
-            phi = exit_waves(be, self.probes_at(sl, probe_ft), self.object, self.windows(sl))
+            phi = exit_waves(be, self._probes(sl, probe_ft, store), self.object,
+                             self.windows(sl))
             model = prop.forward(phi)
             waves = self.waves[sl]
             if refine:  # the projection's error is the misfit of the model
@@ -143,11 +177,14 @@ class DifferenceMap(Engine):
                 return batch_err
             return dm_fourier_update(be, model, waves, self.data.amplitudes[sl], bound)
 
-        return float(sum(self.map_chunks(update, len(self.rows))))
+        err = float(sum(self.map_chunks(update, len(self.rows))))
+        self._keep_probes(store)
+        return err
 
     def _extra_state(self) -> dict[str, Any]:
         return {"waves": self.waves}
 
     def _restore_extra(self, state: dict[str, np.ndarray]) -> None:
         self.waves = self.backend.xp.asarray(state["waves"], dtype=self.backend.complex_dtype)
+        self._shifted = None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..physics import extract, modulus_project, scatter_add_disjoint, unshift_sum
+from ..physics import epie_update, exit_waves, modulus_project, unshift_sum
 from .base import Engine
 
 DEFAULT_BATCH = 64
@@ -56,31 +56,21 @@ class EPIE(Engine):
         update_probe = self.updates_probe
         err = 0.0
         for batch in batches:
-            sel = xp.asarray(batch)
+            win = self.windows(batch)
+            ramps = self.ramps(batch)
             probe_ft = be.fft2(self.probe) if self.use_subpixel else None
             probes = self.probes_at(batch, probe_ft)
-            obj = extract(be, self.object, self.index[sel])
-            psi = probes * obj[:, None]
+            psi = exit_waves(be, probes, self.object, win)
             wave = prop.forward(psi)
-            projected, e = modulus_project(be, wave, self.data.amplitudes[sel])
+            projected, e = modulus_project(be, wave, self.data.amplitudes[xp.asarray(batch)])
             err += e
-            delta = prop.backward(projected, overwrite=True)
-            delta -= psi
+            chi = prop.backward(projected, overwrite=True)
             pmax = float((probes.real ** 2 + probes.imag ** 2).sum(axis=1).max())
-            weight = (alpha / pmax) * probes.conj()
-            if weight.shape[:2] == (1, 1):  # one mode, no sub-pixel shift: one multiply
-                obj_update = delta[:, 0] * weight[0, 0]
-            else:
-                obj_update = (weight * delta).sum(axis=1)
-            scatter_add_disjoint(be, self.object, obj_update.astype(self.object.dtype),
-                                 self.index[sel])
+            mode = "none" if not update_probe else ("sum" if ramps is None else "stack")
+            grad = epie_update(be, chi, psi, probes, self.object, win, alpha / pmax, mode)
             if update_probe:
-                omax = (obj.real ** 2 + obj.imag ** 2).reshape(len(batch), -1).max(axis=1)
-                scaled = obj.conj()
-                scaled /= omax[:, None, None]
-                delta *= scaled[:, None]
-                grad = delta
-                self.probe += (beta / len(batch)) * unshift_sum(be, grad, self.ramps(batch))
+                step = grad if ramps is None else unshift_sum(be, grad, ramps)
+                self.probe += (beta / len(batch)) * step
         if self.schedule.share_object(self.iteration):
             self.merge_object()
         if update_probe and self.schedule.share_probe(self.iteration):

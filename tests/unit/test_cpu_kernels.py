@@ -215,3 +215,28 @@ def test_lsqml_object_direction(rng):
     out = np.empty_like(num)
     ck.lsqml_object_direction(num, illum, 0.25, physics.EPS, out)
     close(out, num / np.sqrt(illum ** 2 + 0.25 + physics.EPS))
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+@pytest.mark.parametrize("grad", ["none", "sum", "stack"])
+def test_epie_update(rng, modes, grad):
+    chi, psi = rand_complex(rng, (3, modes, M, M)), rand_complex(rng, (3, modes, M, M))
+    probes, obj = rand_complex(rng, (1, modes, M, M)), rand_complex(rng, (H, W))
+    rows, cols = np.array([0, 0, 20]), np.array([0, 20, 5])  # disjoint windows
+    old = windows(obj, rows, cols)
+    delta = chi - psi
+    step = 0.3
+    expected_obj = obj.copy()
+    update = (step * probes.conj() * delta).sum(axis=1)
+    physics.scatter_add(CPU, expected_obj, update, rows, cols)
+    omax = (np.abs(old) ** 2).reshape(3, -1).max(axis=1)
+    expected_grad = delta * (old.conj() / omax[:, None, None])[:, None]
+    psum = np.zeros((modes, M, M) if grad == "sum" else (0, 0, 0), np.complex128)
+    ck.epie_update(chi, psi, probes, obj, rows, cols, step, psum, grad == "stack")
+    close(obj, expected_obj)
+    if grad == "sum":
+        close(psum, expected_grad.sum(axis=0))
+    if grad == "stack":
+        close(chi, expected_grad)
+    if grad == "none":
+        close(chi, delta + psi)  # untouched
