@@ -1,7 +1,8 @@
 """Synthetic far-field ptychography scans with ground truth (no downloads).
 
-The object is procedural: a 36-spoke Siemens star in amplitude (0.6..1) and phase (-0.5 rad
-in the spokes), soft discs, and a smooth phase landscape of about +/-1 rad. The probe is a
+The object is procedural: a 36-spoke Siemens star in amplitude (0.44..1) and phase (-0.7 rad
+in the spokes), soft discs (amplitude down to 0.3), and a smooth phase landscape of about
++/-0.5 rad, band-limited to 0.2 cycles/pixel. The probe is a
 defocused zone-plate-like beam: a circular pupil with a central stop, a quadratic (defocus)
 phase and a little astigmatism, giving a real-space spot about ``probe_diameter_px`` wide.
 
@@ -27,6 +28,13 @@ from .geometry import farfield_pixel_size, joules_from_kev, object_shape, wavele
 
 PAD_PX = 4  # smallest window corner in the truth object, in both axes
 _BATCH = 64  # frames per FFT batch
+SMOOTH_PHASE_RAD = 0.5  # peak of the smooth phase landscape
+CONTRAST = 1.4  # amplitude dips down to 0.3, star phase -0.7 rad
+# The exit wave's spectrum is the object's widened by the probe's pupil (0.15 cycles/pixel):
+# an object band-limited to ~0.2 cycles/pixel keeps it inside the detector (Nyquist 0.5), so
+# the FFT forward model does not wrap scattering around the frame edge (aliasing that no real
+# detector records).
+OBJECT_BANDWIDTH: float | None = 0.2
 
 
 @dataclass
@@ -61,8 +69,21 @@ def _soft(d: np.ndarray, width: float = 1.0) -> np.ndarray:
     return np.clip(d / width + 0.5, 0.0, 1.0)
 
 
-def make_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Procedural complex transmission (complex64) of the given shape."""
+def band_limit(obj: np.ndarray, bandwidth: float) -> np.ndarray:
+    """``obj`` low-passed by the super-Gaussian ``exp(-(|q| / bandwidth)^4)`` (cycles/pixel)."""
+    q = np.hypot(sfft.fftfreq(obj.shape[0])[:, None], sfft.fftfreq(obj.shape[1])[None, :])
+    return sfft.ifft2(sfft.fft2(obj) * np.exp(-((q / bandwidth) ** 4)), workers=-1)
+
+
+def make_object(shape: tuple[int, int], rng: np.random.Generator, *,
+                smooth_rad: float = SMOOTH_PHASE_RAD, contrast: float = CONTRAST,
+                bandwidth: float | None = OBJECT_BANDWIDTH) -> np.ndarray:
+    """Procedural complex transmission (complex64) of the given shape.
+
+    ``smooth_rad`` is the peak of the smooth phase landscape, ``contrast`` scales the
+    amplitude dips and the phase of the star and discs, ``bandwidth`` (cycles/pixel, None for
+    none) band-limits the result (amplitudes stay at most 1).
+    """
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     cy, cx = (h - 1) / 2, (w - 1) / 2
@@ -88,8 +109,7 @@ def make_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
         gy, gx = rng.uniform(0, h), rng.uniform(0, w)
         sig = rng.uniform(0.06, 0.2) * size
         smooth += rng.uniform(-1, 1) * np.exp(-((yy - gy) ** 2 + (xx - gx) ** 2) / (2 * sig**2))
-    smooth *= 1.0 / max(float(np.abs(smooth).max()), 1e-12)
-    phase = phase + smooth
+    smooth *= smooth_rad / max(float(np.abs(smooth).max()), 1e-12)
 
     # Soft discs scattered over the field (amplitude dips and phase bumps).
     for _ in range(14):
@@ -99,8 +119,12 @@ def make_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
         amp = amp * (1.0 - rng.uniform(0.05, 0.15) * disc)
         phase = phase + rng.uniform(0.2, 0.6) * disc
 
-    amp = np.clip(amp, 0.5, 1.0)
-    return (amp * np.exp(1j * phase)).astype(np.complex64)
+    amp = 1.0 - contrast * (1.0 - np.clip(amp, 0.5, 1.0))
+    obj = amp * np.exp(1j * (contrast * phase + smooth))
+    if bandwidth is not None:  # then no gain: the filter's overshoot clipped at |O| = 1
+        obj = band_limit(obj, bandwidth)
+        obj /= np.maximum(np.abs(obj), 1.0)
+    return obj.astype(np.complex64)
 
 
 def make_probe(frame: int, diameter_px: float, modes: int = 1,
@@ -167,8 +191,12 @@ def simulate(frame: int = 128, grid: int = 30, step_px: float = 15.0,
              probe_diameter_px: float = 40.0, photons: float = 1e6, seed: int = 0,
              probe_modes: int = 1, jitter_px: float | None = None, energy_kev: float = 8.8,
              distance_m: float = 2.0, detector_pixel_m: float = 75e-6,
-             poisson: bool = True) -> Simulation:
-    """Simulate a jittered raster scan (row-major, ``grid x grid``) with ground truth."""
+             poisson: bool = True, object_options: dict[str, Any] | None = None
+             ) -> Simulation:
+    """Simulate a jittered raster scan (row-major, ``grid x grid``) with ground truth.
+
+    ``object_options`` go to :func:`make_object` (``smooth_rad``, ``contrast``, ``bandwidth``).
+    """
     if frame < 8:
         raise ConfigError(f"simulate: frame {frame} is too small; use at least 8 pixels")
     if grid < 1 or step_px <= 0:
@@ -183,7 +211,7 @@ def simulate(frame: int = 128, grid: int = 30, step_px: float = 15.0,
 
     positions_px = raster_positions(grid, step_px, jitter, rng)
     shape = object_shape(positions_px, (frame, frame), margin_px=PAD_PX)
-    obj = make_object(shape, rng)
+    obj = make_object(shape, rng, **(object_options or {}))
     probe = make_probe(frame, probe_diameter_px, probe_modes, photons)
     frames = forward(obj, probe, positions_px)
     if poisson:
