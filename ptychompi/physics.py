@@ -415,8 +415,9 @@ def epie_update(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any, win
     return psum if accumulate else (chi if probe_grad == "stack" else None)
 
 
-def reduce_accumulators(backend: Backend, acc: Any, dtype: Any) -> Any:
-    """``Σ_t acc[t]`` over per-thread accumulators (T, ...), in thread order, as ``dtype``.
+def reduce_accumulators(backend: Backend, acc: Any, dtype: Any, out: Any = None) -> Any:
+    """``Σ_t acc[t]`` over per-thread accumulators (T, ...), in thread order, as ``dtype``
+    (into ``out`` when given, e.g. a band of rows with ``acc[:, band]``).
 
     CPU: one fused pass that also zeroes ``acc`` for reuse; GPU: ``acc`` is left as it is.
     """
@@ -425,18 +426,20 @@ def reduce_accumulators(backend: Backend, acc: Any, dtype: Any) -> Any:
         for extra in acc[1:]:
             total += extra
         return total.astype(dtype, copy=False)
-    out = np.empty(acc.shape[1:], dtype=dtype)
+    out = np.empty(acc.shape[1:], dtype=dtype) if out is None else out
     cpu_kernels.reduce_accumulators(acc, out)
     return out
 
 
-def lsqml_object_direction(backend: Backend, num: Any, illum: Any, damping: float) -> Any:
-    """``num / sqrt(illum² + damping + EPS)`` in working precision (CPU: one pass)."""
+def lsqml_object_direction(backend: Backend, num: Any, illum: Any, damping: float,
+                           out: Any = None) -> Any:
+    """``num / sqrt(illum² + damping + EPS)`` in working precision (CPU: one pass, into
+    ``out`` when given)."""
     if backend.is_gpu:
         xp = backend.xp
         return (num / xp.sqrt(illum ** 2 + damping + EPS)).astype(num.dtype)
-    out = np.empty(num.shape, dtype=num.dtype)
-    cpu_kernels.lsqml_object_direction(_c(num), _c(illum), float(damping), EPS, out)
+    out = np.empty(num.shape, dtype=num.dtype) if out is None else out
+    cpu_kernels.lsqml_object_direction(num, illum, float(damping), EPS, out)
     return out
 
 

@@ -232,10 +232,21 @@ class Engine:
         return acc
 
     def reduce(self, acc: Any, dtype: Any) -> Any:
-        """The sum of :meth:`accumulators` ``acc`` in thread order, as ``dtype``."""
-        total = reduce_accumulators(self.backend, acc, dtype)
+        """The sum of :meth:`accumulators` ``acc`` in thread order, as ``dtype`` (on a CPU
+        in bands of rows spread over the worker threads)."""
+        if self.backend.is_gpu:
+            total = reduce_accumulators(self.backend, acc, dtype)
+        else:
+            total = np.empty(acc.shape[1:], dtype=dtype)
+            self.map_rows(lambda band: reduce_accumulators(self.backend, acc[:, band], dtype,
+                                                           total[band]), acc.shape[1])
         self._dirty.discard(id(acc))
         return total
+
+    def map_rows(self, fn: Callable[[slice], Any], rows: int) -> None:
+        """``fn(band)`` for one band of ``rows`` per worker thread (tile-sized passes)."""
+        size = max(1, -(-rows // max(1, self.backend.threads)))
+        self.map_chunks(lambda _, band: fn(band), rows, size)
 
     def close(self) -> None:
         """Stop the worker threads."""

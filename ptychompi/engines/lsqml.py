@@ -137,7 +137,14 @@ class LSQML(Engine):
         if share_obj:
             ex.halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
-        d_obj = lsqml_object_direction(be, num, illum, (DELTA * dmax) ** 2)
+        damping = (DELTA * dmax) ** 2
+        if be.is_gpu:
+            d_obj = lsqml_object_direction(be, num, illum, damping)
+        else:
+            d_obj = np.empty_like(num)
+            self.map_rows(lambda rows: lsqml_object_direction(be, num[rows], illum[rows],
+                                                              damping, d_obj[rows]),
+                          num.shape[0])
 
         if update_probe:  # summed in double precision, like every cross-position sum
             d_probe = xp.zeros(self.probe.shape, dtype=np.complex128)
@@ -188,7 +195,15 @@ class LSQML(Engine):
         if share_obj:
             pairs = ex.allgather(pairs)
         pairs = pairs.reshape(-1, 2)
-        self.object += trimmed_mean(pairs[:, 0]) * d_obj
+        alpha_obj = trimmed_mean(pairs[:, 0])
+        if be.is_gpu:
+            self.object += alpha_obj * d_obj
+        else:  # the same expression, in bands of rows over the worker threads
+
+            def add_step(rows: slice) -> None:
+                self.object[rows] += alpha_obj * d_obj[rows]
+
+            self.map_rows(add_step, self.object.shape[0])
         if update_probe:
             alphas = pairs[:, 1] if share_probe else alpha_p  # the probe's own sharing
             psum, pcount = float(np.sum(alphas, dtype=np.float64)), float(len(alphas))
