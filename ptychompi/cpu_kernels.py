@@ -460,3 +460,64 @@ def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.nd
                         qrow[x] += crow[x]
             for x in range(m1):
                 orow[x] += upd[x]
+
+
+# --------------------------------------------------------------------------- real pairs
+@numba.njit(**_JIT)
+def power_pairs(obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                out: np.ndarray) -> None:
+    """``out[i] = |O_2i|² + 1j·|O_2i+1|²`` (0 for a missing last partner): two real window
+    powers per complex frame, so that one FFT transforms both (see :func:`ramp_sum_pairs`).
+
+    Replaces the ``|obj|²`` channel of ``concatenate([..., |obj|²[:, None]], 1)``.
+    """
+    b = rows.shape[0]
+    m0, m1 = out.shape[1], out.shape[2]
+    for i in range(out.shape[0]):
+        a, c = 2 * i, 2 * i + 1
+        for y in range(m0):
+            ra = obj[rows[a] + y, cols[a]:cols[a] + m1]
+            dst = out[i, y]
+            if c < b:
+                rb = obj[rows[c] + y, cols[c]:cols[c] + m1]
+                for x in range(m1):
+                    p, q = ra[x], rb[x]
+                    dst[x] = complex(p.real * p.real + p.imag * p.imag,
+                                     q.real * q.real + q.imag * q.imag)
+            else:
+                for x in range(m1):
+                    p = ra[x]
+                    dst[x] = p.real * p.real + p.imag * p.imag
+
+
+@numba.njit(**_JIT)
+def ramp_sum_pairs(spec: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
+                   out: np.ndarray) -> None:
+    """:func:`ramp_sum` of real frames packed in pairs by :func:`power_pairs`.
+
+    With ``Z = fft2(u + 1j·v)`` for real u, v: ``fft2(u) = (Z(q) + conj Z(−q)) / 2`` and
+    ``fft2(v) = (Z(q) − conj Z(−q)) / 2j``; each is multiplied by its own frame's conjugate
+    ramps and added to the complex128 ``out`` (M, M). Replaces the ramp-sum of the ``|obj|²``
+    channel, whose forward FFTs this halves.
+    """
+    b = ramp_r.shape[0]
+    m0, m1 = out.shape
+    rdt = spec.real.dtype.type
+    half = rdt(0.5)
+    minus_i = spec.dtype.type(-1j)
+    for i in range(spec.shape[0]):
+        a, c = 2 * i, 2 * i + 1
+        has_c = c < b
+        cc = c if has_c else a
+        rca, rcc = ramp_c[a], ramp_c[cc]
+        for y in range(m0):
+            row, mirror = spec[i, y], spec[i, (m0 - y) % m0]
+            ra, rc_ = ramp_r[a, y].conjugate(), ramp_r[cc, y].conjugate()
+            dst = out[y]
+            for x in range(m1):
+                z, zm = row[x], mirror[(m1 - x) % m1].conjugate()
+                fu = (z + zm) * half
+                dst[x] += (fu * ra) * rca[x].conjugate()
+                if has_c:
+                    fv = (z - zm) * half * minus_i  # (Z − conj Z(−q)) / 2j
+                    dst[x] += (fv * rc_) * rcc[x].conjugate()

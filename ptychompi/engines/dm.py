@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 
 from ..physics import (
-    conj_object_products,
     dm_fourier_update,
     exit_waves,
     modulus_project,
     object_terms,
     probe_terms,
-    unshift_sum,
+    shifted_probe_terms,
 )
 from .base import Engine
 
@@ -135,11 +134,7 @@ class DifferenceMap(Engine):
             ramps = self.ramps(sl)
             if ramps is None:
                 return probe_terms(be, psi, self.object, self.windows(sl))
-            # numerator and denominator back-shifted together, in one FFT batch
-            both = conj_object_products(be, psi, self.object, self.windows(sl),
-                                        with_power=True)
-            summed = unshift_sum(be, both, ramps)
-            return summed[:-1], summed[-1].real
+            return shifted_probe_terms(be, psi, self.object, self.windows(sl), ramps)
 
         terms = self.map_chunks(probe_sums, n)
         pnum = sum((t[0] for t in terms[1:]), terms[0][0].copy())

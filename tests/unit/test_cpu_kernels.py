@@ -240,3 +240,26 @@ def test_epie_update(rng, modes, grad):
         close(chi, expected_grad)
     if grad == "none":
         close(chi, delta + psi)  # untouched
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+@pytest.mark.parametrize("b", [4, 5])  # even and odd: the last power frame may be alone
+def test_shifted_probe_terms_pairs_real_frames(rng, modes, b):
+    """The pair-packed |O|² back-shift equals the plain K + 1 channel one (unshift_sum)."""
+    values, obj = rand_complex(rng, (b, modes, M, M)), rand_complex(rng, (H, W))
+    rows, cols = corners(rng, b)
+    ramps = physics.subpixel_ramps(CPU, rng.random((b, 2)), M)
+    win = windows(obj, rows, cols)
+    both = np.concatenate([win.conj()[:, None] * values,
+                           (np.abs(win) ** 2)[:, None].astype(np.complex64)], 1)
+    spec = np.fft.fft2(both, norm="ortho")
+    spec = spec * ramps[0].conj()[:, None, :, None] * ramps[1].conj()[:, None, None, :]
+    expected = np.fft.ifft2(spec.sum(axis=0, dtype=np.complex128), norm="ortho")
+    pnum, pden = physics.shifted_probe_terms(CPU, values, obj,
+                                             physics.Windows(rows, cols), ramps)
+    close(pnum, expected[:-1])
+    close(pden, expected[-1].real)
+    packed = np.empty(((b + 1) // 2, M, M), np.complex64)
+    ck.power_pairs(obj, rows, cols, packed)
+    close(packed.real, np.abs(win[0::2]) ** 2)
+    close(packed.imag[: b // 2], np.abs(win[1::2]) ** 2)
