@@ -7,6 +7,8 @@ object update equals the sequential one; the probe update is the batch mean.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..physics import epie_update, exit_waves, modulus_project, unshift_sum
@@ -46,8 +48,6 @@ class EPIE(Engine):
     name = "epie"
 
     def _iterate(self) -> float:
-        be, xp = self.backend, self.backend.xp
-        prop = self.data.propagator
         n = len(self.rows)
         limit = self.cfg.batch_size or DEFAULT_BATCH
         order = self.rng.permutation(n)
@@ -56,23 +56,46 @@ class EPIE(Engine):
         update_probe = self.updates_probe
         err = 0.0
         for batch in batches:
-            win = self.windows(batch)
-            ramps = self.ramps(batch)
-            probe_ft = be.fft2(self.probe) if self.use_subpixel else None
-            probes = self.probes_at(batch, probe_ft)
-            psi = exit_waves(be, probes, self.object, win)
-            wave = prop.forward(psi)
-            projected, e = modulus_project(be, wave, self.data.amplitudes[xp.asarray(batch)])
-            err += e
-            chi = prop.backward(projected, overwrite=True)
-            pmax = float((probes.real ** 2 + probes.imag ** 2).sum(axis=1).max())
-            mode = "none" if not update_probe else ("sum" if ramps is None else "stack")
-            grad = epie_update(be, chi, psi, probes, self.object, win, alpha / pmax, mode)
-            if update_probe:
-                step = grad if ramps is None else unshift_sum(be, grad, ramps)
-                self.probe += (beta / len(batch)) * step
+            err += self._update(batch, alpha, beta, update_probe)
         if self.schedule.share_object(self.iteration):
             self.merge_object()
         if update_probe and self.schedule.share_probe(self.iteration):
             self.average_probe()
         return err
+
+    def _update(self, batch: np.ndarray, alpha: float, beta: float,
+                update_probe: bool) -> float:
+        """One batch of disjoint windows; on a CPU its positions are spread over the worker
+        threads (each window's object update touches only its own window)."""
+        be, xp = self.backend, self.backend.xp
+        prop = self.data.propagator
+        size = max(1, -(-len(batch) // max(1, be.threads)))
+        probe_ft = be.fft2(self.probe) if self.use_subpixel else None
+
+        def exit_part(_: int, sl: slice) -> tuple[Any, ...]:
+            part = batch[sl]
+            win = self.windows(part)
+            probes = self.probes_at(part, probe_ft)
+            psi = exit_waves(be, probes, self.object, win)
+            projected, e = modulus_project(be, prop.forward(psi),
+                                          self.data.amplitudes[xp.asarray(part)])
+            chi = prop.backward(projected, overwrite=True)
+            pmax = float((probes.real ** 2 + probes.imag ** 2).sum(axis=1).max())
+            return part, win, probes, psi, chi, e, pmax
+
+        parts = self.map_chunks(exit_part, len(batch), size)
+        step = alpha / max(p[6] for p in parts)
+        mode = "none" if not update_probe else ("sum" if not self.use_subpixel else "stack")
+
+        def update_part(_: int, sl: slice) -> Any:
+            part, win, probes, psi, chi = parts[sl.start // size][:5]
+            grad = epie_update(be, chi, psi, probes, self.object, win, step, mode)
+            return unshift_sum(be, grad, self.ramps(part)) if mode == "stack" else grad
+
+        grads = self.map_chunks(update_part, len(batch), size)
+        if update_probe:
+            total = grads[0]
+            for extra in grads[1:]:  # in chunk order
+                total = total + extra
+            self.probe += (beta / len(batch)) * total
+        return float(sum(p[5] for p in parts))
