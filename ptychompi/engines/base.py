@@ -231,17 +231,23 @@ class Engine:
         self._dirty.add(id(acc))
         return acc
 
-    def reduce(self, acc: Any, dtype: Any) -> Any:
-        """The sum of :meth:`accumulators` ``acc`` in thread order, as ``dtype`` (on a CPU
-        in bands of rows spread over the worker threads)."""
+    def reduce(self, *pairs: tuple[Any, Any]) -> list[Any]:
+        """The sums of :meth:`accumulators` in thread order, one per ``(acc, dtype)`` pair,
+        as ``dtype`` (on a CPU in bands of rows spread over the worker threads, all pairs
+        in one pass of the pool)."""
         if self.backend.is_gpu:
-            total = reduce_accumulators(self.backend, acc, dtype)
+            totals = [reduce_accumulators(self.backend, acc, dtype) for acc, dtype in pairs]
         else:
-            total = np.empty(acc.shape[1:], dtype=dtype)
-            self.map_rows(lambda band: reduce_accumulators(self.backend, acc[:, band], dtype,
-                                                           total[band]), acc.shape[1])
-        self._dirty.discard(id(acc))
-        return total
+            totals = [np.empty(acc.shape[1:], dtype=dtype) for acc, dtype in pairs]
+
+            def band_sums(band: slice) -> None:
+                for (acc, dtype), total in zip(pairs, totals, strict=True):
+                    reduce_accumulators(self.backend, acc[:, band], dtype, total[band])
+
+            self.map_rows(band_sums, pairs[0][0].shape[1])
+        for acc, _ in pairs:
+            self._dirty.discard(id(acc))
+        return totals
 
     def map_rows(self, fn: Callable[[slice], Any], rows: int) -> None:
         """``fn(band)`` for one band of ``rows`` per worker thread (tile-sized passes)."""

@@ -118,7 +118,7 @@ class DifferenceMap(Engine):
 
         kept = self.map_chunks(object_sums, n)
         kept_probes.clear()  # free them before the probe update
-        num, den = self.reduce(nums, np.complex128), self.reduce(dens, np.float64)
+        num, den = self.reduce((nums, np.complex128), (dens, np.float64))
         if share_obj:
             self.exchange.halo_sum(num, den)
         delta = REGULARISATION * self.exchange.allreduce(float(den.max()) if den.size else 0.0,

@@ -132,8 +132,7 @@ class LSQML(Engine):
         err = float(sum(p[3] for p in parts))
         # object and probe search directions; the halos travel in working precision (LSQML,
         # unlike DM, does not amplify that rounding: n ranks stay within 1e-5 of one rank)
-        num = self.reduce(nums, be.complex_dtype)
-        illum = self.reduce(illums, be.real_dtype)
+        num, illum = self.reduce((nums, be.complex_dtype), (illums, be.real_dtype))
         if share_obj:
             ex.halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
