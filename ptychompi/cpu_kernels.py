@@ -505,19 +505,26 @@ def ramp_sum_pairs(spec: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
     rdt = spec.real.dtype.type
     half = rdt(0.5)
     minus_i = spec.dtype.type(-1j)
+    zm = np.empty(m1, spec.dtype)
     for i in range(spec.shape[0]):
         a, c = 2 * i, 2 * i + 1
-        has_c = c < b
-        cc = c if has_c else a
-        rca, rcc = ramp_c[a], ramp_c[cc]
+        rca = ramp_c[a]
         for y in range(m0):
             row, mirror = spec[i, y], spec[i, (m0 - y) % m0]
-            ra, rc_ = ramp_r[a, y].conjugate(), ramp_r[cc, y].conjugate()
+            zm[0] = mirror[0].conjugate()  # conj Z(−q) of this row, in order of q
+            for x in range(1, m1):
+                zm[x] = mirror[m1 - x].conjugate()
+            ra = ramp_r[a, y].conjugate()
             dst = out[y]
-            for x in range(m1):
-                z, zm = row[x], mirror[(m1 - x) % m1].conjugate()
-                fu = (z + zm) * half
-                dst[x] += (fu * ra) * rca[x].conjugate()
-                if has_c:
-                    fv = (z - zm) * half * minus_i  # (Z − conj Z(−q)) / 2j
-                    dst[x] += (fv * rc_) * rcc[x].conjugate()
+            if c < b:
+                rc_, rcc = ramp_r[c, y].conjugate(), ramp_c[c]
+                for x in range(m1):
+                    z = row[x]
+                    fu = (z + zm[x]) * half
+                    fv = (z - zm[x]) * half * minus_i  # (Z − conj Z(−q)) / 2j
+                    dst[x] = (dst[x] + (fu * ra) * rca[x].conjugate()) + \
+                        (fv * rc_) * rcc[x].conjugate()
+            else:
+                for x in range(m1):
+                    fu = (row[x] + zm[x]) * half
+                    dst[x] += (fu * ra) * rca[x].conjugate()
