@@ -348,28 +348,17 @@ def conj_object_products(backend: Backend, values: Any, obj: Any, win: Windows,
 def shifted_probe_terms(backend: Backend, values: Any, obj: Any, win: Windows,
                         ramps: tuple[Any, Any]) -> tuple[Any, Any]:
     """:func:`probe_terms` with each position's terms back-shifted by its sub-pixel ramps:
-    ``(Σ_j S_-j[conj(O_j) values_j], Re Σ_j S_-j[|O_j|²])``, (K, M, M) and (M, M).
+    ``(Σ_j S_-j[conj(O_j) values_j], Re Σ_j S_-j[|O_j|²])``, (K, M, M) and (M, M), the K + 1
+    channels in one :func:`unshift_sum`.
 
-    GPU: the K + 1 channels in one :func:`unshift_sum`. CPU: the real ``|O_j|²`` frames are
-    packed two per complex frame, so they cost half an FFT per position instead of one.
+    Each position is transformed on its own, so the result does not depend on how positions
+    are grouped into chunks or tiles (packing two real ``|O_j|²`` frames into one complex FFT
+    halves their cost but makes each one's rounding depend on its partner, which DM amplifies:
+    3 ranks then ended 4e-2 away from one rank).
     """
-    if backend.is_gpu:
-        both = conj_object_products(backend, values, obj, win, with_power=True)
-        summed = unshift_sum(backend, both, ramps)
-        return summed[:-1], summed[-1].real
-    b, k, m0, m1 = values.shape
-    pairs = (b + 1) // 2
-    stack = np.empty((b * k + pairs, m0, m1), dtype=values.dtype)
-    terms, packed = stack[:b * k].reshape(b, k, m0, m1), stack[b * k:]
-    cpu_kernels.conj_window_products(_c(values), _c(obj), win.rows, win.cols, terms)
-    cpu_kernels.power_pairs(_c(obj), win.rows, win.cols, packed)
-    spec = backend.fft2(stack, overwrite=True)
-    rr, rc = ramps
-    total = np.zeros((k + 1, m0, m1), dtype=np.complex128)
-    cpu_kernels.ramp_sum(spec[:b * k].reshape(b, k, m0, m1), rr, rc, total[:k])
-    cpu_kernels.ramp_sum_pairs(spec[b * k:], rr, rc, total[k])
-    back = backend.ifft2(total, overwrite=True)
-    return back[:k], back[k].real
+    both = conj_object_products(backend, values, obj, win, with_power=True)
+    summed = unshift_sum(backend, both, ramps)
+    return summed[:-1], summed[-1].real
 
 
 def lsqml_object_terms(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any,

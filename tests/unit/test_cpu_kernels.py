@@ -243,9 +243,9 @@ def test_epie_update(rng, modes, grad):
 
 
 @pytest.mark.parametrize("modes", [1, 2])
-@pytest.mark.parametrize("b", [4, 5])  # even and odd: the last power frame may be alone
-def test_shifted_probe_terms_pairs_real_frames(rng, modes, b):
-    """The pair-packed |O|² back-shift equals the plain K + 1 channel one (unshift_sum)."""
+def test_shifted_probe_terms(rng, modes):
+    """The back-shifted probe sums equal the plain numpy K + 1 channel computation."""
+    b = 5
     values, obj = rand_complex(rng, (b, modes, M, M)), rand_complex(rng, (H, W))
     rows, cols = corners(rng, b)
     ramps = physics.subpixel_ramps(CPU, rng.random((b, 2)), M)
@@ -259,7 +259,3 @@ def test_shifted_probe_terms_pairs_real_frames(rng, modes, b):
                                              physics.Windows(rows, cols), ramps)
     close(pnum, expected[:-1])
     close(pden, expected[-1].real)
-    packed = np.empty(((b + 1) // 2, M, M), np.complex64)
-    ck.power_pairs(obj, rows, cols, packed)
-    close(packed.real, np.abs(win[0::2]) ** 2)
-    close(packed.imag[: b // 2], np.abs(win[1::2]) ** 2)
