@@ -12,7 +12,10 @@ objects 2-D; windows of the object are ``obj[rows[j]:rows[j]+M, cols[j]:cols[j]+
 Element-wise arithmetic stays in the arrays' working precision (complex64/float32) in the
 order numpy uses; every sum over pixels or positions is accumulated in double precision.
 Row buffers hold per-pixel partial sums so that the inner loops vectorise without reordering
-floating-point additions (no ``fastmath``).
+floating-point additions (no ``fastmath``); only :func:`lsqml_step_terms` lets its per-position
+double-precision dot products be reassociated (deterministic for a given build). No kernel
+mixes the rounding of one frame into another's, so results do not depend on how positions are
+grouped into chunks, threads or tiles beyond the order of the double-precision sums.
 """
 
 from __future__ import annotations
