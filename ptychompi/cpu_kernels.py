@@ -20,6 +20,8 @@ grouped into chunks, threads or tiles beyond the order of the double-precision s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba
 import numpy as np
 
@@ -29,8 +31,25 @@ _JIT = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
 _JIT_SUMS = {**_JIT, "fastmath": {"reassoc"}}
 
 
+def _jit(options: dict) -> Callable[[Callable], Callable]:
+    """``numba.njit(**options)``, without the on-disk cache where no cache folder is writable.
+
+    numba refuses ``cache=True`` at decoration time ("no locator available") when neither the
+    package's ``__pycache__`` nor the user's cache folder (``NUMBA_CACHE_DIR``) can be
+    written, e.g. a read-only install with a read-only home: the kernels then compile in
+    every process instead of failing the import.
+    """
+    def wrap(fn: Callable) -> Callable:
+        try:
+            return numba.njit(**options)(fn)
+        except RuntimeError:
+            return numba.njit(**{**options, "cache": False})(fn)
+
+    return wrap
+
+
 # --------------------------------------------------------------------------- exit waves
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def exit_waves(probes: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                out: np.ndarray) -> None:
     """``out[j, k] = probes[j, k] * obj[window j]``.
@@ -52,7 +71,7 @@ def exit_waves(probes: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.n
 
 
 # --------------------------------------------------------------------------- modulus
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def _mode_power_row(wave: np.ndarray, j: int, y: int, acc: np.ndarray) -> None:
     """``acc[:] = Σ_k |wave[j, k, y, :]|²`` in the wave's real precision."""
     kk, m1 = wave.shape[1], wave.shape[3]
@@ -65,7 +84,7 @@ def _mode_power_row(wave: np.ndarray, j: int, y: int, acc: np.ndarray) -> None:
             acc[x] += v.real * v.real + v.imag * v.imag
 
 
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def modulus_project(wave: np.ndarray, amplitude: np.ndarray, out: np.ndarray,
                     eps: float) -> float:
     """Modulus projection and Fourier error in one pass; ``out`` may be ``wave``.
@@ -99,7 +118,7 @@ def modulus_project(wave: np.ndarray, amplitude: np.ndarray, out: np.ndarray,
     return errs.sum()
 
 
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def dm_fourier_update(model: np.ndarray, waves: np.ndarray, amplitude: np.ndarray,
                       bound: float, eps: float) -> float:
     """DM's Fourier step, in place on ``waves``: ``Ψ ← Ψ + π(2Φ − Ψ) − Φ``, Φ = ``model``.
@@ -173,7 +192,7 @@ def dm_fourier_update(model: np.ndarray, waves: np.ndarray, amplitude: np.ndarra
 
 
 # --------------------------------------------------------------------------- object sums
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def object_terms(values: np.ndarray, probes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                  num: np.ndarray, den: np.ndarray) -> None:
     """Object numerator and denominator, scatter-added into double-precision tiles.
@@ -197,7 +216,7 @@ def object_terms(values: np.ndarray, probes: np.ndarray, rows: np.ndarray, cols:
                     drow[x] += p.real * p.real + p.imag * p.imag
 
 
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def lsqml_object_terms(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.ndarray,
                        rows: np.ndarray, cols: np.ndarray, num: np.ndarray, den: np.ndarray,
                        pnum: np.ndarray) -> None:
@@ -233,7 +252,7 @@ def lsqml_object_terms(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj
 
 
 # --------------------------------------------------------------------------- probe sums
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def probe_terms(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                 pnum: np.ndarray, pden: np.ndarray) -> None:
     """Probe numerator ``pnum[k] += Σ_j conj(O_j) values_jk`` and denominator
@@ -257,7 +276,7 @@ def probe_terms(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.
                     qrow[x] += orow[x].conjugate() * vrow[x]
 
 
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def conj_window_products(values: np.ndarray, obj: np.ndarray, rows: np.ndarray,
                          cols: np.ndarray, out: np.ndarray) -> None:
     """``out[j, k] = conj(O_j) · values[j, k]`` for k < K and, when ``out`` has K + 1
@@ -283,7 +302,7 @@ def conj_window_products(values: np.ndarray, obj: np.ndarray, rows: np.ndarray,
 
 
 # --------------------------------------------------------------------------- sub-pixel
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def ramp_fill(probe_ft: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
               out: np.ndarray) -> None:
     """``out[j, k] = probe_ft[k] · ramp_r[j][:, None] · ramp_c[j][None, :]``.
@@ -300,7 +319,7 @@ def ramp_fill(probe_ft: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
                     dst[x] = (srow[x] * ry) * rc[x]
 
 
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def ramp_sum(spec: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
              out: np.ndarray) -> None:
     """``out[k] += Σ_j spec[j, k] · conj(ramp_r[j])[:, None] · conj(ramp_c[j])[None, :]``
@@ -320,7 +339,7 @@ def ramp_sum(spec: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
 
 
 # --------------------------------------------------------------------------- LSQML steps
-@numba.njit(**_JIT_SUMS)
+@_jit(_JIT_SUMS)
 def lsqml_step_terms(chi: np.ndarray, probes: np.ndarray, obj: np.ndarray, d_obj: np.ndarray,
                      d_probe: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                      out: np.ndarray) -> None:
@@ -364,7 +383,7 @@ def lsqml_step_terms(chi: np.ndarray, probes: np.ndarray, obj: np.ndarray, d_obj
 
 
 # --------------------------------------------------------------------------- accumulators
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def reduce_accumulators(acc: np.ndarray, out: np.ndarray) -> None:
     """``out = Σ_t acc[t]`` added in thread order and cast to ``out``'s dtype; then zeroes
     ``acc`` for its next use.
@@ -389,7 +408,7 @@ def reduce_accumulators(acc: np.ndarray, out: np.ndarray) -> None:
             dst[x] = buf[x]
 
 
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def lsqml_object_direction(num: np.ndarray, illum: np.ndarray, damping: float, eps: float,
                            out: np.ndarray) -> None:
     """LSQML's preconditioned object direction ``out = num / sqrt(illum² + damping + eps)``
@@ -406,7 +425,7 @@ def lsqml_object_direction(num: np.ndarray, illum: np.ndarray, damping: float, e
 
 
 # --------------------------------------------------------------------------- ePIE
-@numba.njit(**_JIT)
+@_jit(_JIT)
 def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.ndarray,
                 rows: np.ndarray, cols: np.ndarray, step: float, psum: np.ndarray,
                 store_grad: bool) -> None:

@@ -259,3 +259,27 @@ def test_shifted_probe_terms(rng, modes):
                                              physics.Windows(rows, cols), ramps)
     close(pnum, expected[:-1])
     close(pden, expected[-1].real)
+
+
+def test_kernels_compile_without_a_writable_cache(monkeypatch):
+    """Where numba finds no writable cache folder it refuses ``cache=True`` at decoration
+    (RuntimeError); the kernels then compile uncached instead of failing the import."""
+    import numba  # noqa: PLC0415
+
+    real_njit = numba.njit
+    seen = []
+
+    def njit(**options):
+        seen.append(options["cache"])
+        if options["cache"]:
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x'")
+        return real_njit(**options)
+
+    monkeypatch.setattr(numba, "njit", njit)
+
+    def twice(a):
+        return 2 * a
+
+    kernel = ck._jit(ck._JIT)(twice)
+    assert seen == [True, False]
+    assert kernel(np.float32(3)) == 6
