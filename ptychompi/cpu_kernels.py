@@ -119,6 +119,23 @@ def modulus_project(wave: np.ndarray, amplitude: np.ndarray, out: np.ndarray,
 
 
 @_jit(_JIT)
+def _trial_power_row(model: np.ndarray, waves: np.ndarray, j: int, y: int,
+                     acc: np.ndarray) -> None:
+    """``acc[:] = Σ_k |2·model[j, k, y, :] − waves[j, k, y, :]|²`` (DM's trial wave)."""
+    kk, m1 = waves.shape[1], waves.shape[3]
+    two = acc.dtype.type(2)
+    for x in range(m1):
+        acc[x] = 0
+    for k in range(kk):
+        mrow, wrow = model[j, k, y], waves[j, k, y]
+        for x in range(m1):
+            m, w = mrow[x], wrow[x]
+            tr = m.real * two - w.real
+            ti = m.imag * two - w.imag
+            acc[x] += tr * tr + ti * ti
+
+
+@_jit(_JIT)
 def dm_fourier_update(model: np.ndarray, waves: np.ndarray, amplitude: np.ndarray,
                       bound: float, eps: float) -> float:
     """DM's Fourier step, in place on ``waves``: ``Ψ ← Ψ + π(2Φ − Ψ) − Φ``, Φ = ``model``.
@@ -143,16 +160,8 @@ def dm_fourier_update(model: np.ndarray, waves: np.ndarray, amplitude: np.ndarra
         devs[:] = 0.0
         counts[:] = 0
         for y in range(m0):  # pass 1: the model's error, the trial's deviation
-            pm[:] = 0
-            pt[:] = 0
-            for k in range(kk):
-                mrow, wrow = model[j, k, y], waves[j, k, y]
-                for x in range(m1):
-                    m, w = mrow[x], wrow[x]
-                    tr = m.real * two - w.real
-                    ti = m.imag * two - w.imag
-                    pm[x] += m.real * m.real + m.imag * m.imag
-                    pt[x] += tr * tr + ti * ti
+            _mode_power_row(model, j, y, pm)
+            _trial_power_row(model, waves, j, y, pt)
             arow = amplitude[j, y]
             for x in range(m1):
                 a = arow[x]
@@ -168,14 +177,7 @@ def dm_fourier_update(model: np.ndarray, waves: np.ndarray, amplitude: np.ndarra
         else:
             renorm = rdt(0)
         for y in range(m0):  # pass 2: Ψ += factor · (2Φ − Ψ) − Φ
-            pt[:] = 0
-            for k in range(kk):
-                mrow, wrow = model[j, k, y], waves[j, k, y]
-                for x in range(m1):
-                    m, w = mrow[x], wrow[x]
-                    tr = m.real * two - w.real
-                    ti = m.imag * two - w.imag
-                    pt[x] += tr * tr + ti * ti
+            _trial_power_row(model, waves, j, y, pt)
             arow = amplitude[j, y]
             for x in range(m1):
                 a = arow[x]

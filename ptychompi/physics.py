@@ -438,10 +438,11 @@ def reduce_accumulators(backend: Backend, acc: Any, dtype: Any, out: Any = None)
     CPU: one fused pass that also zeroes ``acc`` for reuse; GPU: ``acc`` is left as it is.
     """
     if backend.is_gpu:
-        total = acc[0]
-        for extra in acc[1:]:
-            total += extra
-        return total.astype(dtype, copy=False)
+        total = acc.sum(axis=0).astype(dtype, copy=False)
+        if out is None:
+            return total
+        out[...] = total
+        return out
     out = np.empty(acc.shape[1:], dtype=dtype) if out is None else out
     cpu_kernels.reduce_accumulators(acc, out)
     return out
@@ -449,12 +450,13 @@ def reduce_accumulators(backend: Backend, acc: Any, dtype: Any, out: Any = None)
 
 def lsqml_object_direction(backend: Backend, num: Any, illum: Any, damping: float,
                            out: Any = None) -> Any:
-    """``num / sqrt(illum² + damping + EPS)`` in working precision (CPU: one pass, into
-    ``out`` when given)."""
+    """``num / sqrt(illum² + damping + EPS)`` in working precision, into ``out`` when given
+    (CPU: one pass)."""
+    xp = backend.xp
+    out = xp.empty(num.shape, dtype=num.dtype) if out is None else out
     if backend.is_gpu:
-        xp = backend.xp
-        return (num / xp.sqrt(illum ** 2 + damping + EPS)).astype(num.dtype)
-    out = np.empty(num.shape, dtype=num.dtype) if out is None else out
+        out[...] = num / xp.sqrt(illum ** 2 + damping + EPS)
+        return out
     cpu_kernels.lsqml_object_direction(num, illum, float(damping), EPS, out)
     return out
 

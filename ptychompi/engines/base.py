@@ -249,10 +249,23 @@ class Engine:
             self._dirty.discard(id(acc))
         return totals
 
+    def per_thread(self, n: int) -> int:
+        """Chunk size that gives each worker thread one chunk of ``n`` items."""
+        return max(1, -(-n // max(1, self.backend.threads)))
+
     def map_rows(self, fn: Callable[[slice], Any], rows: int) -> None:
-        """``fn(band)`` for one band of ``rows`` per worker thread (tile-sized passes)."""
-        size = max(1, -(-rows // max(1, self.backend.threads)))
-        self.map_chunks(lambda _, band: fn(band), rows, size)
+        """``fn(band)`` for one band of ``rows`` per worker thread (tile-sized passes; one
+        band on a GPU)."""
+        self.map_chunks(lambda _, band: fn(band), rows, self.per_thread(rows))
+
+    @staticmethod
+    def chunk_sum(values: list[Any]) -> Any:
+        """``values[0] + values[1] + ...`` in chunk order (a new array): per-chunk sums
+        combined in a fixed order, so the total does not depend on the threads."""
+        total = values[0].copy()
+        for extra in values[1:]:
+            total += extra
+        return total
 
     def close(self) -> None:
         """Stop the worker threads."""

@@ -137,8 +137,8 @@ class DifferenceMap(Engine):
             return shifted_probe_terms(be, psi, self.object, self.windows(sl), ramps)
 
         terms = self.map_chunks(probe_sums, n)
-        pnum = sum((t[0] for t in terms[1:]), terms[0][0].copy())
-        pden = sum((t[1] for t in terms[1:]), terms[0][1].copy())
+        pnum = self.chunk_sum([t[0] for t in terms])
+        pden = self.chunk_sum([t[1] for t in terms])
         if self.schedule.share_probe(self.iteration):  # numerator and denominator in one call
             packed = self.exchange.allreduce(xp.concatenate([pnum.reshape(-1),
                                                              pden.reshape(-1)]))

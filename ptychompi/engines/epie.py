@@ -69,7 +69,7 @@ class EPIE(Engine):
         threads (each window's object update touches only its own window)."""
         be, xp = self.backend, self.backend.xp
         prop = self.data.propagator
-        size = max(1, -(-len(batch) // max(1, be.threads)))
+        size = self.per_thread(len(batch))
         probe_ft = be.fft2(self.probe) if self.use_subpixel else None
 
         def exit_part(_: int, sl: slice) -> tuple[Any, ...]:
@@ -94,8 +94,5 @@ class EPIE(Engine):
 
         grads = self.map_chunks(update_part, len(batch), size)
         if update_probe:
-            total = grads[0]
-            for extra in grads[1:]:  # in chunk order
-                total = total + extra
-            self.probe += (beta / len(batch)) * total
+            self.probe += (beta / len(batch)) * self.chunk_sum(grads)
         return float(sum(p[5] for p in parts))

@@ -106,7 +106,7 @@ class LSQML(Engine):
         share_probe = self.schedule.share_probe(self.iteration)
         update_probe = self.updates_probe
         nb = len(batch)
-        size = max(1, -(-nb // max(1, be.threads)))  # one sub-batch per worker thread
+        size = self.per_thread(nb)  # one sub-batch per worker thread
         # double-precision sums: independent of how positions split over tiles and threads
         nums = self.accumulators(self.data.box_shape, np.complex128)
         illums = self.accumulators(self.data.box_shape, np.float64)
@@ -137,18 +137,14 @@ class LSQML(Engine):
             ex.halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
         damping = (DELTA * dmax) ** 2
-        if be.is_gpu:
-            d_obj = lsqml_object_direction(be, num, illum, damping)
-        else:
-            d_obj = np.empty_like(num)
-            self.map_rows(lambda rows: lsqml_object_direction(be, num[rows], illum[rows],
-                                                              damping, d_obj[rows]),
-                          num.shape[0])
+        d_obj = xp.empty_like(num)
+        self.map_rows(lambda rows: lsqml_object_direction(be, num[rows], illum[rows], damping,
+                                                          d_obj[rows]),
+                      num.shape[0])
 
         if update_probe:  # summed in double precision, like every cross-position sum
-            d_probe = xp.zeros(self.probe.shape, dtype=np.complex128)
-            for p in parts:
-                d_probe += p[4]
+            d_probe = (self.chunk_sum([p[4] for p in parts]) if parts
+                       else xp.zeros(self.probe.shape, dtype=np.complex128))
             count = float(nb)
             if share_probe:  # one reduction for the direction and the batch size
                 packed = ex.allreduce(xp.concatenate([d_probe.reshape(-1),
@@ -195,14 +191,11 @@ class LSQML(Engine):
             pairs = ex.allgather(pairs)
         pairs = pairs.reshape(-1, 2)
         alpha_obj = trimmed_mean(pairs[:, 0])
-        if be.is_gpu:
-            self.object += alpha_obj * d_obj
-        else:  # the same expression, in bands of rows over the worker threads
 
-            def add_step(rows: slice) -> None:
-                self.object[rows] += alpha_obj * d_obj[rows]
+        def add_step(rows: slice) -> None:  # in bands of rows over the worker threads
+            self.object[rows] += alpha_obj * d_obj[rows]
 
-            self.map_rows(add_step, self.object.shape[0])
+        self.map_rows(add_step, self.object.shape[0])
         if update_probe:
             alphas = pairs[:, 1] if share_probe else alpha_p  # the probe's own sharing
             psum, pcount = float(np.sum(alphas, dtype=np.float64)), float(len(alphas))
