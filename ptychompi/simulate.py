@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import h5py
 import numpy as np
 import scipy.fft as sfft
 from numpy.lib.stride_tricks import sliding_window_view
@@ -239,6 +238,7 @@ def simulate_to_files(out: str | os.PathLike, **kwargs: Any) -> list[str]:
     size, but no illumination: a reconstruction must not start from the true probe. The truth
     file holds ``object``, ``probe``, ``positions_px``, ``positions_m``, ``pixel_size_m``.
     """
+    from .io.atomic import atomic_h5  # noqa: PLC0415
     from .io.cxi import write_cxi  # noqa: PLC0415 - io imports h5py plugins lazily
 
     sim = simulate(**kwargs)
@@ -250,24 +250,17 @@ def simulate_to_files(out: str | os.PathLike, **kwargs: Any) -> list[str]:
                     pixel_size_m=sim.detector_pixel_m, compression="gzip")
 
     truth = truth_path(out)
-    tmp = truth + ".tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("object", data=sim.object, compression="gzip")
-            f.create_dataset("probe", data=sim.probe)
-            f.create_dataset("positions_px", data=sim.positions_px)
-            f.create_dataset("positions_m", data=sim.positions_m)
-            f.create_dataset("pixel_size_m", data=sim.pixel_size_m)
-            for key in ("wavelength_m", "distance_m", "detector_pixel_m", "energy_kev",
-                        "photons"):
-                f.attrs[key] = getattr(sim, key)
-            for key, val in kwargs.items():
-                if val is not None and isinstance(val, int | float | bool | str):
-                    f.attrs[f"simulate.{key}"] = val
-            f.attrs["scan_file"] = os.path.basename(cxi)
-        os.replace(tmp, truth)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_h5(truth) as f:
+        f.create_dataset("object", data=sim.object, compression="gzip")
+        f.create_dataset("probe", data=sim.probe)
+        f.create_dataset("positions_px", data=sim.positions_px)
+        f.create_dataset("positions_m", data=sim.positions_m)
+        f.create_dataset("pixel_size_m", data=sim.pixel_size_m)
+        for key in ("wavelength_m", "distance_m", "detector_pixel_m", "energy_kev",
+                    "photons"):
+            f.attrs[key] = getattr(sim, key)
+        for key, val in kwargs.items():
+            if val is not None and isinstance(val, int | float | bool | str):
+                f.attrs[f"simulate.{key}"] = val
+        f.attrs["scan_file"] = os.path.basename(cxi)
     return [cxi, truth]
