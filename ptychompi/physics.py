@@ -91,16 +91,29 @@ def scatter_add_disjoint(backend: Backend, target: Any, values: Any, index: Any)
     scatter_add(backend, target, values, rows, cols)
 
 
-def exit_waves(backend: Backend, probes: Any, obj: Any, win: Windows) -> Any:
-    """Exit waves ``probes · O_j`` (B, K, M, M) of the windows ``win``.
+def exit_waves(backend: Backend, probes: Any, obj: Any, win: Windows,
+               probe_of: Any = None) -> Any:
+    """Exit waves ``P_j · O_j`` (B, K, M, M) of the windows ``win``; position j's probe is
+    ``probes[probe_of[j]]`` (default: ``probes[j]``, or ``probes[0]`` for one probe).
 
-    CPU: one fused kernel reading the windows in place (no gathered copy).
+    CPU: one fused kernel reading the windows and probes in place (no gathered copies).
     """
     if backend.is_gpu:
+        probes = probes if probe_of is None else probes[probe_of]
         return probes * extract(backend, obj, win.index)[:, None]
     out = np.empty((len(win), *probes.shape[1:]), dtype=np.result_type(probes, obj))
-    cpu_kernels.exit_waves(_c(probes), _c(obj), win.rows, win.cols, out)
+    cpu_kernels.exit_waves(_c(probes), _probe_index(probes, len(win), probe_of), _c(obj),
+                           win.rows, win.cols, out)
     return out
+
+
+def _probe_index(probes: Any, n: int, probe_of: Any) -> np.ndarray:
+    """Each of ``n`` positions' row in ``probes`` (CPU kernels)."""
+    if probe_of is not None:
+        return np.asarray(probe_of, dtype=np.int64)
+    if probes.shape[0] == 1:
+        return np.zeros(n, dtype=np.int64)
+    return np.arange(n, dtype=np.int64)
 
 
 def _c(a: Any) -> np.ndarray:
@@ -109,6 +122,32 @@ def _c(a: Any) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- sub-pixel
+def subpixel_grid(positions: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split positions (n, 2) into integer corners (n, 2), a table of sub-pixel fractions
+    (G, 2) and each position's row in that table (n,).
+
+    ``bins > 0`` rounds each fraction to a multiple of ``1/bins`` px: the table is the
+    ``(bins + 1)²`` possible fractions and positions with the same fraction share a row, so a
+    shifted probe or a back-shift can serve all of them. The corners stay ``floor(position)``
+    (a fraction may round up to a whole pixel, a one-pixel Fourier shift), so every window
+    stays inside the tile. ``bins == 0`` keeps positions exact (one row each).
+    """
+    pos = np.asarray(positions, np.float64).reshape(-1, 2)
+    top = np.floor(pos).astype(np.int64)
+    if bins <= 0:
+        return top, pos - top, np.arange(len(pos), dtype=np.int64)
+    rest = np.round((pos - top) * bins).astype(np.int64)  # 0 ... bins
+    grid = np.arange(bins + 1, dtype=np.float64) / bins
+    table = np.stack(np.meshgrid(grid, grid, indexing="ij"), axis=-1).reshape(-1, 2)
+    return top, table, rest[:, 0] * (bins + 1) + rest[:, 1]
+
+
+def runs_of(ids: np.ndarray) -> np.ndarray:
+    """Start offsets of the runs of equal consecutive ``ids``."""
+    ids = np.asarray(ids)
+    return np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, int)
+
+
 def subpixel_ramps(backend: Backend, fractions: np.ndarray, frame: int) -> tuple[Any, Any]:
     """1-D Fourier phase ramps (B, M) per axis that shift a frame by ``+fractions``."""
     xp = backend.xp
@@ -136,24 +175,40 @@ def shifted_probes(backend: Backend, probe_ft: Any, ramps: tuple[Any, Any] | Non
     return backend.ifft2(spec, overwrite=True)
 
 
-def unshift_sum(backend: Backend, values: Any, ramps: tuple[Any, Any] | None) -> Any:
+def run_sums(backend: Backend, values: Any, runs: np.ndarray) -> Any:
+    """``values`` (B, ...) summed over each run of positions starting at ``runs``, in
+    double precision: (len(runs), ...) complex128."""
+    if not backend.is_gpu:
+        return np.add.reduceat(values, runs, axis=0, dtype=np.complex128)
+    ends = [*runs[1:], values.shape[0]]
+    return backend.xp.stack([values[a:b].sum(axis=0, dtype=np.complex128)
+                             for a, b in zip(runs, ends, strict=True)])
+
+
+def unshift_sum(backend: Backend, values: Any, ramps: tuple[Any, Any] | None,
+                spectrum: bool = False, overwrite: bool = False) -> Any:
     """Σ_j shift_{-f_j}(values_j) over the batch axis: (B, K, M, M) -> (K, M, M).
 
-    Linear, so the back-shift costs one forward FFT per position and one inverse in total.
-    The sum is taken in double precision (complex128 result), so that it does not depend on
-    how positions are grouped into batches, tiles or threads.
+    Linear, so the back-shift costs one forward FFT per position and one inverse in total;
+    terms that share a shift can be added first (:func:`conj_object_products` with runs,
+    complex128, then transformed in double precision). Every sum is taken in double
+    precision (complex128 result), so the result does not depend on how positions are
+    grouped into runs, batches, tiles or threads. ``spectrum=True`` returns the sum's
+    spectrum (the caller adds several and takes one inverse FFT). ``overwrite`` lets the
+    FFT reuse ``values``.
     """
     if ramps is None:
         return values.sum(axis=0, dtype=np.complex128)
     rr, rc = ramps
-    spec = backend.fft2(values)
+    spec = backend.fft2(values, overwrite=overwrite)
     if not backend.is_gpu:
         total = np.zeros(spec.shape[1:], dtype=np.complex128)
         cpu_kernels.ramp_sum(_c(spec), rr, rc, total)
-        return backend.ifft2(total, overwrite=True)
-    spec *= rr.conj()[:, None, :, None]
-    spec *= rc.conj()[:, None, None, :]
-    return backend.ifft2(spec.sum(axis=0, dtype=np.complex128), overwrite=True)
+    else:
+        spec *= rr.conj()[:, None, :, None]
+        spec *= rc.conj()[:, None, None, :]
+        total = spec.sum(axis=0, dtype=np.complex128)
+    return total if spectrum else backend.ifft2(total, overwrite=True)
 
 
 # --------------------------------------------------------------------------- propagation
@@ -303,16 +358,19 @@ def fourier_error_terms(backend: Backend, wave: Any, amplitude: Any) -> float:
 
 # --------------------------------------------------------------------------- engine sums
 def object_terms(backend: Backend, values: Any, probes: Any, win: Windows, num: Any,
-                 den: Any) -> None:
+                 den: Any, probe_of: Any = None) -> None:
     """Scatter-add the object numerator ``Σ_k values_k conj(P_k)`` into ``num`` and the
-    illumination ``Σ_k |P_k|²`` into ``den`` at every window (CPU: one fused kernel)."""
+    illumination ``Σ_k |P_k|²`` into ``den`` at every window (probes as in
+    :func:`exit_waves`; CPU: one fused kernel)."""
     if backend.is_gpu:
+        probes = probes if probe_of is None else probes[probe_of]
         scatter_add(backend, num, mode_sum(values, probes.conj()), win.rows, win.cols)
         power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
         power = backend.xp.broadcast_to(power, (len(win), *power.shape[1:]))
         scatter_add(backend, den, power, win.rows, win.cols)
         return
-    cpu_kernels.object_terms(_c(values), _c(probes), win.rows, win.cols, num, den)
+    cpu_kernels.object_terms(_c(values), _c(probes), _probe_index(probes, len(win), probe_of),
+                             win.rows, win.cols, num, den)
 
 
 def probe_terms(backend: Backend, values: Any, obj: Any, win: Windows) -> tuple[Any, Any]:
@@ -329,36 +387,55 @@ def probe_terms(backend: Backend, values: Any, obj: Any, win: Windows) -> tuple[
 
 
 def conj_object_products(backend: Backend, values: Any, obj: Any, win: Windows,
-                         with_power: bool = False) -> Any:
+                         with_power: bool = False, runs: np.ndarray | None = None) -> Any:
     """``conj(O_j) · values_j`` (B, K, M, M), with ``|O_j|²`` appended as mode K when
-    ``with_power`` (the stack :func:`unshift_sum` back-shifts in one FFT batch)."""
+    ``with_power`` (the stack :func:`unshift_sum` back-shifts in one FFT batch).
+
+    With ``runs`` (start offsets of runs of positions, :func:`runs_of`) the products of each
+    run are summed, in double precision: (R, K(+1), M, M) complex128.
+    """
     if backend.is_gpu:
         o = extract(backend, obj, win.index)
         out = o.conj()[:, None] * values
         if with_power:
             power = (o.real ** 2 + o.imag ** 2)[:, None].astype(values.dtype)
             out = backend.xp.concatenate([out, power], 1)
-        return out
+        return out if runs is None else run_sums(backend, out, runs)
     b, k = values.shape[:2]
-    out = np.empty((b, k + int(with_power), *values.shape[2:]), dtype=values.dtype)
-    cpu_kernels.conj_window_products(_c(values), _c(obj), win.rows, win.cols, out)
+    if runs is None:
+        slot, rows, dtype = np.arange(b), b, values.dtype
+    else:
+        slot, rows, dtype = np.cumsum(np.isin(np.arange(b), runs)) - 1, len(runs), np.complex128
+    out = np.zeros((rows, k + int(with_power), *values.shape[2:]), dtype=dtype)
+    cpu_kernels.conj_window_products(_c(values), _c(obj), win.rows, win.cols, slot, out)
     return out
 
 
 def shifted_probe_terms(backend: Backend, values: Any, obj: Any, win: Windows,
-                        ramps: tuple[Any, Any]) -> tuple[Any, Any]:
-    """:func:`probe_terms` with each position's terms back-shifted by its sub-pixel ramps:
-    ``(Σ_j S_-j[conj(O_j) values_j], Re Σ_j S_-j[|O_j|²])``, (K, M, M) and (M, M), the K + 1
-    channels in one :func:`unshift_sum`.
+                        ramps: tuple[Any, Any], runs: np.ndarray | None = None) -> Any:
+    """:func:`probe_terms` with each position's terms back-shifted by its sub-pixel ramps,
+    as a spectrum: the K + 1 channels ``Σ_j S_-j[conj(O_j) values_j]`` and
+    ``Σ_j S_-j[|O_j|²]`` in one :func:`unshift_sum` (``runs``: positions sharing a shift),
+    (K + 1, M, M) complex128 in Fourier space. Add the chunks' spectra, then
+    :func:`split_probe_terms`.
 
-    Each position is transformed on its own, so the result does not depend on how positions
-    are grouped into chunks or tiles (packing two real ``|O_j|²`` frames into one complex FFT
-    halves their cost but makes each one's rounding depend on its partner, which DM amplifies:
-    3 ranks then ended 4e-2 away from one rank).
+    Positions (or runs) are transformed on their own in double precision, so the result does
+    not depend on how positions are grouped into chunks or tiles (packing two real
+    ``|O_j|²`` frames into one complex64 FFT halves their cost but makes each one's rounding
+    depend on its partner, which DM amplifies: 3 ranks then ended 4e-2 away from one rank).
     """
-    both = conj_object_products(backend, values, obj, win, with_power=True)
-    summed = unshift_sum(backend, both, ramps)
-    return summed[:-1], summed[-1].real
+    both = conj_object_products(backend, values, obj, win, with_power=True, runs=runs)
+    if runs is not None:
+        first = backend.xp.asarray(runs)
+        ramps = ramps[0][first], ramps[1][first]
+    return unshift_sum(backend, both, ramps, spectrum=True, overwrite=True)
+
+
+def split_probe_terms(backend: Backend, spectrum: Any) -> tuple[Any, Any]:
+    """``(Σ_j S_-j[conj(O_j) values_j], Re Σ_j S_-j[|O_j|²])`` from the summed spectra of
+    :func:`shifted_probe_terms`: (K, M, M) and (M, M)."""
+    both = backend.ifft2(spectrum, overwrite=True)
+    return both[:-1], both[-1].real
 
 
 def lsqml_object_terms(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any,

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,10 @@ from ..physics import (
     apply_amplitude_limits,
     orthogonalize_modes,
     reduce_accumulators,
+    runs_of,
     scatter_add,
     shifted_probes,
+    subpixel_grid,
     subpixel_ramps,
     window_index,
 )
@@ -52,6 +54,38 @@ class TileData:
         return int(self.amplitudes.shape[-1])
 
 
+def permute_tile(backend: Backend, data: TileData, order: np.ndarray) -> TileData:
+    """``data`` with its positions in ``order``; the frames are moved in place on a CPU (one
+    frame of extra memory, whatever the tile's size)."""
+    amplitudes = data.amplitudes
+    if backend.is_gpu:
+        amplitudes = amplitudes[backend.xp.asarray(order)]
+    else:
+        permute_frames(amplitudes, order)
+    return replace(data, amplitudes=amplitudes, positions=data.positions[order],
+                   indices=data.indices[order])
+
+
+def permute_frames(frames: np.ndarray, order: np.ndarray) -> None:
+    """``frames[:] = frames[order]`` in place, cycle by cycle through one frame buffer."""
+    done = np.zeros(len(order), dtype=bool)
+    buf = np.empty(frames.shape[1:], dtype=frames.dtype)
+    for start in range(len(order)):
+        if done[start] or order[start] == start:
+            done[start] = True
+            continue
+        buf[...] = frames[start]
+        i = start
+        while True:
+            done[i] = True
+            src = int(order[i])
+            if src == start:
+                frames[i] = buf
+                break
+            frames[i] = frames[src]
+            i = src
+
+
 @dataclass
 class Schedule:
     """When to exchange: object every ``share_frequency``, probe every
@@ -75,7 +109,6 @@ class Engine:
     def __init__(self, cfg: AlgorithmConfig, data: TileData, exchange: Any, backend: Backend,
                  probe: np.ndarray, obj: np.ndarray, schedule: Schedule | None = None) -> None:
         self.cfg = cfg
-        self.data = data
         self.exchange = exchange
         self.backend = backend
         self.schedule = schedule or Schedule()
@@ -83,15 +116,20 @@ class Engine:
         self.iteration = 0
         self.rng = np.random.default_rng(cfg.seed)
         frame = data.frame
-        top = np.floor(data.positions).astype(np.int64)
+        top, table, ramp_id = subpixel_grid(data.positions,
+                                            cfg.subpixel_bins if cfg.subpixel else 0)
+        order = self._visit_order(ramp_id)
+        if order is not None:
+            data, top, ramp_id = permute_tile(backend, data, order), top[order], ramp_id[order]
+        self.data = data
         self.rows, self.cols = top[:, 0], top[:, 1]
-        self.fractions = data.positions - top
+        self.ramp_id = ramp_id  # each position's row of the shift table
+        self.fractions = table[ramp_id]
         self.index = xp.asarray(window_index(self.rows, self.cols, frame, data.box_shape[1]))
         use_ramps = cfg.subpixel and len(top) and np.abs(self.fractions).max() > 1e-3
         self.use_subpixel = bool(use_ramps)
-        # the positions never change: their sub-pixel ramps (2 x n x M) are computed once
-        self._ramps = (subpixel_ramps(backend, self.fractions, frame) if self.use_subpixel
-                       else None)
+        # the positions never change: the ramps (2 x G x M) of their shifts are computed once
+        self._ramps = subpixel_ramps(backend, table, frame) if self.use_subpixel else None
         self.probe = backend.asarray(probe, backend.complex_dtype)
         self.object = backend.asarray(obj, backend.complex_dtype)
         self.seconds_compute = 0.0
@@ -130,12 +168,26 @@ class Engine:
         """A position selection (slice or host index array) usable on the device."""
         return sel if isinstance(sel, slice) else self.backend.xp.asarray(sel)
 
+    def _visit_order(self, ramp_id: np.ndarray) -> np.ndarray | None:
+        """The order in which this engine keeps its positions (None: as given)."""
+        return None
+
     def ramps(self, sel: Any = slice(None)) -> tuple[Any, Any] | None:
         """Sub-pixel Fourier ramps (B, M) per axis of positions ``sel``, or None."""
         if self._ramps is None:
             return None
-        dsel = self._device_sel(sel)
-        return self._ramps[0][dsel], self._ramps[1][dsel]
+        ids = self.backend.xp.asarray(self.ramp_id[sel])
+        return self._ramps[0][ids], self._ramps[1][ids]
+
+    def runs(self, sel: Any) -> np.ndarray | None:
+        """Start offsets (within ``sel``) of the runs of positions that share one sub-pixel
+        shift (None without shifts, or with exact positions, which never share one). Runs
+        of one position count too: a run's terms are back-shifted in double precision
+        whatever its length, so the result does not depend on how the positions are split
+        over tiles."""
+        if self._ramps is None or self.cfg.subpixel_bins <= 0:
+            return None
+        return runs_of(self.ramp_id[sel])
 
     def windows(self, sel: Any) -> Windows:
         """The object windows of positions ``sel`` (flat indices only on a GPU)."""
@@ -143,13 +195,27 @@ class Engine:
         return Windows(self.rows[sel], self.cols[sel], index)
 
     def probes_at(self, sel: Any, probe_ft: Any | None = None) -> Any:
-        """Probes (B, K, M, M) at positions ``sel`` (sub-pixel shifted) or (1, K, M, M)."""
-        ramps = self.ramps(sel)
-        if ramps is None:
-            return self.probe[None]
+        """Probes (B, K, M, M) at positions ``sel`` (sub-pixel shifted) or (1, K, M, M).
+
+        Positions that share a shift share one inverse FFT (see :meth:`probe_set`).
+        """
+        distinct, member = self.probe_set(sel, probe_ft)
+        return distinct if member is None else distinct[member]
+
+    def probe_set(self, sel: Any, probe_ft: Any | None = None) -> tuple[Any, Any | None]:
+        """The distinct shifted probes (G, K, M, M) of positions ``sel`` and each position's
+        row in them (None: one row per position, or the unshifted probe (1, K, M, M))."""
+        if self._ramps is None:
+            return self.probe[None], None
         if probe_ft is None:
             probe_ft = self.backend.fft2(self.probe)
-        return shifted_probes(self.backend, probe_ft, ramps, self.probe)
+        ids, member = np.unique(self.ramp_id[sel], return_inverse=True)
+        if len(ids) == len(member):
+            return shifted_probes(self.backend, probe_ft, self.ramps(sel), self.probe), None
+        dids = self.backend.xp.asarray(ids)
+        ramps = self._ramps[0][dids], self._ramps[1][dids]
+        return (shifted_probes(self.backend, probe_ft, ramps, self.probe),
+                self.backend.xp.asarray(member.reshape(-1)))
 
     def illumination(self) -> Any:
         """Σ_j S_jᵀ Σ_k |P_k|² over this tile's positions (the assembly weight)."""

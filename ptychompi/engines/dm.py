@@ -27,6 +27,7 @@ from ..physics import (
     object_terms,
     probe_terms,
     shifted_probe_terms,
+    split_probe_terms,
 )
 from .base import Engine
 
@@ -41,6 +42,7 @@ class DifferenceMap(Engine):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._psi: Any = None  # sample-plane exit waves kept for the probe update
         self._reset()
 
     def _reset(self) -> None:
@@ -54,14 +56,22 @@ class DifferenceMap(Engine):
         store = self._probe_store()
 
         def fill(_: int, sl: slice) -> None:
-            phi = exit_waves(self.backend, self._probes(sl, probe_ft, store), self.object,
-                             self.windows(sl))
+            probes, probe_of = self._probes(sl, probe_ft, store)
+            phi = exit_waves(self.backend, probes, self.object, self.windows(sl), probe_of)
             self.waves[sl] = prop.forward(phi)
 
         self.map_chunks(fill, n)
         self._keep_probes(store)
 
     # ------------------------------------------------------------------ shifted probes
+    def _visit_order(self, ramp_id: np.ndarray) -> np.ndarray | None:
+        """Positions sorted by their sub-pixel shift: a chunk's positions with one shift share
+        one shifted probe and one back-shift (DM updates all positions at once, so their
+        order does not matter otherwise)."""
+        if not self.cfg.subpixel or self.cfg.subpixel_bins <= 0:
+            return None
+        return np.argsort(ramp_id, kind="stable")
+
     def _probe_store(self) -> dict[int, Any] | None:
         """Where a pass keeps its sub-pixel-shifted probes for the next overlap projection
         (which uses the same probe), when they fit: one inverse FFT pass less per iteration."""
@@ -79,22 +89,35 @@ class DifferenceMap(Engine):
         return kept[1]
 
     def _probes(self, sl: slice, probe_ft: Any, store: dict[int, Any] | None = None,
-                kept: dict[int, Any] | None = None) -> Any:
-        """Probes at chunk ``sl``: kept ones when there are, else shifted now (and stored)."""
+                kept: dict[int, Any] | None = None) -> tuple[Any, Any]:
+        """The distinct probes of chunk ``sl`` and each position's row in them
+        (:meth:`Engine.probe_set`): kept ones when there are, else shifted now (and stored)."""
         if kept and sl.start in kept:
             return kept[sl.start]
-        probes = self.probes_at(sl, probe_ft)
+        pair = self.probe_set(sl, probe_ft)
         if store is not None:
-            store[sl.start] = probes
-        return probes
+            store[sl.start] = pair
+        return pair
 
     def _iterate(self) -> float:
         for _ in range(self.cfg.overlap_iterations):
             self._overlap_projection()
         return self._fourier_update()
 
-    def _exit_waves(self, sl: slice) -> Any:
-        return self.data.propagator.backward(self.waves[sl])
+    def _exit_waves(self, sl: slice, keep: bool = False) -> Any:
+        """Sample-plane exit waves of chunk ``sl``; with ``keep`` in the engine's exit-wave
+        buffer (allocated once: 100 MB of fresh pages per iteration would cost as much time
+        in page faults as half the inverse FFTs)."""
+        if not keep:
+            return self.data.propagator.backward(self.waves[sl])
+        if self._psi is None or self._psi.shape != self.waves.shape:
+            self._psi = self.backend.xp.empty_like(self.waves)
+        psi = self._psi[sl]
+        psi[...] = self.waves[sl]
+        out = self.data.propagator.backward(psi, overwrite=True)
+        if out is not psi:
+            psi[...] = out
+        return psi
 
     def _overlap_projection(self) -> None:
         be, xp = self.backend, self.backend.xp
@@ -111,9 +134,9 @@ class DifferenceMap(Engine):
         keep = update_probe and self.waves.nbytes <= PSI_CACHE_BYTES
 
         def object_sums(t: int, sl: slice) -> Any:
-            psi = self._exit_waves(sl)
-            object_terms(be, psi, self._probes(sl, probe_ft, kept=kept_probes),
-                         self.windows(sl), nums[t], dens[t])
+            psi = self._exit_waves(sl, keep)
+            probes, probe_of = self._probes(sl, probe_ft, kept=kept_probes)
+            object_terms(be, psi, probes, self.windows(sl), nums[t], dens[t], probe_of)
             return psi if keep else None
 
         kept = self.map_chunks(object_sums, n)
@@ -129,16 +152,19 @@ class DifferenceMap(Engine):
             return
         chunk_of = {sl.start: i for i, sl in enumerate(self.chunks(n))}
 
-        def probe_sums(_: int, sl: slice) -> tuple[Any, Any]:
+        def probe_sums(_: int, sl: slice) -> Any:
             psi = kept[chunk_of[sl.start]] if keep else self._exit_waves(sl)
-            ramps = self.ramps(sl)
-            if ramps is None:
+            if not self.use_subpixel:
                 return probe_terms(be, psi, self.object, self.windows(sl))
-            return shifted_probe_terms(be, psi, self.object, self.windows(sl), ramps)
+            return shifted_probe_terms(be, psi, self.object, self.windows(sl), self.ramps(sl),
+                                       self.runs(sl))
 
         terms = self.map_chunks(probe_sums, n)
-        pnum = self.chunk_sum([t[0] for t in terms])
-        pden = self.chunk_sum([t[1] for t in terms])
+        if self.use_subpixel:  # the chunks' spectra, added, need one inverse FFT
+            pnum, pden = split_probe_terms(be, self.chunk_sum(terms))
+        else:
+            pnum = self.chunk_sum([t[0] for t in terms])
+            pden = self.chunk_sum([t[1] for t in terms])
         if self.schedule.share_probe(self.iteration):  # numerator and denominator in one call
             packed = self.exchange.allreduce(xp.concatenate([pnum.reshape(-1),
                                                              pden.reshape(-1)]))
@@ -162,8 +188,8 @@ class DifferenceMap(Engine):
         store = self._probe_store()
 
         def update(_: int, sl: slice) -> float:
-            phi = exit_waves(be, self._probes(sl, probe_ft, store), self.object,
-                             self.windows(sl))
+            probes, probe_of = self._probes(sl, probe_ft, store)
+            phi = exit_waves(be, probes, self.object, self.windows(sl), probe_of)
             model = prop.forward(phi)
             waves = self.waves[sl]
             if refine:  # the projection's error is the misfit of the model

@@ -45,15 +45,26 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(7)
 
 
+def probe_rows(rng, kind: str) -> tuple[int, np.ndarray]:
+    """How many probes and each position's row in them: one for all, one each, or a few
+    shared by runs of positions (the sub-pixel shift groups)."""
+    if kind == "one":
+        return 1, np.zeros(B, np.int64)
+    if kind == "each":
+        return B, np.arange(B)
+    return 3, rng.integers(0, 3, B)
+
+
 @pytest.mark.parametrize("modes", [1, 2])
-@pytest.mark.parametrize("shared", [True, False])
-def test_exit_waves(rng, modes, shared):
-    probes = rand_complex(rng, (1 if shared else B, modes, M, M))
+@pytest.mark.parametrize("sharing", ["one", "each", "groups"])
+def test_exit_waves(rng, modes, sharing):
+    count, probe_of = probe_rows(rng, sharing)
+    probes = rand_complex(rng, (count, modes, M, M))
     obj = rand_complex(rng, (H, W))
     rows, cols = corners(rng)
     out = np.empty((B, modes, M, M), np.complex64)
-    ck.exit_waves(probes, obj, rows, cols, out)
-    close(out, probes * windows(obj, rows, cols)[:, None])
+    ck.exit_waves(probes, probe_of, obj, rows, cols, out)
+    close(out, probes[probe_of] * windows(obj, rows, cols)[:, None])
 
 
 @pytest.mark.parametrize("modes", [1, 2])
@@ -104,15 +115,17 @@ def test_dm_fourier_update_huge_bound_keeps_the_trial(rng):
 
 
 @pytest.mark.parametrize("modes", [1, 2])
-@pytest.mark.parametrize("shared", [True, False])
-def test_object_terms(rng, modes, shared):
+@pytest.mark.parametrize("sharing", ["one", "each", "groups"])
+def test_object_terms(rng, modes, sharing):
+    count, probe_of = probe_rows(rng, sharing)
     values = rand_complex(rng, (B, modes, M, M))
-    probes = rand_complex(rng, (1 if shared else B, modes, M, M))
+    probes = rand_complex(rng, (count, modes, M, M))
     rows, cols = corners(rng)
     num, den = np.zeros((H, W), np.complex128), np.zeros((H, W), np.float64)
-    ck.object_terms(values, probes, rows, cols, num, den)
+    ck.object_terms(values, probes, probe_of, rows, cols, num, den)
     num_ref, den_ref = np.zeros_like(num), np.zeros_like(den)
-    power = np.broadcast_to((np.abs(probes) ** 2).sum(axis=1), (B, M, M))
+    probes = probes[probe_of]
+    power = (np.abs(probes) ** 2).sum(axis=1)
     physics.scatter_add(CPU, num_ref, (values * probes.conj()).sum(axis=1), rows, cols)
     physics.scatter_add(CPU, den_ref, power, rows, cols)
     close(num, num_ref)
@@ -150,13 +163,20 @@ def test_probe_terms_and_conj_products(rng, modes):
     ck.probe_terms(values, obj, rows, cols, pnum, pden)
     close(pnum, (win.conj()[:, None] * values).sum(axis=0, dtype=np.complex128))
     close(pden, (np.abs(win) ** 2).sum(axis=0, dtype=np.float64))
-    both = np.empty((B, modes + 1, M, M), np.complex64)
-    ck.conj_window_products(values, obj, rows, cols, both)
+    both = np.zeros((B, modes + 1, M, M), np.complex64)
+    ck.conj_window_products(values, obj, rows, cols, np.arange(B), both)
     close(both[:, :modes], win.conj()[:, None] * values)
     close(both[:, modes], np.abs(win) ** 2)
-    only = np.empty((B, modes, M, M), np.complex64)
-    ck.conj_window_products(values, obj, rows, cols, only)
+    only = np.zeros((B, modes, M, M), np.complex64)
+    ck.conj_window_products(values, obj, rows, cols, np.arange(B), only)
     close(only, both[:, :modes])
+    # runs of positions summed into one slot each, in double precision
+    runs = np.array([0, 2, 3])
+    summed = np.zeros((len(runs), modes + 1, M, M), np.complex128)
+    ck.conj_window_products(values, obj, rows, cols, np.array([0, 0, 1, 2, 2]), summed)
+    close(summed, np.add.reduceat(both, runs, axis=0, dtype=np.complex128))
+    close(physics.conj_object_products(CPU, values, obj, physics.Windows(rows, cols), True,
+                                       runs), summed)
 
 
 @pytest.mark.parametrize("modes", [1, 2])
@@ -255,8 +275,8 @@ def test_shifted_probe_terms(rng, modes):
     spec = np.fft.fft2(both, norm="ortho")
     spec = spec * ramps[0].conj()[:, None, :, None] * ramps[1].conj()[:, None, None, :]
     expected = np.fft.ifft2(spec.sum(axis=0, dtype=np.complex128), norm="ortho")
-    pnum, pden = physics.shifted_probe_terms(CPU, values, obj,
-                                             physics.Windows(rows, cols), ramps)
+    spectrum = physics.shifted_probe_terms(CPU, values, obj, physics.Windows(rows, cols), ramps)
+    pnum, pden = physics.split_probe_terms(CPU, spectrum)
     close(pnum, expected[:-1])
     close(pden, expected[-1].real)
 

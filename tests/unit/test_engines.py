@@ -176,3 +176,39 @@ def test_probe_guess_from_file_is_used(tmp_path):
     c = np.vdot(p, sim.probe[0]) / np.vdot(p, p)
     assert np.allclose(c * p, sim.probe[0], atol=1e-3 * np.abs(sim.probe).max())
     assert Path(tmp_path / "p.npy").exists()
+
+
+def test_subpixel_grid_rounds_fractions_and_keeps_corners():
+    """Fractions round to 1/bins px (at most 1/(2 bins) away); corners stay floor(position),
+    so windows never leave the tile; equal fractions share one table row."""
+    from ptychompi.physics import subpixel_grid  # noqa: PLC0415
+
+    pos = np.array([[3.0, 4.99], [3.02, 7.5], [10.51, 0.0], [2.0, 1.97]])
+    top, table, ids = subpixel_grid(pos, 16)
+    assert np.array_equal(top, np.floor(pos))
+    assert np.abs(top + table[ids] - pos).max() <= 1 / 32
+    assert ids[0] == ids[3]  # both (0, 1): within 1/32 px of a whole pixel on the right
+    assert np.array_equal(table[ids[0]], [0.0, 1.0])
+    exact_top, fractions, exact_ids = subpixel_grid(pos, 0)
+    assert np.array_equal(exact_top + fractions, pos) and len(set(exact_ids)) == len(pos)
+
+
+def test_dm_shared_shifts_equal_per_position_shifts(monkeypatch):
+    """DM sorted by shift (one shifted probe and one double-precision back-shift per run of
+    equal shifts) follows DM that shifts every position on its own (same rounded
+    positions), to float32 rounding."""
+    from ptychompi.engines.dm import DifferenceMap  # noqa: PLC0415
+
+    sim = simulate(frame=32, grid=8, step_px=5, probe_diameter_px=10, photons=1e5, seed=4)
+    cfg = config("dm", 8, sim, probe_update_start=1, subpixel_bins=2)  # many shared shifts
+    grouped = Reconstruction(cfg, scan=as_scan(sim))
+    runs = [grouped.engine.runs(sl) for sl in grouped.engine.chunks(len(grouped.engine.rows))]
+    assert sum(len(r) for r in runs if r is not None) < 0.5 * len(grouped.engine.rows)
+    grouped.run()
+    monkeypatch.setattr(DifferenceMap, "runs", lambda self, sel: None)
+    single = Reconstruction(cfg, scan=as_scan(sim))
+    single.run()
+    scale = np.abs(single.object).max()
+    assert np.abs(grouped.object - single.object).max() <= 1e-4 * scale
+    assert np.abs(grouped.probe - single.probe).max() <= 1e-4 * np.abs(single.probe).max()
+    assert np.allclose(grouped.metrics["error"], single.metrics["error"], rtol=1e-4)
