@@ -177,12 +177,14 @@ def shifted_probes(backend: Backend, probe_ft: Any, ramps: tuple[Any, Any] | Non
 
 def run_sums(backend: Backend, values: Any, runs: np.ndarray) -> Any:
     """``values`` (B, ...) summed over each run of positions starting at ``runs``, in
-    double precision: (len(runs), ...) complex128."""
-    if not backend.is_gpu:
-        return np.add.reduceat(values, runs, axis=0, dtype=np.complex128)
-    ends = [*runs[1:], values.shape[0]]
-    return backend.xp.stack([values[a:b].sum(axis=0, dtype=np.complex128)
-                             for a, b in zip(runs, ends, strict=True)])
+    double precision: (len(runs), ...) complex128 (the GPU path; the CPU kernel of
+    :func:`conj_object_products` sums while it multiplies). One (runs x positions) indicator
+    product instead of a kernel launch per run."""
+    xp, b = backend.xp, values.shape[0]
+    run_of = xp.asarray(np.repeat(np.arange(len(runs)), np.diff([*runs, b])))
+    member = (run_of[None, :] == xp.arange(len(runs))[:, None]).astype(np.complex128)
+    flat = values.reshape(b, -1).astype(np.complex128)
+    return (member @ flat).reshape(len(runs), *values.shape[1:])
 
 
 def unshift_sum(backend: Backend, values: Any, ramps: tuple[Any, Any] | None,
