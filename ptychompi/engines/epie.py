@@ -90,9 +90,14 @@ class EPIE(Engine):
         def update_part(_: int, sl: slice) -> Any:
             part, win, probes, psi, chi = parts[sl.start // size][:5]
             grad = epie_update(be, chi, psi, probes, self.object, win, step, mode)
-            return unshift_sum(be, grad, self.ramps(part)) if mode == "stack" else grad
+            if mode != "stack":
+                return grad
+            return unshift_sum(be, grad, self.ramps(part), spectrum=True, overwrite=True)
 
         grads = self.map_chunks(update_part, len(batch), size)
         if update_probe:
-            self.probe += (beta / len(batch)) * self.chunk_sum(grads)
+            total = self.chunk_sum(grads)
+            if mode == "stack":  # the chunks' back-shift spectra: one inverse FFT
+                total = be.ifft2(total, overwrite=True)
+            self.probe += (beta / len(batch)) * total
         return float(sum(p[5] for p in parts))

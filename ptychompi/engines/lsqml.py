@@ -125,7 +125,7 @@ class LSQML(Engine):
                                          illums[t], update_probe and ramps is None)
             if update_probe and ramps is not None:
                 d_probe = unshift_sum(be, conj_object_products(be, chi, self.object, win),
-                                      ramps)
+                                      ramps, spectrum=True, overwrite=True)
             return probes, win, chi, err, d_probe
 
         parts = self.map_chunks(exit_part, nb, size) if nb else []
@@ -145,6 +145,8 @@ class LSQML(Engine):
         if update_probe:  # summed in double precision, like every cross-position sum
             d_probe = (self.chunk_sum([p[4] for p in parts]) if parts
                        else xp.zeros(self.probe.shape, dtype=np.complex128))
+            if parts and self.use_subpixel:  # the chunks' back-shift spectra
+                d_probe = be.ifft2(d_probe, overwrite=True)
             count = float(nb)
             if share_probe:  # one reduction for the direction and the batch size
                 packed = ex.allreduce(xp.concatenate([d_probe.reshape(-1),
