@@ -53,11 +53,14 @@ def make_scan(grid: int, frame: int, seed: int = 0,
 
 
 def make_config(engine: str, iterations: int, probe_diameter_m: float, subpixel: bool,
-                device: str, workers: int | None = None, batch_size: int | None = None) -> dict:
-    return {"algorithm": {"name": engine, "iterations": iterations,
-                          "probe_diameter_m": probe_diameter_m, "subpixel": subpixel,
-                          "batch_size": batch_size},
-            "parallel": {"device": device, "workers": workers}}
+                device: str, workers: int | None = None, batch_size: int | None = None,
+                subpixel_bins: int | None = None) -> dict:
+    algorithm = {"name": engine, "iterations": iterations,
+                 "probe_diameter_m": probe_diameter_m, "subpixel": subpixel,
+                 "batch_size": batch_size}
+    if subpixel_bins is not None:
+        algorithm["subpixel_bins"] = subpixel_bins
+    return {"algorithm": algorithm, "parallel": {"device": device, "workers": workers}}
 
 
 def median(values: list[float]) -> float:

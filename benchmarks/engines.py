@@ -28,7 +28,7 @@ from ptychompi.backend import select_backend
 def run_engine(scan, probe_m: float, engine: str, subpixel: bool, args) -> dict:
     iterations = args.iterations + args.warmup
     cfg = common.make_config(engine, iterations, probe_m, subpixel, args.device, args.workers,
-                             args.batch_size)
+                             args.batch_size, args.subpixel_bins)
     backend = select_backend(args.device, None, workers=args.workers)
     n, frame = scan.n_frames, scan.frame_shape[0]
     gc.collect()
@@ -55,6 +55,7 @@ def run_engine(scan, probe_m: float, engine: str, subpixel: bool, args) -> dict:
     floor = common.median(floors[1:] + [floor])
     row = {
         "engine": engine, "subpixel": bool(recon.engine.use_subpixel),
+        "subpixel_bins": int(recon.engine.cfg.subpixel_bins),
         "subpixel_requested": subpixel, "n_frames": n, "frame": frame, "modes": modes,
         "ffts_per_pass": int(recon.engine.data.propagator.ffts_per_pass),
         "seconds_per_iteration": per_iter,
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="CPU FFT threads (null = cores)")
     ap.add_argument("--batch-size", type=int, default=None, help="algorithm.batch_size")
     ap.add_argument("--subpixel", default="on", choices=("on", "off", "both"))
+    ap.add_argument("--subpixel-bins", type=int, default=None,
+                    help="algorithm.subpixel_bins (default: the config's)")
     ap.add_argument("--floor-reps", type=int, default=5)
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args(argv)
