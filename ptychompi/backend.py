@@ -103,6 +103,19 @@ class Backend:
         return scipy.fft.ifft2(a, norm="ortho", workers=self._fft_workers(),
                                overwrite_x=overwrite)
 
+    def rfft2(self, a: Any) -> Any:
+        """Unitary 2-D FFT of real frames over the last two axes (half spectrum)."""
+        if self.is_gpu:
+            return self.xp.fft.rfft2(a, norm="ortho")
+        return scipy.fft.rfft2(a, norm="ortho", workers=self._fft_workers())
+
+    def irfft2(self, a: Any, shape: tuple[int, int]) -> Any:
+        """Inverse of :meth:`rfft2` back to real frames of ``shape``."""
+        if self.is_gpu:
+            return self.xp.fft.irfft2(a, s=shape, norm="ortho")
+        return scipy.fft.irfft2(a, s=shape, norm="ortho", workers=self._fft_workers(),
+                                overwrite_x=True)
+
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         """Host (or device) array to this backend's device."""
         return self.xp.asarray(a, dtype=dtype)

@@ -188,7 +188,7 @@ def run_sums(backend: Backend, values: Any, runs: np.ndarray) -> Any:
 
 
 def unshift_sum(backend: Backend, values: Any, ramps: tuple[Any, Any] | None,
-                spectrum: bool = False, overwrite: bool = False) -> Any:
+                spectrum: bool = False, overwrite: bool = False, real: bool = False) -> Any:
     """Σ_j shift_{-f_j}(values_j) over the batch axis: (B, K, M, M) -> (K, M, M).
 
     Linear, so the back-shift costs one forward FFT per position and one inverse in total;
@@ -197,12 +197,17 @@ def unshift_sum(backend: Backend, values: Any, ramps: tuple[Any, Any] | None,
     precision (complex128 result), so the result does not depend on how positions are
     grouped into runs, batches, tiles or threads. ``spectrum=True`` returns the sum's
     spectrum (the caller adds several and takes one inverse FFT). ``overwrite`` lets the
-    FFT reuse ``values``.
+    FFT reuse ``values``. ``real``: the values are real frames, transformed by ``rfft2``
+    (half the work; the spectrum is the half spectrum, the result real).
     """
     if ramps is None:
-        return values.sum(axis=0, dtype=np.complex128)
+        return values.sum(axis=0, dtype=np.complex128 if not real else np.float64)
     rr, rc = ramps
-    spec = backend.fft2(values, overwrite=overwrite)
+    if real:
+        spec = backend.rfft2(values)
+        rc = rc[:, :spec.shape[-1]]
+    else:
+        spec = backend.fft2(values, overwrite=overwrite)
     if not backend.is_gpu:
         total = np.zeros(spec.shape[1:], dtype=np.complex128)
         cpu_kernels.ramp_sum(_c(spec), rr, rc, total)
@@ -210,7 +215,11 @@ def unshift_sum(backend: Backend, values: Any, ramps: tuple[Any, Any] | None,
         spec *= rr.conj()[:, None, :, None]
         spec *= rc.conj()[:, None, None, :]
         total = spec.sum(axis=0, dtype=np.complex128)
-    return total if spectrum else backend.ifft2(total, overwrite=True)
+    if spectrum:
+        return total
+    if real:
+        return backend.irfft2(total, values.shape[-2:])
+    return backend.ifft2(total, overwrite=True)
 
 
 # --------------------------------------------------------------------------- propagation
@@ -414,30 +423,34 @@ def conj_object_products(backend: Backend, values: Any, obj: Any, win: Windows,
 
 
 def shifted_probe_terms(backend: Backend, values: Any, obj: Any, win: Windows,
-                        ramps: tuple[Any, Any], runs: np.ndarray | None = None) -> Any:
+                        ramps: tuple[Any, Any], runs: np.ndarray | None = None
+                        ) -> tuple[Any, Any]:
     """:func:`probe_terms` with each position's terms back-shifted by its sub-pixel ramps,
-    as a spectrum: the K + 1 channels ``Σ_j S_-j[conj(O_j) values_j]`` and
-    ``Σ_j S_-j[|O_j|²]`` in one :func:`unshift_sum` (``runs``: positions sharing a shift),
-    (K + 1, M, M) complex128 in Fourier space. Add the chunks' spectra, then
-    :func:`split_probe_terms`.
+    as spectra: ``Σ_j S_-j[conj(O_j) values_j]`` (K, M, M) and the half spectrum of the real
+    ``Σ_j S_-j[|O_j|²]`` (M, M//2 + 1), complex128 (``runs``: positions sharing a shift).
+    Add the chunks' spectra, then :func:`split_probe_terms`.
 
-    Positions (or runs) are transformed on their own in double precision, so the result does
-    not depend on how positions are grouped into chunks or tiles (packing two real
-    ``|O_j|²`` frames into one complex64 FFT halves their cost but makes each one's rounding
-    depend on its partner, which DM amplifies: 3 ranks then ended 4e-2 away from one rank).
+    Positions (or runs) are transformed on their own, runs in double precision, so the
+    result does not depend on how positions are grouped into chunks or tiles (packing two
+    real ``|O_j|²`` frames into one complex64 FFT halves their cost but makes each one's
+    rounding depend on its partner, which DM amplifies: 3 ranks then ended 4e-2 away from
+    one rank; ``rfft2`` halves it too, frame by frame).
     """
     both = conj_object_products(backend, values, obj, win, with_power=True, runs=runs)
     if runs is not None:
         first = backend.xp.asarray(runs)
         ramps = ramps[0][first], ramps[1][first]
-    return unshift_sum(backend, both, ramps, spectrum=True, overwrite=True)
+    k = values.shape[1]
+    power = both[:, k].real
+    num = unshift_sum(backend, both[:, :k], ramps, spectrum=True, overwrite=True)
+    return num, unshift_sum(backend, power[:, None], ramps, spectrum=True, real=True)[0]
 
 
-def split_probe_terms(backend: Backend, spectrum: Any) -> tuple[Any, Any]:
-    """``(Σ_j S_-j[conj(O_j) values_j], Re Σ_j S_-j[|O_j|²])`` from the summed spectra of
-    :func:`shifted_probe_terms`: (K, M, M) and (M, M)."""
-    both = backend.ifft2(spectrum, overwrite=True)
-    return both[:-1], both[-1].real
+def split_probe_terms(backend: Backend, spectra: tuple[Any, Any]) -> tuple[Any, Any]:
+    """``(Σ_j S_-j[conj(O_j) values_j], Σ_j S_-j[|O_j|²])`` from the summed spectra of
+    :func:`shifted_probe_terms`: (K, M, M) complex and (M, M) real."""
+    num, den = spectra
+    return backend.ifft2(num, overwrite=True), backend.irfft2(den, num.shape[-2:])
 
 
 def lsqml_object_terms(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any,

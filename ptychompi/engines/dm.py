@@ -161,7 +161,8 @@ class DifferenceMap(Engine):
 
         terms = self.map_chunks(probe_sums, n)
         if self.use_subpixel:  # the chunks' spectra, added, need one inverse FFT
-            pnum, pden = split_probe_terms(be, self.chunk_sum(terms))
+            pnum, pden = split_probe_terms(be, (self.chunk_sum([t[0] for t in terms]),
+                                                self.chunk_sum([t[1] for t in terms])))
         else:
             pnum = self.chunk_sum([t[0] for t in terms])
             pden = self.chunk_sum([t[1] for t in terms])

@@ -263,22 +263,31 @@ def test_epie_update(rng, modes, grad):
 
 
 @pytest.mark.parametrize("modes", [1, 2])
-def test_shifted_probe_terms(rng, modes):
-    """The back-shifted probe sums equal the plain numpy K + 1 channel computation."""
+@pytest.mark.parametrize("runs", [None, np.array([0, 2, 3])])
+def test_shifted_probe_terms(rng, modes, runs):
+    """The back-shifted probe sums equal the plain numpy computation: the numerator with
+    the complex FFT, the real denominator with rfft2 (both per position, or per run of
+    positions sharing a shift)."""
     b = 5
     values, obj = rand_complex(rng, (b, modes, M, M)), rand_complex(rng, (H, W))
     rows, cols = corners(rng, b)
-    ramps = physics.subpixel_ramps(CPU, rng.random((b, 2)), M)
+    fractions = rng.random((b, 2))
+    if runs is not None:
+        fractions[1], fractions[4] = fractions[0], fractions[3]  # runs share their shift
+    ramps = physics.subpixel_ramps(CPU, fractions, M)
     win = windows(obj, rows, cols)
-    both = np.concatenate([win.conj()[:, None] * values,
-                           (np.abs(win) ** 2)[:, None].astype(np.complex64)], 1)
-    spec = np.fft.fft2(both, norm="ortho")
-    spec = spec * ramps[0].conj()[:, None, :, None] * ramps[1].conj()[:, None, None, :]
-    expected = np.fft.ifft2(spec.sum(axis=0, dtype=np.complex128), norm="ortho")
-    spectrum = physics.shifted_probe_terms(CPU, values, obj, physics.Windows(rows, cols), ramps)
-    pnum, pden = physics.split_probe_terms(CPU, spectrum)
-    close(pnum, expected[:-1])
-    close(pden, expected[-1].real)
+    num_terms, power = win.conj()[:, None] * values, np.abs(win) ** 2
+    rr, rc = ramps[0].conj(), ramps[1].conj()
+    spec = np.fft.fft2(num_terms, norm="ortho") * rr[:, None, :, None] * rc[:, None, None, :]
+    expected_num = np.fft.ifft2(spec.sum(axis=0, dtype=np.complex128), norm="ortho")
+    half = np.fft.rfft2(power, norm="ortho") * rr[:, :, None] * rc[:, None, :M // 2 + 1]
+    expected_den = np.fft.irfft2(half.sum(axis=0, dtype=np.complex128), s=(M, M),
+                                 norm="ortho")
+    spectra = physics.shifted_probe_terms(CPU, values, obj, physics.Windows(rows, cols), ramps,
+                                          runs)
+    pnum, pden = physics.split_probe_terms(CPU, spectra)
+    close(pnum, expected_num)
+    close(pden, expected_den)
 
 
 def test_kernels_compile_without_a_writable_cache(monkeypatch):
