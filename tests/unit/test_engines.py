@@ -212,3 +212,16 @@ def test_dm_shared_shifts_equal_per_position_shifts(monkeypatch):
     assert np.abs(grouped.object - single.object).max() <= 1e-4 * scale
     assert np.abs(grouped.probe - single.probe).max() <= 1e-4 * np.abs(single.probe).max()
     assert np.allclose(grouped.metrics["error"], single.metrics["error"], rtol=1e-4)
+
+
+def test_permute_frames_in_place_equals_fancy_indexing():
+    """DM reorders its tile's frames in place (one frame of extra memory); every cycle of the
+    permutation lands where ``frames[order]`` puts it."""
+    from ptychompi.engines.base import permute_frames  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    frames = rng.random((50, 4, 4)).astype(np.float32)
+    for order in (rng.permutation(50), np.arange(50), np.r_[1:50, 0]):
+        moved = frames.copy()
+        permute_frames(moved, order)
+        assert np.array_equal(moved, frames[order])
