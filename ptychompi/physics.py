@@ -126,20 +126,20 @@ def subpixel_grid(positions: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndar
     """Split positions (n, 2) into integer corners (n, 2), a table of sub-pixel fractions
     (G, 2) and each position's row in that table (n,).
 
-    ``bins > 0`` rounds each fraction to a multiple of ``1/bins`` px: the table is the
-    ``(bins + 1)²`` possible fractions and positions with the same fraction share a row, so a
-    shifted probe or a back-shift can serve all of them. The corners stay ``floor(position)``
-    (a fraction may round up to a whole pixel, a one-pixel Fourier shift), so every window
-    stays inside the tile. ``bins == 0`` keeps positions exact (one row each).
+    ``bins > 0`` rounds each fraction to a multiple of ``1/bins`` px: the table holds the
+    distinct rounded fractions (sorted) and positions with the same fraction share a row, so
+    a shifted probe or a back-shift can serve all of them. The corners stay
+    ``floor(position)`` (a fraction may round up to a whole pixel, a one-pixel Fourier
+    shift), so every window stays inside the tile. ``bins == 0`` keeps positions exact (one
+    row each).
     """
     pos = np.asarray(positions, np.float64).reshape(-1, 2)
     top = np.floor(pos).astype(np.int64)
-    if bins <= 0:
+    if bins <= 0 or not len(pos):
         return top, pos - top, np.arange(len(pos), dtype=np.int64)
     rest = np.round((pos - top) * bins).astype(np.int64)  # 0 ... bins
-    grid = np.arange(bins + 1, dtype=np.float64) / bins
-    table = np.stack(np.meshgrid(grid, grid, indexing="ij"), axis=-1).reshape(-1, 2)
-    return top, table, rest[:, 0] * (bins + 1) + rest[:, 1]
+    steps, ids = np.unique(rest, axis=0, return_inverse=True)
+    return top, steps / bins, ids.reshape(-1)
 
 
 def runs_of(ids: np.ndarray) -> np.ndarray:

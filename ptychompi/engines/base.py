@@ -119,7 +119,7 @@ class Engine:
         top, table, ramp_id = subpixel_grid(data.positions,
                                             cfg.subpixel_bins if cfg.subpixel else 0)
         order = self._visit_order(ramp_id)
-        if order is not None:
+        if order is not None and np.any(order != np.arange(len(order))):
             data, top, ramp_id = permute_tile(backend, data, order), top[order], ramp_id[order]
         self.data = data
         self.rows, self.cols = top[:, 0], top[:, 1]

@@ -189,6 +189,8 @@ def test_subpixel_grid_rounds_fractions_and_keeps_corners():
     assert np.abs(top + table[ids] - pos).max() <= 1 / 32
     assert ids[0] == ids[3]  # both (0, 1): within 1/32 px of a whole pixel on the right
     assert np.array_equal(table[ids[0]], [0.0, 1.0])
+    assert len(table) == 3  # only the fractions in use: any bins costs O(positions)
+    assert len(subpixel_grid(pos, 10**6)[1]) == len(pos)
     exact_top, fractions, exact_ids = subpixel_grid(pos, 0)
     assert np.array_equal(exact_top + fractions, pos) and len(set(exact_ids)) == len(pos)
 
