@@ -218,21 +218,22 @@ def object_terms(values: np.ndarray, probes: np.ndarray, probe_of: np.ndarray,
 
 
 @_jit(_JIT)
-def lsqml_object_terms(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.ndarray,
-                       rows: np.ndarray, cols: np.ndarray, num: np.ndarray, den: np.ndarray,
+def lsqml_object_terms(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray,
+                       probe_of: np.ndarray, obj: np.ndarray, rows: np.ndarray,
+                       cols: np.ndarray, num: np.ndarray, den: np.ndarray,
                        pnum: np.ndarray) -> None:
     """LSQML's exit-wave update and its sums: ``chi -= psi`` in place, then the object
     numerator ``num += Σ_k chi_k conj(P_k)``, the illumination ``den += Σ_k |P_k|²`` (both
-    scatter-added) and, when ``pnum`` has K modes, ``pnum[k] += Σ_j chi_jk conj(O_j)``.
+    scatter-added) and, when ``pnum`` has K modes, ``pnum[k] += Σ_j chi_jk conj(O_j)``;
+    position j's probe is ``probes[probe_of[j]]``.
 
     Replaces ``chi -= psi``, the two ``scatter_add`` calls of :func:`object_terms` and
     ``(chi * extract(obj).conj()[:, None]).sum(0, dtype=complex128)``.
     """
     b, kk, m0, m1 = chi.shape
-    shared = probes.shape[0] == 1
     with_probe = pnum.shape[0] == kk
     for j in range(b):
-        pj = 0 if shared else j
+        pj = probe_of[j]
         r, c = rows[j], cols[j]
         for y in range(m0):
             orow = obj[r + y, c:c + m1]
@@ -344,9 +345,9 @@ def ramp_sum(spec: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
 
 # --------------------------------------------------------------------------- LSQML steps
 @_jit(_JIT_SUMS)
-def lsqml_step_terms(chi: np.ndarray, probes: np.ndarray, obj: np.ndarray, d_obj: np.ndarray,
-                     d_probe: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                     out: np.ndarray) -> None:
+def lsqml_step_terms(chi: np.ndarray, probes: np.ndarray, probe_of: np.ndarray,
+                     obj: np.ndarray, d_obj: np.ndarray, d_probe: np.ndarray,
+                     rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
     """Per-position sums of LSQML's 2x2 step-length system, in double precision.
 
     With ``dop = ΔO_j · P_j`` and ``dpo = ΔP · O_j``: ``out[j] = (Re⟨dop, dop⟩,
@@ -355,10 +356,9 @@ def lsqml_step_terms(chi: np.ndarray, probes: np.ndarray, obj: np.ndarray, d_obj
     their (B, K, M, M) temporaries ``extract(d_obj)[:, None] * probes``, ``d_probe * obj``.
     """
     b, kk, m0, m1 = chi.shape
-    shared = probes.shape[0] == 1
     with_probe = d_probe.shape[0] == kk
     for j in range(b):
-        pj = 0 if shared else j
+        pj = probe_of[j]
         r, c = rows[j], cols[j]
         s0 = s1 = s2 = s3 = s4 = 0.0
         for y in range(m0):

@@ -187,6 +187,15 @@ def run_sums(backend: Backend, values: Any, runs: np.ndarray) -> Any:
     return (member @ flat).reshape(len(runs), *values.shape[1:])
 
 
+def run_ramps(backend: Backend, ramps: tuple[Any, Any], runs: np.ndarray | None
+              ) -> tuple[Any, Any]:
+    """The ramps of each run's first position (all of them without runs)."""
+    if runs is None:
+        return ramps
+    first = backend.xp.asarray(runs)
+    return ramps[0][first], ramps[1][first]
+
+
 def unshift_sum(backend: Backend, values: Any, ramps: tuple[Any, Any] | None,
                 spectrum: bool = False, overwrite: bool = False, real: bool = False) -> Any:
     """Σ_j shift_{-f_j}(values_j) over the batch axis: (B, K, M, M) -> (K, M, M).
@@ -437,9 +446,7 @@ def shifted_probe_terms(backend: Backend, values: Any, obj: Any, win: Windows,
     one rank; ``rfft2`` halves it too, frame by frame).
     """
     both = conj_object_products(backend, values, obj, win, with_power=True, runs=runs)
-    if runs is not None:
-        first = backend.xp.asarray(runs)
-        ramps = ramps[0][first], ramps[1][first]
+    ramps = run_ramps(backend, ramps, runs)
     k = values.shape[1]
     power = both[:, k].real
     num = unshift_sum(backend, both[:, :k], ramps, spectrum=True, overwrite=True)
@@ -454,29 +461,33 @@ def split_probe_terms(backend: Backend, spectra: tuple[Any, Any]) -> tuple[Any, 
 
 
 def lsqml_object_terms(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any,
-                       win: Windows, num: Any, den: Any, with_probe: bool) -> Any:
+                       win: Windows, num: Any, den: Any, with_probe: bool,
+                       probe_of: Any = None) -> Any:
     """LSQML: ``chi -= psi`` in place, then :func:`object_terms` of ``chi`` and, when
     ``with_probe``, the unshifted probe direction ``Σ_j chi_j conj(O_j)`` (complex128,
-    returned; else None). CPU: one fused kernel."""
+    returned; else None); probes as in :func:`exit_waves`. CPU: one fused kernel."""
     if backend.is_gpu or not chi.flags.c_contiguous:
         chi -= psi
-        object_terms(backend, chi, probes, win, num, den)
+        object_terms(backend, chi, probes, win, num, den, probe_of)
         if not with_probe:
             return None
         return conj_object_products(backend, chi, obj, win).sum(axis=0, dtype=np.complex128)
     pnum = np.zeros(chi.shape[1:] if with_probe else (0, 0, 0), dtype=np.complex128)
-    cpu_kernels.lsqml_object_terms(chi, _c(psi), _c(probes), _c(obj), win.rows, win.cols,
-                                   num, den, pnum)
+    cpu_kernels.lsqml_object_terms(chi, _c(psi), _c(probes),
+                                   _probe_index(probes, len(win), probe_of), _c(obj), win.rows,
+                                   win.cols, num, den, pnum)
     return pnum if with_probe else None
 
 
 def lsqml_step_terms(backend: Backend, chi: Any, probes: Any, obj: Any, d_obj: Any,
-                     d_probe: Any | None, win: Windows) -> list[Any]:
+                     d_probe: Any | None, win: Windows, probe_of: Any = None) -> list[Any]:
     """Per-position sums of LSQML's step-length system (float64, each (B,)):
     ``Re⟨dop, dop⟩, Re⟨dop, χ⟩`` and, with ``d_probe``, ``Re⟨dpo, dpo⟩, Re⟨dop, dpo⟩,
-    Re⟨dpo, χ⟩`` where ``dop = ΔO_j P_j`` and ``dpo = ΔP O_j``."""
+    Re⟨dpo, χ⟩`` where ``dop = ΔO_j P_j`` and ``dpo = ΔP O_j`` (probes as in
+    :func:`exit_waves`)."""
     if backend.is_gpu:
         xp = backend.xp
+        probes = probes if probe_of is None else probes[probe_of]
         dop = extract(backend, d_obj, win.index)[:, None] * probes
         terms = [re_inner(backend, dop, dop), re_inner(backend, dop, chi)]
         if d_probe is not None:
@@ -486,8 +497,8 @@ def lsqml_step_terms(backend: Backend, chi: Any, probes: Any, obj: Any, d_obj: A
         return [xp.asarray(v, dtype=np.float64) for v in terms]
     dp = _c(d_probe) if d_probe is not None else np.zeros((0, 0, 0), dtype=chi.dtype)
     out = np.zeros((len(win), 5), dtype=np.float64)
-    cpu_kernels.lsqml_step_terms(_c(chi), _c(probes), _c(obj), _c(d_obj), dp, win.rows,
-                                 win.cols, out)
+    cpu_kernels.lsqml_step_terms(_c(chi), _c(probes), _probe_index(probes, len(win), probe_of),
+                                 _c(obj), _c(d_obj), dp, win.rows, win.cols, out)
     return list(out[:, :5 if d_probe is not None else 2].T)
 
 

@@ -20,6 +20,7 @@ from ..physics import (
     lsqml_step_terms,
     model_intensity,
     modulus_project,
+    run_ramps,
     unshift_sum,
 )
 from .base import Engine
@@ -52,14 +53,44 @@ class LSQML(Engine):
         self.n_batches = max(1, -(-n_global // size))
         self._lookup = np.full(n_global, -1, dtype=np.int64)
         self._lookup[self.data.indices] = np.arange(len(self.data.indices))
+        self._shift_of = self._global_shifts()
+
+    def _global_shifts(self) -> np.ndarray | None:
+        """Every frame's rounded sub-pixel shift as one integer, the same on every rank (one
+        allgather at the start), or None when positions are exact or whole."""
+        bins = self.cfg.subpixel_bins
+        if not self.use_subpixel or bins <= 0:
+            return None
+        steps = np.rint(self.fractions * bins).astype(np.int64)
+        key = steps[:, 0] * (bins + 1) + steps[:, 1]
+        pairs = self.exchange.allgather(np.stack([self.data.indices, key], 1).reshape(-1))
+        pairs = pairs.reshape(-1, 2)
+        shift_of = np.zeros(self.data.n_global, dtype=np.int64)
+        shift_of[pairs[:, 0]] = pairs[:, 1]
+        return shift_of
 
     def _batches(self) -> list[np.ndarray]:
-        """This rank's local indices in each global sparse batch (same count on all ranks)."""
+        """This rank's local indices in each global sparse batch (same count on all ranks).
+
+        With rounded sub-pixel shifts the random order visits the shifts in a random order,
+        all frames of one shift together (in random order), before it is cut into batches:
+        a batch then holds a few whole groups of equal shift, spread over the scan like any
+        random subset, and shifts its probe and back-shifts its update once per group. Each
+        rank's members are sorted by shift, so the groups are runs (:meth:`Engine.runs`).
+        """
         perm = self.rng.permutation(self.data.n_global)
+        if self._shift_of is not None:
+            _, group = np.unique(self._shift_of[perm], return_inverse=True)
+            group_rank = self.rng.permutation(int(group.max()) + 1)
+            perm = perm[np.argsort(group_rank[group.reshape(-1)], kind="stable")]
         out = []
         for part in np.array_split(perm, self.n_batches):
             local = self._lookup[part]
-            out.append(np.sort(local[local >= 0]))
+            local = local[local >= 0]
+            if self._shift_of is None:
+                out.append(np.sort(local))
+            else:
+                out.append(local[np.lexsort((local, self.ramp_id[local]))])
         return out
 
     def _iterate(self) -> float:
@@ -115,18 +146,20 @@ class LSQML(Engine):
             part = batch[sl]
             win = self.windows(part)
             ramps = self.ramps(part)
-            probes = self.probes_at(part)
-            psi = exit_waves(be, probes, self.object, win)
+            probes, probe_of = self.probe_set(part)  # one per distinct shift
+            psi = exit_waves(be, probes, self.object, win, probe_of)
             target, err = self._exit_update(prop.forward(psi),
                                             self.data.amplitudes[xp.asarray(part)])
             chi = prop.backward(target, overwrite=True)
             # χ = Ψ' − ψ, the object sums and (unshifted) the probe direction in one pass
             d_probe = lsqml_object_terms(be, chi, psi, probes, self.object, win, nums[t],
-                                         illums[t], update_probe and ramps is None)
-            if update_probe and ramps is not None:
-                d_probe = unshift_sum(be, conj_object_products(be, chi, self.object, win),
-                                      ramps, spectrum=True, overwrite=True)
-            return probes, win, chi, err, d_probe
+                                         illums[t], update_probe and ramps is None, probe_of)
+            if update_probe and ramps is not None:  # one back-shift per run of equal shifts
+                runs = self.runs(part)
+                products = conj_object_products(be, chi, self.object, win, runs=runs)
+                d_probe = unshift_sum(be, products, run_ramps(be, ramps, runs), spectrum=True,
+                                      overwrite=True)
+            return (probes, probe_of), win, chi, err, d_probe
 
         parts = self.map_chunks(exit_part, nb, size) if nb else []
         err = float(sum(p[3] for p in parts))
@@ -156,9 +189,9 @@ class LSQML(Engine):
 
         # per-position step lengths: minimise ‖χ − α_O ΔO P − α_P ΔP O‖²
         def step_terms(_: int, sl: slice) -> list[Any]:
-            probes, win, chi = parts[sl.start // size][:3]
+            (probes, probe_of), win, chi = parts[sl.start // size][:3]
             return lsqml_step_terms(be, chi, probes, self.object, d_obj,
-                                    d_probe if update_probe else None, win)
+                                    d_probe if update_probe else None, win, probe_of)
 
         if nb:
             cols_ = list(zip(*self.map_chunks(step_terms, nb, size), strict=True))

@@ -134,19 +134,21 @@ def test_object_terms(rng, modes, sharing):
 
 @pytest.mark.parametrize("modes", [1, 2])
 @pytest.mark.parametrize("with_probe", [True, False])
-def test_lsqml_object_terms(rng, modes, with_probe):
+@pytest.mark.parametrize("sharing", ["one", "groups"])
+def test_lsqml_object_terms(rng, modes, with_probe, sharing):
+    count, probe_of = probe_rows(rng, sharing)
     chi, psi = rand_complex(rng, (B, modes, M, M)), rand_complex(rng, (B, modes, M, M))
-    probes, obj = rand_complex(rng, (1, modes, M, M)), rand_complex(rng, (H, W))
+    probes, obj = rand_complex(rng, (count, modes, M, M)), rand_complex(rng, (H, W))
     rows, cols = corners(rng)
     expected_chi = chi - psi
     num, den = np.zeros((H, W), np.complex128), np.zeros((H, W), np.float64)
     pnum = np.zeros((modes, M, M) if with_probe else (0, 0, 0), np.complex128)
-    ck.lsqml_object_terms(chi, psi, probes, obj, rows, cols, num, den, pnum)
+    ck.lsqml_object_terms(chi, psi, probes, probe_of, obj, rows, cols, num, den, pnum)
     close(chi, expected_chi)
     num_ref, den_ref = np.zeros_like(num), np.zeros_like(den)
-    physics.scatter_add(CPU, num_ref, (expected_chi * probes.conj()).sum(axis=1), rows, cols)
-    physics.scatter_add(CPU, den_ref, np.broadcast_to((np.abs(probes) ** 2).sum(axis=1),
-                                                      (B, M, M)), rows, cols)
+    mine = probes[probe_of]
+    physics.scatter_add(CPU, num_ref, (expected_chi * mine.conj()).sum(axis=1), rows, cols)
+    physics.scatter_add(CPU, den_ref, (np.abs(mine) ** 2).sum(axis=1), rows, cols)
     close(num, num_ref)
     close(den, den_ref)
     if with_probe:
@@ -196,15 +198,17 @@ def test_ramp_fill_and_sum(rng, modes):
 
 @pytest.mark.parametrize("modes", [1, 2])
 @pytest.mark.parametrize("with_probe", [True, False])
-def test_lsqml_step_terms(rng, modes, with_probe):
-    chi, probes = rand_complex(rng, (B, modes, M, M)), rand_complex(rng, (1, modes, M, M))
+@pytest.mark.parametrize("sharing", ["one", "groups"])
+def test_lsqml_step_terms(rng, modes, with_probe, sharing):
+    count, probe_of = probe_rows(rng, sharing)
+    chi, probes = rand_complex(rng, (B, modes, M, M)), rand_complex(rng, (count, modes, M, M))
     obj, d_obj = rand_complex(rng, (H, W)), rand_complex(rng, (H, W))
     d_probe = rand_complex(rng, (modes, M, M))
     rows, cols = corners(rng)
     out = np.zeros((B, 5))
-    ck.lsqml_step_terms(chi, probes, obj, d_obj, d_probe if with_probe else
+    ck.lsqml_step_terms(chi, probes, probe_of, obj, d_obj, d_probe if with_probe else
                         np.zeros((0, 0, 0), np.complex64), rows, cols, out)
-    dop = windows(d_obj, rows, cols)[:, None] * probes
+    dop = windows(d_obj, rows, cols)[:, None] * probes[probe_of]
     dpo = d_probe[None] * windows(obj, rows, cols)[:, None]
 
     def re_dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -227,3 +227,27 @@ def test_permute_frames_in_place_equals_fancy_indexing():
         moved = frames.copy()
         permute_frames(moved, order)
         assert np.array_equal(moved, frames[order])
+
+
+def test_lsqml_batches_hold_whole_groups_of_equal_shift(monkeypatch):
+    """LSQML's sparse batches are cut from an order that keeps frames of equal (rounded)
+    shift together, so a batch shifts its probe once per group; back-shifting per run of
+    equal shifts (double precision) follows back-shifting every frame on its own."""
+    from ptychompi.engines.lsqml import LSQML  # noqa: PLC0415
+
+    sim = simulate(frame=32, grid=8, step_px=5, probe_diameter_px=10, photons=1e5, seed=4)
+    cfg = config("lsqml", 6, sim, probe_update_start=1, subpixel_bins=2)
+    engine = Reconstruction(cfg, scan=as_scan(sim)).engine  # only to look at its batches
+    batches = engine._batches()
+    pairs = sum(len(np.unique(engine.ramp_id[b])) for b in batches)
+    groups = len(np.unique(engine.ramp_id))
+    assert groups > 4 and len(batches) > 4
+    assert pairs <= len(batches) + groups - 1  # each group is one stretch of the order
+    assert sorted(np.concatenate(batches)) == list(range(len(engine.rows)))
+    grouped = Reconstruction(cfg, scan=as_scan(sim))
+    grouped.run()
+    monkeypatch.setattr(LSQML, "runs", lambda self, sel: None)
+    single = Reconstruction(cfg, scan=as_scan(sim))
+    single.run()
+    assert np.abs(grouped.object - single.object).max() <= 1e-4 * np.abs(single.object).max()
+    assert np.abs(grouped.probe - single.probe).max() <= 1e-4 * np.abs(single.probe).max()
