@@ -251,3 +251,25 @@ def test_lsqml_batches_hold_whole_groups_of_equal_shift(monkeypatch):
     single.run()
     assert np.abs(grouped.object - single.object).max() <= 1e-4 * np.abs(single.object).max()
     assert np.abs(grouped.probe - single.probe).max() <= 1e-4 * np.abs(single.probe).max()
+
+
+@pytest.mark.parametrize("failing_chunk", [0, 1])
+def test_map_chunks_orders_results_and_raises_a_chunks_error(failing_chunk):
+    """Chunks are spread over the calling thread and the pool (thread t takes chunks t,
+    t + T, ...), results come back in chunk order, and an error in any chunk (the caller's
+    or a worker's) reaches the caller."""
+    from ptychompi.backend import Backend  # noqa: PLC0415
+    from ptychompi.engines.base import Engine  # noqa: PLC0415
+
+    engine = Engine.__new__(Engine)
+    engine.backend, engine._pool, engine.chunk_size = Backend(np, "cpu", None, 2), None, 3
+    out = engine.map_chunks(lambda t, sl: (t, sl.start), 10)
+    assert out == [(0, 0), (1, 3), (0, 6), (1, 9)]
+
+    def fail(t: int, sl: slice) -> None:
+        if sl.start == 3 * failing_chunk:
+            raise ValueError("chunk failed")
+
+    with pytest.raises(ValueError, match="chunk failed"):
+        engine.map_chunks(fail, 10)
+    engine.close()
