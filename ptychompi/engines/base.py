@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,38 +54,6 @@ class TileData:
         return int(self.amplitudes.shape[-1])
 
 
-def permute_tile(backend: Backend, data: TileData, order: np.ndarray) -> TileData:
-    """``data`` with its positions in ``order``; the frames are moved in place on a CPU (one
-    frame of extra memory, whatever the tile's size)."""
-    amplitudes = data.amplitudes
-    if backend.is_gpu:
-        amplitudes = amplitudes[backend.xp.asarray(order)]
-    else:
-        permute_frames(amplitudes, order)
-    return replace(data, amplitudes=amplitudes, positions=data.positions[order],
-                   indices=data.indices[order])
-
-
-def permute_frames(frames: np.ndarray, order: np.ndarray) -> None:
-    """``frames[:] = frames[order]`` in place, cycle by cycle through one frame buffer."""
-    done = np.zeros(len(order), dtype=bool)
-    buf = np.empty(frames.shape[1:], dtype=frames.dtype)
-    for start in range(len(order)):
-        if done[start] or order[start] == start:
-            done[start] = True
-            continue
-        buf[...] = frames[start]
-        i = start
-        while True:
-            done[i] = True
-            src = int(order[i])
-            if src == start:
-                frames[i] = buf
-                break
-            frames[i] = frames[src]
-            i = src
-
-
 @dataclass
 class Schedule:
     """When to exchange: object every ``share_frequency``, probe every
@@ -118,9 +86,6 @@ class Engine:
         frame = data.frame
         top, table, ramp_id = subpixel_grid(data.positions,
                                             cfg.subpixel_bins if cfg.subpixel else 0)
-        order = self._visit_order(ramp_id)
-        if order is not None and np.any(order != np.arange(len(order))):
-            data, top, ramp_id = permute_tile(backend, data, order), top[order], ramp_id[order]
         self.data = data
         self.rows, self.cols = top[:, 0], top[:, 1]
         self.ramp_id = ramp_id  # each position's row of the shift table
@@ -167,10 +132,6 @@ class Engine:
     def _device_sel(self, sel: Any) -> Any:
         """A position selection (slice or host index array) usable on the device."""
         return sel if isinstance(sel, slice) else self.backend.xp.asarray(sel)
-
-    def _visit_order(self, ramp_id: np.ndarray) -> np.ndarray | None:
-        """The order in which this engine keeps its positions (None: as given)."""
-        return None
 
     def ramps(self, sel: Any = slice(None)) -> tuple[Any, Any] | None:
         """Sub-pixel Fourier ramps (B, M) per axis of positions ``sel``, or None."""

@@ -27,6 +27,7 @@ from ..physics import (
     object_terms,
     probe_terms,
     shifted_probe_terms,
+    shifted_probes,
     split_probe_terms,
 )
 from .base import Engine
@@ -34,6 +35,7 @@ from .base import Engine
 REGULARISATION = 1e-3  # δ relative to the largest illumination / object power
 POISSON_FLOOR = 0.25  # E[(sqrt(I_measured) - sqrt(I))²] for photon counts
 PSI_CACHE_BYTES = 2 << 30  # keep sample-plane exit waves between object and probe updates
+PROBE_TABLE_BYTES = 1 << 30  # keep every distinct shifted probe of an iteration up to this
 BOUND_FRACTION = 0.15  # DM's bound: this fraction of the floor × fourier_relax (measured best)
 
 
@@ -43,6 +45,12 @@ class DifferenceMap(Engine):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._psi: Any = None  # sample-plane exit waves kept for the probe update
+        self._table: tuple[Any, Any] | None = None  # (probe, its shifted probes)
+        # the probe update visits positions sorted by sub-pixel shift, so that each chunk's
+        # positions of equal shift form runs back-shifted once; the other passes keep the
+        # scan's order, whose neighbouring windows share the tile's cache lines
+        shared = self.use_subpixel and self.cfg.subpixel_bins > 0
+        self._by_shift = np.argsort(self.ramp_id, kind="stable") if shared else None
         self._reset()
 
     def _reset(self) -> None:
@@ -51,53 +59,39 @@ class DifferenceMap(Engine):
         n, k, m = len(self.rows), self.probe.shape[0], self.data.frame
         self.waves = xp.empty((n, k, m, m), dtype=self.backend.complex_dtype)
         prop = self.data.propagator
-        probe_ft = self.backend.fft2(self.probe) if self.use_subpixel else None
-        self._shifted: tuple[Any, dict[int, Any]] | None = None
-        store = self._probe_store()
+        table, probe_ft = self._probe_table()
 
         def fill(_: int, sl: slice) -> None:
-            probes, probe_of = self._probes(sl, probe_ft, store)
+            probes, probe_of = self._probes(sl, table, probe_ft)
             phi = exit_waves(self.backend, probes, self.object, self.windows(sl), probe_of)
             self.waves[sl] = prop.forward(phi)
 
         self.map_chunks(fill, n)
-        self._keep_probes(store)
 
     # ------------------------------------------------------------------ shifted probes
-    def _visit_order(self, ramp_id: np.ndarray) -> np.ndarray | None:
-        """Positions sorted by their sub-pixel shift: a chunk's positions with one shift share
-        one shifted probe and one back-shift (DM updates all positions at once, so their
-        order does not matter otherwise)."""
-        if not self.cfg.subpixel or self.cfg.subpixel_bins <= 0:
-            return None
-        return np.argsort(ramp_id, kind="stable")
+    def _probe_table(self) -> tuple[Any, Any]:
+        """Every distinct sub-pixel-shifted probe (G, K, M, M) of the current probe, made once
+        per probe (a Fourier update and the next overlap projection share it), or None when
+        they would not fit (each chunk then shifts its own); and the probe's spectrum."""
+        if not self.use_subpixel:
+            return None, None
+        kept = self._table
+        if kept is not None and bool(self.backend.xp.array_equal(kept[0], self.probe)):
+            return kept[1], None
+        probe_ft = self.backend.fft2(self.probe)
+        if self._ramps[0].shape[0] * self.probe.nbytes > PROBE_TABLE_BYTES:
+            self._table = None
+            return None, probe_ft
+        table = shifted_probes(self.backend, probe_ft, self._ramps, self.probe)
+        self._table = (self.probe.copy(), table)
+        return table, None
 
-    def _probe_store(self) -> dict[int, Any] | None:
-        """Where a pass keeps its sub-pixel-shifted probes for the next overlap projection
-        (which uses the same probe), when they fit: one inverse FFT pass less per iteration."""
-        fits = self.waves.nbytes <= PSI_CACHE_BYTES
-        return {} if self.use_subpixel and fits else None
-
-    def _keep_probes(self, store: dict[int, Any] | None) -> None:
-        self._shifted = None if store is None else (self.probe.copy(), store)
-
-    def _kept_probes(self) -> dict[int, Any]:
-        """Shifted probes kept by the last pass, if they belong to the current probe."""
-        kept, self._shifted = self._shifted, None
-        if kept is None or not bool(self.backend.xp.array_equal(kept[0], self.probe)):
-            return {}
-        return kept[1]
-
-    def _probes(self, sl: slice, probe_ft: Any, store: dict[int, Any] | None = None,
-                kept: dict[int, Any] | None = None) -> tuple[Any, Any]:
-        """The distinct probes of chunk ``sl`` and each position's row in them
-        (:meth:`Engine.probe_set`): kept ones when there are, else shifted now (and stored)."""
-        if kept and sl.start in kept:
-            return kept[sl.start]
-        pair = self.probe_set(sl, probe_ft)
-        if store is not None:
-            store[sl.start] = pair
-        return pair
+    def _probes(self, sel: Any, table: Any, probe_ft: Any) -> tuple[Any, Any]:
+        """The probes of positions ``sel`` and each position's row in them: rows of the
+        table, else the chunk's own distinct shifted probes (:meth:`Engine.probe_set`)."""
+        if table is not None:
+            return table, self.backend.xp.asarray(self.ramp_id[sel])
+        return self.probe_set(sel, probe_ft)
 
     def _iterate(self) -> float:
         for _ in range(self.cfg.overlap_iterations):
@@ -122,8 +116,7 @@ class DifferenceMap(Engine):
     def _overlap_projection(self) -> None:
         be, xp = self.backend, self.backend.xp
         share_obj = self.schedule.share_object(self.iteration)
-        probe_ft = be.fft2(self.probe) if self.use_subpixel else None
-        kept_probes = self._kept_probes()
+        table, probe_ft = self._probe_table()
         # sums in double precision: their order (tiles, threads) then no longer matters, so n
         # ranks follow the one-rank trajectory even in complex64 (DM amplifies rounding)
         nums = self.accumulators(self.data.box_shape, np.complex128)
@@ -133,14 +126,12 @@ class DifferenceMap(Engine):
         # keep the exit waves for the probe update when they fit: one backward pass, not two
         keep = update_probe and self.waves.nbytes <= PSI_CACHE_BYTES
 
-        def object_sums(t: int, sl: slice) -> Any:
+        def object_sums(t: int, sl: slice) -> None:
             psi = self._exit_waves(sl, keep)
-            probes, probe_of = self._probes(sl, probe_ft, kept=kept_probes)
+            probes, probe_of = self._probes(sl, table, probe_ft)
             object_terms(be, psi, probes, self.windows(sl), nums[t], dens[t], probe_of)
-            return psi if keep else None
 
-        kept = self.map_chunks(object_sums, n)
-        kept_probes.clear()  # free them before the probe update
+        self.map_chunks(object_sums, n)
         num, den = self.reduce((nums, np.complex128), (dens, np.float64))
         if share_obj:
             self.exchange.halo_sum(num, den)
@@ -150,14 +141,15 @@ class DifferenceMap(Engine):
 
         if not update_probe:
             return
-        chunk_of = {sl.start: i for i, sl in enumerate(self.chunks(n))}
+        order = self._by_shift
 
         def probe_sums(_: int, sl: slice) -> Any:
-            psi = kept[chunk_of[sl.start]] if keep else self._exit_waves(sl)
+            sel = sl if order is None else order[sl]
+            psi = self._psi[sel] if keep else self._exit_waves(sel)
             if not self.use_subpixel:
-                return probe_terms(be, psi, self.object, self.windows(sl))
-            return shifted_probe_terms(be, psi, self.object, self.windows(sl), self.ramps(sl),
-                                       self.runs(sl))
+                return probe_terms(be, psi, self.object, self.windows(sel))
+            return shifted_probe_terms(be, psi, self.object, self.windows(sel),
+                                       self.ramps(sel), self.runs(sel))
 
         terms = self.map_chunks(probe_sums, n)
         if self.use_subpixel:  # the chunks' spectra, added, need one inverse FFT
@@ -185,11 +177,10 @@ class DifferenceMap(Engine):
         prop = self.data.propagator
         refine = self.refining
         bound = POISSON_FLOOR * BOUND_FRACTION * self.cfg.fourier_relax
-        probe_ft = be.fft2(self.probe) if self.use_subpixel else None
-        store = self._probe_store()
+        table, probe_ft = self._probe_table()
 
         def update(_: int, sl: slice) -> float:
-            probes, probe_of = self._probes(sl, probe_ft, store)
+            probes, probe_of = self._probes(sl, table, probe_ft)
             phi = exit_waves(be, probes, self.object, self.windows(sl), probe_of)
             model = prop.forward(phi)
             waves = self.waves[sl]
@@ -199,14 +190,11 @@ class DifferenceMap(Engine):
                 return batch_err
             return dm_fourier_update(be, model, waves, self.data.amplitudes[sl], bound)
 
-        err = float(sum(self.map_chunks(update, len(self.rows))))
-        self._keep_probes(store)
-        return err
+        return float(sum(self.map_chunks(update, len(self.rows))))
 
     def _extra_state(self) -> dict[str, Any]:
         return {"waves": self.waves}
 
     def _restore_extra(self, state: dict[str, np.ndarray]) -> None:
         self.waves = self.backend.xp.asarray(state["waves"], dtype=self.backend.complex_dtype)
-        self._shifted = None
 

@@ -196,16 +196,19 @@ def test_subpixel_grid_rounds_fractions_and_keeps_corners():
 
 
 def test_dm_shared_shifts_equal_per_position_shifts(monkeypatch):
-    """DM sorted by shift (one shifted probe and one double-precision back-shift per run of
-    equal shifts) follows DM that shifts every position on its own (same rounded
-    positions), to float32 rounding."""
+    """DM's probe update visits positions sorted by shift (one double-precision back-shift
+    per run of equal shifts, one shifted probe per shift) and follows DM that back-shifts
+    every position on its own (same rounded positions), to float32 rounding."""
     from ptychompi.engines.dm import DifferenceMap  # noqa: PLC0415
 
     sim = simulate(frame=32, grid=8, step_px=5, probe_diameter_px=10, photons=1e5, seed=4)
     cfg = config("dm", 8, sim, probe_update_start=1, subpixel_bins=2)  # many shared shifts
     grouped = Reconstruction(cfg, scan=as_scan(sim))
-    runs = [grouped.engine.runs(sl) for sl in grouped.engine.chunks(len(grouped.engine.rows))]
-    assert sum(len(r) for r in runs if r is not None) < 0.5 * len(grouped.engine.rows)
+    engine = grouped.engine
+    order = engine._by_shift
+    runs = [engine.runs(order[sl]) for sl in engine.chunks(len(engine.rows))]
+    assert sum(len(r) for r in runs) < 0.5 * len(engine.rows)
+    assert len(engine._probe_table()[0]) == len(np.unique(engine.ramp_id)) < len(engine.rows)
     grouped.run()
     monkeypatch.setattr(DifferenceMap, "runs", lambda self, sel: None)
     single = Reconstruction(cfg, scan=as_scan(sim))
@@ -214,19 +217,6 @@ def test_dm_shared_shifts_equal_per_position_shifts(monkeypatch):
     assert np.abs(grouped.object - single.object).max() <= 1e-4 * scale
     assert np.abs(grouped.probe - single.probe).max() <= 1e-4 * np.abs(single.probe).max()
     assert np.allclose(grouped.metrics["error"], single.metrics["error"], rtol=1e-4)
-
-
-def test_permute_frames_in_place_equals_fancy_indexing():
-    """DM reorders its tile's frames in place (one frame of extra memory); every cycle of the
-    permutation lands where ``frames[order]`` puts it."""
-    from ptychompi.engines.base import permute_frames  # noqa: PLC0415
-
-    rng = np.random.default_rng(3)
-    frames = rng.random((50, 4, 4)).astype(np.float32)
-    for order in (rng.permutation(50), np.arange(50), np.r_[1:50, 0]):
-        moved = frames.copy()
-        permute_frames(moved, order)
-        assert np.array_equal(moved, frames[order])
 
 
 def test_lsqml_batches_hold_whole_groups_of_equal_shift(monkeypatch):
