@@ -98,12 +98,12 @@ class DifferenceMap(Engine):
             self._overlap_projection()
         return self._fourier_update()
 
-    def _exit_waves(self, sl: slice, keep: bool = False) -> Any:
-        """Sample-plane exit waves of chunk ``sl``; with ``keep`` in the engine's exit-wave
-        buffer (allocated once: 100 MB of fresh pages per iteration would cost as much time
-        in page faults as half the inverse FFTs)."""
+    def _exit_waves(self, sl: Any, keep: bool = False) -> Any:
+        """Sample-plane exit waves of positions ``sl``; with ``keep`` (a chunk) in the
+        engine's exit-wave buffer (allocated once: 100 MB of fresh pages per iteration would
+        cost as much time in page faults as half the inverse FFTs)."""
         if not keep:
-            return self.data.propagator.backward(self.waves[sl])
+            return self.data.propagator.backward(self.waves[self._device_sel(sl)])
         if self._psi is None or self._psi.shape != self.waves.shape:
             self._psi = self.backend.xp.empty_like(self.waves)
         psi = self._psi[sl]
@@ -145,7 +145,7 @@ class DifferenceMap(Engine):
 
         def probe_sums(_: int, sl: slice) -> Any:
             sel = sl if order is None else order[sl]
-            psi = self._psi[sel] if keep else self._exit_waves(sel)
+            psi = self._psi[self._device_sel(sel)] if keep else self._exit_waves(sel)
             if not self.use_subpixel:
                 return probe_terms(be, psi, self.object, self.windows(sel))
             return shifted_probe_terms(be, psi, self.object, self.windows(sel),
