@@ -8,7 +8,7 @@ inverse FFT of all K·N frames (same backend and workers, complex64), measured r
 the engine in the same process.
 
     python benchmarks/engines.py --sizes 30x128 --engines epie,dm,lsqml --subpixel both \
-        --json engines.json
+        --rounds 3 --json engines.json
 """
 
 from __future__ import annotations
@@ -87,6 +87,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> str:
+    """Median (range) of s/iteration and of the ratio to the floor over the rounds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["size"], r["engine"], r["subpixel"]), []).append(r)
+    head = f"{'size':>9} {'engine':>6} {'subpx':>5} {'s/iter median (range)':>24} " \
+           f"{'x floor median (range)':>24}"
+    lines = [head, "-" * len(head)]
+    for (size, engine, sub), group in groups.items():
+        sec = [r["seconds_per_iteration"] for r in group]
+        ratio = [r["ratio_to_floor"] for r in group]
+        lines.append(f"{size:>9} {engine:>6} {'on' if sub else 'off':>5} "
+                     f"{common.median(sec):8.3f} ({min(sec):.3f}-{max(sec):.3f}) "
+                     f"{common.median(ratio):8.2f} ({min(ratio):.2f}-{max(ratio):.2f})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="30x128", help="GRIDxFRAME list, e.g. 30x128,20x256")
@@ -99,11 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subpixel", default="on", choices=("on", "off", "both"))
     ap.add_argument("--subpixel-bins", type=int, default=None,
                     help="algorithm.subpixel_bins (default: the config's)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every engine this many times, interleaved (noisy hosts); "
+                         "the summary gives the median and range of each")
     ap.add_argument("--floor-reps", type=int, default=5)
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args(argv)
-    if args.iterations < 1 or args.warmup < 0:
-        ap.error("--iterations must be >= 1 and --warmup >= 0")
+    if args.iterations < 1 or args.warmup < 0 or args.rounds < 1:
+        ap.error("--iterations and --rounds must be >= 1 and --warmup >= 0")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.subpixel]
     rows = []
@@ -113,15 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {grid}x{grid} scan of {frame}^2 frames simulated in "
               f"{time.perf_counter() - t0:.1f} s (object {info['object_shape']})",
               file=sys.stderr, flush=True)
-        for engine in engines:
-            for sub in modes:
-                row = run_engine(scan, probe_m, engine, sub, args)
-                row["size"] = f"{grid}x{frame}"
-                row["object_shape"] = info["object_shape"]
-                rows.append(row)
-                print(f"# {engine} subpixel={sub}: {row['seconds_per_iteration']:.3f} s/it, "
-                      f"{row['ratio_to_floor']:.2f}x floor", file=sys.stderr, flush=True)
+        for rnd in range(args.rounds):
+            for engine in engines:
+                for sub in modes:
+                    row = run_engine(scan, probe_m, engine, sub, args)
+                    row["size"] = f"{grid}x{frame}"
+                    row["object_shape"] = info["object_shape"]
+                    row["round"] = rnd
+                    rows.append(row)
+                    print(f"# {engine} subpixel={sub}: {row['seconds_per_iteration']:.3f} "
+                          f"s/it, {row['ratio_to_floor']:.2f}x floor", file=sys.stderr,
+                          flush=True)
     print(table(rows))
+    if args.rounds > 1:
+        print(summary(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": common.machine(), "device": args.device,

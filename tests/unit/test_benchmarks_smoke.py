@@ -47,3 +47,14 @@ def test_io_benchmark_reads_every_compression(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert [r["compression"] for r in rows] == ["none", "lz4", "bitshuffle", "zlib"]
     assert all(r["frames_per_second"] > 0 and r["bytes_on_disk"] > 0 for r in rows)
+
+
+def test_engines_benchmark_rounds_give_a_median_summary(tmp_path: Path) -> None:
+    out = tmp_path / "rounds.json"
+    proc = _run([str(BENCH / "engines.py"), "--sizes", "4x32", "--iterations", "1",
+                 "--warmup", "0", "--engines", "dm", "--rounds", "2", "--subpixel-bins", "8",
+                 "--json", str(out)], tmp_path)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["round"] for r in rows] == [0, 1]
+    assert all(r["subpixel_bins"] == 8 for r in rows)
+    assert "x floor median (range)" in proc.stdout
