@@ -148,6 +148,11 @@ def runs_of(ids: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, int)
 
 
+def run_index(runs: np.ndarray, n: int) -> np.ndarray:
+    """Each of ``n`` positions' run, from the runs' start offsets (:func:`runs_of`)."""
+    return np.repeat(np.arange(len(runs)), np.diff([*runs, n]))
+
+
 def subpixel_ramps(backend: Backend, fractions: np.ndarray, frame: int) -> tuple[Any, Any]:
     """1-D Fourier phase ramps (B, M) per axis that shift a frame by ``+fractions``."""
     xp = backend.xp
@@ -181,7 +186,7 @@ def run_sums(backend: Backend, values: Any, runs: np.ndarray) -> Any:
     :func:`conj_object_products` sums while it multiplies). One (runs x positions) indicator
     product instead of a kernel launch per run."""
     xp, b = backend.xp, values.shape[0]
-    run_of = xp.asarray(np.repeat(np.arange(len(runs)), np.diff([*runs, b])))
+    run_of = xp.asarray(run_index(runs, b))
     member = (run_of[None, :] == xp.arange(len(runs))[:, None]).astype(np.complex128)
     flat = values.reshape(b, -1).astype(np.complex128)
     return (member @ flat).reshape(len(runs), *values.shape[1:])
@@ -425,7 +430,7 @@ def conj_object_products(backend: Backend, values: Any, obj: Any, win: Windows,
     if runs is None:
         slot, rows, dtype = np.arange(b), b, values.dtype
     else:
-        slot, rows, dtype = np.cumsum(np.isin(np.arange(b), runs)) - 1, len(runs), np.complex128
+        slot, rows, dtype = run_index(runs, b), len(runs), np.complex128
     out = np.zeros((rows, k + int(with_power), *values.shape[2:]), dtype=dtype)
     cpu_kernels.conj_window_products(_c(values), _c(obj), win.rows, win.cols, slot, out)
     return out

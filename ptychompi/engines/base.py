@@ -89,6 +89,7 @@ class Engine:
         self.data = data
         self.rows, self.cols = top[:, 0], top[:, 1]
         self.ramp_id = ramp_id  # each position's row of the shift table
+        self._ramp_id_device = xp.asarray(ramp_id)  # the same on the device (one copy)
         self.fractions = table[ramp_id]
         self.index = xp.asarray(window_index(self.rows, self.cols, frame, data.box_shape[1]))
         use_ramps = cfg.subpixel and len(top) and np.abs(self.fractions).max() > 1e-3
@@ -137,8 +138,13 @@ class Engine:
         """Sub-pixel Fourier ramps (B, M) per axis of positions ``sel``, or None."""
         if self._ramps is None:
             return None
-        ids = self.backend.xp.asarray(self.ramp_id[sel])
+        ids = self.shift_rows(sel)
         return self._ramps[0][ids], self._ramps[1][ids]
+
+    def shift_rows(self, sel: Any) -> Any:
+        """Each position's row of the shift table (its ramps, its shifted probe), on the
+        device."""
+        return self._ramp_id_device[self._device_sel(sel)]
 
     def runs(self, sel: Any) -> np.ndarray | None:
         """Start offsets (within ``sel``) of the runs of positions that share one sub-pixel

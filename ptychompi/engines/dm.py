@@ -90,7 +90,7 @@ class DifferenceMap(Engine):
         """The probes of positions ``sel`` and each position's row in them: rows of the
         table, else the chunk's own distinct shifted probes (:meth:`Engine.probe_set`)."""
         if table is not None:
-            return table, self.backend.xp.asarray(self.ramp_id[sel])
+            return table, self.shift_rows(sel)
         return self.probe_set(sel, probe_ft)
 
     def _iterate(self) -> float:
