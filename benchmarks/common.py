@@ -54,13 +54,14 @@ def make_scan(grid: int, frame: int, seed: int = 0,
 
 def make_config(engine: str, iterations: int, probe_diameter_m: float, subpixel: bool,
                 device: str, workers: int | None = None, batch_size: int | None = None,
-                subpixel_bins: int | None = None) -> dict:
+                subpixel_bins: int | None = None, fft: str = "auto") -> dict:
     algorithm = {"name": engine, "iterations": iterations,
                  "probe_diameter_m": probe_diameter_m, "subpixel": subpixel,
                  "batch_size": batch_size}
     if subpixel_bins is not None:
         algorithm["subpixel_bins"] = subpixel_bins
-    return {"algorithm": algorithm, "parallel": {"device": device, "workers": workers}}
+    return {"algorithm": algorithm,
+            "parallel": {"device": device, "workers": workers, "fft": fft}}
 
 
 def median(values: list[float]) -> float:
@@ -131,7 +132,7 @@ def fft_floor(backend: Any, n_frames: int, modes: int, frame: int, reps: int = 5
               chunk: int = 128, warm: bool = True) -> float:
     """Median seconds of one forward + one inverse unitary FFT over K·N frames of M².
 
-    Same backend (scipy.fft with the rank's workers, or CuPy), complex64, in chunks of
+    On ``backend`` (scipy.fft or FFTW with the rank's workers, or CuPy), complex64, in chunks of
     ``chunk`` positions as the engines process them (only one chunk is resident at a time,
     so the data do not all need to fit in the cache or in memory twice).
     """

@@ -72,7 +72,8 @@ class Reconstruction:
         try:
             self.backend = select_backend(cfg.parallel.device, comm,
                                           double=cfg.algorithm.precision == "double",
-                                          workers=cfg.parallel.workers)
+                                          workers=cfg.parallel.workers,
+                                          fft=cfg.parallel.fft)
             self.source = scan if scan is not None else open_source(cfg)
             if scan is not None:
                 scan.validate()

@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from . import fftw
 from .errors import ConfigError
 
 DEVICE_ENV = "PTYCHOMPI_DEVICE"
+FFT_ENV = "PTYCHOMPI_FFT"
 
 
 def _import_cupy() -> ModuleType | None:
@@ -50,7 +52,8 @@ def local_rank(comm: Any | None) -> int:
 class Backend:
     """Array module, FFTs and transfers for one rank.
 
-    ``xp`` is numpy or cupy; ``fft2``/``ifft2`` are unitary over the last two axes.
+    ``xp`` is numpy or cupy; ``fft2``/``ifft2`` are unitary over the last two axes. On a CPU
+    they run on FFTW (``fft="fftw"``, :mod:`ptychompi.fftw`) or scipy.fft (``"scipy"``).
     """
 
     xp: ModuleType
@@ -58,7 +61,15 @@ class Backend:
     device_id: int | None = None
     workers: int = 1
     double: bool = False
+    fft: str = "scipy"  # CPU FFT library: "fftw" or "scipy"
     _local: threading.local = field(default_factory=threading.local, repr=False)
+    _fftw: fftw.FftwTransforms | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.fft not in ("fftw", "scipy"):
+            raise ConfigError(f"parallel.fft is {self.fft!r}; use one of auto, fftw, scipy")
+        if self.fft == "fftw" and not self.is_gpu:
+            self._fftw = fftw.FftwTransforms()
 
     @property
     def is_gpu(self) -> bool:
@@ -93,6 +104,8 @@ class Backend:
         """Unitary 2-D FFT over the last two axes."""
         if self.is_gpu:
             return self.xp.fft.fft2(a, norm="ortho")
+        if self._fftw is not None:
+            return self._fftw.fft2(a, self._fft_workers())
         return scipy.fft.fft2(a, norm="ortho", workers=self._fft_workers(),
                               overwrite_x=overwrite)
 
@@ -100,6 +113,8 @@ class Backend:
         """Unitary inverse 2-D FFT over the last two axes."""
         if self.is_gpu:
             return self.xp.fft.ifft2(a, norm="ortho")
+        if self._fftw is not None:
+            return self._fftw.ifft2(a, self._fft_workers())
         return scipy.fft.ifft2(a, norm="ortho", workers=self._fft_workers(),
                                overwrite_x=overwrite)
 
@@ -107,12 +122,17 @@ class Backend:
         """Unitary 2-D FFT of real frames over the last two axes (half spectrum)."""
         if self.is_gpu:
             return self.xp.fft.rfft2(a, norm="ortho")
+        if self._fftw is not None:
+            return self._fftw.rfft2(a, self._fft_workers())
         return scipy.fft.rfft2(a, norm="ortho", workers=self._fft_workers())
 
     def irfft2(self, a: Any, shape: tuple[int, int]) -> Any:
-        """Inverse of :meth:`rfft2` back to real frames of ``shape``."""
+        """Inverse of :meth:`rfft2` back to real frames of ``shape`` (``a`` may be
+        overwritten)."""
         if self.is_gpu:
             return self.xp.fft.irfft2(a, s=shape, norm="ortho")
+        if self._fftw is not None:
+            return self._fftw.irfft2(a, shape, self._fft_workers())
         return scipy.fft.irfft2(a, s=shape, norm="ortho", workers=self._fft_workers(),
                                 overwrite_x=True)
 
@@ -148,25 +168,44 @@ def cpu_workers(comm: Any | None) -> int:
     return max(1, (cores or 1) // ranks_here)
 
 
+def cpu_fft_library(requested: str | None = "auto") -> str:
+    """``fftw`` or ``scipy`` for ``requested`` (``auto``: FFTW when pyFFTW imports), with
+    ``$PTYCHOMPI_FFT`` overriding; asking for FFTW where pyFFTW is missing is an error."""
+    choice = os.environ.get(FFT_ENV, requested or "auto").strip().lower()
+    if choice not in ("auto", "fftw", "scipy"):
+        raise ConfigError(f"parallel.fft (or ${FFT_ENV}) is {choice!r}; use one of auto, fftw, "
+                          "scipy")
+    if choice == "auto":
+        return "fftw" if fftw.available() else "scipy"
+    if choice == "fftw" and not fftw.available():
+        raise ConfigError("parallel.fft (or $PTYCHOMPI_FFT) is fftw but pyfftw is not "
+                          "installed: pip install pyfftw, or use fft: scipy")
+    return choice
+
+
 def select_backend(
     device: str = "auto",
     comm: Any | None = None,
     double: bool = False,
     workers: int | None = None,
+    fft: str = "auto",
 ) -> Backend:
     """Build the backend for this rank.
 
     ``device`` is ``cpu``, ``gpu`` or ``auto`` (GPU when one is visible), overridden by the
     environment variable ``PTYCHOMPI_DEVICE``. The GPU is the node-local rank modulo the
     visible GPUs. Asking for a GPU where there is none is an error, never a fallback.
+    ``fft`` is the CPU FFT library: ``fftw`` (pyFFTW), ``scipy`` or ``auto`` (FFTW when
+    pyFFTW imports), overridden by ``PTYCHOMPI_FFT``.
     """
+    fft = cpu_fft_library(fft)
     device = os.environ.get(DEVICE_ENV, device or "auto").strip().lower()
     if device not in ("cpu", "gpu", "auto"):
         raise ConfigError(
             f"parallel.device (or ${DEVICE_ENV}) is {device!r}; use one of cpu, gpu, auto"
         )
     if device == "cpu":
-        return Backend(np, "cpu", None, workers or cpu_workers(comm), double)
+        return Backend(np, "cpu", None, workers or cpu_workers(comm), double, fft)
     cupy = _import_cupy()
     if cupy is None:
         if device == "gpu":
@@ -175,7 +214,7 @@ def select_backend(
                 "usable: install ptychompi[gpu] (cupy) on a machine with a CUDA GPU, or use "
                 "device: cpu"
             )
-        return Backend(np, "cpu", None, workers or cpu_workers(comm), double)
+        return Backend(np, "cpu", None, workers or cpu_workers(comm), double, fft)
     gpu = local_rank(comm) % cupy.cuda.runtime.getDeviceCount()
     cupy.cuda.Device(gpu).use()
     return Backend(cupy, "gpu", gpu, 1, double)

@@ -119,6 +119,8 @@ class ParallelConfig:
     cuda_aware: str = opt("auto", "pass GPU buffers to MPI directly",
                           choices=("auto", "yes", "no"))
     workers: int | None = opt(None, "CPU FFT threads per rank (null = cores / ranks)", low=1)
+    fft: str = opt("auto", "CPU FFT library: fftw (pyFFTW), scipy, or auto = fftw when "
+                   "installed ($PTYCHOMPI_FFT overrides)", choices=("auto", "fftw", "scipy"))
 
 
 @dataclass
