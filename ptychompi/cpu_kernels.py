@@ -388,9 +388,12 @@ def lsqml_step_terms(chi: np.ndarray, probes: np.ndarray, probe_of: np.ndarray,
 
 # --------------------------------------------------------------------------- accumulators
 @_jit(_JIT)
-def reduce_accumulators(acc: np.ndarray, out: np.ndarray) -> None:
+def reduce_accumulators(acc: np.ndarray, out: np.ndarray, lo: np.ndarray,
+                        hi: np.ndarray) -> None:
     """``out = Σ_t acc[t]`` added in thread order and cast to ``out``'s dtype; then zeroes
-    ``acc`` for its next use.
+    ``acc`` for its next use. Accumulator t is read only in its rows ``lo[t] <= y < hi[t]``
+    (those its thread wrote; the others are zero and stay so), so a thread whose windows
+    covered part of the tile costs only that part.
 
     Replaces ``total = acc[0]; total += acc[1]; ...; total.astype(dtype)`` and allocating
     fresh zeroed per-thread buffers.
@@ -398,18 +401,27 @@ def reduce_accumulators(acc: np.ndarray, out: np.ndarray) -> None:
     t, h, w = acc.shape
     buf = np.empty(w, acc.dtype)
     for y in range(h):
-        first = acc[0, y]
-        for x in range(w):
-            buf[x] = first[x]
-            first[x] = 0
-        for i in range(1, t):
+        used = 0
+        for i in range(t):
+            if y < lo[i] or y >= hi[i]:
+                continue
             row = acc[i, y]
-            for x in range(w):
-                buf[x] += row[x]
-                row[x] = 0
+            if used == 0:
+                for x in range(w):
+                    buf[x] = row[x]
+                    row[x] = 0
+            else:
+                for x in range(w):
+                    buf[x] += row[x]
+                    row[x] = 0
+            used += 1
         dst = out[y]
-        for x in range(w):
-            dst[x] = buf[x]
+        if used == 0:
+            for x in range(w):
+                dst[x] = 0
+        else:
+            for x in range(w):
+                dst[x] = buf[x]
 
 
 @_jit(_JIT)

@@ -539,11 +539,14 @@ def epie_update(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any, win
     return psum if accumulate else (chi if probe_grad == "stack" else None)
 
 
-def reduce_accumulators(backend: Backend, acc: Any, dtype: Any, out: Any = None) -> Any:
-    """``Σ_t acc[t]`` over per-thread accumulators (T, ...), in thread order, as ``dtype``
+def reduce_accumulators(backend: Backend, acc: Any, dtype: Any, out: Any = None,
+                        spans: Any = None) -> Any:
+    """``Σ_t acc[t]`` over per-thread accumulators (T, H, ...), in thread order, as ``dtype``
     (into ``out`` when given, e.g. a band of rows with ``acc[:, band]``).
 
-    CPU: one fused pass that also zeroes ``acc`` for reuse; GPU: ``acc`` is left as it is.
+    ``spans`` (T, 2): the rows ``[lo, hi)`` each accumulator may be non-zero in (None: all);
+    the CPU kernel reads only those. CPU: one fused pass that also zeroes ``acc`` for reuse;
+    GPU: ``acc`` is left as it is.
     """
     if backend.is_gpu:
         total = acc.sum(axis=0).astype(dtype, copy=False)
@@ -552,7 +555,10 @@ def reduce_accumulators(backend: Backend, acc: Any, dtype: Any, out: Any = None)
         out[...] = total
         return out
     out = np.empty(acc.shape[1:], dtype=dtype) if out is None else out
-    cpu_kernels.reduce_accumulators(acc, out)
+    if spans is None:
+        spans = np.array([[0, acc.shape[1]]] * acc.shape[0], dtype=np.int64)
+    spans = np.asarray(spans, dtype=np.int64)
+    cpu_kernels.reduce_accumulators(acc, out, spans[:, 0].copy(), spans[:, 1].copy())
     return out
 
 

@@ -273,23 +273,34 @@ class Engine:
         self._dirty.add(id(acc))
         return acc
 
-    def reduce(self, *pairs: tuple[Any, Any]) -> list[Any]:
+    def reduce(self, *pairs: tuple[Any, Any], spans: np.ndarray | None = None) -> list[Any]:
         """The sums of :meth:`accumulators` in thread order, one per ``(acc, dtype)`` pair,
         as ``dtype`` (on a CPU in bands of rows spread over the worker threads, all pairs
-        in one pass of the pool)."""
+        in one pass of the pool). ``spans`` (T, 2): the rows each thread's accumulators were
+        written in (:meth:`row_span`); the others are not read."""
         if self.backend.is_gpu:
             totals = [reduce_accumulators(self.backend, acc, dtype) for acc, dtype in pairs]
         else:
             totals = [np.empty(acc.shape[1:], dtype=dtype) for acc, dtype in pairs]
 
             def band_sums(band: slice) -> None:
+                local = None
+                if spans is not None:  # the spans in the band's rows
+                    local = np.clip(np.asarray(spans) - band.start, 0, band.stop - band.start)
                 for (acc, dtype), total in zip(pairs, totals, strict=True):
-                    reduce_accumulators(self.backend, acc[:, band], dtype, total[band])
+                    reduce_accumulators(self.backend, acc[:, band], dtype, total[band], local)
 
             self.map_rows(band_sums, pairs[0][0].shape[1])
         for acc, _ in pairs:
             self._dirty.discard(id(acc))
         return totals
+
+    def row_span(self, sel: Any) -> tuple[int, int]:
+        """The tile rows ``[lo, hi)`` the windows of positions ``sel`` cover."""
+        rows = self.rows[sel]
+        if not len(rows):
+            return 0, 0
+        return int(rows.min()), int(rows.max()) + self.data.frame
 
     def per_thread(self, n: int) -> int:
         """Chunk size that gives each worker thread one chunk of ``n`` items."""

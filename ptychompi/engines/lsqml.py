@@ -87,8 +87,8 @@ class LSQML(Engine):
         for part in np.array_split(perm, self.n_batches):
             local = self._lookup[part]
             local = local[local >= 0]
-            if self._shift_of is None:
-                out.append(np.sort(local))
+            if self._shift_of is None:  # by window row: each thread's share is a band
+                out.append(local[np.lexsort((local, self.rows[local]))])
             else:
                 out.append(local[np.lexsort((local, self.ramp_id[local]))])
         return out
@@ -142,8 +142,16 @@ class LSQML(Engine):
         nums = self.accumulators(self.data.box_shape, np.complex128)
         illums = self.accumulators(self.data.box_shape, np.float64)
 
+        # the rows each thread's windows cover: sorted by frame index (raster order), the
+        # threads' shares are bands of the tile, and each reduces only its band's rows
+        spans = np.zeros((len(nums), 2), dtype=np.int64)
+
         def exit_part(t: int, sl: slice) -> tuple[Any, ...]:
             part = batch[sl]
+            lo, hi = self.row_span(part)
+            if hi > lo:
+                old = spans[t]
+                spans[t] = (min(lo, old[0]), max(hi, old[1])) if old[1] > old[0] else (lo, hi)
             win = self.windows(part)
             ramps = self.ramps(part)
             probes, probe_of = self.probe_set(part)  # one per distinct shift
@@ -165,7 +173,8 @@ class LSQML(Engine):
         err = float(sum(p[3] for p in parts))
         # object and probe search directions; the halos travel in working precision (LSQML,
         # unlike DM, does not amplify that rounding: n ranks stay within 1e-5 of one rank)
-        num, illum = self.reduce((nums, be.complex_dtype), (illums, be.real_dtype))
+        num, illum = self.reduce((nums, be.complex_dtype), (illums, be.real_dtype),
+                                 spans=None if be.is_gpu else spans)
         if share_obj:
             ex.halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")

@@ -228,9 +228,30 @@ def test_reduce_accumulators_sums_in_order_and_zeroes(rng):
     acc = rng.standard_normal((3, H, W)) + 1j * rng.standard_normal((3, H, W))
     expected = (acc[0] + acc[1] + acc[2]).astype(np.complex64)
     out = np.empty((H, W), np.complex64)
-    ck.reduce_accumulators(acc, out)
+    everywhere = np.zeros(3, np.int64), np.full(3, H, np.int64)
+    ck.reduce_accumulators(acc, out, *everywhere)
     np.testing.assert_array_equal(out, expected)
     assert not acc.any()
+
+
+def test_reduce_accumulators_reads_only_each_threads_rows(rng):
+    """Thread t wrote rows [lo_t, hi_t) only: the sum skips the rest, even where a stale
+    value would be (it is not read, and it is not zeroed)."""
+    acc = rng.standard_normal((2, H, W))
+    lo, hi = np.array([0, H // 2]), np.array([H // 2 + 2, H])
+    for t in range(2):
+        acc[t, :lo[t]] = 0
+        acc[t, hi[t]:] = 0
+    expected = acc.sum(axis=0)
+    acc[0, -1] = 7.0  # outside thread 0's rows: must not be added
+    out = np.full((H, W), np.nan)
+    ck.reduce_accumulators(acc, out, lo, hi)
+    np.testing.assert_array_equal(out, expected)
+    assert not acc[0, :hi[0]].any() and not acc[1].any() and (acc[0, -1] == 7.0).all()
+    empty = np.full((H, W), np.nan)
+    ck.reduce_accumulators(np.zeros((1, H, W)), empty, np.zeros(1, np.int64),
+                           np.zeros(1, np.int64))
+    assert not empty.any()  # rows no thread wrote are zero
 
 
 def test_lsqml_object_direction(rng):
