@@ -5,11 +5,12 @@ than scipy's pocketfft on this project's machines (``benchmarks/engines.py`` rep
 Plans are made with ``FFTW_ESTIMATE``: the planner picks the algorithm from the shape alone,
 not from timings, so every process, rank and thread computes bit-identical transforms, and a
 frame's transform does not depend on how many frames share the call (tested). Transforms are
-always out of place into fresh 32-byte-aligned arrays (an in-place plan rounds differently,
-and whether a slice could go in place would depend on its alignment, i.e. on the chunking).
+always out of place, through each plan's own aligned buffers (an in-place plan rounds
+differently, and whether a slice could go in place would depend on its alignment, i.e. on
+the chunking).
 
 Plans are kept per thread (a pyFFTW plan holds its arrays while it runs, so two threads must
-never share one), a few dozen shapes each, least recently used first out.
+never share one), a few dozen each, least recently used first out.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ try:  # an optional speed-up: without it the backend uses scipy.fft
 except ImportError:  # pragma: no cover - exercised where pyfftw is missing
     pyfftw = None
 
-PLANS_PER_THREAD = 48
+PLANS_PER_THREAD = 64
+BLOCK = 16  # frames per FFTW execution (per worker thread of a multi-threaded call)
 _PLANNER = threading.Lock()  # FFTW's planner is not thread-safe; execution is
 
 _COMPLEX = {np.dtype(np.complex64), np.dtype(np.complex128)}
@@ -40,61 +42,104 @@ def available() -> bool:
 
 
 class FftwTransforms:
-    """``fft2``/``ifft2``/``rfft2``/``irfft2`` over the last two axes, unitary, with FFTW."""
+    """``fft2``/``ifft2``/``rfft2``/``irfft2`` over the last two axes, unitary, with FFTW.
+
+    The frames of a call go through FFTW in blocks of up to :data:`BLOCK` (x threads), each
+    copied into the plan's own aligned input and scaled on the way out, so the plans depend
+    only on the frame shape and the block length (a bounded set however the callers' batch
+    sizes vary), and every frame is transformed by the same plan whatever shares its call.
+    """
 
     def __init__(self) -> None:
         if pyfftw is None:
             raise RuntimeError("pyfftw is not installed")
         self._local = threading.local()
 
-    def _plan(self, kind: str, in_shape: tuple[int, ...], in_dtype: np.dtype,
-              out_shape: tuple[int, ...], out_dtype: np.dtype, threads: int) -> Any:
+    def _plan(self, kind: str, frames: int, in_frame: tuple[int, int], in_dtype: np.dtype,
+              out_frame: tuple[int, int], out_dtype: np.dtype, threads: int) -> Any:
         plans: OrderedDict | None = getattr(self._local, "plans", None)
         if plans is None:
             plans = self._local.plans = OrderedDict()
-        key = (kind, in_shape, in_dtype.str, out_shape, threads)
-        plan = plans.get(key)
-        if plan is not None:
+        key = (kind, frames, in_frame, in_dtype.str, out_frame, threads)
+        entry = plans.get(key)
+        if entry is not None:
             plans.move_to_end(key)
-            return plan
+            return entry
         with _PLANNER:
-            a = pyfftw.empty_aligned(in_shape, dtype=in_dtype)
-            b = pyfftw.empty_aligned(out_shape, dtype=out_dtype)
+            a = pyfftw.empty_aligned((frames, *in_frame), dtype=in_dtype)
+            b = pyfftw.empty_aligned((frames, *out_frame), dtype=out_dtype)
             direction = "FFTW_FORWARD" if kind in ("fft", "rfft") else "FFTW_BACKWARD"
             plan = pyfftw.FFTW(a, b, axes=(-2, -1), direction=direction,
                                flags=("FFTW_ESTIMATE",), threads=max(1, threads))
-        plans[key] = plan
+        entry = plans[key] = (plan, a, b)  # the plan and its own buffers
         if len(plans) > PLANS_PER_THREAD:
             plans.popitem(last=False)
-        return plan
+        return entry
 
-    def _run(self, kind: str, a: np.ndarray, out_shape: tuple[int, ...], out_dtype: np.dtype,
-             threads: int) -> np.ndarray:
-        plan = self._plan(kind, a.shape, a.dtype, out_shape, out_dtype, threads)
-        out = pyfftw.empty_aligned(out_shape, dtype=out_dtype)
-        return plan(a, out, normalise_idft=False, ortho=True)
+    def _run(self, kind: str, a: np.ndarray, out_frame: tuple[int, int], out_dtype: np.dtype,
+             threads: int, real_size: tuple[int, int]) -> np.ndarray:
+        lead = a.shape[:-2]
+        n = int(np.prod(lead, dtype=np.int64))
+        src = a.reshape(n, *a.shape[-2:])  # a view when ``a`` is contiguous
+        out = empty_aligned((n, *out_frame), out_dtype)
+        scale = out_dtype.type(1.0 / np.sqrt(real_size[0] * real_size[1]))
+        step = BLOCK * max(1, threads)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            plan, own_in, own_out = self._plan(kind, stop - start, a.shape[-2:], a.dtype,
+                                               out_frame, out_dtype,
+                                               threads if stop - start > BLOCK else 1)
+            block_in, block_out = src[start:stop], out[start:stop]
+            if _fits(block_in, own_in) and _fits(block_out, own_out):
+                plan.update_arrays(block_in, block_out)  # no copies
+                try:
+                    plan.execute()
+                finally:  # the plan never keeps (or later writes into) a caller's arrays
+                    plan.update_arrays(own_in, own_out)
+                block_out *= scale
+            else:
+                own_in[...] = block_in
+                plan.execute()
+                np.multiply(own_out, scale, out=block_out)
+        return out.reshape(*lead, *out_frame)
 
     def fft2(self, a: np.ndarray, threads: int = 1) -> np.ndarray:
         a = _as_complex(a)
-        return self._run("fft", a, a.shape, a.dtype, threads)
+        return self._run("fft", a, a.shape[-2:], a.dtype, threads, a.shape[-2:])
 
     def ifft2(self, a: np.ndarray, threads: int = 1) -> np.ndarray:
         a = _as_complex(a)
-        return self._run("ifft", a, a.shape, a.dtype, threads)
+        return self._run("ifft", a, a.shape[-2:], a.dtype, threads, a.shape[-2:])
 
     def rfft2(self, a: np.ndarray, threads: int = 1) -> np.ndarray:
         a = np.asarray(a)
         if a.dtype not in _COMPLEX_OF:
             a = a.astype(np.float64)
-        shape = (*a.shape[:-1], a.shape[-1] // 2 + 1)
-        return self._run("rfft", a, shape, _COMPLEX_OF[a.dtype], threads)
+        half = (a.shape[-2], a.shape[-1] // 2 + 1)
+        return self._run("rfft", a, half, _COMPLEX_OF[a.dtype], threads, a.shape[-2:])
 
     def irfft2(self, a: np.ndarray, shape: tuple[int, int], threads: int = 1) -> np.ndarray:
-        """Inverse of :meth:`rfft2`; ``a`` is overwritten (FFTW's multi-dimensional c2r)."""
+        """Inverse of :meth:`rfft2` to real frames of ``shape``."""
         a = _as_complex(a)
+        shape = (int(shape[0]), int(shape[1]))
         if a.shape[-2:] != (shape[0], shape[1] // 2 + 1):
             raise ValueError(f"half spectrum {a.shape[-2:]} does not match frames {shape}")
-        return self._run("irfft", a, (*a.shape[:-2], *shape), _REAL_OF[a.dtype], threads)
+        return self._run("irfft", a, shape, _REAL_OF[a.dtype], threads, shape)
+
+
+def empty_aligned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array aligned for FFTW's SIMD codelets (FFT inputs made by the
+    engines then go to FFTW without a copy)."""
+    if pyfftw is None:
+        return np.empty(shape, dtype=dtype)
+    return pyfftw.empty_aligned(shape, dtype=dtype)
+
+
+def _fits(a: np.ndarray, planned: np.ndarray) -> bool:
+    """Whether ``a`` can replace a plan's array: same layout, aligned like it (a plan made
+    on aligned arrays computes identically on any aligned array)."""
+    return (a.dtype == planned.dtype and a.strides == planned.strides
+            and a.ctypes.data % pyfftw.simd_alignment == 0 and a.flags.writeable)
 
 
 def _as_complex(a: Any) -> np.ndarray:

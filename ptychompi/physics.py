@@ -101,7 +101,7 @@ def exit_waves(backend: Backend, probes: Any, obj: Any, win: Windows,
     if backend.is_gpu:
         probes = probes if probe_of is None else probes[probe_of]
         return probes * extract(backend, obj, win.index)[:, None]
-    out = np.empty((len(win), *probes.shape[1:]), dtype=np.result_type(probes, obj))
+    out = backend.empty((len(win), *probes.shape[1:]), np.result_type(probes, obj))
     cpu_kernels.exit_waves(_c(probes), _probe_index(probes, len(win), probe_of), _c(obj),
                            win.rows, win.cols, out)
     return out
@@ -175,7 +175,7 @@ def shifted_probes(backend: Backend, probe_ft: Any, ramps: tuple[Any, Any] | Non
     if backend.is_gpu:
         spec = probe_ft[None] * rr[:, None, :, None] * rc[:, None, None, :]
     else:
-        spec = np.empty((rr.shape[0], *probe_ft.shape), dtype=probe_ft.dtype)
+        spec = backend.empty((rr.shape[0], *probe_ft.shape), probe_ft.dtype)
         cpu_kernels.ramp_fill(_c(probe_ft), rr, rc, spec)
     return backend.ifft2(spec, overwrite=True)
 

@@ -55,9 +55,8 @@ class DifferenceMap(Engine):
 
     def _reset(self) -> None:
         """Exit waves of the current probe and object."""
-        xp = self.backend.xp
         n, k, m = len(self.rows), self.probe.shape[0], self.data.frame
-        self.waves = xp.empty((n, k, m, m), dtype=self.backend.complex_dtype)
+        self.waves = self.backend.empty((n, k, m, m), self.backend.complex_dtype)
         prop = self.data.propagator
         table, probe_ft = self._probe_table()
 
@@ -105,7 +104,7 @@ class DifferenceMap(Engine):
         if not keep:
             return self.data.propagator.backward(self.waves[self._device_sel(sl)])
         if self._psi is None or self._psi.shape != self.waves.shape:
-            self._psi = self.backend.xp.empty_like(self.waves)
+            self._psi = self.backend.empty(self.waves.shape, self.waves.dtype)
         psi = self._psi[sl]
         psi[...] = self.waves[sl]
         out = self.data.propagator.backward(psi, overwrite=True)

@@ -64,6 +64,23 @@ def test_a_frame_transforms_the_same_whatever_shares_its_call():
     np.testing.assert_array_equal(be2.fft2(a), alone)  # a two-thread plan
 
 
+def test_callers_arrays_are_never_written_by_a_later_call():
+    """Aligned blocks go through FFTW without copies; the plan must not keep them."""
+    be = select_backend("cpu", workers=1, fft="fftw")
+    a = fftw.empty_aligned((4, 1, 32, 32), np.complex64)
+    a[...] = frames((4, 1, 32, 32))
+    keep = a.copy()
+    first = be.fft2(a)
+    kept = first.copy()
+    flat = np.empty(4 * 32 * 32 + 1, np.complex64)[1:]  # 8 bytes off: the copy path
+    misaligned = flat.reshape(4, 1, 32, 32)
+    misaligned[...] = frames((4, 1, 32, 32), seed=3)
+    np.testing.assert_allclose(be.fft2(misaligned),
+                               scipy.fft.fft2(misaligned, norm="ortho"), atol=1e-4)
+    np.testing.assert_array_equal(a, keep)
+    np.testing.assert_array_equal(first, kept)
+
+
 def test_fftw_from_concurrent_threads():
     """Plans are per thread: concurrent callers get correct, identical results."""
     be = select_backend("cpu", workers=1, fft="fftw")
@@ -76,12 +93,19 @@ def test_fftw_from_concurrent_threads():
                 np.testing.assert_allclose(got, want, atol=1e-5 * 16)
 
 
-def test_plan_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(fftw, "PLANS_PER_THREAD", 3)
+def test_plans_depend_on_the_block_not_the_batch(monkeypatch):
+    """Batches of any size reuse the plans of at most BLOCK block lengths; the cache is
+    bounded."""
     t = fftw.FftwTransforms()
+    for n in (3, 16, 19, 35, 48):
+        out = t.fft2(frames((n, 1, 8, 8)))
+        np.testing.assert_allclose(out, scipy.fft.fft2(frames((n, 1, 8, 8)), norm="ortho"),
+                                   atol=1e-5 * 8)
+    assert {key[1] for key in t._local.plans} <= {3, 16, 19 - 16, 35 - 32}
+    monkeypatch.setattr(fftw, "PLANS_PER_THREAD", 2)
     for n in range(1, 7):
         t.fft2(frames((n, 1, 8, 8)))
-    assert len(t._local.plans) == 3
+    assert len(t._local.plans) == 2
 
 
 def test_fft_library_choice_and_errors(monkeypatch):
