@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ except ImportError:  # pragma: no cover - exercised where pyfftw is missing
     pyfftw = None
 
 PLANS_PER_THREAD = 64
-BLOCK = 16  # frames per FFTW execution (per worker thread of a multi-threaded call)
+BLOCK = 16  # frames per FFTW execution
 _PLANNER = threading.Lock()  # FFTW's planner is not thread-safe; execution is
 
 _COMPLEX = {np.dtype(np.complex64), np.dtype(np.complex128)}
@@ -44,23 +45,27 @@ def available() -> bool:
 class FftwTransforms:
     """``fft2``/``ifft2``/``rfft2``/``irfft2`` over the last two axes, unitary, with FFTW.
 
-    The frames of a call go through FFTW in blocks of up to :data:`BLOCK` (x threads), each
-    copied into the plan's own aligned input and scaled on the way out, so the plans depend
-    only on the frame shape and the block length (a bounded set however the callers' batch
-    sizes vary), and every frame is transformed by the same plan whatever shares its call.
+    The frames of a call go through single-threaded FFTW plans in blocks of up to
+    :data:`BLOCK` (aligned blocks in place of the plan's arrays, others copied into them),
+    scaled on the way out, so the plans depend only on the frame shape and the block length
+    (a bounded set however the callers' batch sizes vary) and every frame is transformed by
+    the same plan whatever shares its call. A call with ``threads > 1`` spreads its blocks
+    over that many threads (FFTW's own threads were slower and erratic on small blocks).
     """
 
     def __init__(self) -> None:
         if pyfftw is None:
             raise RuntimeError("pyfftw is not installed")
         self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
 
     def _plan(self, kind: str, frames: int, in_frame: tuple[int, int], in_dtype: np.dtype,
-              out_frame: tuple[int, int], out_dtype: np.dtype, threads: int) -> Any:
+              out_frame: tuple[int, int], out_dtype: np.dtype) -> Any:
         plans: OrderedDict | None = getattr(self._local, "plans", None)
         if plans is None:
             plans = self._local.plans = OrderedDict()
-        key = (kind, frames, in_frame, in_dtype.str, out_frame, threads)
+        key = (kind, frames, in_frame, in_dtype.str, out_frame)
         entry = plans.get(key)
         if entry is not None:
             plans.move_to_end(key)
@@ -70,25 +75,21 @@ class FftwTransforms:
             b = pyfftw.empty_aligned((frames, *out_frame), dtype=out_dtype)
             direction = "FFTW_FORWARD" if kind in ("fft", "rfft") else "FFTW_BACKWARD"
             plan = pyfftw.FFTW(a, b, axes=(-2, -1), direction=direction,
-                               flags=("FFTW_ESTIMATE",), threads=max(1, threads))
+                               flags=("FFTW_ESTIMATE",), threads=1)
         entry = plans[key] = (plan, a, b)  # the plan and its own buffers
         if len(plans) > PLANS_PER_THREAD:
             plans.popitem(last=False)
         return entry
 
-    def _run(self, kind: str, a: np.ndarray, out_frame: tuple[int, int], out_dtype: np.dtype,
-             threads: int, real_size: tuple[int, int]) -> np.ndarray:
-        lead = a.shape[:-2]
-        n = int(np.prod(lead, dtype=np.int64))
-        src = a.reshape(n, *a.shape[-2:])  # a view when ``a`` is contiguous
-        out = empty_aligned((n, *out_frame), out_dtype)
-        scale = out_dtype.type(1.0 / np.sqrt(real_size[0] * real_size[1]))
-        step = BLOCK * max(1, threads)
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            plan, own_in, own_out = self._plan(kind, stop - start, a.shape[-2:], a.dtype,
-                                               out_frame, out_dtype,
-                                               threads if stop - start > BLOCK else 1)
+    def _blocks(self, kind: str, src: np.ndarray, out: np.ndarray, blocks: list[int],
+                scale: Any) -> None:
+        """Transform ``src[start:start + BLOCK]`` into ``out`` for each start (this thread's
+        plans)."""
+        n = src.shape[0]
+        for start in blocks:
+            stop = min(n, start + BLOCK)
+            plan, own_in, own_out = self._plan(kind, stop - start, src.shape[1:], src.dtype,
+                                               out.shape[1:], out.dtype)
             block_in, block_out = src[start:stop], out[start:stop]
             if _fits(block_in, own_in) and _fits(block_out, own_out):
                 plan.update_arrays(block_in, block_out)  # no copies
@@ -101,7 +102,38 @@ class FftwTransforms:
                 own_in[...] = block_in
                 plan.execute()
                 np.multiply(own_out, scale, out=block_out)
+
+    def _run(self, kind: str, a: np.ndarray, out_frame: tuple[int, int], out_dtype: np.dtype,
+             threads: int, real_size: tuple[int, int]) -> np.ndarray:
+        lead = a.shape[:-2]
+        n = int(np.prod(lead, dtype=np.int64))
+        src = a.reshape(n, *a.shape[-2:])  # a view when ``a`` is contiguous
+        out = empty_aligned((n, *out_frame), out_dtype)
+        scale = out_dtype.type(1.0 / np.sqrt(real_size[0] * real_size[1]))
+        starts = list(range(0, n, BLOCK))
+        threads = min(max(1, threads), len(starts))
+        if threads == 1:
+            self._blocks(kind, src, out, starts, scale)
+        else:  # blocks spread over threads (the caller takes the first share)
+            pool = self._workers(threads - 1)
+            others = [pool.submit(self._blocks, kind, src, out, starts[t::threads], scale)
+                      for t in range(1, threads)]
+            try:
+                self._blocks(kind, src, out, starts[0::threads], scale)
+            finally:
+                wait(others)
+            for f in others:
+                f.result()
         return out.reshape(*lead, *out_frame)
+
+    def _workers(self, count: int) -> ThreadPoolExecutor:
+        """A pool of at least ``count`` threads for multi-threaded calls (made on demand)."""
+        if self._pool is None or self._pool_size < count:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(count, thread_name_prefix="ptychompi-fftw")
+            self._pool_size = count
+        return self._pool
 
     def fft2(self, a: np.ndarray, threads: int = 1) -> np.ndarray:
         a = _as_complex(a)
