@@ -103,9 +103,9 @@ class AlgorithmConfig:
     object_amplitude_min: float | None = opt(None, "clip object amplitude below", low=0.0)
     object_amplitude_max: float | None = opt(None, "clip object amplitude above", low=0.0)
     subpixel: bool = opt(True, "sub-pixel positions by a Fourier phase ramp on the probe")
-    subpixel_bins: int = opt(16, "sub-pixel positions are rounded to 1/this px, so positions "
+    subpixel_bins: int = opt(8, "sub-pixel positions are rounded to 1/this px, so positions "
                              "with the same remainder share one shifted probe and one "
-                             "back-shift (DM); 0 = exact", low=0)
+                             "back-shift (DM, LSQML); 0 = exact", low=0)
     precision: str = opt("single", "float precision", choices=("single", "double"))
 
 

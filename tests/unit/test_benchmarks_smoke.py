@@ -52,9 +52,9 @@ def test_io_benchmark_reads_every_compression(tmp_path: Path) -> None:
 def test_engines_benchmark_rounds_give_a_median_summary(tmp_path: Path) -> None:
     out = tmp_path / "rounds.json"
     proc = _run([str(BENCH / "engines.py"), "--sizes", "4x32", "--iterations", "1",
-                 "--warmup", "0", "--engines", "dm", "--rounds", "2", "--subpixel-bins", "8",
+                 "--warmup", "0", "--engines", "dm", "--rounds", "2", "--subpixel-bins", "4",
                  "--json", str(out)], tmp_path)
     rows = json.loads(out.read_text())["rows"]
     assert [r["round"] for r in rows] == [0, 1]
-    assert all(r["subpixel_bins"] == 8 for r in rows)
+    assert all(r["subpixel_bins"] == 4 for r in rows)
     assert "x floor median (range)" in proc.stdout
