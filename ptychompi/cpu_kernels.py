@@ -221,20 +221,23 @@ def object_terms(values: np.ndarray, probes: np.ndarray, probe_of: np.ndarray,
 def lsqml_object_terms(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray,
                        probe_of: np.ndarray, obj: np.ndarray, rows: np.ndarray,
                        cols: np.ndarray, num: np.ndarray, den: np.ndarray,
-                       pnum: np.ndarray) -> None:
+                       pnum: np.ndarray, slot: np.ndarray) -> None:
     """LSQML's exit-wave update and its sums: ``chi -= psi`` in place, then the object
     numerator ``num += Σ_k chi_k conj(P_k)``, the illumination ``den += Σ_k |P_k|²`` (both
-    scatter-added) and, when ``pnum`` has K modes, ``pnum[k] += Σ_j chi_jk conj(O_j)``;
-    position j's probe is ``probes[probe_of[j]]``.
+    scatter-added) and, when ``pnum`` (S, K, M, M) has rows, the probe direction terms
+    ``pnum[slot[j], k] += chi_jk conj(O_j)`` (one slot for all positions, one per position, or
+    one per run of positions sharing a sub-pixel shift); position j's probe is
+    ``probes[probe_of[j]]``.
 
     Replaces ``chi -= psi``, the two ``scatter_add`` calls of :func:`object_terms` and
-    ``(chi * extract(obj).conj()[:, None]).sum(0, dtype=complex128)``.
+    :func:`conj_window_products` of ``chi`` (a second pass over the frames).
     """
     b, kk, m0, m1 = chi.shape
-    with_probe = pnum.shape[0] == kk
+    with_probe = pnum.shape[0] > 0
     for j in range(b):
         pj = probe_of[j]
         r, c = rows[j], cols[j]
+        s = slot[j] if with_probe else 0
         for y in range(m0):
             orow = obj[r + y, c:c + m1]
             nrow = num[r + y, c:c + m1]
@@ -248,7 +251,7 @@ def lsqml_object_terms(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray,
                     nrow[x] += v * p.conjugate()
                     drow[x] += p.real * p.real + p.imag * p.imag
                 if with_probe:
-                    qrow = pnum[k, y]
+                    qrow = pnum[s, k, y]
                     for x in range(m1):
                         qrow[x] += crow[x] * orow[x].conjugate()
 

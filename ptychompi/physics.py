@@ -467,21 +467,38 @@ def split_probe_terms(backend: Backend, spectra: tuple[Any, Any]) -> tuple[Any, 
 
 def lsqml_object_terms(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any,
                        win: Windows, num: Any, den: Any, with_probe: bool,
-                       probe_of: Any = None) -> Any:
+                       probe_of: Any = None, per_position: bool = False,
+                       runs: np.ndarray | None = None) -> Any:
     """LSQML: ``chi -= psi`` in place, then :func:`object_terms` of ``chi`` and, when
-    ``with_probe``, the unshifted probe direction ``Σ_j chi_j conj(O_j)`` (complex128,
-    returned; else None); probes as in :func:`exit_waves`. CPU: one fused kernel."""
+    ``with_probe``, the probe direction terms ``chi_j conj(O_j)``: summed over positions
+    (complex128 (K, M, M)), per position (``per_position``, (B, K, M, M) in the working
+    precision, for a sub-pixel back-shift) or per run of positions sharing a shift (``runs``,
+    :func:`runs_of`: (R, K, M, M) complex128); else None. Probes as in :func:`exit_waves`.
+    CPU: one fused kernel."""
     if backend.is_gpu or not chi.flags.c_contiguous:
         chi -= psi
         object_terms(backend, chi, probes, win, num, den, probe_of)
         if not with_probe:
             return None
+        if runs is not None or per_position:
+            return conj_object_products(backend, chi, obj, win, runs=runs)
         return conj_object_products(backend, chi, obj, win).sum(axis=0, dtype=np.complex128)
-    pnum = np.zeros(chi.shape[1:] if with_probe else (0, 0, 0), dtype=np.complex128)
+    b, k = chi.shape[:2]
+    if not with_probe:
+        slot, shape, dtype = np.zeros(b, np.int64), (0, k, 0, 0), np.complex128
+    elif runs is not None:
+        slot, shape, dtype = run_index(runs, b), (len(runs), *chi.shape[1:]), np.complex128
+    elif per_position:
+        slot, shape, dtype = np.arange(b), chi.shape, chi.dtype
+    else:
+        slot, shape, dtype = np.zeros(b, np.int64), (1, *chi.shape[1:]), np.complex128
+    pnum = np.zeros(shape, dtype=dtype)
     cpu_kernels.lsqml_object_terms(chi, _c(psi), _c(probes),
                                    _probe_index(probes, len(win), probe_of), _c(obj), win.rows,
-                                   win.cols, num, den, pnum)
-    return pnum if with_probe else None
+                                   win.cols, num, den, pnum, slot)
+    if not with_probe:
+        return None
+    return pnum if runs is not None or per_position else pnum[0]
 
 
 def lsqml_step_terms(backend: Backend, chi: Any, probes: Any, obj: Any, d_obj: Any,

@@ -13,7 +13,6 @@ import numpy as np
 
 from ..physics import (
     EPS,
-    conj_object_products,
     exit_waves,
     lsqml_object_direction,
     lsqml_object_terms,
@@ -159,13 +158,15 @@ class LSQML(Engine):
             target, err = self._exit_update(prop.forward(psi),
                                             self.data.amplitudes[xp.asarray(part)])
             chi = prop.backward(target, overwrite=True)
-            # χ = Ψ' − ψ, the object sums and (unshifted) the probe direction in one pass
+            # χ = Ψ' − ψ, the object sums and the probe direction terms in one pass: summed,
+            # or with sub-pixel shifts per run of equal shift (per position when exact)
+            runs = self.runs(part) if ramps is not None else None
             d_probe = lsqml_object_terms(be, chi, psi, probes, self.object, win, nums[t],
-                                         illums[t], update_probe and ramps is None, probe_of)
+                                         illums[t], update_probe, probe_of,
+                                         per_position=ramps is not None and runs is None,
+                                         runs=runs)
             if update_probe and ramps is not None:  # one back-shift per run of equal shifts
-                runs = self.runs(part)
-                products = conj_object_products(be, chi, self.object, win, runs=runs)
-                d_probe = unshift_sum(be, products, run_ramps(be, ramps, runs), spectrum=True,
+                d_probe = unshift_sum(be, d_probe, run_ramps(be, ramps, runs), spectrum=True,
                                       overwrite=True)
             return (probes, probe_of), win, chi, err, d_probe
 

@@ -133,17 +133,21 @@ def test_object_terms(rng, modes, sharing):
 
 
 @pytest.mark.parametrize("modes", [1, 2])
-@pytest.mark.parametrize("with_probe", [True, False])
+@pytest.mark.parametrize("probe_terms", ["none", "sum", "each", "runs"])
 @pytest.mark.parametrize("sharing", ["one", "groups"])
-def test_lsqml_object_terms(rng, modes, with_probe, sharing):
+def test_lsqml_object_terms(rng, modes, probe_terms, sharing):
     count, probe_of = probe_rows(rng, sharing)
     chi, psi = rand_complex(rng, (B, modes, M, M)), rand_complex(rng, (B, modes, M, M))
     probes, obj = rand_complex(rng, (count, modes, M, M)), rand_complex(rng, (H, W))
     rows, cols = corners(rng)
     expected_chi = chi - psi
     num, den = np.zeros((H, W), np.complex128), np.zeros((H, W), np.float64)
-    pnum = np.zeros((modes, M, M) if with_probe else (0, 0, 0), np.complex128)
-    ck.lsqml_object_terms(chi, psi, probes, probe_of, obj, rows, cols, num, den, pnum)
+    runs = np.array([0, 2, 3])  # positions {0, 1}, {2}, {3, 4}
+    slot = {"none": np.zeros(B, np.int64), "sum": np.zeros(B, np.int64),
+            "each": np.arange(B), "runs": physics.run_index(runs, B)}[probe_terms]
+    slots = {"none": 0, "sum": 1, "each": B, "runs": len(runs)}[probe_terms]
+    pnum = np.zeros((slots, modes, M, M) if slots else (0, modes, 0, 0), np.complex128)
+    ck.lsqml_object_terms(chi, psi, probes, probe_of, obj, rows, cols, num, den, pnum, slot)
     close(chi, expected_chi)
     num_ref, den_ref = np.zeros_like(num), np.zeros_like(den)
     mine = probes[probe_of]
@@ -151,9 +155,13 @@ def test_lsqml_object_terms(rng, modes, with_probe, sharing):
     physics.scatter_add(CPU, den_ref, (np.abs(mine) ** 2).sum(axis=1), rows, cols)
     close(num, num_ref)
     close(den, den_ref)
-    if with_probe:
-        win = windows(obj, rows, cols)
-        close(pnum, (expected_chi * win.conj()[:, None]).sum(axis=0, dtype=np.complex128))
+    terms = expected_chi * windows(obj, rows, cols).conj()[:, None]
+    if probe_terms == "sum":
+        close(pnum[0], terms.sum(axis=0, dtype=np.complex128))
+    if probe_terms == "each":
+        close(pnum, terms)
+    if probe_terms == "runs":
+        close(pnum, np.add.reduceat(terms.astype(np.complex128), runs, axis=0))
 
 
 @pytest.mark.parametrize("modes", [1, 2])
