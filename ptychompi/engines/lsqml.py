@@ -144,6 +144,7 @@ class LSQML(Engine):
         # the rows each thread's windows cover: sorted by frame index (raster order), the
         # threads' shares are bands of the tile, and each reduces only its band's rows
         spans = np.zeros((len(nums), 2), dtype=np.int64)
+        probe_ft = be.fft2(self.probe) if self.use_subpixel and nb else None  # once a batch
 
         def exit_part(t: int, sl: slice) -> tuple[Any, ...]:
             part = batch[sl]
@@ -153,7 +154,7 @@ class LSQML(Engine):
                 spans[t] = (min(lo, old[0]), max(hi, old[1])) if old[1] > old[0] else (lo, hi)
             win = self.windows(part)
             ramps = self.ramps(part)
-            probes, probe_of = self.probe_set(part)  # one per distinct shift
+            probes, probe_of = self.probe_set(part, probe_ft)  # one per distinct shift
             psi = exit_waves(be, probes, self.object, win, probe_of)
             target, err = self._exit_update(prop.forward(psi),
                                             self.data.amplitudes[xp.asarray(part)])
