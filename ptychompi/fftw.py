@@ -82,12 +82,12 @@ class FftwTransforms:
         return entry
 
     def _blocks(self, kind: str, src: np.ndarray, out: np.ndarray, blocks: list[int],
-                scale: Any) -> None:
-        """Transform ``src[start:start + BLOCK]`` into ``out`` for each start (this thread's
+                scale: Any, block: int) -> None:
+        """Transform ``src[start:start + block]`` into ``out`` for each start (this thread's
         plans)."""
         n = src.shape[0]
         for start in blocks:
-            stop = min(n, start + BLOCK)
+            stop = min(n, start + block)
             plan, own_in, own_out = self._plan(kind, stop - start, src.shape[1:], src.dtype,
                                                out.shape[1:], out.dtype)
             block_in, block_out = src[start:stop], out[start:stop]
@@ -110,16 +110,18 @@ class FftwTransforms:
         src = a.reshape(n, *a.shape[-2:])  # a view when ``a`` is contiguous
         out = empty_aligned((n, *out_frame), out_dtype)
         scale = out_dtype.type(1.0 / np.sqrt(real_size[0] * real_size[1]))
-        starts = list(range(0, n, BLOCK))
-        threads = min(max(1, threads), len(starts))
+        threads = max(1, min(threads, n))
+        block = min(BLOCK, -(-n // threads))  # a few frames still go to every thread
+        starts = list(range(0, n, block))
         if threads == 1:
-            self._blocks(kind, src, out, starts, scale)
+            self._blocks(kind, src, out, starts, scale, block)
         else:  # blocks spread over threads (the caller takes the first share)
             pool = self._workers(threads - 1)
-            others = [pool.submit(self._blocks, kind, src, out, starts[t::threads], scale)
+            others = [pool.submit(self._blocks, kind, src, out, starts[t::threads], scale,
+                                  block)
                       for t in range(1, threads)]
             try:
-                self._blocks(kind, src, out, starts[0::threads], scale)
+                self._blocks(kind, src, out, starts[0::threads], scale, block)
             finally:
                 wait(others)
             for f in others:

@@ -66,38 +66,39 @@ class EPIE(Engine):
     def _update(self, batch: np.ndarray, alpha: float, beta: float,
                 update_probe: bool) -> float:
         """One batch of disjoint windows; on a CPU its positions are spread over the worker
-        threads (each window's object update touches only its own window)."""
+        threads, each doing its positions' exit waves and updates in one pass (each window's
+        object update touches only its own window, which no other position of the batch
+        reads). The batch's shifted probes are made first: their largest power sets the
+        object step."""
         be, xp = self.backend, self.backend.xp
         prop = self.data.propagator
         size = self.per_thread(len(batch))
         probe_ft = be.fft2(self.probe) if self.use_subpixel else None
+        shifted, member = self.probe_set(batch, probe_ft)
+        pmax = float((shifted.real ** 2 + shifted.imag ** 2).sum(axis=1).max())
+        step = alpha / pmax
+        mode = "none" if not update_probe else ("sum" if not self.use_subpixel else "stack")
 
-        def exit_part(_: int, sl: slice) -> tuple[Any, ...]:
+        def part_update(_: int, sl: slice) -> tuple[float, Any]:
             part = batch[sl]
             win = self.windows(part)
-            probes = self.probes_at(part, probe_ft)
+            if shifted.shape[0] == 1:  # one probe for every position
+                probes = shifted
+            else:
+                probes = shifted[sl] if member is None else shifted[member[sl]]
             psi = exit_waves(be, probes, self.object, win)
             projected, e = modulus_project(be, prop.forward(psi),
                                           self.data.amplitudes[xp.asarray(part)])
             chi = prop.backward(projected, overwrite=True)
-            pmax = float((probes.real ** 2 + probes.imag ** 2).sum(axis=1).max())
-            return part, win, probes, psi, chi, e, pmax
-
-        parts = self.map_chunks(exit_part, len(batch), size)
-        step = alpha / max(p[6] for p in parts)
-        mode = "none" if not update_probe else ("sum" if not self.use_subpixel else "stack")
-
-        def update_part(_: int, sl: slice) -> Any:
-            part, win, probes, psi, chi = parts[sl.start // size][:5]
             grad = epie_update(be, chi, psi, probes, self.object, win, step, mode)
-            if mode != "stack":
-                return grad
-            return unshift_sum(be, grad, self.ramps(part), spectrum=True, overwrite=True)
+            if mode == "stack":
+                grad = unshift_sum(be, grad, self.ramps(part), spectrum=True, overwrite=True)
+            return e, grad
 
-        grads = self.map_chunks(update_part, len(batch), size)
+        parts = self.map_chunks(part_update, len(batch), size)
         if update_probe:
-            total = self.chunk_sum(grads)
+            total = self.chunk_sum([p[1] for p in parts])
             if mode == "stack":  # the chunks' back-shift spectra: one inverse FFT
                 total = be.ifft2(total, overwrite=True)
             self.probe += (beta / len(batch)) * total
-        return float(sum(p[5] for p in parts))
+        return float(sum(p[0] for p in parts))
