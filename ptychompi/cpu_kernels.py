@@ -10,12 +10,14 @@ Conventions: waves are C-contiguous (B, K, M, M) complex arrays, amplitudes (B, 
 with masked pixels < 0, probes (B, K, M, M) or (1, K, M, M) (one probe for every position),
 objects 2-D; windows of the object are ``obj[rows[j]:rows[j]+M, cols[j]:cols[j]+M]``.
 Element-wise arithmetic stays in the arrays' working precision (complex64/float32) in the
-order numpy uses; every sum over pixels or positions is accumulated in double precision.
+order numpy uses; sums over pixels or positions are accumulated in the precision of the
+output the caller passes: double precision everywhere except LSQML's object tiles (working
+precision; LSQML does not amplify their rounding, see :mod:`ptychompi.engines.lsqml`).
 Row buffers hold per-pixel partial sums so that the inner loops vectorise without reordering
 floating-point additions (no ``fastmath``); only :func:`lsqml_step_terms` lets its per-position
 double-precision dot products be reassociated (deterministic for a given build). No kernel
 mixes the rounding of one frame into another's, so results do not depend on how positions are
-grouped into chunks, threads or tiles beyond the order of the double-precision sums.
+grouped into chunks, threads or tiles beyond the order of the sums.
 """
 
 from __future__ import annotations
@@ -196,7 +198,7 @@ def dm_fourier_update(model: np.ndarray, waves: np.ndarray, amplitude: np.ndarra
 @_jit(_JIT)
 def object_terms(values: np.ndarray, probes: np.ndarray, probe_of: np.ndarray,
                  rows: np.ndarray, cols: np.ndarray, num: np.ndarray, den: np.ndarray) -> None:
-    """Object numerator and denominator, scatter-added into double-precision tiles, with
+    """Object numerator and denominator, scatter-added into the given tiles, with
     position j's probe ``probes[probe_of[j]]``.
 
     Replaces ``scatter_add(num, mode_sum(values, probes[probe_of].conj()), rows, cols)`` and
