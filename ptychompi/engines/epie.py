@@ -68,9 +68,9 @@ class EPIE(Engine):
         """One batch of disjoint windows; on a CPU its positions are spread over the worker
         threads, each doing its positions' exit waves and updates in one pass (each window's
         object update touches only its own window, which no other position of the batch
-        reads). The object step is ``alpha / max|P|²`` of the probe (its sub-pixel-shifted
-        copies, made by each thread for its positions, differ in peak power by a few per
-        cent at most)."""
+        reads). The object step is ``alpha / max|P|²`` of the probe itself (its sub-pixel-
+        shifted copies, made by each thread for its positions, differ from it in peak power
+        by up to about 7 %)."""
         be, xp = self.backend, self.backend.xp
         prop = self.data.propagator
         size = self.per_thread(len(batch))
