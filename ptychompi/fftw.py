@@ -10,7 +10,8 @@ differently, and whether a slice could go in place would depend on its alignment
 the chunking).
 
 Plans are kept per thread (a pyFFTW plan holds its arrays while it runs, so two threads must
-never share one), a few dozen each, least recently used first out.
+never share one), at most 64 and 128 MiB of buffers each, least recently used first out;
+large frames go in shorter blocks (at most 4 MiB of input each).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ except ImportError:  # pragma: no cover - exercised where pyfftw is missing
     pyfftw = None
 
 PLANS_PER_THREAD = 64
-BLOCK = 16  # frames per FFTW execution
+PLAN_BYTES_PER_THREAD = 128 << 20  # the plans' own buffers, per thread
+BLOCK = 16  # frames per FFTW execution, at most
+BLOCK_BYTES = 4 << 20  # and at most this much input per block (large frames: fewer)
 _PLANNER = threading.Lock()  # FFTW's planner is not thread-safe; execution is
 
 _COMPLEX = {np.dtype(np.complex64), np.dtype(np.complex128)}
@@ -77,7 +80,8 @@ class FftwTransforms:
             plan = pyfftw.FFTW(a, b, axes=(-2, -1), direction=direction,
                                flags=("FFTW_ESTIMATE",), threads=1)
         entry = plans[key] = (plan, a, b)  # the plan and its own buffers
-        if len(plans) > PLANS_PER_THREAD:
+        while len(plans) > 1 and (len(plans) > PLANS_PER_THREAD or sum(
+                e[1].nbytes + e[2].nbytes for e in plans.values()) > PLAN_BYTES_PER_THREAD):
             plans.popitem(last=False)
         return entry
 
@@ -111,7 +115,9 @@ class FftwTransforms:
         out = empty_aligned((n, *out_frame), out_dtype)
         scale = out_dtype.type(1.0 / np.sqrt(real_size[0] * real_size[1]))
         threads = max(1, min(threads, n))
-        block = min(BLOCK, -(-n // threads))  # a few frames still go to every thread
+        frame_bytes = max(1, src[:1].nbytes)
+        block = max(1, min(BLOCK, BLOCK_BYTES // frame_bytes,
+                           -(-n // threads)))  # a few frames still go to every thread
         starts = list(range(0, n, block))
         if threads == 1:
             self._blocks(kind, src, out, starts, scale, block)

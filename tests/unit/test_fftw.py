@@ -108,6 +108,20 @@ def test_plans_depend_on_the_block_not_the_batch(monkeypatch):
     assert len(t._local.plans) == 2
 
 
+def test_large_frames_use_short_blocks_and_a_byte_budget(monkeypatch):
+    """Plans' buffers stay within the per-thread budget, large frames in short blocks."""
+    monkeypatch.setattr(fftw, "BLOCK_BYTES", 3 * 64 * 64 * 8)  # 3 frames of 64² complex64
+    monkeypatch.setattr(fftw, "PLAN_BYTES_PER_THREAD", 4 * 2 * 64 * 64 * 8)
+    t = fftw.FftwTransforms()
+    a = frames((7, 1, 64, 64))
+    np.testing.assert_allclose(t.fft2(a), scipy.fft.fft2(a, norm="ortho"), atol=1e-4)
+    assert {key[1] for key in t._local.plans} == {3, 1}  # blocks of 3, 3 and 1 frames
+    for kind in (t.ifft2, t.fft2):
+        kind(frames((2, 1, 64, 64)))
+    held = sum(e[1].nbytes + e[2].nbytes for e in t._local.plans.values())
+    assert held <= fftw.PLAN_BYTES_PER_THREAD
+
+
 def test_fft_library_choice_and_errors(monkeypatch):
     monkeypatch.delenv("PTYCHOMPI_FFT", raising=False)
     assert cpu_fft_library("auto") == "fftw"
