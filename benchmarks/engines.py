@@ -38,9 +38,13 @@ def run_engine(scan, probe_m: float, engine: str, subpixel: bool, args) -> dict:
                                                  False, "scipy")
     own = None if backend.is_gpu or backend.fft == "scipy" else backend
     n, frame = scan.n_frames, scan.frame_shape[0]
+    timed = [ref] + ([own] if own is not None else [])  # the floors' backends
+
+    def floors(modes: int, reps: int, warm: bool = True) -> list[float]:
+        return [common.fft_floor(b, n, modes, frame, reps=reps, warm=warm) for b in timed]
+
     gc.collect()
-    floor = common.fft_floor(ref, n, 1, frame, reps=args.floor_reps)
-    own_floor = common.fft_floor(own, n, 1, frame, reps=args.floor_reps) if own else None
+    first = floors(1, args.floor_reps)
     host = common.HostMemory()
     dev = common.DeviceMemory(backend.xp) if backend.is_gpu else None
     t0 = time.perf_counter()
@@ -48,14 +52,12 @@ def run_engine(scan, probe_m: float, engine: str, subpixel: bool, args) -> dict:
     setup = time.perf_counter() - t0
     modes = int(recon.engine.probe.shape[0])
     if modes != 1:  # the floor covers K·N frames
-        floor = common.fft_floor(ref, n, modes, frame, reps=args.floor_reps)
-        own_floor = common.fft_floor(own, n, modes, frame, reps=args.floor_reps) if own else None
-    seconds, errors, floors, own_floors = [], [], [floor], [own_floor]
+        first = floors(modes, args.floor_reps)
+    seconds, errors, samples = [], [], [[f] for f in first]
     for i in range(iterations):
         if i >= args.warmup:  # one floor sample beside each timed iteration (noisy hosts)
-            floors.append(common.fft_floor(ref, n, modes, frame, reps=1, warm=False))
-            if own is not None:
-                own_floors.append(common.fft_floor(own, n, modes, frame, reps=1, warm=False))
+            for kept, value in zip(samples, floors(modes, 1, warm=False), strict=True):
+                kept.append(value)
         m = recon.step()
         if dev is not None:
             dev.sample()
@@ -63,8 +65,8 @@ def run_engine(scan, probe_m: float, engine: str, subpixel: bool, args) -> dict:
             seconds.append(m["seconds"])
             errors.append(m["error"])
     per_iter = common.median(seconds)
-    floor = common.median(floors[1:] + [floor])
-    own_floor = common.median(own_floors[1:] + [own_floor]) if own is not None else None
+    floor = common.median(samples[0])
+    own_floor = common.median(samples[1]) if own is not None else None
     row = {
         "engine": engine, "subpixel": bool(recon.engine.use_subpixel),
         "subpixel_bins": int(recon.engine.cfg.subpixel_bins),

@@ -295,12 +295,16 @@ class Engine:
             self._dirty.discard(id(acc))
         return totals
 
-    def row_span(self, sel: Any) -> tuple[int, int]:
-        """The tile rows ``[lo, hi)`` the windows of positions ``sel`` cover."""
+    def row_span(self, sel: Any, span: Any = (0, 0)) -> tuple[int, int]:
+        """The tile rows ``[lo, hi)`` the windows of positions ``sel`` cover, joined with
+        ``span`` (empty: ``lo == hi``)."""
         rows = self.rows[sel]
         if not len(rows):
-            return 0, 0
-        return int(rows.min()), int(rows.max()) + self.data.frame
+            return int(span[0]), int(span[1])
+        lo, hi = int(rows.min()), int(rows.max()) + self.data.frame
+        if span[1] > span[0]:
+            lo, hi = min(lo, int(span[0])), max(hi, int(span[1]))
+        return lo, hi
 
     def per_thread(self, n: int) -> int:
         """Chunk size that gives each worker thread one chunk of ``n`` items."""

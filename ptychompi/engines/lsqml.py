@@ -144,17 +144,14 @@ class LSQML(Engine):
         nums = self.accumulators(self.data.box_shape, be.complex_dtype)
         illums = self.accumulators(self.data.box_shape, be.real_dtype)
 
-        # the rows each thread's windows cover: sorted by frame index (raster order), the
-        # threads' shares are bands of the tile, and each reduces only its band's rows
+        # the rows each thread's windows cover (without shifts the members are sorted by
+        # window row, so the threads' shares are bands of the tile): the reduction reads those
         spans = np.zeros((len(nums), 2), dtype=np.int64)
         probe_ft = be.fft2(self.probe) if self.use_subpixel and nb else None  # once a batch
 
         def exit_part(t: int, sl: slice) -> tuple[Any, ...]:
             part = batch[sl]
-            lo, hi = self.row_span(part)
-            if hi > lo:
-                old = spans[t]
-                spans[t] = (min(lo, old[0]), max(hi, old[1])) if old[1] > old[0] else (lo, hi)
+            spans[t] = self.row_span(part, spans[t])
             win = self.windows(part)
             ramps = self.ramps(part)
             probes, probe_of = self.probe_set(part, probe_ft)  # one per distinct shift
@@ -179,7 +176,7 @@ class LSQML(Engine):
         # object and probe search directions; the halos travel in working precision (LSQML,
         # unlike DM, does not amplify that rounding: n ranks stay within 1e-5 of one rank)
         num, illum = self.reduce((nums, be.complex_dtype), (illums, be.real_dtype),
-                                 spans=None if be.is_gpu else spans)
+                                 spans=spans)
         if share_obj:
             ex.halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
