@@ -448,28 +448,47 @@ def lsqml_object_direction(num: np.ndarray, illum: np.ndarray, damping: float, e
 # --------------------------------------------------------------------------- ePIE
 @_jit(_JIT)
 def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.ndarray,
-                rows: np.ndarray, cols: np.ndarray, step: float, psum: np.ndarray,
+                rows: np.ndarray, cols: np.ndarray, alpha: float, psum: np.ndarray,
                 store_grad: bool) -> None:
     """ePIE's updates for a batch of non-overlapping windows.
 
-    With ``Δ_j = chi_j − psi_j``: ``O_j += step · Σ_k conj(P_jk) Δ_jk`` in place and the probe
-    gradient ``g_jk = Δ_jk · conj(O_j) / max|O_j|²`` of the old object, either summed into
-    ``psum`` (K modes, complex128) or, with ``store_grad``, written over ``chi``.
+    With ``Δ_j = chi_j − psi_j``: ``O_j += α / max Σ_k|P_jk|² · Σ_k conj(P_jk) Δ_jk`` in place
+    (each probe row's own peak power, in working precision) and the probe gradient
+    ``g_jk = Δ_jk · conj(O_j) / max|O_j|²`` of the old object, either summed into ``psum``
+    (K modes, complex128) or, with ``store_grad``, written over ``chi``.
 
-    Replaces ``delta = chi − psi``, ``weight = step · probes.conj()``, the mode sum,
-    ``scatter_add_disjoint``, ``omax``, ``obj.conj() / omax`` and ``delta *= scaled``.
+    Replaces the peak power, ``delta = chi − psi``, ``weight = step · probes.conj()``, the
+    mode sum, ``scatter_add_disjoint``, ``omax``, ``obj.conj() / omax`` and
+    ``delta *= scaled``.
     """
     b, kk, m0, m1 = chi.shape
     shared = probes.shape[0] == 1
     accumulate = psum.shape[0] == kk
     with_probe = accumulate or store_grad
     rdt = obj.real.dtype.type
-    stepr = rdt(step)
     upd = np.empty(m1, obj.dtype)
     scaled = np.empty(m1, obj.dtype)
+    power = np.empty(m1, obj.real.dtype)
+    stepr = rdt(0)
     for j in range(b):
         pj = 0 if shared else j
         r, c = rows[j], cols[j]
+        if j == 0 or not shared:  # α / max_pixels Σ_k |P_jk|² (numpy's order: modes in turn)
+            pmax = rdt(0)
+            for y in range(m0):
+                for k in range(kk):
+                    prow = probes[pj, k, y]
+                    if k == 0:
+                        for x in range(m1):
+                            p = prow[x]
+                            power[x] = p.real * p.real + p.imag * p.imag
+                    else:
+                        for x in range(m1):
+                            p = prow[x]
+                            power[x] += p.real * p.real + p.imag * p.imag
+                for x in range(m1):
+                    pmax = max(pmax, power[x])
+            stepr = rdt(alpha / pmax)
         omax = rdt(0)
         if with_probe:
             for y in range(m0):
@@ -503,3 +522,55 @@ def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.nd
                         qrow[x] += crow[x]
             for x in range(m1):
                 orow[x] += upd[x]
+
+
+# --------------------------------------------------------------------------- scheduling
+@_jit(_JIT)
+def first_fit_batches(order: np.ndarray, rows: np.ndarray, cols: np.ndarray, frame: int,
+                      limit: int, batch_of: np.ndarray) -> int:
+    """Greedy split of ``order`` into batches of mutually non-overlapping ``frame``-sized
+    windows: each position joins the first batch (in creation order) that has fewer than
+    ``limit`` members and no window overlapping its own. Writes each position's batch
+    (``batch_of[i]`` for ``order[i]``) and returns the number of batches.
+
+    Replaces a Python loop with one vectorised test against all batches per position.
+    """
+    n = order.shape[0]
+    capacity = max(1, min(n, 1024))
+    mem_r = np.empty((capacity, limit), np.int64)
+    mem_c = np.empty((capacity, limit), np.int64)
+    count = np.zeros(capacity, np.int64)
+    used = 0
+    first_open = 0  # the batches before it are full
+    for i in range(n):
+        j = order[i]
+        r, c = rows[j], cols[j]
+        b = used
+        for q in range(first_open, used):
+            if count[q] >= limit:
+                continue
+            clash = False
+            for k in range(count[q]):
+                if abs(mem_r[q, k] - r) < frame and abs(mem_c[q, k] - c) < frame:
+                    clash = True
+                    break
+            if not clash:
+                b = q
+                break
+        if b == capacity:  # room for more batches
+            capacity *= 2
+            grown_r = np.empty((capacity, limit), np.int64)
+            grown_c = np.empty((capacity, limit), np.int64)
+            grown_n = np.zeros(capacity, np.int64)
+            grown_r[:used], grown_c[:used], grown_n[:used] = mem_r[:used], mem_c[:used], \
+                count[:used]
+            mem_r, mem_c, count = grown_r, grown_c, grown_n
+        k = count[b]
+        mem_r[b, k], mem_c[b, k] = r, c
+        count[b] = k + 1
+        if b == used:
+            used += 1
+        while first_open < used and count[first_open] >= limit:
+            first_open += 1
+        batch_of[i] = b
+    return used

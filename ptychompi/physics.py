@@ -525,18 +525,21 @@ def lsqml_step_terms(backend: Backend, chi: Any, probes: Any, obj: Any, d_obj: A
 
 
 def epie_update(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any, win: Windows,
-                step: float, probe_grad: str) -> Any:
+                alpha: float, probe_grad: str) -> Any:
     """ePIE's object update in place and its probe gradient, for disjoint windows.
 
-    ``Δ = chi − psi``; ``O_j += step · Σ_k conj(P_k) Δ_k``; the gradient
-    ``Δ_k conj(O_j) / max|O_j|²`` (old object) is returned summed over positions
+    ``Δ = chi − psi``; ``O_j += α / max Σ_k|P_jk|² · Σ_k conj(P_jk) Δ_jk`` (the peak power of
+    the probe the position sees: its sub-pixel-shifted copy, or the one shared probe); the
+    gradient ``Δ_k conj(O_j) / max|O_j|²`` (old object) is returned summed over positions
     (``probe_grad="sum"``, complex128 (K, M, M)), per position (``"stack"``, (B, K, M, M),
     for the sub-pixel back-shift) or not at all (``"none"``). CPU: one fused kernel.
     """
     if backend.is_gpu:
         old = extract(backend, obj, win.index)
         delta = chi - psi
-        weight = step * probes.conj()
+        power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+        steps = alpha / power.reshape(len(probes), -1).max(axis=1)
+        weight = steps.astype(power.dtype)[:, None, None, None] * probes.conj()
         if weight.shape[:2] == (1, 1):  # one mode, no sub-pixel shift: one multiply
             obj_update = delta[:, 0] * weight[0, 0]
         else:
@@ -551,7 +554,7 @@ def epie_update(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any, win
         return delta if probe_grad == "stack" else delta.sum(axis=0, dtype=np.complex128)
     accumulate = probe_grad == "sum"
     psum = np.zeros(chi.shape[1:] if accumulate else (0, 0, 0), dtype=np.complex128)
-    cpu_kernels.epie_update(chi, _c(psi), _c(probes), obj, win.rows, win.cols, float(step),
+    cpu_kernels.epie_update(chi, _c(psi), _c(probes), obj, win.rows, win.cols, float(alpha),
                             psum, probe_grad == "stack")
     return psum if accumulate else (chi if probe_grad == "stack" else None)
 

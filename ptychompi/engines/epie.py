@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import cpu_kernels
 from ..physics import epie_update, exit_waves, modulus_project, unshift_sum
 from .base import Engine
 
@@ -22,26 +23,16 @@ def disjoint_batches(order: np.ndarray, rows: np.ndarray, cols: np.ndarray, fram
     """Greedy split of ``order`` into batches of mutually non-overlapping windows.
 
     Each position joins the first batch (in creation order) that has room and no overlapping
-    window, so the visiting order is kept as far as the constraint allows. One vectorised
-    test against all batches per position.
+    window, so the visiting order is kept as far as the constraint allows; within a batch the
+    positions keep the order they joined in (:func:`cpu_kernels.first_fit_batches`).
     """
-    n = len(order)
-    far = np.iinfo(np.int64).max // 4
-    mem_r = np.full((n, limit), far, dtype=np.int64)
-    mem_c = np.full((n, limit), far, dtype=np.int64)
-    count = np.zeros(n, dtype=np.int64)
-    members = np.empty((n, limit), dtype=np.int64)
-    used = 0
-    for j in order:
-        r, c = rows[j], cols[j]
-        clash = ((np.abs(mem_r[:used] - r) < frame) & (np.abs(mem_c[:used] - c) < frame)).any(1)
-        free = np.flatnonzero(~clash & (count[:used] < limit))
-        b = int(free[0]) if free.size else used
-        used = max(used, b + 1)
-        k = count[b]
-        mem_r[b, k], mem_c[b, k], members[b, k] = r, c, j
-        count[b] = k + 1
-    return [members[b, :count[b]].copy() for b in range(used)]
+    order = np.ascontiguousarray(order, dtype=np.int64)
+    batch_of = np.empty(len(order), dtype=np.int64)
+    used = cpu_kernels.first_fit_batches(order, np.ascontiguousarray(rows, dtype=np.int64),
+                                         np.ascontiguousarray(cols, dtype=np.int64),
+                                         int(frame), max(1, int(limit)), batch_of)
+    grouped = order[np.argsort(batch_of, kind="stable")]
+    return np.split(grouped, np.cumsum(np.bincount(batch_of, minlength=used))[:-1])
 
 
 class EPIE(Engine):
@@ -54,30 +45,33 @@ class EPIE(Engine):
         batches = disjoint_batches(order, self.rows, self.cols, self.data.frame, limit)
         alpha, beta = self.cfg.alpha, self.cfg.beta
         update_probe = self.updates_probe
+        # with sub-pixel shifts the probe lives as its spectrum during the iteration: the
+        # batches shift it and add their back-shifted gradients there (no transform of the
+        # whole probe per batch)
+        probe_ft = self.backend.fft2(self.probe) if self.use_subpixel else None
         err = 0.0
         for batch in batches:
-            err += self._update(batch, alpha, beta, update_probe)
+            err += self._update(batch, alpha, beta, update_probe, probe_ft)
+        if probe_ft is not None and update_probe:
+            self.probe = self.backend.ifft2(probe_ft, overwrite=True)
         if self.schedule.share_object(self.iteration):
             self.merge_object()
         if update_probe and self.schedule.share_probe(self.iteration):
             self.average_probe()
         return err
 
-    def _update(self, batch: np.ndarray, alpha: float, beta: float,
-                update_probe: bool) -> float:
+    def _update(self, batch: np.ndarray, alpha: float, beta: float, update_probe: bool,
+                probe_ft: Any | None) -> float:
         """One batch of disjoint windows; on a CPU its positions are spread over the worker
         threads, each doing its positions' exit waves and updates in one pass (each window's
         object update touches only its own window, which no other position of the batch
-        reads). The object step is ``alpha / max|P|²`` of the probe itself (its sub-pixel-
-        shifted copies, made by each thread for its positions, differ from it in peak power
-        by up to about 7 %)."""
+        reads). Each position's object step is ``alpha / max|P|²`` of the probe it sees (its
+        sub-pixel-shifted copy, made by the thread, or the probe); with shifts the probe's
+        spectrum ``probe_ft`` is updated in place."""
         be, xp = self.backend, self.backend.xp
         prop = self.data.propagator
         size = self.per_thread(len(batch))
-        probe_ft = be.fft2(self.probe) if self.use_subpixel else None
-        pmax = float((self.probe.real ** 2 + self.probe.imag ** 2).sum(axis=0).max())
-        step = alpha / pmax
-        mode = "none" if not update_probe else ("sum" if not self.use_subpixel else "stack")
+        mode = "none" if not update_probe else ("sum" if probe_ft is None else "stack")
 
         def part_update(_: int, sl: slice) -> tuple[float, Any]:
             part = batch[sl]
@@ -87,15 +81,17 @@ class EPIE(Engine):
             projected, e = modulus_project(be, prop.forward(psi),
                                           self.data.amplitudes[xp.asarray(part)])
             chi = prop.backward(projected, overwrite=True)
-            grad = epie_update(be, chi, psi, probes, self.object, win, step, mode)
-            if mode == "stack":
+            grad = epie_update(be, chi, psi, probes, self.object, win, alpha, mode)
+            if mode == "stack":  # the spectrum of the back-shifted gradients' sum
                 grad = unshift_sum(be, grad, self.ramps(part), spectrum=True, overwrite=True)
             return e, grad
 
         parts = self.map_chunks(part_update, len(batch), size)
         if update_probe:
             total = self.chunk_sum([p[1] for p in parts])
-            if mode == "stack":  # the chunks' back-shift spectra: one inverse FFT
-                total = be.ifft2(total, overwrite=True)
-            self.probe += (beta / len(batch)) * total
+            total *= beta / len(batch)
+            if probe_ft is None:
+                self.probe += total
+            else:
+                probe_ft += total
         return float(sum(p[0] for p in parts))

@@ -272,20 +272,24 @@ def test_lsqml_object_direction(rng):
 
 @pytest.mark.parametrize("modes", [1, 2])
 @pytest.mark.parametrize("grad", ["none", "sum", "stack"])
-def test_epie_update(rng, modes, grad):
+@pytest.mark.parametrize("shared", [True, False])
+def test_epie_update(rng, modes, grad, shared):
     chi, psi = rand_complex(rng, (3, modes, M, M)), rand_complex(rng, (3, modes, M, M))
-    probes, obj = rand_complex(rng, (1, modes, M, M)), rand_complex(rng, (H, W))
+    probes = rand_complex(rng, (1 if shared else 3, modes, M, M))
+    obj = rand_complex(rng, (H, W))
     rows, cols = np.array([0, 0, 20]), np.array([0, 20, 5])  # disjoint windows
     old = windows(obj, rows, cols)
     delta = chi - psi
-    step = 0.3
+    alpha = 0.3
+    peak = (np.abs(probes) ** 2).sum(axis=1).reshape(len(probes), -1).max(axis=1)
+    step = (alpha / peak)[:, None, None, None]  # each probe row's own peak power
     expected_obj = obj.copy()
     update = (step * probes.conj() * delta).sum(axis=1)
     physics.scatter_add(CPU, expected_obj, update, rows, cols)
     omax = (np.abs(old) ** 2).reshape(3, -1).max(axis=1)
     expected_grad = delta * (old.conj() / omax[:, None, None])[:, None]
     psum = np.zeros((modes, M, M) if grad == "sum" else (0, 0, 0), np.complex128)
-    ck.epie_update(chi, psi, probes, obj, rows, cols, step, psum, grad == "stack")
+    ck.epie_update(chi, psi, probes, obj, rows, cols, alpha, psum, grad == "stack")
     close(obj, expected_obj)
     if grad == "sum":
         close(psum, expected_grad.sum(axis=0))
@@ -293,6 +297,31 @@ def test_epie_update(rng, modes, grad):
         close(chi, expected_grad)
     if grad == "none":
         close(chi, delta + psi)  # untouched
+
+
+def first_fit_reference(order, rows, cols, frame, limit):
+    """The batching rule written out plainly: first batch with room and no overlap."""
+    batches: list[list[int]] = []
+    for j in order:
+        for b in batches:
+            if len(b) < limit and all(abs(rows[i] - rows[j]) >= frame
+                                      or abs(cols[i] - cols[j]) >= frame for i in b):
+                b.append(int(j))
+                break
+        else:
+            batches.append([int(j)])
+    return batches
+
+
+@pytest.mark.parametrize("n,frame,limit", [(1, 8, 4), (300, 40, 5), (1200, 24, 64),
+                                           (2500, 3, 2)])
+def test_first_fit_batches(rng, n, frame, limit):
+    rows, cols = rng.integers(0, 200, n), rng.integers(0, 200, n)
+    order = rng.permutation(n)
+    batch_of = np.empty(n, np.int64)
+    used = ck.first_fit_batches(order, rows, cols, frame, limit, batch_of)
+    got = [list(order[batch_of == b]) for b in range(used)]
+    assert got == first_fit_reference(order, rows, cols, frame, limit)
 
 
 @pytest.mark.parametrize("modes", [1, 2])
