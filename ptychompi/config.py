@@ -84,7 +84,8 @@ class AlgorithmConfig:
     iterations: int = opt(100, "iterations to run", low=0)
     probe_modes: int = opt(1, "incoherent probe modes", low=1)
     probe_update_start: int = opt(0, "first iteration that updates the probe", low=0)
-    batch_size: int | None = opt(None, "positions per batch (null = engine default)", low=1)
+    batch_size: int | None = opt(None, "positions per batch (null = engine default: ePIE up to "
+                                 "64 non-overlapping windows, LSQML a tenth of the scan)", low=1)
     seed: int = opt(0, "random seed (position order, batches)", low=0)
     probe_guess: str | None = opt(None, "starting probe: .npy, .h5 or ptychopy .csv")
     object_guess: str | None = opt(None, "starting object: .npy, .h5 or ptychopy .csv")

@@ -24,7 +24,11 @@ from ..physics import (
 )
 from .base import Engine
 
-DEFAULT_BATCHES = 20  # batches per iteration when batch_size is not set
+# batches per iteration when batch_size is not set: 10 reconstructs as well per iteration as 20
+# (20x20 test scan: object error 0.0388 vs 0.0378, final Fourier error 1.02x vs 1.05x the
+# Poisson floor; PETRA III near field: 0.0121 vs 0.0127) at half the synchronisation points
+# (30x30 scan, 2 threads, shifts on: 135 vs 174 ms/it); 5 falls behind (0.0444; 0.0151)
+DEFAULT_BATCHES = 10
 DELTA = 0.1  # object-direction preconditioner (δ)
 DAMPING = 0.1  # λ relative to the batch mean of each diagonal
 STEP_SCALE = 0.9
