@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import cpu_kernels
-from ..physics import epie_update, exit_waves, modulus_project, unshift_sum
+from .. import cpu_kernels, fused_kernels
+from ..physics import EPS, epie_update, exit_waves, modulus_project, unshift_sum
 from .base import Engine
 
 DEFAULT_BATCH = 64
@@ -37,6 +37,14 @@ def disjoint_batches(order: np.ndarray, rows: np.ndarray, cols: np.ndarray, fram
 
 class EPIE(Engine):
     name = "epie"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        be = self.backend
+        # CPU, FFTW, far field, single precision: each chunk in one compiled call
+        self.fused = (not be.is_gpu and be.fft == "fftw" and be.complex_dtype == np.complex64
+                      and self.data.propagator.kind == "farfield"
+                      and fused_kernels.available((self.data.frame, self.data.frame)))
 
     def _iterate(self) -> float:
         n = len(self.rows)
@@ -67,7 +75,9 @@ class EPIE(Engine):
         object update touches only its own window, which no other position of the batch
         reads). Each position's object step is ``alpha / max|P|²`` of the probe it sees (its
         sub-pixel-shifted copy, made by the thread, or the probe); with shifts the probe's
-        spectrum ``probe_ft`` is updated in place."""
+        spectrum ``probe_ft`` is updated in place. With :attr:`fused` a thread's positions go
+        through the whole pipeline in one compiled call (:mod:`ptychompi.fused_kernels`, the
+        same result)."""
         be, xp = self.backend, self.backend.xp
         prop = self.data.propagator
         size = self.per_thread(len(batch))
@@ -75,6 +85,10 @@ class EPIE(Engine):
 
         def part_update(_: int, sl: slice) -> tuple[float, Any]:
             part = batch[sl]
+            if self.fused:
+                return fused_kernels.epie_chunk(self.data.amplitudes, part, self.rows[part],
+                                                self.cols[part], self.object, self.probe,
+                                                probe_ft, self.ramps(part), alpha, EPS, mode)
             win = self.windows(part)
             probes = self.probes_at(part, probe_ft)
             psi = exit_waves(be, probes, self.object, win)

@@ -1,0 +1,112 @@
+"""Whole per-position pipelines in one compiled call (CPU, far field, FFTW's C interface).
+
+An engine's worker thread otherwise returns to Python between every FFT and element-wise
+pass of its chunk: a dozen hand-overs of the GIL per chunk, which two threads on two cores
+contend for (ePIE's small disjoint batches spent more time on that than on arithmetic). Here
+a chunk's positions go through shift, exit wave, FFT, modulus projection, inverse FFT and
+update one position at a time, in one ``nogil`` call that calls FFTW itself
+(:mod:`ptychompi.fftw_native`), with the frames in cache between the steps.
+
+Each step calls the same kernel of :mod:`ptychompi.cpu_kernels` (on one position) and the
+same FFTW transform as the chunked path, so the two give identical objects and probes (tested;
+the Fourier error is summed in another order). Compiled at first use in each process (a
+kernel that calls a C library through ctypes cannot be cached on disk).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+from . import cpu_kernels as ck
+from . import fftw, fftw_native
+
+execute_dft = fftw_native.execute_dft
+
+_JIT = {"nogil": True, "fastmath": False, "error_model": "numpy"}
+
+
+def available(frame: tuple[int, int]) -> bool:
+    """Whether the fused kernels can run frames of this shape here."""
+    return fftw_native.frame_aligned(frame)
+
+
+if execute_dft is not None:
+    @numba.njit(**_JIT)
+    def _transform(plan: int, src: np.ndarray, dst: np.ndarray, scale: Any) -> None:
+        """``dst[k] = FFTW(src[k]) · scale`` for every mode frame of (1, K, M, M) stacks."""
+        kk, m0, m1 = src.shape[1], src.shape[2], src.shape[3]
+        for k in range(kk):
+            execute_dft(plan, src[0, k].ctypes.data, dst[0, k].ctypes.data)
+            for y in range(m0):
+                row = dst[0, k, y]
+                for x in range(m1):
+                    row[x] = row[x] * scale
+
+    @numba.njit(**_JIT)
+    def epie_positions(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray,
+                       cols: np.ndarray, obj: np.ndarray, probe: np.ndarray,
+                       probe_ft: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
+                       shifted: bool, alpha: float, eps: float, grad: int, forward: int,
+                       backward: int, psum: np.ndarray, spec: np.ndarray, probe_j: np.ndarray,
+                       psi: np.ndarray, wave: np.ndarray, chi: np.ndarray) -> float:
+        """ePIE for a chunk of positions with disjoint windows (far field); returns the
+        chunk's Fourier error numerator.
+
+        ``amplitudes[frames[j]]`` is position j's measured amplitude; ``probe`` (1, K, M, M)
+        the probe, or with ``shifted`` its spectrum ``probe_ft`` (K, M, M) and the positions'
+        ramps. ``grad``: 0 no probe gradient, 1 summed into ``psum`` (K, M, M) complex128,
+        2 its back-shifted spectrum summed there. ``spec``, ``probe_j``, ``psi``, ``wave``,
+        ``chi``: (1, K, M, M) aligned scratch frames.
+        """
+        m0, m1 = psi.shape[2], psi.shape[3]
+        scale = np.complex64(1.0 / np.sqrt(m0 * m1))
+        unshared = np.zeros(1, np.int64)
+        none = np.zeros((0, 0, 0), np.complex128)
+        err = 0.0
+        for j in range(rows.shape[0]):
+            r, c = rows[j:j + 1], cols[j:j + 1]
+            probes = probe
+            if shifted:
+                ck.ramp_fill(probe_ft, ramp_r[j:j + 1], ramp_c[j:j + 1], spec)
+                _transform(backward, spec, probe_j, scale)
+                probes = probe_j
+            ck.exit_waves(probes, unshared, obj, r, c, psi)
+            _transform(forward, psi, wave, scale)
+            f = frames[j]
+            err += ck.modulus_project(wave, amplitudes[f:f + 1], wave, eps)
+            _transform(backward, wave, chi, scale)
+            ck.epie_update(chi, psi, probes, obj, r, c, alpha, psum if grad == 1 else none,
+                           grad == 2)
+            if grad == 2:
+                _transform(forward, chi, spec, scale)
+                ck.ramp_sum(spec, ramp_r[j:j + 1], ramp_c[j:j + 1], psum)
+        return err
+
+
+def epie_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+               obj: np.ndarray, probe: np.ndarray, probe_ft: np.ndarray | None,
+               ramps: tuple[np.ndarray, np.ndarray] | None, alpha: float, eps: float,
+               grad: str) -> tuple[float, np.ndarray | None]:
+    """:func:`epie_positions` with its scratch frames: ``(error, gradient sum or None)``;
+    ``grad`` is "none", "sum" or "stack" (the back-shifted sum's spectrum)."""
+    kk, m0, m1 = probe.shape
+    frame = (m0, m1)
+    stack = (1, kk, m0, m1)
+    scratch = [fftw.empty_aligned(stack, np.complex64) for _ in range(5)]
+    code = {"none": 0, "sum": 1, "stack": 2}[grad]
+    psum = np.zeros((kk, m0, m1) if code else (0, 0, 0), np.complex128)
+    shifted = ramps is not None
+    rr, rc = ramps if shifted else (np.zeros((0, m0), np.complex64),) * 2
+    spectrum = probe_ft if shifted else np.zeros((kk, m0, m1), np.complex64)
+    err = epie_positions(amplitudes, np.ascontiguousarray(frames, np.int64),
+                         np.ascontiguousarray(rows, np.int64),
+                         np.ascontiguousarray(cols, np.int64), obj,
+                         np.ascontiguousarray(probe)[None], np.ascontiguousarray(spectrum),
+                         rr, rc, shifted, float(alpha), float(eps), code,
+                         fftw_native.frame_plan(frame, fftw_native.FFTW_FORWARD),
+                         fftw_native.frame_plan(frame, fftw_native.FFTW_BACKWARD), psum,
+                         *scratch)
+    return float(err), (psum if code else None)

@@ -1,0 +1,84 @@
+"""The fused per-position pipelines (FFTW called from compiled kernels) against the chunked
+path they replace: identical objects and probes, position by position and in the engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_engines import as_scan, config
+
+from ptychompi import Reconstruction, fftw_native, fused_kernels, physics
+from ptychompi.backend import select_backend
+from ptychompi.physics import Windows
+from ptychompi.simulate import simulate
+
+pytestmark = pytest.mark.skipif(not fftw_native.available(), reason="pyfftw is a dependency; "
+                                "missing only where its wheel is not built")
+
+M, H, W = 32, 120, 120
+
+
+def rand_complex(rng, shape):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+
+def test_frame_plans_transform_like_the_chunked_path():
+    be = select_backend("cpu", workers=1, fft="fftw")
+    a = rand_complex(np.random.default_rng(1), (1, 2, M, M))
+    for direction, ours in ((fftw_native.FFTW_FORWARD, be.fft2),
+                            (fftw_native.FFTW_BACKWARD, be.ifft2)):
+        out = np.empty_like(a)
+        scale = np.complex64(1 / M)
+        fused_kernels._transform(fftw_native.frame_plan((M, M), direction), a, out, scale)
+        assert np.array_equal(out, ours(a))
+    assert fftw_native.frame_aligned((M, M))
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+@pytest.mark.parametrize("shifted,grad", [(False, "none"), (False, "sum"), (True, "none"),
+                                          (True, "stack")])
+def test_epie_chunk_equals_the_chunked_path(modes, shifted, grad):
+    be = select_backend("cpu", workers=1, fft="fftw")
+    rng = np.random.default_rng(modes)
+    rows, cols = np.array([0, 0, 40, 80]), np.array([0, 40, 0, 80])  # disjoint windows
+    obj, probe = rand_complex(rng, (H, W)), rand_complex(rng, (modes, M, M))
+    amplitudes = rng.random((6, M, M)).astype(np.float32)
+    amplitudes[0, :3] = -1  # masked pixels
+    frames = np.array([3, 1, 0, 5])
+    ramps = physics.subpixel_ramps(be, rng.uniform(-0.5, 0.5, (4, 2)), M) if shifted else None
+    probe_ft = be.fft2(probe) if shifted else None
+
+    expected_obj = obj.copy()
+    probes = physics.shifted_probes(be, probe_ft, ramps, probe)
+    win = Windows(rows, cols, None)
+    psi = physics.exit_waves(be, probes, expected_obj, win)
+    projected, expected_err = physics.modulus_project(be, be.fft2(psi), amplitudes[frames])
+    expected_grad = physics.epie_update(be, be.ifft2(projected), psi, probes, expected_obj, win,
+                                        0.7, grad)
+    if grad == "stack":
+        expected_grad = physics.unshift_sum(be, expected_grad, ramps, spectrum=True)
+
+    err, grad_sum = fused_kernels.epie_chunk(amplitudes, frames, rows, cols, obj, probe,
+                                             probe_ft, ramps, 0.7, physics.EPS, grad)
+    assert np.array_equal(obj, expected_obj)
+    assert (grad_sum is None) == (expected_grad is None)
+    if grad_sum is not None:
+        assert np.array_equal(grad_sum, expected_grad)
+    assert err == pytest.approx(expected_err, rel=1e-12)  # summed in another order
+
+
+@pytest.mark.parametrize("subpixel", [True, False])
+def test_epie_engine_fused_equals_chunked(subpixel):
+    sim = simulate(frame=32, grid=8, step_px=5, probe_diameter_px=10, photons=1e5, seed=3)
+    cfg = config("epie", 4, sim, probe_update_start=1, subpixel=subpixel)
+    cfg["parallel"]["workers"] = 2
+    results = []
+    for fused in (True, False):
+        with Reconstruction(cfg, scan=as_scan(sim)) as r:
+            assert r.engine.fused  # CPU, FFTW, far field, single precision
+            r.engine.fused = fused
+            r.run()
+            results.append((r.object, r.probe, r.metrics["error"]))
+    (obj_f, probe_f, err_f), (obj_c, probe_c, err_c) = results
+    assert np.array_equal(obj_f, obj_c) and np.array_equal(probe_f, probe_c)
+    np.testing.assert_allclose(err_f, err_c, rtol=1e-6)
