@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from . import cpu_kernels as ck
-from . import fftw, fftw_native
+from . import fftw, fftw_native, physics
 
 execute_dft = fftw_native.execute_dft
 
@@ -84,6 +84,53 @@ if execute_dft is not None:
                 _transform(forward, chi, spec, scale)
                 ck.ramp_sum(spec, ramp_r[j:j + 1], ramp_c[j:j + 1], psum)
         return err
+
+
+    @numba.njit(**_JIT)
+    def lsqml_positions(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray,
+                        cols: np.ndarray, obj: np.ndarray, probes: np.ndarray,
+                        probe_of: np.ndarray, eps: float, forward: int, backward: int,
+                        num: np.ndarray, den: np.ndarray, pnum: np.ndarray, slot: np.ndarray,
+                        chi: np.ndarray, psi: np.ndarray, wave: np.ndarray) -> float:
+        """LSQML's exit-wave update (Gaussian noise, far field) and its sums for a chunk of
+        positions (:func:`cpu_kernels.lsqml_object_terms`); ``chi`` (B, K, M, M) receives
+        ``χ_j = F⁻¹ Ψ'_j − ψ_j``. Returns the chunk's Fourier error numerator. ``psi``,
+        ``wave``: (1, K, M, M) aligned scratch frames."""
+        m0, m1 = psi.shape[2], psi.shape[3]
+        scale = np.complex64(1.0 / np.sqrt(m0 * m1))
+        err = 0.0
+        for j in range(rows.shape[0]):
+            r, c, of = rows[j:j + 1], cols[j:j + 1], probe_of[j:j + 1]
+            ck.exit_waves(probes, of, obj, r, c, psi)
+            _transform(forward, psi, wave, scale)
+            f = frames[j]
+            err += ck.modulus_project(wave, amplitudes[f:f + 1], wave, eps)
+            _transform(backward, wave, chi[j:j + 1], scale)
+            ck.lsqml_object_terms(chi[j:j + 1], psi, probes, of, obj, r, c, num, den, pnum,
+                                  slot[j:j + 1])
+        return err
+
+
+def lsqml_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                obj: np.ndarray, probes: np.ndarray, probe_of: np.ndarray | None,
+                num: np.ndarray, den: np.ndarray, with_probe: bool, per_position: bool,
+                runs: np.ndarray | None, eps: float) -> tuple[float, np.ndarray, Any]:
+    """:func:`lsqml_positions` with its scratch frames: ``(error, χ (B, K, M, M), probe
+    direction terms as physics.lsqml_object_terms returns them)``."""
+    b = len(rows)
+    kk, m0, m1 = probes.shape[1:]
+    shape = (b, kk, m0, m1)
+    chi = fftw.empty_aligned(shape, np.complex64)
+    psi, wave = (fftw.empty_aligned((1, kk, m0, m1), np.complex64) for _ in range(2))
+    slot, pnum = physics.probe_term_slots(shape, np.complex64, with_probe, per_position, runs)
+    err = lsqml_positions(amplitudes, np.ascontiguousarray(frames, np.int64),
+                          np.ascontiguousarray(rows, np.int64),
+                          np.ascontiguousarray(cols, np.int64), obj, np.ascontiguousarray(probes),
+                          physics._probe_index(probes, b, probe_of), float(eps),
+                          fftw_native.frame_plan((m0, m1), fftw_native.FFTW_FORWARD),
+                          fftw_native.frame_plan((m0, m1), fftw_native.FFTW_BACKWARD), num, den,
+                          pnum, slot, chi, psi, wave)
+    return float(err), chi, physics.probe_terms_result(pnum, with_probe, per_position, runs)
 
 
 def epie_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,

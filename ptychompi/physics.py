@@ -483,19 +483,33 @@ def lsqml_object_terms(backend: Backend, chi: Any, psi: Any, probes: Any, obj: A
         if runs is not None or per_position:
             return conj_object_products(backend, chi, obj, win, runs=runs)
         return conj_object_products(backend, chi, obj, win).sum(axis=0, dtype=np.complex128)
-    b, k = chi.shape[:2]
-    if not with_probe:
-        slot, shape, dtype = np.zeros(b, np.int64), (0, k, 0, 0), np.complex128
-    elif runs is not None:
-        slot, shape, dtype = run_index(runs, b), (len(runs), *chi.shape[1:]), np.complex128
-    elif per_position:
-        slot, shape, dtype = np.arange(b), chi.shape, chi.dtype
-    else:
-        slot, shape, dtype = np.zeros(b, np.int64), (1, *chi.shape[1:]), np.complex128
-    pnum = np.zeros(shape, dtype=dtype)
+    slot, pnum = probe_term_slots(chi.shape, chi.dtype, with_probe, per_position, runs)
     cpu_kernels.lsqml_object_terms(chi, _c(psi), _c(probes),
                                    _probe_index(probes, len(win), probe_of), _c(obj), win.rows,
                                    win.cols, num, den, pnum, slot)
+    return probe_terms_result(pnum, with_probe, per_position, runs)
+
+
+def probe_term_slots(shape: tuple[int, ...], dtype: Any, with_probe: bool, per_position: bool,
+                     runs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each position's slot and the zeroed slots (S, K, M, M) of LSQML's probe direction terms
+    for (B, K, M, M) waves: none (S = 0), one per run of equal shift (complex128), one per
+    position (``per_position``, working precision) or one for all (complex128)."""
+    b, k = shape[:2]
+    if not with_probe:
+        slot, size, kind = np.zeros(b, np.int64), (0, k, 0, 0), np.complex128
+    elif runs is not None:
+        slot, size, kind = run_index(runs, b), (len(runs), *shape[1:]), np.complex128
+    elif per_position:
+        slot, size, kind = np.arange(b), tuple(shape), dtype
+    else:
+        slot, size, kind = np.zeros(b, np.int64), (1, *shape[1:]), np.complex128
+    return slot, np.zeros(size, dtype=kind)
+
+
+def probe_terms_result(pnum: np.ndarray, with_probe: bool, per_position: bool,
+                       runs: np.ndarray | None) -> np.ndarray | None:
+    """What :func:`lsqml_object_terms` returns from the slots of :func:`probe_term_slots`."""
     if not with_probe:
         return None
     return pnum if runs is not None or per_position else pnum[0]

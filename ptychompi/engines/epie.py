@@ -38,14 +38,6 @@ def disjoint_batches(order: np.ndarray, rows: np.ndarray, cols: np.ndarray, fram
 class EPIE(Engine):
     name = "epie"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        be = self.backend
-        # CPU, FFTW, far field, single precision: each chunk in one compiled call
-        self.fused = (not be.is_gpu and be.fft == "fftw" and be.complex_dtype == np.complex64
-                      and self.data.propagator.kind == "farfield"
-                      and fused_kernels.available((self.data.frame, self.data.frame)))
-
     def _iterate(self) -> float:
         n = len(self.rows)
         limit = self.cfg.batch_size or DEFAULT_BATCH

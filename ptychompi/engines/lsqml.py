@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import fused_kernels
 from ..physics import (
     EPS,
     exit_waves,
@@ -57,6 +58,7 @@ class LSQML(Engine):
         self._lookup = np.full(n_global, -1, dtype=np.int64)
         self._lookup[self.data.indices] = np.arange(len(self.data.indices))
         self._shift_of = self._global_shifts()
+        self.fused = self.fused and self.cfg.noise_model == "gaussian"
 
     def _global_shifts(self) -> np.ndarray | None:
         """Every frame's rounded sub-pixel shift as one integer, the same on every rank (one
@@ -159,17 +161,22 @@ class LSQML(Engine):
             win = self.windows(part)
             ramps = self.ramps(part)
             probes, probe_of = self.probe_set(part, probe_ft)  # one per distinct shift
-            psi = exit_waves(be, probes, self.object, win, probe_of)
-            target, err = self._exit_update(prop.forward(psi),
-                                            self.data.amplitudes[xp.asarray(part)])
-            chi = prop.backward(target, overwrite=True)
-            # χ = Ψ' − ψ, the object sums and the probe direction terms in one pass: summed,
-            # or with sub-pixel shifts per run of equal shift (per position when exact)
+            # χ = Ψ' − ψ, the object sums and the probe direction terms: summed, or with
+            # sub-pixel shifts per run of equal shift (per position when exact)
             runs = self.runs(part) if ramps is not None else None
-            d_probe = lsqml_object_terms(be, chi, psi, probes, self.object, win, nums[t],
-                                         illums[t], update_probe, probe_of,
-                                         per_position=ramps is not None and runs is None,
-                                         runs=runs)
+            per_position = ramps is not None and runs is None
+            if self.fused:  # position by position in one compiled call
+                err, chi, d_probe = fused_kernels.lsqml_chunk(
+                    self.data.amplitudes, part, win.rows, win.cols, self.object, probes,
+                    probe_of, nums[t], illums[t], update_probe, per_position, runs, EPS)
+            else:
+                psi = exit_waves(be, probes, self.object, win, probe_of)
+                target, err = self._exit_update(prop.forward(psi),
+                                                self.data.amplitudes[xp.asarray(part)])
+                chi = prop.backward(target, overwrite=True)
+                d_probe = lsqml_object_terms(be, chi, psi, probes, self.object, win, nums[t],
+                                             illums[t], update_probe, probe_of,
+                                             per_position=per_position, runs=runs)
             if update_probe and ramps is not None:  # one back-shift per run of equal shifts
                 d_probe = unshift_sum(be, d_probe, run_ramps(be, ramps, runs), spectrum=True,
                                       overwrite=True)

@@ -67,10 +67,42 @@ def test_epie_chunk_equals_the_chunked_path(modes, shifted, grad):
     assert err == pytest.approx(expected_err, rel=1e-12)  # summed in another order
 
 
+@pytest.mark.parametrize("with_probe,per_position,runs", [
+    (False, False, None), (True, False, None), (True, True, None),
+    (True, False, np.array([0, 1, 3]))])
+def test_lsqml_chunk_equals_the_chunked_path(with_probe, per_position, runs):
+    be = select_backend("cpu", workers=1, fft="fftw")
+    rng = np.random.default_rng(7)
+    rows, cols = np.array([0, 10, 40, 70]), np.array([0, 20, 35, 80])  # overlapping windows
+    obj, probes = rand_complex(rng, (H, W)), rand_complex(rng, (2, 2, M, M))
+    probe_of = np.array([0, 1, 1, 0])
+    amplitudes = rng.random((6, M, M)).astype(np.float32)
+    amplitudes[2, 5:9] = -1
+    frames = np.array([3, 2, 0, 5])
+    sums = [np.zeros((H, W), np.complex64), np.zeros((H, W), np.float32)]
+    win = Windows(rows, cols, None)
+    psi = physics.exit_waves(be, probes, obj, win, probe_of)
+    projected, expected_err = physics.modulus_project(be, be.fft2(psi), amplitudes[frames])
+    expected_chi = be.ifft2(projected)
+    expected_terms = physics.lsqml_object_terms(be, expected_chi, psi, probes, obj, win, *sums,
+                                                with_probe, probe_of, per_position, runs)
+    fused_sums = [np.zeros_like(a) for a in sums]
+    err, chi, terms = fused_kernels.lsqml_chunk(amplitudes, frames, rows, cols, obj, probes,
+                                                probe_of, *fused_sums, with_probe, per_position,
+                                                runs, physics.EPS)
+    assert np.array_equal(chi, expected_chi)
+    assert all(np.array_equal(a, b) for a, b in zip(fused_sums, sums, strict=True))
+    assert (terms is None) == (expected_terms is None)
+    if terms is not None:
+        assert terms.dtype == expected_terms.dtype and np.array_equal(terms, expected_terms)
+    assert err == pytest.approx(expected_err, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["epie", "lsqml"])
 @pytest.mark.parametrize("subpixel", [True, False])
-def test_epie_engine_fused_equals_chunked(subpixel):
+def test_engine_fused_equals_chunked(name, subpixel):
     sim = simulate(frame=32, grid=8, step_px=5, probe_diameter_px=10, photons=1e5, seed=3)
-    cfg = config("epie", 4, sim, probe_update_start=1, subpixel=subpixel)
+    cfg = config(name, 4, sim, probe_update_start=1, subpixel=subpixel)
     cfg["parallel"]["workers"] = 2
     results = []
     for fused in (True, False):
@@ -82,3 +114,14 @@ def test_epie_engine_fused_equals_chunked(subpixel):
     (obj_f, probe_f, err_f), (obj_c, probe_c, err_c) = results
     assert np.array_equal(obj_f, obj_c) and np.array_equal(probe_f, probe_c)
     np.testing.assert_allclose(err_f, err_c, rtol=1e-6)
+
+
+def test_fused_only_where_it_applies():
+    sim = simulate(frame=32, grid=4, step_px=5, probe_diameter_px=10, photons=1e5, seed=3)
+    poisson = config("lsqml", 1, sim, noise_model="poisson")
+    double = config("epie", 1, sim, precision="double")
+    scipy_fft = config("dm", 1, sim)
+    scipy_fft["parallel"]["fft"] = "scipy"
+    for cfg in (poisson, double, scipy_fft):
+        with Reconstruction(cfg, scan=as_scan(sim)) as r:
+            assert not r.engine.fused
