@@ -69,6 +69,17 @@ def frame_aligned(shape: tuple[int, int]) -> bool:
     return available() and (shape[0] * shape[1] * 8) % fftw.pyfftw.simd_alignment == 0
 
 
+def require_aligned(*stacks: np.ndarray) -> None:
+    """Raise unless each (…, M, M) complex64 stack is C-contiguous and starts at FFTW's SIMD
+    alignment (its frames then all do, see :func:`frame_aligned`): FFTW's aligned loads on
+    a misaligned frame would crash the process."""
+    for a in stacks:
+        if (a.dtype != np.complex64 or not a.flags.c_contiguous
+                or a.ctypes.data % fftw.pyfftw.simd_alignment):
+            raise ValueError("FFTW frames must be aligned C-contiguous complex64 stacks "
+                             "(ptychompi.fftw.empty_aligned)")
+
+
 def frame_plan(shape: tuple[int, int], direction: int) -> int:
     """The address of an out-of-place complex64 plan for one ``shape`` frame (made once)."""
     if not available():

@@ -111,6 +111,78 @@ if execute_dft is not None:
         return err
 
 
+    @numba.njit(**_JIT)
+    def dm_fourier_positions(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                             obj: np.ndarray, probes: np.ndarray, probe_of: np.ndarray,
+                             waves: np.ndarray, bound: float, eps: float, refine: bool,
+                             forward: int, phi: np.ndarray, model: np.ndarray) -> float:
+        """DM's Fourier step (:func:`cpu_kernels.dm_fourier_update`, or with ``refine`` the
+        strict projection of the model) on ``waves`` (B, K, M, M), position j measured as
+        ``amplitudes[j]``; returns the models' error. ``phi``, ``model``: (1, K, M, M)
+        aligned scratch frames."""
+        m0, m1 = phi.shape[2], phi.shape[3]
+        scale = np.complex64(1.0 / np.sqrt(m0 * m1))
+        err = 0.0
+        for j in range(rows.shape[0]):
+            ck.exit_waves(probes, probe_of[j:j + 1], obj, rows[j:j + 1], cols[j:j + 1], phi)
+            _transform(forward, phi, model, scale)
+            if refine:
+                err += ck.modulus_project(model, amplitudes[j:j + 1], model, eps)
+                waves[j] = model[0]
+            else:
+                err += ck.dm_fourier_update(model, waves[j:j + 1], amplitudes[j:j + 1],
+                                            bound, eps)
+        return err
+
+    @numba.njit(**_JIT)
+    def dm_object_positions(waves: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                            probes: np.ndarray, probe_of: np.ndarray, backward: int,
+                            num: np.ndarray, den: np.ndarray, psi: np.ndarray,
+                            keep: bool) -> None:
+        """DM's object sums (:func:`cpu_kernels.object_terms`) of the sample-plane exit waves
+        ``F⁻¹ waves_j``, written to ``psi`` (B, K, M, M) with ``keep``, else through
+        ``psi[0:1]``."""
+        m0, m1 = psi.shape[2], psi.shape[3]
+        scale = np.complex64(1.0 / np.sqrt(m0 * m1))
+        for j in range(rows.shape[0]):
+            out = psi[j:j + 1] if keep else psi[0:1]
+            _transform(backward, waves[j:j + 1], out, scale)
+            ck.object_terms(out, probes, probe_of[j:j + 1], rows[j:j + 1], cols[j:j + 1], num,
+                            den)
+
+
+def dm_fourier_chunk(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                     obj: np.ndarray, probes: np.ndarray, probe_of: np.ndarray | None,
+                     waves: np.ndarray, bound: float, eps: float, refine: bool) -> float:
+    """:func:`dm_fourier_positions` with its scratch frames."""
+    frame = probes.shape[-2:]
+    fftw_native.require_aligned(waves)
+    phi, model = (fftw.empty_aligned((1, *probes.shape[1:]), np.complex64) for _ in range(2))
+    return float(dm_fourier_positions(
+        amplitudes, _int64(rows), _int64(cols), obj, np.ascontiguousarray(probes),
+        physics._probe_index(probes, len(rows), probe_of), waves, float(bound), float(eps),
+        bool(refine), fftw_native.frame_plan(frame, fftw_native.FFTW_FORWARD), phi, model))
+
+
+def dm_object_chunk(waves: np.ndarray, rows: np.ndarray, cols: np.ndarray, probes: np.ndarray,
+                    probe_of: np.ndarray | None, num: np.ndarray, den: np.ndarray,
+                    psi: np.ndarray | None) -> None:
+    """:func:`dm_object_positions`; the exit waves go to ``psi`` (aligned, like ``waves``)
+    when given."""
+    keep = psi is not None
+    fftw_native.require_aligned(waves, *([psi] if keep else []))
+    if psi is None:
+        psi = fftw.empty_aligned((1, *waves.shape[1:]), np.complex64)
+    dm_object_positions(waves, _int64(rows), _int64(cols), np.ascontiguousarray(probes),
+                        physics._probe_index(probes, len(rows), probe_of),
+                        fftw_native.frame_plan(probes.shape[-2:], fftw_native.FFTW_BACKWARD),
+                        num, den, psi, keep)
+
+
+def _int64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
 def lsqml_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                 obj: np.ndarray, probes: np.ndarray, probe_of: np.ndarray | None,
                 num: np.ndarray, den: np.ndarray, with_probe: bool, per_position: bool,

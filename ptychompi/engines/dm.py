@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import fused_kernels
 from ..physics import (
+    EPS,
     dm_fourier_update,
     exit_waves,
     modulus_project,
@@ -125,9 +127,17 @@ class DifferenceMap(Engine):
         # keep the exit waves for the probe update when they fit: one backward pass, not two
         keep = update_probe and self.waves.nbytes <= PSI_CACHE_BYTES
 
+        if keep and (self._psi is None or self._psi.shape != self.waves.shape):
+            self._psi = be.empty(self.waves.shape, self.waves.dtype)
+
         def object_sums(t: int, sl: slice) -> None:
-            psi = self._exit_waves(sl, keep)
             probes, probe_of = self._probes(sl, table, probe_ft)
+            if self.fused:  # inverse FFT and sums position by position in one compiled call
+                fused_kernels.dm_object_chunk(self.waves[sl], self.rows[sl], self.cols[sl],
+                                              probes, probe_of, nums[t], dens[t],
+                                              self._psi[sl] if keep else None)
+                return
+            psi = self._exit_waves(sl, keep)
             object_terms(be, psi, probes, self.windows(sl), nums[t], dens[t], probe_of)
 
         self.map_chunks(object_sums, n)
@@ -180,6 +190,10 @@ class DifferenceMap(Engine):
 
         def update(_: int, sl: slice) -> float:
             probes, probe_of = self._probes(sl, table, probe_ft)
+            if self.fused:  # exit wave, FFT and Fourier step in one compiled call
+                return fused_kernels.dm_fourier_chunk(
+                    self.data.amplitudes[sl], self.rows[sl], self.cols[sl], self.object,
+                    probes, probe_of, self.waves[sl], bound, EPS, refine)
             phi = exit_waves(be, probes, self.object, self.windows(sl), probe_of)
             model = prop.forward(phi)
             waves = self.waves[sl]
@@ -195,5 +209,7 @@ class DifferenceMap(Engine):
         return {"waves": self.waves}
 
     def _restore_extra(self, state: dict[str, np.ndarray]) -> None:
-        self.waves = self.backend.xp.asarray(state["waves"], dtype=self.backend.complex_dtype)
+        waves = state["waves"]
+        self.waves = self.backend.empty(waves.shape, self.backend.complex_dtype)  # aligned
+        self.waves[...] = self.backend.xp.asarray(waves)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_engines import as_scan, config
 
-from ptychompi import Reconstruction, fftw_native, fused_kernels, physics
+from ptychompi import Reconstruction, fftw, fftw_native, fused_kernels, physics
 from ptychompi.backend import select_backend
 from ptychompi.physics import Windows
 from ptychompi.simulate import simulate
@@ -98,11 +98,51 @@ def test_lsqml_chunk_equals_the_chunked_path(with_probe, per_position, runs):
     assert err == pytest.approx(expected_err, rel=1e-12)
 
 
-@pytest.mark.parametrize("name", ["epie", "lsqml"])
+@pytest.mark.parametrize("refine", [False, True])
+def test_dm_chunks_equal_the_chunked_path(refine):
+    be = select_backend("cpu", workers=1, fft="fftw")
+    rng = np.random.default_rng(11)
+    rows, cols = np.array([0, 10, 40, 70]), np.array([0, 20, 35, 80])
+    obj, probes = rand_complex(rng, (H, W)), rand_complex(rng, (2, 2, M, M))
+    probe_of = np.array([1, 0, 0, 1])
+    amplitudes = rng.random((4, M, M)).astype(np.float32)
+    amplitudes[1, :4] = -1
+    waves = fftw.empty_aligned((4, 2, M, M), np.complex64)
+    waves[...] = rand_complex(rng, waves.shape)
+    win = Windows(rows, cols, None)
+
+    model = be.fft2(physics.exit_waves(be, probes, obj, win, probe_of))
+    expected_waves = waves.copy()
+    if refine:
+        projected, expected_err = physics.modulus_project(be, model, amplitudes)
+        expected_waves[...] = projected
+    else:
+        expected_err = physics.dm_fourier_update(be, model, expected_waves, amplitudes, 0.05)
+    err = fused_kernels.dm_fourier_chunk(amplitudes, rows, cols, obj, probes, probe_of, waves,
+                                         0.05, physics.EPS, refine)
+    assert np.array_equal(waves, expected_waves)
+    assert err == pytest.approx(expected_err, rel=1e-12)
+
+    expected = [np.zeros((H, W), np.complex128), np.zeros((H, W), np.float64)]
+    expected_psi = be.ifft2(waves)
+    physics.object_terms(be, expected_psi, probes, win, *expected, probe_of)
+    for keep in (True, False):
+        sums = [np.zeros_like(a) for a in expected]
+        psi = fftw.empty_aligned(waves.shape, np.complex64) if keep else None
+        fused_kernels.dm_object_chunk(waves, rows, cols, probes, probe_of, *sums, psi)
+        assert all(np.array_equal(a, b) for a, b in zip(sums, expected, strict=True))
+        if keep:
+            assert np.array_equal(psi, expected_psi)
+    with pytest.raises(ValueError, match="aligned"):  # FFTW would crash on such frames
+        fused_kernels.dm_object_chunk(waves[:, :, :, :-1], rows, cols, probes, probe_of, *sums,
+                                      None)
+
+
+@pytest.mark.parametrize("name", ["epie", "dm", "lsqml"])
 @pytest.mark.parametrize("subpixel", [True, False])
 def test_engine_fused_equals_chunked(name, subpixel):
     sim = simulate(frame=32, grid=8, step_px=5, probe_diameter_px=10, photons=1e5, seed=3)
-    cfg = config(name, 4, sim, probe_update_start=1, subpixel=subpixel)
+    cfg = config(name, 4, sim, probe_update_start=1, subpixel=subpixel, dm_refine_from=2)
     cfg["parallel"]["workers"] = 2
     results = []
     for fused in (True, False):
