@@ -9,23 +9,18 @@ update one position at a time, in one ``nogil`` call that calls FFTW itself
 
 Each step calls the same kernel of :mod:`ptychompi.cpu_kernels` (on one position) and the
 same FFTW transform as the chunked path, so the two give identical objects and probes (tested;
-the Fourier error is summed in another order). Compiled at first use in each process (a
-kernel that calls a C library through ctypes cannot be cached on disk).
+the Fourier error is summed in another order). FFTW's ``execute`` comes in as an argument
+(a ctypes function), not as a global, so that the kernels are cached on disk like the others.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 
 from . import cpu_kernels as ck
 from . import fftw, fftw_native, physics
-
-execute_dft = fftw_native.execute_dft
-
-_JIT = {"nogil": True, "fastmath": False, "error_model": "numpy"}
 
 
 def available(frame: tuple[int, int]) -> bool:
@@ -33,122 +28,125 @@ def available(frame: tuple[int, int]) -> bool:
     return fftw_native.frame_aligned(frame)
 
 
-if execute_dft is not None:
-    @numba.njit(**_JIT)
-    def _transform(plan: int, src: np.ndarray, dst: np.ndarray, scale: Any) -> None:
-        """``dst[k] = FFTW(src[k]) · scale`` for every mode frame of (1, K, M, M) stacks."""
-        kk, m0, m1 = src.shape[1], src.shape[2], src.shape[3]
-        for k in range(kk):
-            execute_dft(plan, src[0, k].ctypes.data, dst[0, k].ctypes.data)
-            for y in range(m0):
-                row = dst[0, k, y]
-                for x in range(m1):
-                    row[x] = row[x] * scale
-
-    @numba.njit(**_JIT)
-    def epie_positions(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray,
-                       cols: np.ndarray, obj: np.ndarray, probe: np.ndarray,
-                       probe_ft: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
-                       shifted: bool, alpha: float, eps: float, grad: int, forward: int,
-                       backward: int, psum: np.ndarray, spec: np.ndarray, probe_j: np.ndarray,
-                       psi: np.ndarray, wave: np.ndarray, chi: np.ndarray) -> float:
-        """ePIE for a chunk of positions with disjoint windows (far field); returns the
-        chunk's Fourier error numerator.
-
-        ``amplitudes[frames[j]]`` is position j's measured amplitude; ``probe`` (1, K, M, M)
-        the probe, or with ``shifted`` its spectrum ``probe_ft`` (K, M, M) and the positions'
-        ramps. ``grad``: 0 no probe gradient, 1 summed into ``psum`` (K, M, M) complex128,
-        2 its back-shifted spectrum summed there. ``spec``, ``probe_j``, ``psi``, ``wave``,
-        ``chi``: (1, K, M, M) aligned scratch frames.
-        """
-        m0, m1 = psi.shape[2], psi.shape[3]
-        scale = np.complex64(1.0 / np.sqrt(m0 * m1))
-        unshared = np.zeros(1, np.int64)
-        none = np.zeros((0, 0, 0), np.complex128)
-        err = 0.0
-        for j in range(rows.shape[0]):
-            r, c = rows[j:j + 1], cols[j:j + 1]
-            probes = probe
-            if shifted:
-                ck.ramp_fill(probe_ft, ramp_r[j:j + 1], ramp_c[j:j + 1], spec)
-                _transform(backward, spec, probe_j, scale)
-                probes = probe_j
-            ck.exit_waves(probes, unshared, obj, r, c, psi)
-            _transform(forward, psi, wave, scale)
-            f = frames[j]
-            err += ck.modulus_project(wave, amplitudes[f:f + 1], wave, eps)
-            _transform(backward, wave, chi, scale)
-            ck.epie_update(chi, psi, probes, obj, r, c, alpha, psum if grad == 1 else none,
-                           grad == 2)
-            if grad == 2:
-                _transform(forward, chi, spec, scale)
-                ck.ramp_sum(spec, ramp_r[j:j + 1], ramp_c[j:j + 1], psum)
-        return err
+@ck._jit(ck._JIT)
+def _transform(execute: Any, plan: int, src: np.ndarray, dst: np.ndarray,
+               scale: Any) -> None:
+    """``dst[k] = FFTW(src[k]) · scale`` for every mode frame of (1, K, M, M) stacks."""
+    kk, m0, m1 = src.shape[1], src.shape[2], src.shape[3]
+    for k in range(kk):
+        execute(plan, src[0, k].ctypes.data, dst[0, k].ctypes.data)
+        for y in range(m0):
+            row = dst[0, k, y]
+            for x in range(m1):
+                row[x] = row[x] * scale
 
 
-    @numba.njit(**_JIT)
-    def lsqml_positions(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray,
-                        cols: np.ndarray, obj: np.ndarray, probes: np.ndarray,
-                        probe_of: np.ndarray, eps: float, forward: int, backward: int,
-                        num: np.ndarray, den: np.ndarray, pnum: np.ndarray, slot: np.ndarray,
-                        chi: np.ndarray, psi: np.ndarray, wave: np.ndarray) -> float:
-        """LSQML's exit-wave update (Gaussian noise, far field) and its sums for a chunk of
-        positions (:func:`cpu_kernels.lsqml_object_terms`); ``chi`` (B, K, M, M) receives
-        ``χ_j = F⁻¹ Ψ'_j − ψ_j``. Returns the chunk's Fourier error numerator. ``psi``,
-        ``wave``: (1, K, M, M) aligned scratch frames."""
-        m0, m1 = psi.shape[2], psi.shape[3]
-        scale = np.complex64(1.0 / np.sqrt(m0 * m1))
-        err = 0.0
-        for j in range(rows.shape[0]):
-            r, c, of = rows[j:j + 1], cols[j:j + 1], probe_of[j:j + 1]
-            ck.exit_waves(probes, of, obj, r, c, psi)
-            _transform(forward, psi, wave, scale)
-            f = frames[j]
-            err += ck.modulus_project(wave, amplitudes[f:f + 1], wave, eps)
-            _transform(backward, wave, chi[j:j + 1], scale)
-            ck.lsqml_object_terms(chi[j:j + 1], psi, probes, of, obj, r, c, num, den, pnum,
-                                  slot[j:j + 1])
-        return err
+@ck._jit(ck._JIT)
+def epie_positions(execute: Any, amplitudes: np.ndarray, frames: np.ndarray,
+                   rows: np.ndarray, cols: np.ndarray, obj: np.ndarray, probe: np.ndarray,
+                   probe_ft: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
+                   shifted: bool, alpha: float, eps: float, grad: int, forward: int,
+                   backward: int, psum: np.ndarray, spec: np.ndarray, probe_j: np.ndarray,
+                   psi: np.ndarray, wave: np.ndarray, chi: np.ndarray) -> float:
+    """ePIE for a chunk of positions with disjoint windows (far field); returns the
+    chunk's Fourier error numerator.
+
+    ``amplitudes[frames[j]]`` is position j's measured amplitude; ``probe`` (1, K, M, M)
+    the probe, or with ``shifted`` its spectrum ``probe_ft`` (K, M, M) and the positions'
+    ramps. ``grad``: 0 no probe gradient, 1 summed into ``psum`` (K, M, M) complex128,
+    2 its back-shifted spectrum summed there. ``spec``, ``probe_j``, ``psi``, ``wave``,
+    ``chi``: (1, K, M, M) aligned scratch frames.
+    """
+    m0, m1 = psi.shape[2], psi.shape[3]
+    scale = np.complex64(1.0 / np.sqrt(m0 * m1))
+    unshared = np.zeros(1, np.int64)
+    none = np.zeros((0, 0, 0), np.complex128)
+    err = 0.0
+    for j in range(rows.shape[0]):
+        r, c = rows[j:j + 1], cols[j:j + 1]
+        probes = probe
+        if shifted:
+            ck.ramp_fill(probe_ft, ramp_r[j:j + 1], ramp_c[j:j + 1], spec)
+            _transform(execute, backward, spec, probe_j, scale)
+            probes = probe_j
+        ck.exit_waves(probes, unshared, obj, r, c, psi)
+        _transform(execute, forward, psi, wave, scale)
+        f = frames[j]
+        err += ck.modulus_project(wave, amplitudes[f:f + 1], wave, eps)
+        _transform(execute, backward, wave, chi, scale)
+        ck.epie_update(chi, psi, probes, obj, r, c, alpha, psum if grad == 1 else none,
+                       grad == 2)
+        if grad == 2:
+            _transform(execute, forward, chi, spec, scale)
+            ck.ramp_sum(spec, ramp_r[j:j + 1], ramp_c[j:j + 1], psum)
+    return err
 
 
-    @numba.njit(**_JIT)
-    def dm_fourier_positions(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                             obj: np.ndarray, probes: np.ndarray, probe_of: np.ndarray,
-                             waves: np.ndarray, bound: float, eps: float, refine: bool,
-                             forward: int, phi: np.ndarray, model: np.ndarray) -> float:
-        """DM's Fourier step (:func:`cpu_kernels.dm_fourier_update`, or with ``refine`` the
-        strict projection of the model) on ``waves`` (B, K, M, M), position j measured as
-        ``amplitudes[j]``; returns the models' error. ``phi``, ``model``: (1, K, M, M)
-        aligned scratch frames."""
-        m0, m1 = phi.shape[2], phi.shape[3]
-        scale = np.complex64(1.0 / np.sqrt(m0 * m1))
-        err = 0.0
-        for j in range(rows.shape[0]):
-            ck.exit_waves(probes, probe_of[j:j + 1], obj, rows[j:j + 1], cols[j:j + 1], phi)
-            _transform(forward, phi, model, scale)
-            if refine:
-                err += ck.modulus_project(model, amplitudes[j:j + 1], model, eps)
-                waves[j] = model[0]
-            else:
-                err += ck.dm_fourier_update(model, waves[j:j + 1], amplitudes[j:j + 1],
-                                            bound, eps)
-        return err
+@ck._jit(ck._JIT)
+def lsqml_positions(execute: Any, amplitudes: np.ndarray, frames: np.ndarray,
+                    rows: np.ndarray, cols: np.ndarray, obj: np.ndarray, probes: np.ndarray,
+                    probe_of: np.ndarray, eps: float, forward: int, backward: int,
+                    num: np.ndarray, den: np.ndarray, pnum: np.ndarray, slot: np.ndarray,
+                    chi: np.ndarray, psi: np.ndarray, wave: np.ndarray) -> float:
+    """LSQML's exit-wave update (Gaussian noise, far field) and its sums for a chunk of
+    positions (:func:`cpu_kernels.lsqml_object_terms`); ``chi`` (B, K, M, M) receives
+    ``χ_j = F⁻¹ Ψ'_j − ψ_j``. Returns the chunk's Fourier error numerator. ``psi``,
+    ``wave``: (1, K, M, M) aligned scratch frames."""
+    m0, m1 = psi.shape[2], psi.shape[3]
+    scale = np.complex64(1.0 / np.sqrt(m0 * m1))
+    err = 0.0
+    for j in range(rows.shape[0]):
+        r, c, of = rows[j:j + 1], cols[j:j + 1], probe_of[j:j + 1]
+        ck.exit_waves(probes, of, obj, r, c, psi)
+        _transform(execute, forward, psi, wave, scale)
+        f = frames[j]
+        err += ck.modulus_project(wave, amplitudes[f:f + 1], wave, eps)
+        _transform(execute, backward, wave, chi[j:j + 1], scale)
+        ck.lsqml_object_terms(chi[j:j + 1], psi, probes, of, obj, r, c, num, den, pnum,
+                              slot[j:j + 1])
+    return err
 
-    @numba.njit(**_JIT)
-    def dm_object_positions(waves: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                            probes: np.ndarray, probe_of: np.ndarray, backward: int,
-                            num: np.ndarray, den: np.ndarray, psi: np.ndarray,
-                            keep: bool) -> None:
-        """DM's object sums (:func:`cpu_kernels.object_terms`) of the sample-plane exit waves
-        ``F⁻¹ waves_j``, written to ``psi`` (B, K, M, M) with ``keep``, else through
-        ``psi[0:1]``."""
-        m0, m1 = psi.shape[2], psi.shape[3]
-        scale = np.complex64(1.0 / np.sqrt(m0 * m1))
-        for j in range(rows.shape[0]):
-            out = psi[j:j + 1] if keep else psi[0:1]
-            _transform(backward, waves[j:j + 1], out, scale)
-            ck.object_terms(out, probes, probe_of[j:j + 1], rows[j:j + 1], cols[j:j + 1], num,
-                            den)
+
+@ck._jit(ck._JIT)
+def dm_fourier_positions(execute: Any, amplitudes: np.ndarray, rows: np.ndarray,
+                         cols: np.ndarray, obj: np.ndarray, probes: np.ndarray,
+                         probe_of: np.ndarray, waves: np.ndarray, bound: float,
+                         eps: float, refine: bool, forward: int, phi: np.ndarray,
+                         model: np.ndarray) -> float:
+    """DM's Fourier step (:func:`cpu_kernels.dm_fourier_update`, or with ``refine`` the
+    strict projection of the model) on ``waves`` (B, K, M, M), position j measured as
+    ``amplitudes[j]``; returns the models' error. ``phi``, ``model``: (1, K, M, M)
+    aligned scratch frames."""
+    m0, m1 = phi.shape[2], phi.shape[3]
+    scale = np.complex64(1.0 / np.sqrt(m0 * m1))
+    err = 0.0
+    for j in range(rows.shape[0]):
+        ck.exit_waves(probes, probe_of[j:j + 1], obj, rows[j:j + 1], cols[j:j + 1], phi)
+        _transform(execute, forward, phi, model, scale)
+        if refine:
+            err += ck.modulus_project(model, amplitudes[j:j + 1], model, eps)
+            waves[j] = model[0]
+        else:
+            err += ck.dm_fourier_update(model, waves[j:j + 1], amplitudes[j:j + 1],
+                                        bound, eps)
+    return err
+
+
+@ck._jit(ck._JIT)
+def dm_object_positions(execute: Any, waves: np.ndarray, rows: np.ndarray,
+                        cols: np.ndarray, probes: np.ndarray, probe_of: np.ndarray, backward: int,
+                        num: np.ndarray, den: np.ndarray, psi: np.ndarray,
+                        keep: bool) -> None:
+    """DM's object sums (:func:`cpu_kernels.object_terms`) of the sample-plane exit waves
+    ``F⁻¹ waves_j``, written to ``psi`` (B, K, M, M) with ``keep``, else through
+    ``psi[0:1]``."""
+    m0, m1 = psi.shape[2], psi.shape[3]
+    scale = np.complex64(1.0 / np.sqrt(m0 * m1))
+    for j in range(rows.shape[0]):
+        out = psi[j:j + 1] if keep else psi[0:1]
+        _transform(execute, backward, waves[j:j + 1], out, scale)
+        ck.object_terms(out, probes, probe_of[j:j + 1], rows[j:j + 1], cols[j:j + 1], num,
+                        den)
 
 
 def dm_fourier_chunk(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
@@ -159,9 +157,10 @@ def dm_fourier_chunk(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     fftw_native.require_aligned(waves)
     phi, model = (fftw.empty_aligned((1, *probes.shape[1:]), np.complex64) for _ in range(2))
     return float(dm_fourier_positions(
-        amplitudes, _int64(rows), _int64(cols), obj, np.ascontiguousarray(probes),
-        physics._probe_index(probes, len(rows), probe_of), waves, float(bound), float(eps),
-        bool(refine), fftw_native.frame_plan(frame, fftw_native.FFTW_FORWARD), phi, model))
+        fftw_native.execute_dft, amplitudes, _int64(rows), _int64(cols), obj,
+        np.ascontiguousarray(probes), physics._probe_index(probes, len(rows), probe_of), waves,
+        float(bound), float(eps), bool(refine),
+        fftw_native.frame_plan(frame, fftw_native.FFTW_FORWARD), phi, model))
 
 
 def dm_object_chunk(waves: np.ndarray, rows: np.ndarray, cols: np.ndarray, probes: np.ndarray,
@@ -173,7 +172,8 @@ def dm_object_chunk(waves: np.ndarray, rows: np.ndarray, cols: np.ndarray, probe
     fftw_native.require_aligned(waves, *([psi] if keep else []))
     if psi is None:
         psi = fftw.empty_aligned((1, *waves.shape[1:]), np.complex64)
-    dm_object_positions(waves, _int64(rows), _int64(cols), np.ascontiguousarray(probes),
+    dm_object_positions(fftw_native.execute_dft, waves, _int64(rows), _int64(cols),
+                        np.ascontiguousarray(probes),
                         physics._probe_index(probes, len(rows), probe_of),
                         fftw_native.frame_plan(probes.shape[-2:], fftw_native.FFTW_BACKWARD),
                         num, den, psi, keep)
@@ -195,9 +195,8 @@ def lsqml_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, co
     chi = fftw.empty_aligned(shape, np.complex64)
     psi, wave = (fftw.empty_aligned((1, kk, m0, m1), np.complex64) for _ in range(2))
     slot, pnum = physics.probe_term_slots(shape, np.complex64, with_probe, per_position, runs)
-    err = lsqml_positions(amplitudes, np.ascontiguousarray(frames, np.int64),
-                          np.ascontiguousarray(rows, np.int64),
-                          np.ascontiguousarray(cols, np.int64), obj, np.ascontiguousarray(probes),
+    err = lsqml_positions(fftw_native.execute_dft, amplitudes, _int64(frames), _int64(rows),
+                          _int64(cols), obj, np.ascontiguousarray(probes),
                           physics._probe_index(probes, b, probe_of), float(eps),
                           fftw_native.frame_plan((m0, m1), fftw_native.FFTW_FORWARD),
                           fftw_native.frame_plan((m0, m1), fftw_native.FFTW_BACKWARD), num, den,
@@ -220,9 +219,8 @@ def epie_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, col
     shifted = ramps is not None
     rr, rc = ramps if shifted else (np.zeros((0, m0), np.complex64),) * 2
     spectrum = probe_ft if shifted else np.zeros((kk, m0, m1), np.complex64)
-    err = epie_positions(amplitudes, np.ascontiguousarray(frames, np.int64),
-                         np.ascontiguousarray(rows, np.int64),
-                         np.ascontiguousarray(cols, np.int64), obj,
+    err = epie_positions(fftw_native.execute_dft, amplitudes, _int64(frames), _int64(rows),
+                         _int64(cols), obj,
                          np.ascontiguousarray(probe)[None], np.ascontiguousarray(spectrum),
                          rr, rc, shifted, float(alpha), float(eps), code,
                          fftw_native.frame_plan(frame, fftw_native.FFTW_FORWARD),
