@@ -149,6 +149,65 @@ def dm_object_positions(execute: Any, waves: np.ndarray, rows: np.ndarray,
                         den)
 
 
+@ck._jit(ck._JIT)
+def dm_probe_runs(execute: Any, execute_r2c: Any, plan: int, plan_r2c: int,
+                  values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                  runs: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray, num: np.ndarray,
+                  den: np.ndarray, acc: np.ndarray, spec: np.ndarray, power: np.ndarray,
+                  half: np.ndarray) -> None:
+    """DM's probe sums with sub-pixel shifts, run by run of positions sharing a shift (run q
+    starts at ``runs[q]``, its ramps ``ramp_r[q]``, ``ramp_c[q]``): the run's
+    ``Σ conj(O_j) values_j`` and ``Σ |O_j|²`` in double precision
+    (:func:`cpu_kernels.conj_window_products`), transformed (complex and real-to-half, in
+    double precision) and back-shifted into the spectra ``num`` (K, M, M) and ``den``
+    (1, M, M//2 + 1). ``acc`` (1, K + 1, M, M), ``spec`` (1, K, M, M), ``half``
+    (1, 1, M, M//2 + 1) complex128 and ``power`` (M, M) float64: aligned scratch."""
+    b, kk, m0, m1 = values.shape
+    hw = half.shape[3]
+    scale = np.complex128(1.0 / np.sqrt(m0 * m1))
+    slot = np.zeros(b, np.int64)
+    for q in range(runs.shape[0]):
+        start = runs[q]
+        stop = runs[q + 1] if q + 1 < runs.shape[0] else b
+        acc[...] = 0
+        ck.conj_window_products(values[start:stop], obj, rows[start:stop], cols[start:stop],
+                                slot[start:stop], acc)
+        _transform(execute, plan, acc[:, :kk], spec, scale)
+        ck.ramp_sum(spec, ramp_r[q:q + 1], ramp_c[q:q + 1], num)
+        for y in range(m0):
+            src, dst = acc[0, kk, y], power[y]
+            for x in range(m1):
+                dst[x] = src[x].real
+        execute_r2c(plan_r2c, power.ctypes.data, half[0, 0].ctypes.data)
+        for y in range(m0):
+            row = half[0, 0, y]
+            for x in range(hw):
+                row[x] = row[x] * scale
+        ck.ramp_sum(half, ramp_r[q:q + 1], ramp_c[q:q + 1, :hw], den)
+
+
+def dm_probe_chunk(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                   ramps: tuple[np.ndarray, np.ndarray], runs: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`dm_probe_runs` with its scratch: the spectra ``(num, den)`` that
+    :func:`physics.shifted_probe_terms` returns (``ramps``: each run's)."""
+    b, kk, m0, m1 = values.shape
+    frame, hw = (m0, m1), m1 // 2 + 1
+    num = np.zeros((kk, m0, m1), np.complex128)
+    den = np.zeros((1, m0, hw), np.complex128)
+    acc = fftw.empty_aligned((1, kk + 1, m0, m1), np.complex128)
+    spec = fftw.empty_aligned((1, kk, m0, m1), np.complex128)
+    half = fftw.empty_aligned((1, 1, m0, hw), np.complex128)
+    power = fftw.empty_aligned(frame, np.float64)
+    dm_probe_runs(fftw_native.execute_dft_double, fftw_native.execute_dft_r2c_double,
+                  fftw_native.frame_plan(frame, fftw_native.FFTW_FORWARD, "c128"),
+                  fftw_native.frame_plan(frame, fftw_native.FFTW_FORWARD, "r2c128"),
+                  np.ascontiguousarray(values), obj, _int64(rows), _int64(cols), _int64(runs),
+                  np.ascontiguousarray(ramps[0]), np.ascontiguousarray(ramps[1]), num, den,
+                  acc, spec, power, half)
+    return num, den[0]
+
+
 def dm_fourier_chunk(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                      obj: np.ndarray, probes: np.ndarray, probe_of: np.ndarray | None,
                      waves: np.ndarray, bound: float, eps: float, refine: bool) -> float:

@@ -28,6 +28,7 @@ from ..physics import (
     modulus_project,
     object_terms,
     probe_terms,
+    run_ramps,
     shifted_probe_terms,
     shifted_probes,
     split_probe_terms,
@@ -157,8 +158,13 @@ class DifferenceMap(Engine):
             psi = self._psi[self._device_sel(sel)] if keep else self._exit_waves(sel)
             if not self.use_subpixel:
                 return probe_terms(be, psi, self.object, self.windows(sel))
+            runs = self.runs(sel)
+            if self.fused and runs is not None:  # run by run in one compiled call
+                return fused_kernels.dm_probe_chunk(psi, self.object, self.rows[sel],
+                                                    self.cols[sel],
+                                                    run_ramps(be, self.ramps(sel), runs), runs)
             return shifted_probe_terms(be, psi, self.object, self.windows(sel),
-                                       self.ramps(sel), self.runs(sel))
+                                       self.ramps(sel), runs)
 
         terms = self.map_chunks(probe_sums, n)
         if self.use_subpixel:  # the chunks' spectra, added, need one inverse FFT

@@ -139,6 +139,23 @@ def test_dm_chunks_equal_the_chunked_path(refine):
                                       None)
 
 
+def test_dm_probe_chunk_equals_the_chunked_path():
+    be = select_backend("cpu", workers=1, fft="fftw")
+    rng = np.random.default_rng(5)
+    rows, cols = np.array([0, 10, 40, 70, 5]), np.array([0, 20, 35, 80, 60])
+    obj, values = rand_complex(rng, (H, W)), rand_complex(rng, (5, 2, M, M))
+    runs = np.array([0, 2, 3])  # positions 0-1, 2 and 3-4 share a shift
+    shifts = rng.uniform(-0.5, 0.5, (5, 2))
+    shifts[1], shifts[4] = shifts[0], shifts[3]
+    ramps = physics.subpixel_ramps(be, shifts, M)
+    expected = physics.shifted_probe_terms(be, values, obj, Windows(rows, cols, None), ramps,
+                                           runs)
+    got = fused_kernels.dm_probe_chunk(values, obj, rows, cols,
+                                       physics.run_ramps(be, ramps, runs), runs)
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("name", ["epie", "dm", "lsqml"])
 @pytest.mark.parametrize("subpixel", [True, False])
 def test_engine_fused_equals_chunked(name, subpixel):
