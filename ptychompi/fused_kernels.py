@@ -245,22 +245,50 @@ def _int64(a: np.ndarray) -> np.ndarray:
 def lsqml_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                 obj: np.ndarray, probes: np.ndarray, probe_of: np.ndarray | None,
                 num: np.ndarray, den: np.ndarray, with_probe: bool, per_position: bool,
-                runs: np.ndarray | None, eps: float) -> tuple[float, np.ndarray, Any]:
+                runs: np.ndarray | None, eps: float,
+                run_ramps: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[float, np.ndarray, Any]:
     """:func:`lsqml_positions` with its scratch frames: ``(error, χ (B, K, M, M), probe
-    direction terms as physics.lsqml_object_terms returns them)``."""
+    direction terms as physics.lsqml_object_terms returns them)``; with ``runs`` and their
+    ramps ``run_ramps``, the terms' back-shifted sum as a spectrum instead (what
+    :func:`physics.unshift_sum` with ``spectrum=True`` gives, :func:`unshift_runs`)."""
     b = len(rows)
     kk, m0, m1 = probes.shape[1:]
     shape = (b, kk, m0, m1)
     chi = fftw.empty_aligned(shape, np.complex64)
     psi, wave = (fftw.empty_aligned((1, kk, m0, m1), np.complex64) for _ in range(2))
     slot, pnum = physics.probe_term_slots(shape, np.complex64, with_probe, per_position, runs)
+    shift_back = with_probe and runs is not None and run_ramps is not None
+    if shift_back:  # the run sums go through FFTW: aligned
+        pnum = fftw.empty_aligned(pnum.shape, pnum.dtype)
+        pnum[...] = 0
     err = lsqml_positions(fftw_native.execute_dft, amplitudes, _int64(frames), _int64(rows),
                           _int64(cols), obj, np.ascontiguousarray(probes),
                           physics._probe_index(probes, b, probe_of), float(eps),
                           fftw_native.frame_plan((m0, m1), fftw_native.FFTW_FORWARD),
                           fftw_native.frame_plan((m0, m1), fftw_native.FFTW_BACKWARD), num, den,
                           pnum, slot, chi, psi, wave)
-    return float(err), chi, physics.probe_terms_result(pnum, with_probe, per_position, runs)
+    if not shift_back:
+        return float(err), chi, physics.probe_terms_result(pnum, with_probe, per_position, runs)
+    total = np.zeros((kk, m0, m1), np.complex128)
+    unshift_runs(fftw_native.execute_dft_double,
+                 fftw_native.frame_plan((m0, m1), fftw_native.FFTW_FORWARD, "c128"), pnum,
+                 np.ascontiguousarray(run_ramps[0]), np.ascontiguousarray(run_ramps[1]), total,
+                 fftw.empty_aligned((1, kk, m0, m1), np.complex128))
+    return float(err), chi, total
+
+
+@ck._jit(ck._JIT)
+def unshift_runs(execute: Any, plan: int, sums: np.ndarray, ramp_r: np.ndarray,
+                 ramp_c: np.ndarray, total: np.ndarray, spec: np.ndarray) -> None:
+    """``total += Σ_q conj(ramps_q) · F sums_q``: the spectrum of the back-shifted sum of run
+    sums (R, K, M, M) complex128, transformed one run at a time through the aligned scratch
+    ``spec`` (1, K, M, M) (:func:`physics.unshift_sum` with ``spectrum=True``)."""
+    m0, m1 = sums.shape[2], sums.shape[3]
+    scale = np.complex128(1.0 / np.sqrt(m0 * m1))
+    for q in range(sums.shape[0]):
+        _transform(execute, plan, sums[q:q + 1], spec, scale)
+        ck.ramp_sum(spec, ramp_r[q:q + 1], ramp_c[q:q + 1], total)
 
 
 def epie_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,

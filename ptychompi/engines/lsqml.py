@@ -165,10 +165,14 @@ class LSQML(Engine):
             # sub-pixel shifts per run of equal shift (per position when exact)
             runs = self.runs(part) if ramps is not None else None
             per_position = ramps is not None and runs is None
+            # one back-shift per run of equal shifts (the fused call does it for runs)
+            shifts = run_ramps(be, ramps, runs) if ramps is not None else None
+            shifted_back = self.fused and runs is not None
             if self.fused:  # position by position in one compiled call
                 err, chi, d_probe = fused_kernels.lsqml_chunk(
                     self.data.amplitudes, part, win.rows, win.cols, self.object, probes,
-                    probe_of, nums[t], illums[t], update_probe, per_position, runs, EPS)
+                    probe_of, nums[t], illums[t], update_probe, per_position, runs, EPS,
+                    shifts if shifted_back else None)
             else:
                 psi = exit_waves(be, probes, self.object, win, probe_of)
                 target, err = self._exit_update(prop.forward(psi),
@@ -177,9 +181,8 @@ class LSQML(Engine):
                 d_probe = lsqml_object_terms(be, chi, psi, probes, self.object, win, nums[t],
                                              illums[t], update_probe, probe_of,
                                              per_position=per_position, runs=runs)
-            if update_probe and ramps is not None:  # one back-shift per run of equal shifts
-                d_probe = unshift_sum(be, d_probe, run_ramps(be, ramps, runs), spectrum=True,
-                                      overwrite=True)
+            if update_probe and ramps is not None and not shifted_back:
+                d_probe = unshift_sum(be, d_probe, shifts, spectrum=True, overwrite=True)
             return (probes, probe_of), win, chi, err, d_probe
 
         parts = self.map_chunks(exit_part, nb, size) if nb else []

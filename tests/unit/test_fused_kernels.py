@@ -97,6 +97,13 @@ def test_lsqml_chunk_equals_the_chunked_path(with_probe, per_position, runs):
     if terms is not None:
         assert terms.dtype == expected_terms.dtype and np.array_equal(terms, expected_terms)
     assert err == pytest.approx(expected_err, rel=1e-12)
+    if runs is not None:  # with the runs' ramps the call also back-shifts their sums
+        ramps = physics.subpixel_ramps(be, rng.uniform(-0.5, 0.5, (len(runs), 2)), M)
+        _, _, spectrum = fused_kernels.lsqml_chunk(
+            amplitudes, frames, rows, cols, obj, probes, probe_of,
+            *[np.zeros_like(a) for a in sums], with_probe, per_position, runs, physics.EPS,
+            ramps)
+        assert np.array_equal(spectrum, physics.unshift_sum(be, terms, ramps, spectrum=True))
 
 
 @pytest.mark.parametrize("refine", [False, True])
