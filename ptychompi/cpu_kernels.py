@@ -71,6 +71,27 @@ def exit_waves(probes: np.ndarray, probe_of: np.ndarray, obj: np.ndarray, rows: 
                     dst[x] = prow[x] * orow[x]
 
 
+# --------------------------------------------------------------------------- near field
+@_jit(_JIT)
+def apply_transfer(spec: np.ndarray, transfer: np.ndarray, inverse: bool) -> None:
+    """``spec[..., y, x] *= transfer[y, x]`` (``inverse``: its conjugate) in place, over the
+    frames of a (B, K, M, M) stack: the near-field propagator's multiply.
+
+    Replaces ``spec *= transfer`` (numpy's SIMD complex multiply rounds differently from the
+    plain formula the fused kernels use; both paths use this one)."""
+    b, kk, m0, m1 = spec.shape
+    for j in range(b):
+        for k in range(kk):
+            for y in range(m0):
+                row, hrow = spec[j, k, y], transfer[y]
+                if inverse:
+                    for x in range(m1):
+                        row[x] = row[x] * hrow[x].conjugate()
+                else:
+                    for x in range(m1):
+                        row[x] = row[x] * hrow[x]
+
+
 # --------------------------------------------------------------------------- modulus
 @_jit(_JIT)
 def _mode_power_row(wave: np.ndarray, j: int, y: int, acc: np.ndarray) -> None:

@@ -1,11 +1,13 @@
-"""Whole per-position pipelines in one compiled call (CPU, far field, FFTW's C interface).
+"""Whole per-position pipelines in one compiled call (CPU, FFTW's C interface).
 
 An engine's worker thread otherwise returns to Python between every FFT and element-wise
 pass of its chunk: a dozen hand-overs of the GIL per chunk, which two threads on two cores
 contend for (ePIE's small disjoint batches spent more time on that than on arithmetic). Here
 a chunk's positions go through shift, exit wave, FFT, modulus projection, inverse FFT and
 update one position at a time, in one ``nogil`` call that calls FFTW itself
-(:mod:`ptychompi.fftw_native`), with the frames in cache between the steps.
+(:mod:`ptychompi.fftw_native`), with the frames in cache between the steps. Far field: one
+FFT per propagation; near field: two and the transfer function, as
+:class:`physics.Propagator` (both multiply by it with :func:`cpu_kernels.apply_transfer`).
 
 Each step calls the same kernel of :mod:`ptychompi.cpu_kernels` (on one position) and the
 same FFTW transform as the chunked path, so the two give identical objects and probes (tested;
@@ -42,20 +44,35 @@ def _transform(execute: Any, plan: int, src: np.ndarray, dst: np.ndarray,
 
 
 @ck._jit(ck._JIT)
+def _propagate(execute: Any, forward: int, backward: int, src: np.ndarray, dst: np.ndarray,
+               tmp: np.ndarray, transfer: np.ndarray, inverse: bool, scale: Any) -> None:
+    """:class:`physics.Propagator` on (1, K, M, M) stacks: far field (``transfer`` empty) the
+    unitary FFT (``inverse``: its inverse); near field ``F⁻¹[F src · H]`` (``inverse``:
+    ``conj(H)``) through the scratch ``tmp``."""
+    if transfer.shape[0] == 0:
+        _transform(execute, backward if inverse else forward, src, dst, scale)
+        return
+    _transform(execute, forward, src, tmp, scale)
+    ck.apply_transfer(tmp, transfer, inverse)
+    _transform(execute, backward, tmp, dst, scale)
+
+
+@ck._jit(ck._JIT)
 def epie_positions(execute: Any, amplitudes: np.ndarray, frames: np.ndarray,
                    rows: np.ndarray, cols: np.ndarray, obj: np.ndarray, probe: np.ndarray,
                    probe_ft: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
                    shifted: bool, alpha: float, eps: float, grad: int, forward: int,
                    backward: int, psum: np.ndarray, spec: np.ndarray, probe_j: np.ndarray,
-                   psi: np.ndarray, wave: np.ndarray, chi: np.ndarray) -> float:
-    """ePIE for a chunk of positions with disjoint windows (far field); returns the
-    chunk's Fourier error numerator.
+                   psi: np.ndarray, wave: np.ndarray, chi: np.ndarray, tmp: np.ndarray,
+                   transfer: np.ndarray) -> float:
+    """ePIE for a chunk of positions with disjoint windows; returns the chunk's Fourier error
+    numerator (``transfer``: the near-field transfer function, empty in the far field).
 
     ``amplitudes[frames[j]]`` is position j's measured amplitude; ``probe`` (1, K, M, M)
     the probe, or with ``shifted`` its spectrum ``probe_ft`` (K, M, M) and the positions'
     ramps. ``grad``: 0 no probe gradient, 1 summed into ``psum`` (K, M, M) complex128,
     2 its back-shifted spectrum summed there. ``spec``, ``probe_j``, ``psi``, ``wave``,
-    ``chi``: (1, K, M, M) aligned scratch frames.
+    ``chi``, ``tmp``: (1, K, M, M) aligned scratch frames.
     """
     m0, m1 = psi.shape[2], psi.shape[3]
     scale = np.complex64(1.0 / np.sqrt(m0 * m1))
@@ -70,10 +87,10 @@ def epie_positions(execute: Any, amplitudes: np.ndarray, frames: np.ndarray,
             _transform(execute, backward, spec, probe_j, scale)
             probes = probe_j
         ck.exit_waves(probes, unshared, obj, r, c, psi)
-        _transform(execute, forward, psi, wave, scale)
+        _propagate(execute, forward, backward, psi, wave, tmp, transfer, False, scale)
         f = frames[j]
         err += ck.modulus_project(wave, amplitudes[f:f + 1], wave, eps)
-        _transform(execute, backward, wave, chi, scale)
+        _propagate(execute, forward, backward, wave, chi, tmp, transfer, True, scale)
         ck.epie_update(chi, psi, probes, obj, r, c, alpha, psum if grad == 1 else none,
                        grad == 2)
         if grad == 2:
@@ -87,21 +104,23 @@ def lsqml_positions(execute: Any, amplitudes: np.ndarray, frames: np.ndarray,
                     rows: np.ndarray, cols: np.ndarray, obj: np.ndarray, probes: np.ndarray,
                     probe_of: np.ndarray, eps: float, forward: int, backward: int,
                     num: np.ndarray, den: np.ndarray, pnum: np.ndarray, slot: np.ndarray,
-                    chi: np.ndarray, psi: np.ndarray, wave: np.ndarray) -> float:
-    """LSQML's exit-wave update (Gaussian noise, far field) and its sums for a chunk of
-    positions (:func:`cpu_kernels.lsqml_object_terms`); ``chi`` (B, K, M, M) receives
-    ``χ_j = F⁻¹ Ψ'_j − ψ_j``. Returns the chunk's Fourier error numerator. ``psi``,
-    ``wave``: (1, K, M, M) aligned scratch frames."""
+                    chi: np.ndarray, psi: np.ndarray, wave: np.ndarray, tmp: np.ndarray,
+                    transfer: np.ndarray) -> float:
+    """LSQML's exit-wave update (Gaussian noise) and its sums for a chunk of positions
+    (:func:`cpu_kernels.lsqml_object_terms`); ``chi`` (B, K, M, M) receives
+    ``χ_j = prop⁻¹ Ψ'_j − ψ_j``. Returns the chunk's Fourier error numerator. ``psi``,
+    ``wave``, ``tmp``: (1, K, M, M) aligned scratch frames; ``transfer`` as in
+    :func:`epie_positions`."""
     m0, m1 = psi.shape[2], psi.shape[3]
     scale = np.complex64(1.0 / np.sqrt(m0 * m1))
     err = 0.0
     for j in range(rows.shape[0]):
         r, c, of = rows[j:j + 1], cols[j:j + 1], probe_of[j:j + 1]
         ck.exit_waves(probes, of, obj, r, c, psi)
-        _transform(execute, forward, psi, wave, scale)
+        _propagate(execute, forward, backward, psi, wave, tmp, transfer, False, scale)
         f = frames[j]
         err += ck.modulus_project(wave, amplitudes[f:f + 1], wave, eps)
-        _transform(execute, backward, wave, chi[j:j + 1], scale)
+        _propagate(execute, forward, backward, wave, chi[j:j + 1], tmp, transfer, True, scale)
         ck.lsqml_object_terms(chi[j:j + 1], psi, probes, of, obj, r, c, num, den, pnum,
                               slot[j:j + 1])
     return err
@@ -111,18 +130,19 @@ def lsqml_positions(execute: Any, amplitudes: np.ndarray, frames: np.ndarray,
 def dm_fourier_positions(execute: Any, amplitudes: np.ndarray, rows: np.ndarray,
                          cols: np.ndarray, obj: np.ndarray, probes: np.ndarray,
                          probe_of: np.ndarray, waves: np.ndarray, bound: float,
-                         eps: float, refine: bool, forward: int, phi: np.ndarray,
-                         model: np.ndarray) -> float:
+                         eps: float, refine: bool, forward: int, backward: int,
+                         phi: np.ndarray, model: np.ndarray, tmp: np.ndarray,
+                         transfer: np.ndarray) -> float:
     """DM's Fourier step (:func:`cpu_kernels.dm_fourier_update`, or with ``refine`` the
     strict projection of the model) on ``waves`` (B, K, M, M), position j measured as
-    ``amplitudes[j]``; returns the models' error. ``phi``, ``model``: (1, K, M, M)
-    aligned scratch frames."""
+    ``amplitudes[j]``; returns the models' error. ``phi``, ``model``, ``tmp``: (1, K, M, M)
+    aligned scratch frames; ``transfer`` as in :func:`epie_positions`."""
     m0, m1 = phi.shape[2], phi.shape[3]
     scale = np.complex64(1.0 / np.sqrt(m0 * m1))
     err = 0.0
     for j in range(rows.shape[0]):
         ck.exit_waves(probes, probe_of[j:j + 1], obj, rows[j:j + 1], cols[j:j + 1], phi)
-        _transform(execute, forward, phi, model, scale)
+        _propagate(execute, forward, backward, phi, model, tmp, transfer, False, scale)
         if refine:
             err += ck.modulus_project(model, amplitudes[j:j + 1], model, eps)
             waves[j] = model[0]
@@ -134,17 +154,19 @@ def dm_fourier_positions(execute: Any, amplitudes: np.ndarray, rows: np.ndarray,
 
 @ck._jit(ck._JIT)
 def dm_object_positions(execute: Any, waves: np.ndarray, rows: np.ndarray,
-                        cols: np.ndarray, probes: np.ndarray, probe_of: np.ndarray, backward: int,
-                        num: np.ndarray, den: np.ndarray, psi: np.ndarray,
-                        keep: bool) -> None:
+                        cols: np.ndarray, probes: np.ndarray, probe_of: np.ndarray,
+                        forward: int, backward: int, num: np.ndarray, den: np.ndarray,
+                        psi: np.ndarray, keep: bool, tmp: np.ndarray,
+                        transfer: np.ndarray) -> None:
     """DM's object sums (:func:`cpu_kernels.object_terms`) of the sample-plane exit waves
-    ``F⁻¹ waves_j``, written to ``psi`` (B, K, M, M) with ``keep``, else through
-    ``psi[0:1]``."""
+    ``prop⁻¹ waves_j``, written to ``psi`` (B, K, M, M) with ``keep``, else through
+    ``psi[0:1]`` (``tmp``, ``transfer`` as in :func:`dm_fourier_positions`)."""
     m0, m1 = psi.shape[2], psi.shape[3]
     scale = np.complex64(1.0 / np.sqrt(m0 * m1))
     for j in range(rows.shape[0]):
         out = psi[j:j + 1] if keep else psi[0:1]
-        _transform(execute, backward, waves[j:j + 1], out, scale)
+        _propagate(execute, forward, backward, waves[j:j + 1], out, tmp, transfer, True,
+                   scale)
         ck.object_terms(out, probes, probe_of[j:j + 1], rows[j:j + 1], cols[j:j + 1], num,
                         den)
 
@@ -210,32 +232,51 @@ def dm_probe_chunk(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: 
 
 def dm_fourier_chunk(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                      obj: np.ndarray, probes: np.ndarray, probe_of: np.ndarray | None,
-                     waves: np.ndarray, bound: float, eps: float, refine: bool) -> float:
-    """:func:`dm_fourier_positions` with its scratch frames."""
-    frame = probes.shape[-2:]
+                     waves: np.ndarray, bound: float, eps: float, refine: bool,
+                     transfer: np.ndarray | None = None) -> float:
+    """:func:`dm_fourier_positions` with its scratch frames (``transfer``: the near-field
+    transfer function, None in the far field)."""
     fftw_native.require_aligned(waves)
-    phi, model = (fftw.empty_aligned((1, *probes.shape[1:]), np.complex64) for _ in range(2))
+    phi, model, tmp = _scratch(probes.shape[1:], 3)
     return float(dm_fourier_positions(
         fftw_native.execute_dft, amplitudes, _int64(rows), _int64(cols), obj,
         np.ascontiguousarray(probes), physics._probe_index(probes, len(rows), probe_of), waves,
-        float(bound), float(eps), bool(refine),
-        fftw_native.frame_plan(frame, fftw_native.FFTW_FORWARD), phi, model))
+        float(bound), float(eps), bool(refine), *_plans(probes.shape[-2:]), phi, model, tmp,
+        _transfer(transfer)))
 
 
 def dm_object_chunk(waves: np.ndarray, rows: np.ndarray, cols: np.ndarray, probes: np.ndarray,
                     probe_of: np.ndarray | None, num: np.ndarray, den: np.ndarray,
-                    psi: np.ndarray | None) -> None:
+                    psi: np.ndarray | None, transfer: np.ndarray | None = None) -> None:
     """:func:`dm_object_positions`; the exit waves go to ``psi`` (aligned, like ``waves``)
     when given."""
     keep = psi is not None
     fftw_native.require_aligned(waves, *([psi] if keep else []))
-    if psi is None:
-        psi = fftw.empty_aligned((1, *waves.shape[1:]), np.complex64)
+    tmp, single = _scratch(waves.shape[1:], 2)
     dm_object_positions(fftw_native.execute_dft, waves, _int64(rows), _int64(cols),
                         np.ascontiguousarray(probes),
                         physics._probe_index(probes, len(rows), probe_of),
-                        fftw_native.frame_plan(probes.shape[-2:], fftw_native.FFTW_BACKWARD),
-                        num, den, psi, keep)
+                        *_plans(probes.shape[-2:]), num, den, psi if keep else single, keep,
+                        tmp, _transfer(transfer))
+
+
+def _scratch(frames: tuple[int, ...], count: int) -> list[np.ndarray]:
+    """``count`` aligned (1, K, M, M) complex64 scratch stacks for ``frames`` (K, M, M)."""
+    return [fftw.empty_aligned((1, *frames), np.complex64) for _ in range(count)]
+
+
+def _plans(frame: tuple[int, ...]) -> tuple[int, int]:
+    """The forward and backward complex64 plans of one frame."""
+    shape = (int(frame[0]), int(frame[1]))
+    return (fftw_native.frame_plan(shape, fftw_native.FFTW_FORWARD),
+            fftw_native.frame_plan(shape, fftw_native.FFTW_BACKWARD))
+
+
+def _transfer(transfer: np.ndarray | None) -> np.ndarray:
+    """The near-field transfer function for the kernels (empty: far field)."""
+    if transfer is None:
+        return np.zeros((0, 0), np.complex64)
+    return np.ascontiguousarray(transfer, dtype=np.complex64)
 
 
 def _int64(a: np.ndarray) -> np.ndarray:
@@ -246,8 +287,8 @@ def lsqml_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, co
                 obj: np.ndarray, probes: np.ndarray, probe_of: np.ndarray | None,
                 num: np.ndarray, den: np.ndarray, with_probe: bool, per_position: bool,
                 runs: np.ndarray | None, eps: float,
-                run_ramps: tuple[np.ndarray, np.ndarray] | None = None
-                ) -> tuple[float, np.ndarray, Any]:
+                run_ramps: tuple[np.ndarray, np.ndarray] | None = None,
+                transfer: np.ndarray | None = None) -> tuple[float, np.ndarray, Any]:
     """:func:`lsqml_positions` with its scratch frames: ``(error, χ (B, K, M, M), probe
     direction terms as physics.lsqml_object_terms returns them)``; with ``runs`` and their
     ramps ``run_ramps``, the terms' back-shifted sum as a spectrum instead (what
@@ -256,7 +297,7 @@ def lsqml_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, co
     kk, m0, m1 = probes.shape[1:]
     shape = (b, kk, m0, m1)
     chi = fftw.empty_aligned(shape, np.complex64)
-    psi, wave = (fftw.empty_aligned((1, kk, m0, m1), np.complex64) for _ in range(2))
+    psi, wave, tmp = _scratch((kk, m0, m1), 3)
     slot, pnum = physics.probe_term_slots(shape, np.complex64, with_probe, per_position, runs)
     shift_back = with_probe and runs is not None and run_ramps is not None
     if shift_back:  # the run sums go through FFTW: aligned
@@ -265,9 +306,8 @@ def lsqml_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, co
     err = lsqml_positions(fftw_native.execute_dft, amplitudes, _int64(frames), _int64(rows),
                           _int64(cols), obj, np.ascontiguousarray(probes),
                           physics._probe_index(probes, b, probe_of), float(eps),
-                          fftw_native.frame_plan((m0, m1), fftw_native.FFTW_FORWARD),
-                          fftw_native.frame_plan((m0, m1), fftw_native.FFTW_BACKWARD), num, den,
-                          pnum, slot, chi, psi, wave)
+                          *_plans((m0, m1)), num, den, pnum, slot, chi, psi, wave, tmp,
+                          _transfer(transfer))
     if not shift_back:
         return float(err), chi, physics.probe_terms_result(pnum, with_probe, per_position, runs)
     total = np.zeros((kk, m0, m1), np.complex128)
@@ -294,13 +334,13 @@ def unshift_runs(execute: Any, plan: int, sums: np.ndarray, ramp_r: np.ndarray,
 def epie_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                obj: np.ndarray, probe: np.ndarray, probe_ft: np.ndarray | None,
                ramps: tuple[np.ndarray, np.ndarray] | None, alpha: float, eps: float,
-               grad: str) -> tuple[float, np.ndarray | None]:
+               grad: str, transfer: np.ndarray | None = None
+               ) -> tuple[float, np.ndarray | None]:
     """:func:`epie_positions` with its scratch frames: ``(error, gradient sum or None)``;
     ``grad`` is "none", "sum" or "stack" (the back-shifted sum's spectrum)."""
     kk, m0, m1 = probe.shape
     frame = (m0, m1)
-    stack = (1, kk, m0, m1)
-    scratch = [fftw.empty_aligned(stack, np.complex64) for _ in range(5)]
+    scratch = _scratch((kk, m0, m1), 6)
     code = {"none": 0, "sum": 1, "stack": 2}[grad]
     psum = np.zeros((kk, m0, m1) if code else (0, 0, 0), np.complex128)
     shifted = ramps is not None
@@ -310,7 +350,5 @@ def epie_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, col
                          _int64(cols), obj,
                          np.ascontiguousarray(probe)[None], np.ascontiguousarray(spectrum),
                          rr, rc, shifted, float(alpha), float(eps), code,
-                         fftw_native.frame_plan(frame, fftw_native.FFTW_FORWARD),
-                         fftw_native.frame_plan(frame, fftw_native.FFTW_BACKWARD), psum,
-                         *scratch)
+                         *_plans(frame), psum, *scratch, _transfer(transfer))
     return float(err), (psum if code else None)

@@ -263,16 +263,22 @@ class Propagator:
     def forward(self, psi: Any) -> Any:
         if self.kind == "farfield":
             return self.backend.fft2(psi)
-        spec = self.backend.fft2(psi)
-        spec *= self.transfer
-        return self.backend.ifft2(spec, overwrite=True)
+        return self.backend.ifft2(self._apply(self.backend.fft2(psi), False), overwrite=True)
 
     def backward(self, wave: Any, overwrite: bool = False) -> Any:
         if self.kind == "farfield":
             return self.backend.ifft2(wave, overwrite=overwrite)
         spec = self.backend.fft2(wave, overwrite=overwrite)
-        spec *= self.transfer.conj()
-        return self.backend.ifft2(spec, overwrite=True)
+        return self.backend.ifft2(self._apply(spec, True), overwrite=True)
+
+    def _apply(self, spec: Any, inverse: bool) -> Any:
+        """``spec · H`` (``inverse``: ``conj(H)``) in place (CPU: the kernel the fused
+        pipelines use, so both round alike)."""
+        if self.backend.is_gpu or spec.ndim != 4 or not spec.flags.c_contiguous:
+            spec *= self.transfer.conj() if inverse else self.transfer
+        else:
+            cpu_kernels.apply_transfer(spec, self.transfer, inverse)
+        return spec
 
     @property
     def ffts_per_pass(self) -> int:

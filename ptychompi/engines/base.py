@@ -101,11 +101,10 @@ class Engine:
         self.object = backend.asarray(obj, backend.complex_dtype)
         self.seconds_compute = 0.0
         self.chunk_size = GPU_CHUNK if backend.is_gpu else CPU_CHUNK
-        # CPU, FFTW, far field, single precision: an engine may run a chunk of positions in
-        # one compiled call (ptychompi.fused_kernels; the same result as the chunked path)
+        # CPU, FFTW, single precision: an engine may run a chunk of positions in one compiled
+        # call (ptychompi.fused_kernels; the same result as the chunked path)
         self.fused = (not backend.is_gpu and backend.fft == "fftw"
                       and backend.complex_dtype == np.complex64
-                      and data.propagator.kind == "farfield"
                       and fused_kernels.available((frame, frame)))
         self._pool: ThreadPoolExecutor | None = None
         self._accumulators: dict[tuple, np.ndarray] = {}

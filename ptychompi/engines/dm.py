@@ -136,7 +136,8 @@ class DifferenceMap(Engine):
             if self.fused:  # inverse FFT and sums position by position in one compiled call
                 fused_kernels.dm_object_chunk(self.waves[sl], self.rows[sl], self.cols[sl],
                                               probes, probe_of, nums[t], dens[t],
-                                              self._psi[sl] if keep else None)
+                                              self._psi[sl] if keep else None,
+                                              self.data.propagator.transfer)
                 return
             psi = self._exit_waves(sl, keep)
             object_terms(be, psi, probes, self.windows(sl), nums[t], dens[t], probe_of)
@@ -199,7 +200,7 @@ class DifferenceMap(Engine):
             if self.fused:  # exit wave, FFT and Fourier step in one compiled call
                 return fused_kernels.dm_fourier_chunk(
                     self.data.amplitudes[sl], self.rows[sl], self.cols[sl], self.object,
-                    probes, probe_of, self.waves[sl], bound, EPS, refine)
+                    probes, probe_of, self.waves[sl], bound, EPS, refine, prop.transfer)
             phi = exit_waves(be, probes, self.object, self.windows(sl), probe_of)
             model = prop.forward(phi)
             waves = self.waves[sl]

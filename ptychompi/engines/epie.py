@@ -80,7 +80,8 @@ class EPIE(Engine):
             if self.fused:
                 return fused_kernels.epie_chunk(self.data.amplitudes, part, self.rows[part],
                                                 self.cols[part], self.object, self.probe,
-                                                probe_ft, self.ramps(part), alpha, EPS, mode)
+                                                probe_ft, self.ramps(part), alpha, EPS, mode,
+                                                prop.transfer)
             win = self.windows(part)
             probes = self.probes_at(part, probe_ft)
             psi = exit_waves(be, probes, self.object, win)

@@ -172,7 +172,7 @@ class LSQML(Engine):
                 err, chi, d_probe = fused_kernels.lsqml_chunk(
                     self.data.amplitudes, part, win.rows, win.cols, self.object, probes,
                     probe_of, nums[t], illums[t], update_probe, per_position, runs, EPS,
-                    shifts if shifted_back else None)
+                    shifts if shifted_back else None, prop.transfer)
             else:
                 psi = exit_waves(be, probes, self.object, win, probe_of)
                 target, err = self._exit_update(prop.forward(psi),
