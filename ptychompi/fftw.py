@@ -175,6 +175,13 @@ def empty_aligned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return pyfftw.empty_aligned(shape, dtype=dtype)
 
 
+def zeros_aligned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """:func:`empty_aligned`, zeroed."""
+    out = empty_aligned(shape, dtype)
+    out[...] = 0
+    return out
+
+
 def _fits(a: np.ndarray, planned: np.ndarray) -> bool:
     """Whether ``a`` can replace a plan's array: same layout, aligned like it (a plan made
     on aligned arrays computes identically on any aligned array)."""

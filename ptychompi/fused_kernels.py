@@ -172,6 +172,19 @@ def dm_object_positions(execute: Any, waves: np.ndarray, rows: np.ndarray,
 
 
 @ck._jit(ck._JIT)
+def unshift_runs(execute: Any, plan: int, sums: np.ndarray, ramp_r: np.ndarray,
+                 ramp_c: np.ndarray, total: np.ndarray, spec: np.ndarray) -> None:
+    """``total += Σ_q conj(ramps_q) · F sums_q``: the spectrum of the back-shifted sum of run
+    sums (R, K, M, M) complex128, transformed one run at a time through the aligned scratch
+    ``spec`` (1, K, M, M) (:func:`physics.unshift_sum` with ``spectrum=True``)."""
+    m0, m1 = sums.shape[2], sums.shape[3]
+    scale = np.complex128(1.0 / np.sqrt(m0 * m1))
+    for q in range(sums.shape[0]):
+        _transform(execute, plan, sums[q:q + 1], spec, scale)
+        ck.ramp_sum(spec, ramp_r[q:q + 1], ramp_c[q:q + 1], total)
+
+
+@ck._jit(ck._JIT)
 def dm_probe_runs(execute: Any, execute_r2c: Any, plan: int, plan_r2c: int,
                   values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                   runs: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray, num: np.ndarray,
@@ -194,8 +207,7 @@ def dm_probe_runs(execute: Any, execute_r2c: Any, plan: int, plan_r2c: int,
         acc[...] = 0
         ck.conj_window_products(values[start:stop], obj, rows[start:stop], cols[start:stop],
                                 slot[start:stop], acc)
-        _transform(execute, plan, acc[:, :kk], spec, scale)
-        ck.ramp_sum(spec, ramp_r[q:q + 1], ramp_c[q:q + 1], num)
+        unshift_runs(execute, plan, acc[:, :kk], ramp_r[q:q + 1], ramp_c[q:q + 1], num, spec)
         for y in range(m0):
             src, dst = acc[0, kk, y], power[y]
             for x in range(m1):
@@ -240,7 +252,7 @@ def dm_fourier_chunk(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     phi, model, tmp = _scratch(probes.shape[1:], 3)
     return float(dm_fourier_positions(
         fftw_native.execute_dft, amplitudes, _int64(rows), _int64(cols), obj,
-        np.ascontiguousarray(probes), physics._probe_index(probes, len(rows), probe_of), waves,
+        np.ascontiguousarray(probes), physics.probe_index(probes, len(rows), probe_of), waves,
         float(bound), float(eps), bool(refine), *_plans(probes.shape[-2:]), phi, model, tmp,
         _transfer(transfer)))
 
@@ -255,7 +267,7 @@ def dm_object_chunk(waves: np.ndarray, rows: np.ndarray, cols: np.ndarray, probe
     tmp, single = _scratch(waves.shape[1:], 2)
     dm_object_positions(fftw_native.execute_dft, waves, _int64(rows), _int64(cols),
                         np.ascontiguousarray(probes),
-                        physics._probe_index(probes, len(rows), probe_of),
+                        physics.probe_index(probes, len(rows), probe_of),
                         *_plans(probes.shape[-2:]), num, den, psi if keep else single, keep,
                         tmp, _transfer(transfer))
 
@@ -298,14 +310,13 @@ def lsqml_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, co
     shape = (b, kk, m0, m1)
     chi = fftw.empty_aligned(shape, np.complex64)
     psi, wave, tmp = _scratch((kk, m0, m1), 3)
-    slot, pnum = physics.probe_term_slots(shape, np.complex64, with_probe, per_position, runs)
+    # aligned: the run sums may go through FFTW (the back-shift)
+    slot, pnum = physics.probe_term_slots(shape, np.complex64, with_probe, per_position, runs,
+                                          zeros=fftw.zeros_aligned)
     shift_back = with_probe and runs is not None and run_ramps is not None
-    if shift_back:  # the run sums go through FFTW: aligned
-        pnum = fftw.empty_aligned(pnum.shape, pnum.dtype)
-        pnum[...] = 0
     err = lsqml_positions(fftw_native.execute_dft, amplitudes, _int64(frames), _int64(rows),
                           _int64(cols), obj, np.ascontiguousarray(probes),
-                          physics._probe_index(probes, b, probe_of), float(eps),
+                          physics.probe_index(probes, b, probe_of), float(eps),
                           *_plans((m0, m1)), num, den, pnum, slot, chi, psi, wave, tmp,
                           _transfer(transfer))
     if not shift_back:
@@ -316,19 +327,6 @@ def lsqml_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, co
                  np.ascontiguousarray(run_ramps[0]), np.ascontiguousarray(run_ramps[1]), total,
                  fftw.empty_aligned((1, kk, m0, m1), np.complex128))
     return float(err), chi, total
-
-
-@ck._jit(ck._JIT)
-def unshift_runs(execute: Any, plan: int, sums: np.ndarray, ramp_r: np.ndarray,
-                 ramp_c: np.ndarray, total: np.ndarray, spec: np.ndarray) -> None:
-    """``total += Σ_q conj(ramps_q) · F sums_q``: the spectrum of the back-shifted sum of run
-    sums (R, K, M, M) complex128, transformed one run at a time through the aligned scratch
-    ``spec`` (1, K, M, M) (:func:`physics.unshift_sum` with ``spectrum=True``)."""
-    m0, m1 = sums.shape[2], sums.shape[3]
-    scale = np.complex128(1.0 / np.sqrt(m0 * m1))
-    for q in range(sums.shape[0]):
-        _transform(execute, plan, sums[q:q + 1], spec, scale)
-        ck.ramp_sum(spec, ramp_r[q:q + 1], ramp_c[q:q + 1], total)
 
 
 def epie_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,

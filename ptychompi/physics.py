@@ -8,6 +8,7 @@ Measured data enter as *amplitudes* ``A = sqrt(I)`` with invalid (masked) pixels
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,12 +103,12 @@ def exit_waves(backend: Backend, probes: Any, obj: Any, win: Windows,
         probes = probes if probe_of is None else probes[probe_of]
         return probes * extract(backend, obj, win.index)[:, None]
     out = backend.empty((len(win), *probes.shape[1:]), np.result_type(probes, obj))
-    cpu_kernels.exit_waves(_c(probes), _probe_index(probes, len(win), probe_of), _c(obj),
+    cpu_kernels.exit_waves(_c(probes), probe_index(probes, len(win), probe_of), _c(obj),
                            win.rows, win.cols, out)
     return out
 
 
-def _probe_index(probes: Any, n: int, probe_of: Any) -> np.ndarray:
+def probe_index(probes: Any, n: int, probe_of: Any) -> np.ndarray:
     """Each of ``n`` positions' row in ``probes`` (CPU kernels)."""
     if probe_of is not None:
         return np.asarray(probe_of, dtype=np.int64)
@@ -400,7 +401,7 @@ def object_terms(backend: Backend, values: Any, probes: Any, win: Windows, num: 
         power = backend.xp.broadcast_to(power, (len(win), *power.shape[1:]))
         scatter_add(backend, den, power, win.rows, win.cols)
         return
-    cpu_kernels.object_terms(_c(values), _c(probes), _probe_index(probes, len(win), probe_of),
+    cpu_kernels.object_terms(_c(values), _c(probes), probe_index(probes, len(win), probe_of),
                              win.rows, win.cols, num, den)
 
 
@@ -491,16 +492,18 @@ def lsqml_object_terms(backend: Backend, chi: Any, psi: Any, probes: Any, obj: A
         return conj_object_products(backend, chi, obj, win).sum(axis=0, dtype=np.complex128)
     slot, pnum = probe_term_slots(chi.shape, chi.dtype, with_probe, per_position, runs)
     cpu_kernels.lsqml_object_terms(chi, _c(psi), _c(probes),
-                                   _probe_index(probes, len(win), probe_of), _c(obj), win.rows,
+                                   probe_index(probes, len(win), probe_of), _c(obj), win.rows,
                                    win.cols, num, den, pnum, slot)
     return probe_terms_result(pnum, with_probe, per_position, runs)
 
 
 def probe_term_slots(shape: tuple[int, ...], dtype: Any, with_probe: bool, per_position: bool,
-                     runs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                     runs: np.ndarray | None, zeros: Callable = np.zeros
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Each position's slot and the zeroed slots (S, K, M, M) of LSQML's probe direction terms
     for (B, K, M, M) waves: none (S = 0), one per run of equal shift (complex128), one per
-    position (``per_position``, working precision) or one for all (complex128)."""
+    position (``per_position``, working precision) or one for all (complex128); ``zeros``
+    allocates them."""
     b, k = shape[:2]
     if not with_probe:
         slot, size, kind = np.zeros(b, np.int64), (0, k, 0, 0), np.complex128
@@ -510,7 +513,7 @@ def probe_term_slots(shape: tuple[int, ...], dtype: Any, with_probe: bool, per_p
         slot, size, kind = np.arange(b), tuple(shape), dtype
     else:
         slot, size, kind = np.zeros(b, np.int64), (1, *shape[1:]), np.complex128
-    return slot, np.zeros(size, dtype=kind)
+    return slot, zeros(size, dtype=kind)
 
 
 def probe_terms_result(pnum: np.ndarray, with_probe: bool, per_position: bool,
@@ -539,7 +542,7 @@ def lsqml_step_terms(backend: Backend, chi: Any, probes: Any, obj: Any, d_obj: A
         return [xp.asarray(v, dtype=np.float64) for v in terms]
     dp = _c(d_probe) if d_probe is not None else np.zeros((0, 0, 0), dtype=chi.dtype)
     out = np.zeros((len(win), 5), dtype=np.float64)
-    cpu_kernels.lsqml_step_terms(_c(chi), _c(probes), _probe_index(probes, len(win), probe_of),
+    cpu_kernels.lsqml_step_terms(_c(chi), _c(probes), probe_index(probes, len(win), probe_of),
                                  _c(obj), _c(d_obj), dp, win.rows, win.cols, out)
     return list(out[:, :5 if d_probe is not None else 2].T)
 

@@ -102,12 +102,11 @@ class DifferenceMap(Engine):
 
     def _exit_waves(self, sl: Any, keep: bool = False) -> Any:
         """Sample-plane exit waves of positions ``sl``; with ``keep`` (a chunk) in the
-        engine's exit-wave buffer (allocated once: 100 MB of fresh pages per iteration would
-        cost as much time in page faults as half the inverse FFTs)."""
+        engine's exit-wave buffer (:meth:`_overlap_projection` allocates it once, before the
+        threads start: 100 MB of fresh pages per iteration would cost as much time in page
+        faults as half the inverse FFTs)."""
         if not keep:
             return self.data.propagator.backward(self.waves[self._device_sel(sl)])
-        if self._psi is None or self._psi.shape != self.waves.shape:
-            self._psi = self.backend.empty(self.waves.shape, self.waves.dtype)
         psi = self._psi[sl]
         psi[...] = self.waves[sl]
         out = self.data.propagator.backward(psi, overwrite=True)

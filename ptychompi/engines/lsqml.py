@@ -166,7 +166,7 @@ class LSQML(Engine):
             runs = self.runs(part) if ramps is not None else None
             per_position = ramps is not None and runs is None
             # one back-shift per run of equal shifts (the fused call does it for runs)
-            shifts = run_ramps(be, ramps, runs) if ramps is not None else None
+            shifts = run_ramps(be, ramps, runs) if update_probe and ramps is not None else None
             shifted_back = self.fused and runs is not None
             if self.fused:  # position by position in one compiled call
                 err, chi, d_probe = fused_kernels.lsqml_chunk(
