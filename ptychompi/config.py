@@ -147,6 +147,8 @@ class OutputConfig:
     formats: list[str] = opt(None, "files to write at the end: hdf5, tiff, png, csv",
                              factory=lambda: ["hdf5"], choices=("hdf5", "tiff", "png", "csv"))
     log_every: int = opt(10, "console line every N iterations when not on a terminal", low=1)
+    live_every: int = opt(10, "iterations between live snapshots (live/status.json and "
+                          "live/snapshot.npz, for the GUI); 0 = none", low=0)
     notify: NotifyConfig = opt(None, "notifications", factory=NotifyConfig)
 
 

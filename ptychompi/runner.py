@@ -159,6 +159,9 @@ def run_cli(args: argparse.Namespace) -> int:
     progress = Progress(total, every=cfg.output.log_every,
                         enabled=rank == 0 and not args.quiet, start=recon.iteration)
     every = cfg.output.checkpoint_every
+    from .live import LiveWriter  # noqa: PLC0415
+
+    live = LiveWriter(out, cfg.output.live_every, total, rank)
     t0 = time.perf_counter()
     try:
         while recon.iteration < total:
@@ -168,8 +171,11 @@ def run_cli(args: argparse.Namespace) -> int:
                       metrics["seconds"])
             if every and recon.iteration % every == 0 and recon.iteration < total:
                 write_checkpoint(recon, out)
+            if live.due(recon.iteration):
+                live.update(recon)  # collective: assembles the object
     except PtychompiError as exc:
         progress.close()
+        live.finish(recon, "failed")
         if rank == 0:
             from .notify import notify_run_end  # noqa: PLC0415
 
@@ -184,6 +190,7 @@ def run_cli(args: argparse.Namespace) -> int:
     progress.close()
     log.info("%d iterations in %.1f s", total, time.perf_counter() - t0)
     _finish(recon, out, None)
+    live.finish(recon, "done")
     if ptychopy_options is not None:
         from .compat.ptychopy import write_outputs  # noqa: PLC0415
 
