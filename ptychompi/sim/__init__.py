@@ -1,0 +1,1 @@
+"""Simulated scans for tests and benchmarks."""
