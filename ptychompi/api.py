@@ -117,7 +117,8 @@ class Reconstruction:
         propagator = Propagator.build(be, layout.propagation, frame, layout.wavelength_m,
                                       layout.distance_m, pixel)
         probe = initial_probe(cfg.algorithm, frame, self.source.illumination, mean_amp,
-                              power / layout.n_frames, propagator, pixel)
+                              power / layout.n_frames, propagator, pixel,
+                              layout.positions_px)
         box = tile.box
         obj = initial_object(cfg.algorithm, layout.object_shape)[box.slices()]
         data = TileData(

@@ -305,6 +305,24 @@ def probe_terms(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.
 
 
 @_jit(_JIT)
+def window_power(obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                 out: np.ndarray) -> None:
+    """``out += Σ_j |O_j|²`` (double precision), reading the windows in place.
+
+    Replaces ``(abs(extract(backend, obj, index)) ** 2).sum(0, dtype=float64)``.
+    """
+    m0, m1 = out.shape
+    for j in range(len(rows)):
+        r, c = rows[j], cols[j]
+        for y in range(m0):
+            orow = obj[r + y, c:c + m1]
+            drow = out[y]
+            for x in range(m1):
+                o = orow[x]
+                drow[x] += o.real * o.real + o.imag * o.imag
+
+
+@_jit(_JIT)
 def conj_window_products(values: np.ndarray, obj: np.ndarray, rows: np.ndarray,
                          cols: np.ndarray, slot: np.ndarray, out: np.ndarray) -> None:
     """``out[slot[j], k] += conj(O_j) · values[j, k]`` for k < K and, when ``out`` has

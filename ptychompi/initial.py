@@ -10,6 +10,8 @@ from .config import AlgorithmConfig
 from .errors import ConfigError, DataError
 from .physics import Propagator
 
+BEAM_EDGE_LEVEL = 0.03  # the autocorrelation's edge, as a fraction of its peak
+
 
 def read_array_file(path: str, what: str) -> np.ndarray:
     """A complex array from .npy, .h5 (dataset ``what`` or the first complex one) or .csv."""
@@ -55,14 +57,40 @@ def add_modes(probe: np.ndarray, modes: int, rng: np.random.Generator) -> np.nda
     return np.concatenate([probe, np.asarray(extra)], axis=0)
 
 
+def beam_diameter_from_data(mean_amplitude: np.ndarray, positions_px: np.ndarray | None,
+                            level: float = BEAM_EDGE_LEVEL) -> float:
+    """The beam's diameter in pixels, estimated from the data (far field).
+
+    The inverse FFT of the mean intensity is the mean autocorrelation of the exit waves,
+    which reaches out to the beam's diameter: the radius at which its radial profile falls to
+    ``level`` of its peak. A beam with strong phase curvature decorrelates sooner, so the
+    estimate is at least twice the median distance between neighbouring positions (a scan
+    needs its beams to overlap).
+    """
+    power = np.asarray(mean_amplitude, dtype=np.float64) ** 2
+    m = power.shape[-1]
+    corr = np.abs(np.fft.fftshift(np.fft.ifft2(power)))
+    yy, xx = np.mgrid[:m, :m] - m // 2
+    radius = np.rint(np.hypot(yy, xx)).astype(np.int64).ravel()
+    profile = np.bincount(radius, corr.ravel()) / np.maximum(np.bincount(radius), 1)
+    below = np.nonzero(profile < level * profile[0])[0]
+    diameter = float(below[0]) if below.size else m / 2
+    if positions_px is not None and len(positions_px) > 1:
+        from scipy.spatial import cKDTree  # noqa: PLC0415
+
+        distance, _ = cKDTree(positions_px).query(positions_px, k=2)
+        diameter = max(diameter, 2.0 * float(np.median(distance[:, 1])))
+    return float(min(diameter, 0.75 * m))
+
+
 def probe_from_data(mean_amplitude: np.ndarray, propagator: Propagator,
                     diameter_px: float | None = None) -> np.ndarray:
     """Starting probe from the mean measured amplitude (engines' layout), centred.
 
-    Far field: the inverse FFT of the mean amplitude, with no phase (a beam in focus) or, given
-    a nominal ``diameter_px``, with the quadratic (defocus) phase ``π c q²`` that spreads an
-    aperture of radius ``q_max`` to a beam of radius ``c·q_max`` (stationary phase). Near
-    field: the mean amplitude propagated back to the sample.
+    Far field: the inverse FFT of the mean amplitude with the quadratic (defocus) phase
+    ``π c q²`` that spreads an aperture of radius ``q_max`` to a beam of radius ``c·q_max``
+    (stationary phase), for the nominal ``diameter_px`` (no phase, a beam in focus, when
+    None). Near field: the mean amplitude propagated back to the sample.
     """
     amp = np.asarray(mean_amplitude, dtype=np.complex128)
     m = amp.shape[-1]
@@ -81,8 +109,12 @@ def probe_from_data(mean_amplitude: np.ndarray, propagator: Propagator,
 
 def initial_probe(cfg: AlgorithmConfig, frame: int, illumination: np.ndarray | None,
                   mean_amplitude: np.ndarray, photons: float, propagator: Propagator,
-                  pixel_size_m: float) -> np.ndarray:
-    """The starting probe (K, M, M) scaled so that Σ|P|² equals the mean photons per frame."""
+                  pixel_size_m: float, positions_px: np.ndarray | None = None) -> np.ndarray:
+    """The starting probe (K, M, M) scaled so that Σ|P|² equals the mean photons per frame.
+
+    Without a guess or a stored illumination it is made from the data, for the nominal
+    ``probe_diameter_m`` or, in the far field without one, for the beam diameter the data
+    show (:func:`beam_diameter_from_data`, with ``positions_px`` of the whole scan)."""
     rng = np.random.default_rng(cfg.seed)
     if cfg.probe_guess:
         probe = np.asarray(read_array_file(cfg.probe_guess, "probe"))
@@ -102,7 +134,12 @@ def initial_probe(cfg: AlgorithmConfig, frame: int, illumination: np.ndarray | N
     else:
         probe = None
     if probe is None:
-        diameter = cfg.probe_diameter_m / pixel_size_m if cfg.probe_diameter_m else None
+        if cfg.probe_diameter_m:
+            diameter = cfg.probe_diameter_m / pixel_size_m
+        elif propagator.kind == "farfield":
+            diameter = beam_diameter_from_data(mean_amplitude, positions_px)
+        else:
+            diameter = None
         probe = probe_from_data(mean_amplitude, propagator, diameter)[None]
     probe = add_modes(probe, cfg.probe_modes, rng)
     power = float((np.abs(probe) ** 2).sum())

@@ -418,6 +418,17 @@ def probe_terms(backend: Backend, values: Any, obj: Any, win: Windows) -> tuple[
     return pnum, pden
 
 
+def window_power(backend: Backend, obj: Any, win: Windows, frame: tuple[int, int]) -> Any:
+    """``Σ_j |O_j|²`` over the windows ``win`` of shape ``frame`` (float64): the
+    illumination of the probe by the object, DM's probe-update weight."""
+    if backend.is_gpu:
+        o = extract(backend, obj, win.index)
+        return (o.real ** 2 + o.imag ** 2).sum(axis=0, dtype=np.float64)
+    out = np.zeros(frame, dtype=np.float64)
+    cpu_kernels.window_power(_c(obj), win.rows, win.cols, out)
+    return out
+
+
 def conj_object_products(backend: Backend, values: Any, obj: Any, win: Windows,
                          with_power: bool = False, runs: np.ndarray | None = None) -> Any:
     """``conj(O_j) · values_j`` (B, K, M, M), with ``|O_j|²`` appended as mode K when

@@ -31,7 +31,7 @@ from ..physics import (
     run_ramps,
     shifted_probe_terms,
     shifted_probes,
-    split_probe_terms,
+    window_power,
 )
 from .base import Engine
 
@@ -152,34 +152,46 @@ class DifferenceMap(Engine):
         if not update_probe:
             return
         order = self._by_shift
+        frame = self.probe.shape[-2:]
 
         def probe_sums(_: int, sl: slice) -> Any:
             sel = sl if order is None else order[sl]
             psi = self._psi[self._device_sel(sel)] if keep else self._exit_waves(sel)
+            win = self.windows(sel)
             if not self.use_subpixel:
-                return probe_terms(be, psi, self.object, self.windows(sel))
+                return probe_terms(be, psi, self.object, win)
+            # with sub-pixel shifts the update is a step along the residual's back-shifted
+            # gradient, Σ_j S_-j[conj(O_j)(ψ_j − S_j(P) O_j)] / (Σ_j |O_j|² + δ): a Fourier
+            # back-shift of the real weight |O_j|² rings at sharp edges and at the frame's
+            # border (dips towards zero), where the quotient form diverged
+            probes, probe_of = self._probes(sel, table, probe_ft)
+            psi = psi - exit_waves(be, probes, self.object, win, probe_of)
             runs = self.runs(sel)
             if self.fused and runs is not None:  # run by run in one compiled call
-                return fused_kernels.dm_probe_chunk(psi, self.object, self.rows[sel],
-                                                    self.cols[sel],
-                                                    run_ramps(be, self.ramps(sel), runs), runs)
-            return shifted_probe_terms(be, psi, self.object, self.windows(sel),
-                                       self.ramps(sel), runs)
+                num = fused_kernels.dm_probe_chunk(psi, self.object, self.rows[sel],
+                                                   self.cols[sel],
+                                                   run_ramps(be, self.ramps(sel), runs),
+                                                   runs)[0]
+            else:
+                num = shifted_probe_terms(be, psi, self.object, win, self.ramps(sel), runs)[0]
+            return num, window_power(be, self.object, win, frame)
 
         terms = self.map_chunks(probe_sums, n)
+        pnum = self.chunk_sum([t[0] for t in terms])
+        pden = self.chunk_sum([t[1] for t in terms])
         if self.use_subpixel:  # the chunks' spectra, added, need one inverse FFT
-            pnum, pden = split_probe_terms(be, (self.chunk_sum([t[0] for t in terms]),
-                                                self.chunk_sum([t[1] for t in terms])))
-        else:
-            pnum = self.chunk_sum([t[0] for t in terms])
-            pden = self.chunk_sum([t[1] for t in terms])
+            pnum = be.ifft2(pnum, overwrite=True)
         if self.schedule.share_probe(self.iteration):  # numerator and denominator in one call
             packed = self.exchange.allreduce(xp.concatenate([pnum.reshape(-1),
                                                              pden.reshape(-1)]))
             pnum = packed[:pnum.size].reshape(pnum.shape)
             pden = packed[pnum.size:].real.reshape(pden.shape)
         pdelta = REGULARISATION * float(pden.max())
-        self.probe = ((pnum + pdelta * self.probe) / (pden + pdelta)).astype(be.complex_dtype)
+        if self.use_subpixel:
+            self.probe = (self.probe + pnum / (pden + pdelta)).astype(be.complex_dtype)
+        else:
+            self.probe = ((pnum + pdelta * self.probe) / (pden + pdelta)).astype(
+                be.complex_dtype)
 
     @property
     def refining(self) -> bool:

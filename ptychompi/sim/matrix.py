@@ -45,7 +45,8 @@ class Case:
     @property
     def name(self) -> str:
         dose = f"{self.photons:.0e}".replace("+0", "").replace("+", "")
-        return (f"{self.object}-{self.probe}-{dose}-ov{round(100 * self.overlap)}-"
+        probe = f"pinhole{self.fresnel:g}" if self.probe == "pinhole" else self.probe
+        return (f"{self.object}-{probe}-{dose}-ov{round(100 * self.overlap)}-"
                 f"{self.pattern}{self.grid}x{self.frame}")
 
     @property
