@@ -226,8 +226,9 @@ class Reconstruction:
     def resume_from(self, obj: np.ndarray, probe: np.ndarray, iteration: int,
                     history: list[dict] | None = None) -> None:
         """Continue from a global object and probe (e.g. a checkpoint on another rank count)."""
-        self.engine.start_from(obj[self.tile.box.slices()], probe, iteration)
         self.history = list(history or [])
+        self.engine.start_from(obj[self.tile.box.slices()], probe, iteration,
+                               [h["error"] for h in self.history])
 
     def close(self) -> None:
         """Release the scan file and device memory."""

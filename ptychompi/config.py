@@ -100,6 +100,9 @@ class AlgorithmConfig:
                                low=0.0)
     dm_refine_from: int | None = opt(50, "DM: from this iteration on, alternating projections "
                                      "(strict modulus) refine DM's result (null = never)", low=0)
+    dm_refine_patience: int | None = opt(5, "DM: refine (as dm_refine_from) as soon as DM's "
+                                         "error has set no new low for this many iterations "
+                                         "(null = only from dm_refine_from)", low=1)
     noise_model: str = opt("gaussian", "LSQML noise model", choices=("gaussian", "poisson"))
     object_amplitude_min: float | None = opt(None, "clip object amplitude below", low=0.0)
     object_amplitude_max: float | None = opt(None, "clip object amplitude above", low=0.0)

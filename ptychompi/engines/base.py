@@ -83,6 +83,7 @@ class Engine:
         self.schedule = schedule or Schedule()
         xp = backend.xp
         self.iteration = 0
+        self.errors: list[float] = []  # the global error of every iteration so far
         self.rng = np.random.default_rng(cfg.seed)
         frame = data.frame
         top, table, ramp_id = subpixel_grid(data.positions,
@@ -120,13 +121,13 @@ class Engine:
             self.probe = orthogonalize_modes(self.backend, self.probe)
         apply_amplitude_limits(self.backend, self.object, self.cfg.object_amplitude_min,
                                self.cfg.object_amplitude_max)
-        err = self.exchange.allreduce(float(err_num))
+        err = self.exchange.allreduce(float(err_num)) / max(self.data.power_global, 1e-30)
         self.backend.synchronize()
         self.iteration += 1
+        self.errors.append(err)
         seconds = time.perf_counter() - t0
         self.seconds_compute += seconds - (self.exchange.stats.seconds - comm0)
-        return {"iteration": self.iteration, "error": err / max(self.data.power_global, 1e-30),
-                "seconds": seconds}
+        return {"iteration": self.iteration, "error": err, "seconds": seconds}
 
     def _iterate(self) -> float:
         raise NotImplementedError
@@ -336,10 +337,13 @@ class Engine:
             self._pool.shutdown()
             self._pool = None
 
-    def start_from(self, obj: np.ndarray, probe: np.ndarray, iteration: int) -> None:
-        """Continue from an object tile and probe at ``iteration`` (engine-specific state is
-        rebuilt from them, as at the start)."""
+    def start_from(self, obj: np.ndarray, probe: np.ndarray, iteration: int,
+                   errors: list[float] | None = None) -> None:
+        """Continue from an object tile and probe at ``iteration`` with the global errors of
+        the iterations so far (engine-specific state is rebuilt from them, as at the
+        start)."""
         xp = self.backend.xp
+        self.errors = [float(e) for e in (errors or [])]
         self.object = xp.asarray(obj, dtype=self.backend.complex_dtype)
         self.probe = xp.asarray(probe, dtype=self.backend.complex_dtype)
         self.iteration = int(iteration)
@@ -356,6 +360,7 @@ class Engine:
         out = {"object": np.array(self.backend.asnumpy(self.object)),
                "probe": np.array(self.backend.asnumpy(self.probe)),
                "iteration": np.array(self.iteration),
+               "errors": np.asarray(self.errors, dtype=np.float64),
                "rng": np.frombuffer(rng, dtype=np.uint8).copy()}
         out.update({k: np.array(self.backend.asnumpy(v)) for k, v in self._extra_state().items()})
         return out
@@ -366,6 +371,7 @@ class Engine:
         self.object = xp.asarray(state["object"], dtype=self.backend.complex_dtype)
         self.probe = xp.asarray(state["probe"], dtype=self.backend.complex_dtype)
         self.iteration = int(state["iteration"])
+        self.errors = [float(e) for e in np.asarray(state.get("errors", []))]
         self.rng.bit_generator.state = json.loads(bytes(np.asarray(state["rng"])).decode())
         self._restore_extra(state)
 

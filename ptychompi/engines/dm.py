@@ -39,7 +39,24 @@ REGULARISATION = 1e-3  # δ relative to the largest illumination / object power
 POISSON_FLOOR = 0.25  # E[(sqrt(I_measured) - sqrt(I))²] for photon counts
 PSI_CACHE_BYTES = 2 << 30  # keep sample-plane exit waves between object and probe updates
 PROBE_TABLE_BYTES = 1 << 30  # keep every distinct shifted probe of an iteration up to this
+REFINE_EARLIEST = 10  # DM's error is erratic in its first iterations
 BOUND_FRACTION = 0.15  # DM's bound: this fraction of the floor × fourier_relax (measured best)
+
+
+def stall_iteration(errors: list[float], patience: int,
+                    earliest: int = REFINE_EARLIEST) -> int | None:
+    """The first iteration (from ``earliest`` on) after which the error has set no new low
+    for ``patience`` iterations, or None. With noisy data DM has no fixed point: once it
+    stops improving it drifts away from the solution it found, so error reduction takes
+    over there. A function of the global error history only, so every rank, a resumed run
+    and an uninterrupted one decide alike."""
+    best, best_at = np.inf, 0
+    for i, err in enumerate(errors):
+        if err < best:
+            best, best_at = err, i
+        elif i + 1 >= earliest and i - best_at >= patience:
+            return i + 1
+    return None
 
 
 class DifferenceMap(Engine):
@@ -195,9 +212,13 @@ class DifferenceMap(Engine):
 
     @property
     def refining(self) -> bool:
-        """Error reduction (strict projection, Ψ ← π_F Φ) instead of DM this iteration."""
+        """Error reduction (strict projection, Ψ ← π_F Φ) instead of DM this iteration: from
+        ``dm_refine_from``, or earlier once DM has stalled (:func:`stall_iteration`)."""
         start = self.cfg.dm_refine_from
-        return start is not None and self.iteration >= start
+        if start is not None and self.iteration >= start:
+            return True
+        patience = self.cfg.dm_refine_patience
+        return bool(patience) and stall_iteration(self.errors, patience) is not None
 
     def _fourier_update(self) -> float:
         be = self.backend
