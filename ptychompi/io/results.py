@@ -168,7 +168,9 @@ def read_result(path: str | os.PathLike) -> ResultData:
     if not p.is_file():
         raise DataError(f"result file {str(p)!r} not found; check the path "
                         "(runs write <output.directory>/result.h5)")
-    import hdf5plugin  # noqa: F401, PLC0415 - filters for files repacked with compression
+    from .filters import load  # noqa: PLC0415
+
+    load()  # hdf5plugin's filters, if installed, for files repacked with compression
 
     try:
         f = h5py.File(p, "r")
