@@ -59,6 +59,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return submit_cli(args)
 
 
+def _cmd_gui(args: argparse.Namespace) -> int:
+    from .gui.server import gui_cli  # noqa: PLC0415
+
+    return gui_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptychompi", description="MPI + GPU ptychography")
     sub = p.add_subparsers(dest="command", required=True)
@@ -110,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--setup", default=None, help="shell lines to activate the environment")
     b.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
     b.set_defaults(func=_cmd_submit)
+
+    g = sub.add_parser("gui", help="web GUI: parameters, queue, live view, results "
+                       "(needs the gui extra)")
+    g.add_argument("--port", type=int, default=8050, help="TCP port (0 = any free one)")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only)")
+    g.add_argument("--root", default=".", help="folder the GUI may read and write under")
+    g.add_argument("--queue", default=None, help="queue folder (default: ROOT/queue)")
+    g.set_defaults(func=_cmd_gui)
     return p
 
 
