@@ -65,6 +65,12 @@ def _cmd_gui(args: argparse.Namespace) -> int:
     return gui_cli(args)
 
 
+def _cmd_queue(args: argparse.Namespace) -> int:
+    from .queue.cli import queue_cli  # noqa: PLC0415
+
+    return queue_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptychompi", description="MPI + GPU ptychography")
     sub = p.add_subparsers(dest="command", required=True)
@@ -116,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--setup", default=None, help="shell lines to activate the environment")
     b.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
     b.set_defaults(func=_cmd_submit)
+
+    from .queue.cli import add_queue_arguments  # noqa: PLC0415
+
+    q = sub.add_parser("queue", help="batch queue: many scans on groups of MPI ranks")
+    add_queue_arguments(q)
+    q.set_defaults(func=_cmd_queue)
 
     g = sub.add_parser("gui", help="web GUI: parameters, queue, live view, results "
                        "(needs the gui extra)")
