@@ -166,7 +166,7 @@ def dict_to_values(tree: dict) -> dict[str, str]:
     return out
 
 
-_KEY = re.compile(r"(?:unknown config key ')?([a-z_]+(?:\.[a-z_]+)+)")
+_KEY = re.compile(r"(?:unknown config key ')?([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+)")
 
 
 def validate(values: dict[str, Any]) -> dict:
