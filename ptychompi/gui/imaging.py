@@ -50,6 +50,14 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def _has_glyph(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, char: str) -> bool:
+    """False when ``font`` draws ``char`` as its missing-glyph box."""
+    try:
+        return bytes(font.getmask(char)) != bytes(font.getmask("\uffff"))
+    except (UnicodeEncodeError, ValueError, OSError):
+        return False
+
+
 def _scale_bar(img: Image.Image, pixel_size: float) -> None:
     """White bar with a black outline and its length, bottom left; ``pixel_size`` per image px."""
     w, h = img.size
@@ -62,8 +70,9 @@ def _scale_bar(img: Image.Image, pixel_size: float) -> None:
     draw = ImageDraw.Draw(img)
     x0, y1 = margin, h - margin
     draw.rectangle([x0, y1 - thick, x0 + bar, y1], fill=(255, 255, 255), outline=(0, 0, 0))
-    label = format_length(length).replace("µ", "u") if font.getbbox("µ")[2] == 0 else \
-        format_length(length)
+    label = format_length(length)
+    if "µ" in label and not _has_glyph(font, "µ"):
+        label = label.replace("µ", "u")
     top = draw.textbbox((0, 0), label, font=font)
     ty = y1 - thick - 3 - (top[3] - top[1]) - top[1]
     draw.text((x0, ty), label, fill=(255, 255, 255), font=font, stroke_width=2,
