@@ -179,6 +179,9 @@ class QueueStore:
         self.folder = Path(folder).absolute()
         self.path = self.folder / DB_NAME
         self._lock = threading.Lock()
+        if self.folder.exists() and not self.folder.is_dir():
+            raise QueueError(f"queue folder {str(self.folder)!r} is a file, not a folder; "
+                             "give the queue's folder")
         if self.folder.exists() and not os.access(self.folder, os.R_OK | os.W_OK | os.X_OK):
             raise QueueError(f"queue folder {str(self.folder)!r} is not readable and writable "
                              "by this user; fix its permissions")
