@@ -5,6 +5,10 @@
 temporary name and renamed, so a crash leaves the previous checkpoint intact. Resuming on the
 same rank count restores every rank's state (bit for bit); on another count the engines start
 again from the global object and probe at the checkpoint's iteration.
+
+Writing and reading are collective-safe: a full disk or an unreadable (truncated) state file on
+any rank is agreed on, so every rank ends with the same one-line error instead of some ranks
+waiting for the one that failed.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import h5py
 import numpy as np
 import yaml
 
-from .errors import PtychompiError
+from .api import collective
+from .errors import DataError, PtychompiError
 from .io.atomic import atomic_h5
 
 RESULT_NAME = "checkpoint.h5"
@@ -37,8 +42,27 @@ def _write_state(path: Path, state: dict[str, np.ndarray]) -> None:
 
 
 def _read_state(path: Path) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return {key: f[key][()] for key in f}
+    try:
+        with h5py.File(path, "r") as f:
+            state = {key: f[key][()] for key in f}
+        int(state["iteration"])
+    except Exception as exc:  # noqa: BLE001 - any damage reads as one line
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"checkpoint state {path} is unreadable ({reason}); it was damaged "
+                        f"after it was written: delete the folder {path.parent} to resume from "
+                        f"{RESULT_NAME} alone (not bit for bit), or run again without "
+                        "--resume") from None
+    return state
+
+
+def _written(what: str, path: Path, write: Any, *args: Any) -> None:
+    """``write(*args)``; a failing disk becomes one line saying the last checkpoint is kept."""
+    try:
+        write(*args)
+    except OSError as exc:
+        raise PtychompiError(f"cannot write the {what} {path} ({exc.strerror or exc}); the "
+                             "previous checkpoint is kept: free space and continue with "
+                             "--resume") from None
 
 
 def write_checkpoint(recon: Any, out_dir: str | Path) -> None:
@@ -49,13 +73,15 @@ def write_checkpoint(recon: Any, out_dir: str | Path) -> None:
     state["indices"] = np.asarray(recon.engine.data.indices)
     state["history_error"] = np.asarray([m["error"] for m in recon.history], np.float64)
     state["history_seconds"] = np.asarray([m["seconds"] for m in recon.history], np.float64)
-    _write_state(state_path(out_dir, recon.rank, recon.size), state)
+    mine = state_path(out_dir, recon.rank, recon.size)
+    # every rank's state is on disk (agreed) before the result names it
+    collective(recon.comm, _written, "checkpoint state", mine, _write_state, mine, state)
     data = recon.result_data()
-    if recon.comm is not None:
-        recon.comm.Barrier()  # every rank's state is on disk before the result names it
+    path = Path(out_dir) / RESULT_NAME
     if data is not None:
         data.provenance["checkpoint_iteration"] = recon.iteration
-        write_result(str(Path(out_dir) / RESULT_NAME), data)
+    collective(recon.comm, lambda: data is not None and _written(
+        "checkpoint", path, write_result, str(path), data))
 
 
 def check_compatible(saved_yaml: str, cfg: Any) -> None:
@@ -74,11 +100,16 @@ def resume(recon: Any, out_dir: str | Path) -> int:
     from .io.results import read_result  # noqa: PLC0415
 
     path = Path(out_dir) / RESULT_NAME
-    if not path.is_file():
-        raise PtychompiError(f"--resume: no checkpoint at {path}; run without --resume, or set "
-                             "output.checkpoint_every")
-    data = read_result(str(path))
-    check_compatible(data.config_yaml, recon.config)
+
+    def read_global() -> Any:
+        if not path.is_file():
+            raise PtychompiError(f"--resume: no checkpoint at {path}; run without --resume, or "
+                                 "set output.checkpoint_every")
+        data = read_result(str(path))
+        check_compatible(data.config_yaml, recon.config)
+        return data
+
+    data = collective(recon.comm, read_global)
     iteration = int(data.provenance.get("checkpoint_iteration",
                                         data.provenance.get("iterations_done", 0)))
     same = data.provenance.get("ranks") == recon.size
@@ -86,12 +117,19 @@ def resume(recon: Any, out_dir: str | Path) -> int:
     have = same and mine.is_file()
     if recon.comm is not None:
         have = recon.comm.allreduce(int(have), op=__import__("mpi4py").MPI.MIN) == 1
-    state = _read_state(mine) if have else None
+    state = collective(recon.comm, lambda: _read_state(mine) if have else None)
     if state is not None and int(state["iteration"]) != iteration:
         state = None
     if recon.comm is not None:
         ok = recon.comm.allreduce(int(state is not None), op=__import__("mpi4py").MPI.MIN)
         state = state if ok else None
+    collective(recon.comm, _restore, recon, out_dir, data, state, iteration)
+    return iteration
+
+
+def _restore(recon: Any, out_dir: str | Path, data: Any, state: dict | None,
+             iteration: int) -> None:
+    """This rank's engine from its own state, else from the global object and probe."""
     if state is not None:
         recon.engine.restore(state)
         recon.history = [{"iteration": i + 1, "error": float(e), "seconds": float(s)}
@@ -102,7 +140,6 @@ def resume(recon: Any, out_dir: str | Path) -> int:
                    for i, e in enumerate(data.error)]
         recon.resume_from(data.object, data.probe, iteration, history)
         _adopt_exit_waves(recon, out_dir, int(data.provenance.get("ranks", 0)), iteration)
-    return iteration
 
 
 def _adopt_exit_waves(recon: Any, out_dir: str | Path, old_size: int, iteration: int) -> None:
@@ -116,7 +153,11 @@ def _adopt_exit_waves(recon: Any, out_dir: str | Path, old_size: int, iteration:
         path = state_path(out_dir, rank, old_size)
         if not path.is_file():
             return
-        with h5py.File(path, "r") as f:
+        try:
+            f = h5py.File(path, "r")
+        except OSError:  # damaged: keep the waves rebuilt from object and probe
+            break
+        with f:
             if "waves" not in f or int(f["iteration"][()]) != iteration:
                 return
             old = f["indices"][()]

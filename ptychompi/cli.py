@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,7 +14,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from .config import default_yaml, load_config  # noqa: PLC0415
 
     if args.check:
-        load_config(args.check)
+        cfg = load_config(args.check)
+        if not cfg.data.path:  # a template: valid, but `run` needs the scan
+            print(f"{args.check}: valid as a template; set data.path (a .cxi file or APS row "
+                  "files) before `ptychompi run`")
+            return 0
         print(f"{args.check}: valid")
         return 0
     print(default_yaml(), end="")
@@ -33,10 +38,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    """Each file's summary; a file that cannot be read is one error line, the rest go on."""
     from .inspect import inspect_file  # noqa: PLC0415
 
-    print(inspect_file(args.file))
-    return 0
+    failed = 0
+    for i, path in enumerate(args.file):
+        try:
+            text = inspect_file(path)
+        except PtychompiError as exc:
+            print(f"ptychompi: error: {exc}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        print(("\n" if i else "") + text, flush=True)
+    return 2 if failed else 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -91,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.set_defaults(func=_cmd_simulate)
 
-    i = sub.add_parser("inspect", help="summarise a scan, MDA or result file")
-    i.add_argument("file")
+    i = sub.add_parser("inspect", help="summarise scan, MDA or result files")
+    i.add_argument("file", nargs="+")
     i.set_defaults(func=_cmd_inspect)
 
     r = sub.add_parser("run", help="reconstruct (under mpiexec for several ranks)")
@@ -148,8 +162,19 @@ def _rank() -> int:
     return mpi.COMM_WORLD.Get_rank()
 
 
+def _quiet_stdout() -> None:
+    """The reader of our output went away (``| head``): send the rest nowhere, quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    from .signals import Interrupted, message  # noqa: PLC0415
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -157,6 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _rank() == 0:
             print(f"ptychompi: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+    except Interrupted as exc:  # one rank: a several-rank run aborts in the handler
+        print(message(exc.signum), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("ptychompi: interrupted", file=sys.stderr)
         return 130
