@@ -2,6 +2,13 @@
 
 The templates are ``jobscripts/{slurm,pbs}.sh.in`` (``string.Template`` placeholders), found
 inside the installed package (``ptychompi/jobscripts``) or in a source checkout.
+
+Nothing a user or a file supplies reaches the script unchecked: paths are ``shlex.quote``-d
+where the shell reads them and refused when they hold a newline or another control character
+(a comment or directive line could otherwise end and a command begin); account and queue
+names and the wall time must match strict patterns; the job name is reduced to safe
+characters. ``--setup`` is the exception by design: it is shell text the submitting user
+writes for their own job.
 """
 
 from __future__ import annotations
@@ -59,6 +66,14 @@ def _check(scheduler: str, nodes: int, gpus_per_node: int, time: str,
             raise PtychompiError(f"{flag} {value!r}: use letters, digits and _ . - @ : + only")
 
 
+def _plain(text: str, what: str) -> str:
+    """``text`` unless it holds a control character (newline, carriage return, tab, ...)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise PtychompiError(f"{what} {text!r} contains a newline or another control "
+                             "character, which a job script cannot hold safely; rename it")
+    return text
+
+
 def _default_setup() -> str:
     if sys.prefix != sys.base_prefix:  # running from a virtual environment: reuse it
         activate = Path(sys.prefix) / "bin" / "activate"
@@ -73,9 +88,10 @@ def _render(config_path: str | os.PathLike, scheduler: str, nodes: int, gpus_per
             setup: str | None) -> tuple[str, Path]:
     _check(scheduler, nodes, gpus_per_node, time, account, queue)
     cfg = load_config(config_path)  # a missing or invalid config fails here, in its own words
-    config_abs = Path(os.path.abspath(config_path))
-    workdir = Path.cwd()
-    output_dir = Path(os.path.abspath(workdir / cfg.output.directory))
+    config_abs = Path(_plain(os.path.abspath(config_path), "the config file name"))
+    workdir = Path(_plain(str(Path.cwd()), "the working folder"))
+    output_dir = Path(_plain(os.path.abspath(workdir / cfg.output.directory),
+                             "output.directory"))
     if re.search(r"\s", str(output_dir)):
         raise PtychompiError(f"output.directory {str(output_dir)!r} contains spaces, which "
                              "job-script directives cannot hold; choose a path without spaces")
@@ -97,7 +113,7 @@ def _render(config_path: str | os.PathLike, scheduler: str, nodes: int, gpus_per
         "job_name": job_name, "nodes": nodes, "gpus_per_node": gpus_per_node,
         "ntasks": nodes * gpus_per_node, "ncpus": gpus_per_node, "time": time,
         "output_dir": str(output_dir), "optional_directives": "\n".join(optional),
-        "config_path": str(config_abs), "config": shlex.quote(str(config_abs)),
+        "config_path": shlex.quote(str(config_abs)), "config": shlex.quote(str(config_abs)),
         "workdir": shlex.quote(str(workdir)),
         "setup": setup.rstrip("\n") if setup else _default_setup(),
     }
