@@ -154,6 +154,7 @@ fi
 TIMEOUT_FLAG=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && TIMEOUT_FLAG=(--timeout 90)
 PTYCHOMPI_DEVICE=gpu PTYCHOMPI_SKIP_SHARED_DATA=1 stage unit 150 "$OUT/gpu_tests.log" \
-    "$PY" -m pytest -v -p no:cacheprovider -rfEs --maxfail 30 "${TIMEOUT_FLAG[@]}" tests/unit
+    "$PY" -m pytest -v -p no:cacheprovider -rfEs --maxfail 30 "${TIMEOUT_FLAG[@]}" \
+    --continue-on-collection-errors --ignore tests/unit/test_gui_browser.py tests/unit
 
 finish "$FAILED"

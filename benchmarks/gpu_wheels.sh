@@ -8,6 +8,7 @@
 #   pytest-mpi   the MPI test suite's plugin
 #   aiosmtpd, atpublic   the local mail server of the notification tests (attrs is there)
 #   mpich        an MPI library and launcher (mpiexec) for the 2-rank run
+#   starlette, uvicorn   the web GUI's extra (its API tests; httpx, anyio, h11, click are there)
 # and, used only where needed:
 #   .whl/fallback/mpi4py   when the image's mpi4py cannot load the carried MPICH
 #   .whl/build/setuptools, wheel   to build ptychompi itself offline (build isolation)
@@ -21,7 +22,7 @@ PY=${PYTHON:-python3}
 DEST=${PTYCHOMPI_WHEELS:-.whl}
 
 WHEELS=(hdf5plugin==7.1.0 pyFFTW==0.15.1 pytest-mpi==0.6 aiosmtpd==1.4.6 atpublic==9.0.0
-        mpich==5.0.2)
+        mpich==5.0.2 starlette==1.10.0 uvicorn==0.55.0)
 FALLBACK=(mpi4py==4.1.2)
 BUILD=(setuptools==84.2.1 wheel==0.48.0)
 PLATFORMS=()
@@ -43,7 +44,7 @@ fetch "$DEST/fallback" "${FALLBACK[@]}"
 fetch "$DEST/build" "${BUILD[@]}"
 "$PY" benchmarks/wheel_trim.py "$DEST"/hdf5plugin-*.whl
 
-n=$(find "$DEST" -name '*.whl' | wc -l)
+n=$(find "$DEST" -type f -name '*.whl' | wc -l)
 expected=$(( ${#WHEELS[@]} + ${#FALLBACK[@]} + ${#BUILD[@]} ))
 [ "$n" -eq "$expected" ] || { echo "gpu_wheels: expected $expected wheels, got $n" >&2; exit 1; }
 du -ah "$DEST" | sort -k2

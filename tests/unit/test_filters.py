@@ -15,8 +15,8 @@ from ptychompi.io.cxi import read_cxi, write_cxi
 BLOCK = "import sys; sys.modules['hdf5plugin'] = None  # as if it were not installed\n"
 
 
-def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK + code], capture_output=True,
+def _run(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK + code, *args], capture_output=True,
                           text=True, timeout=120, check=False)
 
 
@@ -46,14 +46,14 @@ def test_lz4_without_hdf5plugin_is_one_clear_error(tmp_path: Path) -> None:
     code = ("from ptychompi.errors import DataError\n"
             "from ptychompi.io.cxi import read_cxi, write_cxi\n"
             "import numpy as np\n"
-            "for f in (lambda: read_cxi(%r), lambda: write_cxi(%r, np.zeros((1, 8, 8)), "
-            "np.zeros((1, 2)), distance_m=1.0, pixel_size_m=1e-4, energy_j=1e-15, "
-            "compression='lz4')):\n"
+            "for f in (lambda: read_cxi(sys.argv[1]), lambda: write_cxi(sys.argv[2], "
+            "np.zeros((1, 8, 8)), np.zeros((1, 2)), distance_m=1.0, pixel_size_m=1e-4, "
+            "energy_j=1e-15, compression='lz4')):\n"
             "    try:\n"
             "        f()\n"
             "    except DataError as e:\n"
-            "        print(e)\n") % (str(lz4), str(tmp_path / "new.cxi"))
-    proc = _run(code)
+            "        print(e)\n")
+    proc = _run(code, str(lz4), str(tmp_path / "new.cxi"))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 2, proc.stdout
