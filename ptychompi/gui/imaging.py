@@ -44,6 +44,11 @@ def object_views(obj: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """DejaVu Sans where the system has it (it has µ), else Pillow's default font."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        pass
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, ImportError, OSError):
@@ -66,7 +71,7 @@ def _scale_bar(img: Image.Image, pixel_size: float) -> None:
     length = scale_bar_length(w * pixel_size)
     bar = max(1, round(length / pixel_size))
     margin, thick = max(4, h // 40), max(3, h // 90)
-    font = _font(max(11, min(w, h) // 22))
+    font = _font(max(12, min(w, h) // 16))
     draw = ImageDraw.Draw(img)
     x0, y1 = margin, h - margin
     draw.rectangle([x0, y1 - thick, x0 + bar, y1], fill=(255, 255, 255), outline=(0, 0, 0))

@@ -422,7 +422,7 @@ async function refreshJobList() {
   const {ok, data} = await api("/api/queue");
   if (!ok) return;
   const sel = $("live-job");
-  const keep = sel.value;
+  const keep = liveWatch && liveWatch.job ? String(liveWatch.job) : sel.value;
   sel.textContent = "";
   sel.append(el("option", {value: "", text: "—"}));
   for (const j of data.jobs) sel.append(el("option", {value: j.id, text: `${j.id} ${j.name} (${j.state})`}));
