@@ -126,13 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_export)
 
     b = sub.add_parser("submit", help="render and submit a SLURM or PBS job")
-    b.add_argument("config")
+    b.add_argument("config", nargs="?", help="YAML config (or --queue DIR --ranks-per-job K)")
     b.add_argument("--scheduler", required=True, choices=("slurm", "pbs"))
     b.add_argument("--nodes", type=int, default=1)
     b.add_argument("--gpus-per-node", type=int, default=4)
     b.add_argument("--time", default="01:00:00", help="HH:MM:SS")
     b.add_argument("--account", default=None)
-    b.add_argument("--queue", default=None, help="partition (SLURM) or queue (PBS)")
+    b.add_argument("--queue", default=None,
+                   help="with a config: partition (SLURM) or queue (PBS); with "
+                        "--ranks-per-job: the ptychompi queue folder to run")
+    b.add_argument("--partition", default=None, help="partition (SLURM) or queue (PBS)")
+    b.add_argument("--ranks-per-job", type=int, default=None, metavar="K",
+                   help="run the queue folder --queue in this allocation, K ranks per job")
+    b.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="queue: checkpoint jobs without their own checkpoints every N "
+                        "iterations (a resubmitted queue resumes them)")
+    b.add_argument("--notify", default=None, metavar="YAML",
+                   help="queue: config whose output.notify.email gets the summary")
     b.add_argument("--setup", default=None, help="shell lines to activate the environment")
     b.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
     b.set_defaults(func=_cmd_submit)

@@ -285,3 +285,28 @@ def queue_cli(args: argparse.Namespace) -> int:
     if command in ("cancel", "retry", "priority"):
         return _cmd_change(args)
     raise PtychompiError(f"unknown queue command {command!r}")  # pragma: no cover
+
+
+def batch_options(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """``ptychompi submit --queue DIR --ranks-per-job K``: the checked queue folder and the
+    ``queue run`` options the job script passes on."""
+    from .dispatch import check_group_size  # noqa: PLC0415
+
+    if not args.queue:
+        raise QueueError("--ranks-per-job runs a queue: give its folder with --queue DIR "
+                         "(the partition goes in --partition)")
+    folder = Path(args.queue).absolute()
+    QueueStore(folder).close()  # exists and is a queue
+    check_group_size(args.nodes * args.gpus_per_node, args.ranks_per_job)
+    options = ["--ranks-per-job", str(args.ranks_per_job)]
+    if getattr(args, "checkpoint_every", 0):
+        if args.checkpoint_every < 0:
+            raise QueueError(f"--checkpoint-every {args.checkpoint_every} must not be negative")
+        options += ["--checkpoint-every", str(args.checkpoint_every)]
+    if getattr(args, "notify", None):
+        from ..config import load_config  # noqa: PLC0415
+
+        if load_config(args.notify).output.notify.email is None:
+            raise QueueError(f"--notify {args.notify}: the file sets no output.notify.email")
+        options += ["--notify", str(Path(args.notify).absolute())]
+    return folder, options

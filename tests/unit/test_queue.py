@@ -280,3 +280,61 @@ def test_list_table_and_json(tmp_path: Path, capsys) -> None:
         assert s.get(a.id).cancel_requested and s.get(b.id).state == "queued"
         assert s.get(b.id).priority == 4
     assert os.path.isdir(folder / "jobs")
+
+
+def test_submit_renders_one_allocation_that_runs_the_queue(tmp_path: Path, capsys,
+                                                          monkeypatch) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from ptychompi.simulate import simulate_to_files
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "q"
+    simulate_to_files(tmp_path / "scan.cxi", frame=64, grid=6, step_px=8,
+                      probe_diameter_px=20)
+    with QueueStore(folder, create=True) as s:
+        for seed in (0, 1):
+            s.add({"data": {"path": str(tmp_path / "scan.cxi")},
+                   "algorithm": {"name": "epie", "iterations": 2, "seed": seed},
+                   "parallel": {"device": "cpu", "workers": 1}}, name=f"s{seed}")
+    args = ["submit", "--queue", str(folder), "--ranks-per-job", "1", "--scheduler", "slurm",
+            "--nodes", "1", "--gpus-per-node", "2", "--partition", "gpu",
+            "--checkpoint-every", "5", "--dry-run"]
+    assert main(args) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --partition=gpu" in script and "#SBATCH --ntasks-per-node=2" in script
+    assert re.search(rf"srun --nodes=1 --ntasks=2 --ntasks-per-node=2 \\\n\s+ptychompi queue "
+                     rf"run {folder} --ranks-per-job 1 --checkpoint-every 5  #", script), script
+    path = folder / "job.slurm.sh"
+    assert path.read_text() == script
+    for k, gpus, text in (("3", "4", "does not divide the 4 rank(s)"),
+                          ("4", "2", "larger than the 2 rank(s)")):
+        assert main(["submit", "--queue", str(folder), "--ranks-per-job", k, "--scheduler",
+                     "pbs", "--gpus-per-node", gpus, "--dry-run"]) == 2
+        assert text in capsys.readouterr().err
+    assert main(["submit", "--ranks-per-job", "1", "--scheduler", "pbs", "--dry-run"]) == 2
+    assert "give its folder with --queue DIR" in capsys.readouterr().err
+    assert main(["submit", "x.yaml", "--queue", str(folder), "--ranks-per-job", "1",
+                 "--scheduler", "pbs", "--dry-run"]) == 2
+    assert "not both" in capsys.readouterr().err
+    # run it: a fake srun starts the ranks with mpiexec
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists() or shutil.which("bash") is None:
+        return
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/bash\nn=1\nwhile [[ $1 == --* ]]; do\n"
+                               "  case $1 in --ntasks=*) n=${1#--ntasks=};; esac; shift\n"
+                               f"done\nexec {mpiexec} -n $n \"$@\"\n")
+    (fake / "srun").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
+    env["PATH"] = f"{fake}:{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PTYCHOMPI_WORKERS"] = "1"
+    proc = subprocess.run(["bash", str(path)], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with QueueStore(folder) as s:
+        assert [(j.name, j.state) for j in s.jobs()] == [("s0", "done"), ("s1", "done")]
+        assert {j.group for j in s.jobs()} <= {0, 1}
