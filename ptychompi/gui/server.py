@@ -54,7 +54,8 @@ def serve(root: str, queue: str | None, host: str = "127.0.0.1", port: int = 805
     print(f"  on a cluster, from your computer: ssh -N -L {port}:localhost:{port} "
           f"{os.environ.get('USER', 'user')}@{socket.gethostname()}  then open "
           f"http://localhost:{port}/?token={token}", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=2)  # open SSE streams end too
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     return 0

@@ -407,3 +407,18 @@ def test_results_tree_info_images_downloads(client: TestClient, root: Path) -> N
     csv = client.get("/api/results/download?path=runs/first&fmt=error-csv").text.splitlines()
     assert csv[0] == "iteration,error" and len(csv) == 5
     assert float(csv[-1].split(",")[1]) == pytest.approx(res.error[-1])
+
+
+def test_gui_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    assert main(["gui", "--root", str(tmp_path / "missing"), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ptychompi: error: --root")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["gui", "--root", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ptychompi: error: 127.0.0.1:{port} is in use; choose another --port"]

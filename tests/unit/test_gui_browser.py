@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,7 +120,11 @@ def test_browser_end_to_end(gui: tuple[str, Path], browser: webdriver.Chrome,
     shots.mkdir()
     wait = WebDriverWait(d, 30, poll_frequency=0.1)
 
-    # --- the page with its token; the form is generated and validated
+    # --- without the token: 403; with it: the page
+    bare = url.split("?")[0] + "api/config/schema"
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(bare, timeout=10)
+    assert denied.value.code == 403
     d.get(url)
     wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
     assert "?token" not in d.current_url  # the token moved into a cookie
