@@ -114,8 +114,6 @@ def _submit_batch(s: GuiSettings, tree: dict, name: str, body: dict) -> dict:
     """Write the job's YAML under its output folder and hand it to ``ptychompi submit``."""
     import yaml  # noqa: PLC0415
 
-    from ..submit import submit_cli  # noqa: PLC0415
-
     out = Path(tree.setdefault("output", {}).get("directory") or str(s.root / "out"))
     tree["output"]["directory"] = str(out)
     if not any(out.resolve() == r or r in out.resolve().parents for r in s.roots):
@@ -125,27 +123,63 @@ def _submit_batch(s: GuiSettings, tree: dict, name: str, body: dict) -> dict:
     config_path = out / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
 
-    def text(key: str) -> str | None:
-        v = body.get(key)
-        return str(v).strip() if v not in (None, "") else None
+    args = _batch_args(body, config=str(config_path), scheduler=body["target"],
+                       queue=_text(body, "partition"), partition=_text(body, "partition"))
+    output, message = _run_submit(args)
+    return {"target": body["target"], "config": relative(config_path, s.roots),
+            "output": output, "message": message}
 
-    def whole(key: str, default: int) -> int:
-        v = body.get(key, default)
-        try:
-            return int(v)
-        except (TypeError, ValueError):
-            raise PtychompiError(f"{key} {v!r} must be a whole number") from None
 
-    args = argparse.Namespace(config=str(config_path), scheduler=body["target"],
-                              nodes=whole("nodes", 1), gpus_per_node=whole("gpus_per_node", 1),
-                              time=text("time") or "01:00:00", account=text("account"),
-                              queue=text("partition"), setup=None,
-                              dry_run=bool(body.get("dry_run")))
+def _text(body: dict, key: str) -> str | None:
+    v = body.get(key)
+    return str(v).strip() if v not in (None, "") else None
+
+
+def _whole(body: dict, key: str, default: int) -> int:
+    v = body.get(key, default)
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise PtychompiError(f"{key} {v!r} must be a whole number") from None
+
+
+def _batch_args(body: dict, **fixed: Any) -> argparse.Namespace:
+    """The ``ptychompi submit`` arguments from the page's allocation fields."""
+    return argparse.Namespace(nodes=_whole(body, "nodes", 1),
+                              gpus_per_node=_whole(body, "gpus_per_node", 1),
+                              time=_text(body, "time") or "01:00:00",
+                              account=_text(body, "account"), setup=None,
+                              dry_run=bool(body.get("dry_run")), **fixed)
+
+
+def _run_submit(args: argparse.Namespace) -> tuple[str, str]:
+    """``submit_cli`` with its printed lines captured (the scheduler runs without a shell)."""
+    from ..submit import submit_cli  # noqa: PLC0415
+
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        submit_cli(args)  # argument lists only: the scheduler is run without a shell
-    return {"target": body["target"], "config": relative(config_path, s.roots),
-            "output": stdout.getvalue(), "message": stderr.getvalue()}
+        submit_cli(args)
+    return stdout.getvalue(), stderr.getvalue()
+
+
+async def _allocate(request: Request) -> JSONResponse:
+    """Run the queue in one SLURM/PBS allocation (``ptychompi submit --queue --ranks-per-job``)."""
+    s = settings_of(request)
+    body = await read_json(request)
+    scheduler = body.get("scheduler")
+    if scheduler not in ("slurm", "pbs"):
+        return _error(f"scheduler {scheduler!r} is not one of slurm, pbs")
+
+    def go() -> dict:
+        _store(s, create=True).close()
+        args = _batch_args(body, config=None, scheduler=scheduler, queue=str(s.queue),
+                           partition=_text(body, "partition"),
+                           ranks_per_job=_whole(body, "ranks_per_job", 1),
+                           checkpoint_every=0, notify=None)
+        output, message = _run_submit(args)
+        return {"scheduler": scheduler, "output": output, "message": message}
+
+    return JSONResponse(await run_in_threadpool(go))
 
 
 async def _submit(request: Request) -> JSONResponse:
@@ -315,6 +349,7 @@ def routes() -> list[Route]:
         Route("/api/queue", _queue),
         Route("/api/queue/{job_id:int}/{action:str}", _queue_action, methods=["POST"]),
         Route("/api/submit", _submit, methods=["POST"]),
+        Route("/api/queue/allocate", _allocate, methods=["POST"]),
         Route("/api/live/status", _live_status),
         Route("/api/live/events", _live_events),
         Route("/api/live/image", _live_image),

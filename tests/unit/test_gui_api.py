@@ -422,3 +422,18 @@ def test_gui_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
         assert main(["gui", "--root", str(tmp_path), "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"ptychompi: error: 127.0.0.1:{port} is in use; choose another --port"]
+
+
+def test_queue_in_one_allocation(client: TestClient, root: Path) -> None:
+    r = client.post("/api/queue/allocate", json={"scheduler": "slurm", "nodes": 1,
+                                                 "gpus_per_node": 4, "ranks_per_job": 2,
+                                                 "time": "00:30:00", "dry_run": True})
+    assert r.status_code == 200, r.text
+    script = r.json()["output"]
+    assert "queue run" in script and "--ranks-per-job 2" in script
+    assert str(root.resolve() / "queue") in script
+    r = client.post("/api/queue/allocate", json={"scheduler": "pbs", "nodes": 1,
+                                                 "gpus_per_node": 3, "ranks_per_job": 2,
+                                                 "dry_run": True})
+    assert r.status_code == 400 and r.json()["error"].startswith("ptychompi: error:")
+    assert client.post("/api/queue/allocate", json={"scheduler": "lsf"}).status_code == 400

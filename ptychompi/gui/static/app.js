@@ -259,9 +259,19 @@ function updateQueueCommand() {
   $("queue-command").textContent =
     `mpiexec -n ${world} ptychompi queue run ${$("queue-folder").dataset.folder || "QUEUE"}` +
     ` --ranks-per-job ${k}`;
-  const batch = $("job-target").value !== "queue";
-  $("batch-opts").classList.toggle("hidden", !batch);
-  if (batch && $("job-mode").value !== "custom") $("job-gpn").value = k;
+}
+
+async function allocateQueue() {
+  const body = {scheduler: $("alloc-scheduler").value, ranks_per_job: ranksPerJob(),
+                nodes: $("job-nodes").value, gpus_per_node: $("job-gpn").value,
+                time: $("job-time").value, account: $("job-account").value,
+                partition: $("job-partition").value, dry_run: $("job-dry").checked};
+  const {ok, data} = await api("/api/queue/allocate", body);
+  $("run-output").classList.add("hidden");
+  if (!ok) { say("run-message", data.error); return; }
+  say("run-message", `${data.scheduler}: the queue runs in one allocation. ${data.message || ""}`, true);
+  $("run-output").textContent = data.output;
+  $("run-output").classList.remove("hidden");
 }
 
 async function submitJob() {
@@ -322,6 +332,7 @@ async function refreshQueue() {
 
 function initRun() {
   $("job-submit").onclick = submitJob;
+  $("alloc-submit").onclick = allocateQueue;
   for (const id of ["job-mode", "job-target", "job-ranks"]) $(id).onchange = updateQueueCommand;
 }
 
