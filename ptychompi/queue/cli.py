@@ -156,13 +156,13 @@ def format_table(jobs: list[Job], groups: list[dict]) -> str:
     if groups:
         lines.append("")
         lines.append(f"{'group':>5} {'ranks':<12} {'devices':<16} {'done':>4} {'failed':>6} "
-                     f"{'cancel':>6} {'busy_s':>8} {'bytes':>12}")
+                     f"{'cancel':>6} {'iters':>6} {'busy_s':>8} {'bytes':>12}")
         for g in groups:
             ranks = ",".join(map(str, json.loads(g["ranks"])))
             devices = ",".join(json.loads(g["devices"])) if g.get("devices") else "-"
             lines.append(f"{g['grp']:>5} {ranks[:12]:<12} {devices[:16]:<16} "
                          f"{g['jobs_done']:>4} {g['jobs_failed']:>6} {g['jobs_cancelled']:>6} "
-                         f"{g['busy_s']:>8.1f} {g['bytes_exchanged']:>12}")
+                         f"{g['iterations']:>6} {g['busy_s']:>8.1f} {g['bytes_exchanged']:>12}")
     return "\n".join(lines)
 
 

@@ -125,7 +125,9 @@ class Coordinator:
             job = self.store.finish(msg["job"], msg["state"], error=msg.get("error"), **acc)
             self.store.record_group(group, msg["ranks"], acc.get("devices"),
                                     outcome=msg["state"], busy_s=acc.get("wall_s") or 0.0,
-                                    bytes_exchanged=acc.get("bytes_exchanged") or 0)
+                                    bytes_exchanged=acc.get("bytes_exchanged") or 0,
+                                    iterations=max(0, (acc.get("iteration") or 0)
+                                                   - (acc.get("resumed_from") or 0)))
             self.cancel_sent.discard(msg["job"])
             if job_id is not None:
                 self.opts.finished.append(job.to_dict())

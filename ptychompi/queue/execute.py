@@ -47,6 +47,19 @@ def _notify_settings(output: Any, job: dict, opts: Any) -> None:
         notify.email = opts.notify
 
 
+def _output(job: dict, opts: Any) -> Any:
+    """The job's output settings (for the e-mail of a job that failed before it was built)."""
+    from ..config import OutputConfig, config_from_dict  # noqa: PLC0415
+
+    try:
+        output = config_from_dict({"output": job["config"].get("output") or {}}).output
+    except PtychompiError:
+        output = OutputConfig()
+    output.directory = job["output_dir"]
+    _notify_settings(output, job, opts)
+    return output
+
+
 def _build(job: dict, comm: Any | None, rank: int, opts: Any) -> tuple[Any, Any]:
     """The job's Reconstruction on the group (collective)."""
     from ..api import Reconstruction, agree  # noqa: PLC0415
@@ -146,10 +159,11 @@ def run_job(job: dict, world: Any, group: Any, opts: Any,
         state, error = "failed", _one_line(exc)
         if live is not None and recon is not None:
             live.finish(recon, "failed")
-        if rank == 0 and recon is not None:
-            notify_run_end(recon.config.output, f"ptychompi queue job {job['id']} "
-                           f"({job['name']}) failed at iteration {recon.iteration}: {error}",
-                           False)
+        if rank == 0:
+            at = recon.iteration if recon is not None and recon.engine is not None else 0
+            notify_run_end(recon.config.output if recon is not None else _output(job, opts),
+                           f"ptychompi queue job {job['id']} ({job['name']}) failed at "
+                           f"iteration {at}: {error}", False)
     finally:
         iteration = recon.iteration if recon is not None and recon.engine is not None else 0
         history = recon.history if recon is not None else []

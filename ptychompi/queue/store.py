@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS groups (
     jobs_done INTEGER NOT NULL DEFAULT 0,
     jobs_failed INTEGER NOT NULL DEFAULT 0,
     jobs_cancelled INTEGER NOT NULL DEFAULT 0,
+    iterations INTEGER NOT NULL DEFAULT 0,
     busy_s REAL NOT NULL DEFAULT 0,
     bytes_exchanged INTEGER NOT NULL DEFAULT 0,
     updated REAL
@@ -411,7 +412,7 @@ class QueueStore:
 
     def record_group(self, group: int, ranks: list[int], devices: list[str] | None = None,
                      *, outcome: str | None = None, busy_s: float = 0.0,
-                     bytes_exchanged: int = 0) -> None:
+                     bytes_exchanged: int = 0, iterations: int = 0) -> None:
         """Create or add to one group's accounting row."""
         with self._write() as db:
             db.execute("INSERT OR IGNORE INTO groups (grp, ranks) VALUES (?, ?)",
@@ -424,5 +425,5 @@ class QueueStore:
             if column:
                 db.execute(f"UPDATE groups SET {column}={column}+1 WHERE grp=?", (group,))
             db.execute("UPDATE groups SET busy_s=busy_s+?, bytes_exchanged=bytes_exchanged+?, "
-                       "updated=? WHERE grp=?", (busy_s, int(bytes_exchanged), time.time(),
-                                                  group))
+                       "iterations=iterations+?, updated=? WHERE grp=?",
+                       (busy_s, int(bytes_exchanged), int(iterations), time.time(), group))

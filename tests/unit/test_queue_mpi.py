@@ -233,6 +233,7 @@ def test_add_and_cancel_while_running(tmp_path: Path, scans: dict) -> None:
     with QueueStore(folder, create=True) as store:
         long = store.add(_config(scans, iterations=100000), name="long")
         waiting = store.add(_config(scans), name="waiting")
+    (folder / "inbox").mkdir()  # watched by default
     proc = subprocess.Popen([str(MPIEXEC), "-n", "1", str(PTYCHOMPI), "queue", "run",
                              str(folder), "--wait", "2", "--poll", "0.3"], cwd=tmp_path,
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -245,6 +246,9 @@ def test_add_and_cancel_while_running(tmp_path: Path, scans: dict) -> None:
             add = _run(["queue", "add", str(folder), str(yaml_path), "--priority", "3"],
                        tmp_path, 30)
             assert add.returncode == 0, add.stderr
+            (tmp_path / "dropped.yaml").write_text(yaml.safe_dump(_config(scans)))
+            (tmp_path / "dropped.yaml").rename(folder / "inbox" / "dropped.yaml")
+            _wait_for(lambda: (folder / "inbox" / "added" / "dropped.yaml").is_file(), 30, proc)
             for job_id in (waiting.id, long.id):
                 cancel = _run(["queue", "cancel", str(folder), str(job_id)], tmp_path, 30)
                 assert cancel.returncode == 0, cancel.stderr
@@ -258,10 +262,13 @@ def test_add_and_cancel_while_running(tmp_path: Path, scans: dict) -> None:
     assert jobs["long"].state == "cancelled" and 1 <= jobs["long"].iteration < 100000
     assert jobs["waiting"].state == "cancelled" and jobs["waiting"].started is None
     assert jobs["late"].state == "done" and jobs["late"].iteration == 4
+    assert jobs["dropped"].state == "done" and jobs["dropped"].source == "yaml"
     listing = _run(["queue", "list", str(folder), "--json"], tmp_path, 30)
     data = json.loads(listing.stdout)
-    assert [j["name"] for j in data["jobs"]] == ["late", "long", "waiting"]  # priority first
-    assert data["groups"][0]["jobs_done"] == 1 and data["groups"][0]["jobs_cancelled"] == 1
+    assert [j["name"] for j in data["jobs"]] == ["late", "long", "waiting", "dropped"]
+    group = data["groups"][0]
+    assert group["jobs_done"] == 2 and group["jobs_cancelled"] == 1
+    assert group["iterations"] == 8 + jobs["long"].iteration
 
 
 def test_bad_input_is_one_line_and_loses_nothing(tmp_path: Path, scans: dict) -> None:
@@ -293,3 +300,55 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path: Path, scans: dict) ->
     with QueueStore(folder) as store:
         jobs = store.jobs()
     assert [(j.name, j.state, j.attempts) for j in jobs] == [("keep", "queued", 0)]
+
+
+def test_coordinator_on_its_own_rank(tmp_path: Path, scans: dict) -> None:
+    folder = tmp_path / "queue"
+    with QueueStore(folder, create=True) as store:
+        for seed in range(3):
+            store.add(_config(scans, seed=seed), name=f"s{seed}")
+    proc = _run(["queue", "run", str(folder), "--coordinator", "rank"], tmp_path, 120, n=3)
+    assert proc.returncode == 0, proc.stderr
+    with QueueStore(folder) as store:
+        jobs, groups = store.jobs(), store.groups()
+    assert [j.state for j in jobs] == ["done"] * 3
+    assert {g["grp"]: json.loads(g["ranks"]) for g in groups} == {0: [1], 1: [2]}
+
+
+def test_email_per_job_and_summary(tmp_path: Path, scans: dict) -> None:
+    aiosmtpd = pytest.importorskip("aiosmtpd.controller")
+    import socket
+
+    class Collector:
+        def __init__(self) -> None:
+            self.messages: list[tuple[list[str], str]] = []
+
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd hook
+            subject = [ln for ln in envelope.content.decode().splitlines()
+                       if ln.startswith("Subject:")]
+            self.messages.append((list(envelope.rcpt_tos), subject[0] if subject else ""))
+            return "250 OK"
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    handler = Collector()
+    ctl = aiosmtpd.Controller(handler, hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        notify = tmp_path / "notify.yaml"
+        notify.write_text(yaml.safe_dump({"output": {"notify": {"email": {
+            "to": ["beamline@example.org"], "smtp_host": "127.0.0.1", "smtp_port": port}}}}))
+        folder = tmp_path / "queue"
+        with QueueStore(folder, create=True) as store:
+            store.add(_config(scans), name="good", email="user@example.org")
+            store.add(_config(scans, path=tmp_path / "gone.cxi"), name="gone")
+        proc = _run(["queue", "run", str(folder), "--notify", str(notify)], tmp_path, 120, n=1)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        ctl.stop()
+    got = sorted((to, "FAILED" in subj, "queue ended" in subj) for to, subj in handler.messages)
+    assert got == [(["beamline@example.org"], False, True),  # the summary
+                   (["beamline@example.org"], True, False),  # job "gone": the queue's settings
+                   (["user@example.org"], False, False)], handler.messages  # job "good"
+    assert "1 done, 1 failed" in (folder / "summary.txt").read_text()
