@@ -340,8 +340,13 @@ def run_queue(opts: QueueOptions, world: Any) -> None:
                              "does not give; use --coordinator inline")
     n_groups = check_group_size(size, opts.ranks_per_job, mode)
     error: BaseException | None = None
+    lock = None
     if rank == 0:
         try:
+            from ..outlock import lock_output  # noqa: PLC0415
+
+            QueueStore(opts.folder).close()  # a queue at all, before anything is written
+            lock = lock_output(opts.folder)  # one queue run per folder
             with QueueStore(opts.folder) as store:
                 requeued, failed = store.recover(opts.max_attempts)
             if requeued:
@@ -393,5 +398,7 @@ def run_queue(opts: QueueOptions, world: Any) -> None:
     ctl.Free()
     if coordinator is not None:
         coordinator.store.close()
+    if lock is not None:
+        lock.release()
     if failed:
         raise QueueError(f"the queue coordinator failed: {failed[0]}")

@@ -60,12 +60,14 @@ def _output(job: dict, opts: Any) -> Any:
     return output
 
 
-def _build(job: dict, comm: Any | None, rank: int, opts: Any) -> tuple[Any, Any]:
-    """The job's Reconstruction on the group (collective)."""
+def _build(job: dict, comm: Any | None, rank: int, opts: Any,
+           held: list[Any]) -> tuple[Any, Any]:
+    """The job's Reconstruction on the group (collective); its output folder is locked (rank
+    0, into ``held``) as ``ptychompi run`` locks its own."""
     from ..api import Reconstruction, agree  # noqa: PLC0415
     from ..config import config_from_dict  # noqa: PLC0415
-    from ..io.results import check_output_dir  # noqa: PLC0415
     from ..monitor import setup_logging  # noqa: PLC0415
+    from ..runner import _claim  # noqa: PLC0415
 
     config, out = job["config"], job["output_dir"]
     error: BaseException | None = None
@@ -75,7 +77,7 @@ def _build(job: dict, comm: Any | None, rank: int, opts: Any) -> tuple[Any, Any]
             cfg = config_from_dict(config)
             cfg.output.directory = out
         if rank == 0:
-            check_output_dir(out, 0)
+            _claim(out, held)
     except Exception as exc:  # noqa: BLE001 - agreed below
         error = exc
     agree(comm, error)
@@ -122,8 +124,9 @@ def run_job(job: dict, world: Any, group: Any, opts: Any,
     recon = live = None
     state, error, resumed_from, prov = "done", None, None, {}
     phase = "setup"
+    held: list[Any] = []
     try:
-        recon, options = _build(job, comm, rank, opts)
+        recon, options = _build(job, comm, rank, opts, held)
         cfg = recon.config
         _check_space(recon)
         if _has_checkpoint(out, group):
@@ -169,6 +172,8 @@ def run_job(job: dict, world: Any, group: Any, opts: Any,
         history = recon.history if recon is not None else []
         if recon is not None:
             recon.close()
+        for lock in held:
+            lock.release()
         close_logging()
     accounting = {"wall_s": time.perf_counter() - t0, "iteration": iteration,
                   "final_error": float(history[-1]["error"]) if history else None,

@@ -284,6 +284,16 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path: Path, scans: dict) ->
         lines = _errors(proc.stderr)
         assert proc.returncode == 2 and len(lines) == 1 and text in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr
+    from ptychompi.outlock import lock_output
+
+    held = lock_output(folder)  # another queue run holds the folder
+    try:
+        proc = _run(["queue", "run", str(folder)], tmp_path, 60, n=2)
+    finally:
+        held.release()
+    lines = _errors(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1 and "in use by another" in lines[0], \
+        proc.stderr
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
     corrupt = tmp_path / "corrupt"
