@@ -74,6 +74,12 @@ class TokenGate:
                                      "(it carries the token)", status_code=403)
             await resp(scope, receive, send)
             return
+        if req.method not in ("GET", "HEAD") and \
+                req.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            # a page of another site can post a form, but not JSON, without the browser asking
+            resp = PlainTextResponse("415: the API takes JSON", status_code=415)
+            await resp(scope, receive, send)
+            return
         if query and scope["path"] == "/" and req.method == "GET":
             resp = RedirectResponse("/", status_code=303)  # drop the token from the address
             resp.set_cookie(s.cookie, s.token, httponly=True, samesite="strict")

@@ -84,6 +84,15 @@ def test_every_route_needs_the_token(root: Path, url: str) -> None:
     assert bare.get(url, headers={"x-ptychompi-token": TOKEN}).status_code == 200
 
 
+def test_posts_must_be_json(client: TestClient, root: Path) -> None:
+    """A form posted by another site (even with a token) is refused: the API takes JSON."""
+    values = json.dumps({"path": "x.yaml", "values": _values({})})
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        r = client.post("/api/config/save", content=values, headers={"content-type": ctype})
+        assert r.status_code == 415
+    assert not (root / "x.yaml").exists()
+
+
 def test_token_in_the_url_sets_a_cookie(root: Path) -> None:
     c = TestClient(make_app(root, token=TOKEN))
     r = c.get(f"/?token={TOKEN}", follow_redirects=False)
@@ -317,10 +326,10 @@ def test_queue_submit_list_cancel_retry(client: TestClient, root: Path) -> None:
     assert stored.output_dir == str(root.resolve() / "queue" / "jobs" / f"{job['id']}-scan_7")
     rows = {j["id"]: j for j in client.get("/api/queue").json()["jobs"]}
     assert rows[job["id"]]["state"] == "queued" and rows[job["id"]]["iterations"] == 3
-    assert client.post(f"/api/queue/{job['id']}/cancel").json()["state"] == "cancelled"
-    assert client.post(f"/api/queue/{job['id']}/retry").json()["state"] == "queued"
-    assert client.post(f"/api/queue/{job['id']}/cancel").json()["state"] == "cancelled"
-    r = client.post(f"/api/queue/{job['id']}/cancel")
+    assert client.post(f"/api/queue/{job['id']}/cancel", json={}).json()["state"] == "cancelled"
+    assert client.post(f"/api/queue/{job['id']}/retry", json={}).json()["state"] == "queued"
+    assert client.post(f"/api/queue/{job['id']}/cancel", json={}).json()["state"] == "cancelled"
+    r = client.post(f"/api/queue/{job['id']}/cancel", json={})
     assert r.status_code == 400 and "only queued or running" in r.json()["error"]
     bad = client.post("/api/submit", json={"values": values, "email": "not an address"})
     assert bad.status_code == 400
