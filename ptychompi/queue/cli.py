@@ -251,8 +251,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - agreed by every rank
         error = exc
     agree(world if world.Get_size() > 1 else None, error)
+    from ..signals import install  # noqa: PLC0415
+
     t0 = time.monotonic()
-    run_queue(opts, world)
+    restore = install(world if world.Get_size() > 1 else None)  # SIGTERM ends every rank
+    try:
+        run_queue(opts, world)
+    finally:
+        restore()
     if world.Get_rank() == 0:
         with QueueStore(opts.folder) as store:
             counts = {s: store.count(s) for s in ("done", "failed", "cancelled", "queued",
