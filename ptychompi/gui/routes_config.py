@@ -97,35 +97,33 @@ async def _from_ptychopy(request: Request) -> JSONResponse:
     return JSONResponse({"values": dict_to_values(cfg.to_dict())})
 
 
-def mda_updates(path: Path) -> tuple[dict[str, Any], str]:
-    """Config keys an MDA file fills (positions, scan dimensions, step, energy) and its summary.
+def mda_updates(path: Path, current: dict) -> tuple[dict[str, Any], str]:
+    """Config keys an MDA file fills and its summary: the numbers ``ptychompi queue add
+    --template`` takes from it (positions, scan dimensions, step, points per row file,
+    energy; ``{scan:04d}`` in data.path filled in)."""
+    from ..io.mda import read_mda, summary  # noqa: PLC0415
+    from ..queue.jobs import fill_pattern, mda_values  # noqa: PLC0415
 
-    The same numbers the ``mda`` position source reads: the slow (outer) positioner is the row,
-    the fast (inner) one the column, each converted by its unit (an axis without one takes the
-    other axis' unit).
-    """
-    from ..io.aps import _unit_scale  # noqa: PLC0415
-    from ..io.mda import read_mda, scan_parameters, summary  # noqa: PLC0415
-
-    mda = read_mda(str(path))
-    p = scan_parameters(mda)
-    updates: dict[str, Any] = {"data.mda_file": str(path)}
-    if p.get("fast_positions") is not None:
-        updates["data.positions"] = "mda"
-    dims = [int(d) for d in p.get("scan_dims") or ()]
-    if dims:
-        updates["data.scan_dims"] = ([1] + dims)[-2:] if len(dims) < 2 else dims[-2:]
-    fast_unit = p.get("fast_unit") or p.get("slow_unit")
-    slow_unit = p.get("slow_unit") or p.get("fast_unit")
-    kf, ks = _unit_scale(fast_unit), _unit_scale(slow_unit)
-    fast = p.get("fast_step")
-    slow = p.get("slow_step")
-    if fast is not None and kf is not None:
-        row = abs(slow) * ks if slow is not None and ks is not None else abs(fast) * kf
-        updates["data.step_m"] = [float(f"{row:.6g}"), float(f"{abs(fast) * kf:.6g}")]
-    if p.get("energy_kev"):
-        updates["geometry.energy_kev"] = float(f"{p['energy_kev']:.6g}")
-    return updates, summary(mda)
+    pv_map = current.get("data", {}).get("mda_pv_map")
+    try:
+        found = mda_values(path, pv_map if isinstance(pv_map, dict) else None)
+        text = summary(read_mda(str(path)))
+    except PtychompiError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader surprise is one line
+        raise PtychompiError(f"{path.name}: cannot read the MDA file ({type(exc).__name__}: "
+                             f"{exc})") from None
+    updates: dict[str, Any] = {"data.mda_file": str(path), "data.positions": "mda",
+                               "data.scan_dims": found["scan_dims"],
+                               "data.frames_per_file": found["points_per_row"]}
+    if found["step_m"] is not None:
+        updates["data.step_m"] = [float(f"{abs(v):.6g}") for v in found["step_m"]]
+    if found["energy_kev"]:
+        updates["geometry.energy_kev"] = float(f"{found['energy_kev']:.6g}")
+    data_path = current.get("data", {}).get("path")
+    if isinstance(data_path, str) and "{" in data_path:
+        updates["data.path"] = fill_pattern(data_path, found["scan"], path)
+    return updates, text
 
 
 async def _from_mda(request: Request) -> JSONResponse:
@@ -134,12 +132,12 @@ async def _from_mda(request: Request) -> JSONResponse:
     path = confine(s.roots, body.get("path"))
     if not path.is_file():
         raise HTTPException(404, "not found")
+    values = dict(_values(body))
     try:
-        updates, text = await run_in_threadpool(mda_updates, path)
+        tree = values_to_dict(values) if values else {}
+        updates, text = await run_in_threadpool(mda_updates, path, tree)
     except PtychompiError as exc:
         return _error(exc)
-    values = dict(_values(body))
-    tree = values_to_dict(values) if values else {}
     flat = dict_to_values(tree)
     shown = {}
     for key, value in updates.items():

@@ -271,14 +271,15 @@ def test_ptychopy_import_matches_the_parser(client: TestClient) -> None:
 
 
 def test_mda_import_fills_energy_dims_step(client: TestClient, root: Path) -> None:
-    r = client.post("/api/config/from_mda", json={"path": MDA_FILE,
-                                                  "values": _values({"data.path": "a.h5"})})
+    r = client.post("/api/config/from_mda", json={
+        "path": MDA_FILE, "values": _values({"data.path": "ptycho/scan{scan:03d}_#04d.h5"})})
     assert r.status_code == 200, r.text
     out = r.json()
     v = out["values"]
     pos, params = mda_positions(root / MDA_FILE)
     assert v["data.positions"] == "mda" and v["data.mda_file"] == MDA_FILE
-    assert v["data.scan_dims"] == "11, 11" and v["data.path"] == "a.h5"
+    assert v["data.scan_dims"] == "11, 11" and v["data.frames_per_file"] == "11"
+    assert v["data.path"] == "ptycho/scan011_#04d.h5"  # the scan number filled in
     assert float(v["geometry.energy_kev"]) == pytest.approx(params["energy_kev"], rel=1e-5)
     row, col = (float(x) for x in v["data.step_m"].split(","))
     assert row == pytest.approx(np.median(np.abs(np.diff(np.unique(pos[:, 0])))), rel=1e-4)

@@ -149,7 +149,8 @@ def test_browser_end_to_end(gui: tuple[str, Path], browser: webdriver.Chrome,
     d.save_screenshot(str(shots / "1-parameters-mda.png"))
 
     # --- fill the form for the simulated scan (its positions and energy are in the file)
-    for key in ("data.mda_file", "data.scan_dims", "data.step_m", "geometry.energy_kev"):
+    for key in ("data.mda_file", "data.scan_dims", "data.step_m", "data.frames_per_file",
+                "geometry.energy_kev"):
         _set(d, key, "")
     _set(d, "data.positions", "auto")
     _set(d, "data.path", "scan.cxi")
