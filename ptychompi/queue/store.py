@@ -1,4 +1,5 @@
-"""The persisted job queue: ``<folder>/queue.sqlite`` (SQLite, WAL journal, busy timeout).
+"""The persisted job queue: ``<folder>/queue.sqlite`` (SQLite, busy timeout; WAL journal on a
+local file system, the rollback journal on a network one, see :func:`journal_mode`).
 
 Every process that touches the queue (the coordinator of ``ptychompi queue run``,
 ``ptychompi queue add|cancel|retry|priority``, the GUI) opens its own :class:`QueueStore`;
@@ -26,7 +27,7 @@ from typing import Any
 from ..errors import PtychompiError
 
 __all__ = ["QueueStore", "Job", "STATES", "DB_NAME", "sanitise_name", "validate_config",
-           "QueueError"]
+           "journal_mode", "QueueError"]
 
 DB_NAME = "queue.sqlite"
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -77,6 +78,33 @@ CREATE TABLE IF NOT EXISTS groups (
 );
 """
 _ORDER = "ORDER BY priority DESC, id ASC"
+
+
+NETWORK_FS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph",
+              "fuse.sshfs", "glusterfs", "fuse.glusterfs", "panfs", "afs", "9p", "wekafs")
+
+
+def journal_mode(folder: str | os.PathLike, mountinfo: str | None = None) -> str:
+    """``WAL`` on a local file system; ``DELETE`` (rollback journal) on a network one, where
+    processes on different hosts (a login node adding jobs, a compute node running them)
+    cannot share WAL's memory-mapped index. ``mountinfo``: the text of /proc/self/mountinfo."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "WAL"
+    target = os.path.realpath(folder)
+    best, fstype = "", ""
+    for line in mountinfo.splitlines():
+        fields = line.split(" - ", 1)
+        left = fields[0].split()
+        if len(fields) != 2 or len(left) < 5 or not fields[1].split():
+            continue
+        point = left[4].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, fields[1].split()[0]
+    return "DELETE" if fstype.lower() in NETWORK_FS else "WAL"
 
 
 class QueueError(PtychompiError):
@@ -202,7 +230,7 @@ class QueueStore:
                                        isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute(f"PRAGMA journal_mode = {journal_mode(self.folder)}")
             self._db.execute("PRAGMA synchronous = NORMAL")
             with self._write() as db:
                 for stmt in _SCHEMA.split(";"):

@@ -338,3 +338,20 @@ def test_submit_renders_one_allocation_that_runs_the_queue(tmp_path: Path, capsy
     with QueueStore(folder) as s:
         assert [(j.name, j.state) for j in s.jobs()] == [("s0", "done"), ("s1", "done")]
         assert {j.group for j in s.jobs()} <= {0, 1}
+
+
+def test_journal_mode_follows_the_file_system(tmp_path: Path) -> None:
+    from ptychompi.queue.store import journal_mode
+
+    info = ("22 1 0:1 / / rw - ext4 /dev/vda rw\n"
+            "40 22 0:40 / /gpfs/home rw,relatime - gpfs home rw\n"
+            "41 22 0:41 / /scratch rw - lustre 10.0.0.1@o2ib:/scratch rw,flock\n"
+            "42 41 0:42 / /scratch/local rw - xfs /dev/nvme0 rw\n")
+    assert journal_mode("/home/user/q", info) == "WAL"
+    assert journal_mode("/gpfs/home/user/q", info) == "DELETE"
+    assert journal_mode("/scratch/q", info) == "DELETE"
+    assert journal_mode("/scratch/local/q", info) == "WAL"  # the deepest mount point wins
+    assert journal_mode("/scratchy/q", info) == "WAL"
+    with QueueStore(tmp_path / "q", create=True) as s:  # this machine: whatever it is, in use
+        mode = s._db.execute("PRAGMA journal_mode").fetchone()[0].upper()
+    assert mode == journal_mode(tmp_path / "q")
