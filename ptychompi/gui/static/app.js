@@ -160,6 +160,9 @@ async function importInto(path, body, what) {
   const {ok, data} = await api(path, body);
   if (!ok) { say("params-message", data.error); return null; }
   setValues(data.values);
+  for (const r of document.querySelectorAll(".field.changed")) r.classList.remove("changed");
+  for (const key of Object.keys(data.changed || {}))
+    if ($("row-" + key)) $("row-" + key).classList.add("changed");
   say("params-message", what(data), true);
   return data;
 }
