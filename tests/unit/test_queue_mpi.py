@@ -362,3 +362,21 @@ def test_email_per_job_and_summary(tmp_path: Path, scans: dict) -> None:
                    (["beamline@example.org"], True, False),  # job "gone": the queue's settings
                    (["user@example.org"], False, False)], handler.messages  # job "good"
     assert "1 done, 1 failed" in (folder / "summary.txt").read_text()
+
+
+def test_each_rank_binds_its_own_gpu_whatever_the_group(tmp_path: Path) -> None:
+    """Node-local world rank mod the visible GPUs (the group's own ranks restart at 0)."""
+    code = ("import os; from mpi4py import MPI; from ptychompi.queue.dispatch import "
+            "bind_devices; w = MPI.COMM_WORLD; bind_devices(w); "
+            "print(w.Get_rank(), os.environ['CUDA_VISIBLE_DEVICES'], "
+            "os.environ['PTYCHOMPI_WORKERS'], flush=True)")
+    env = _env()
+    env.pop("PTYCHOMPI_WORKERS")
+    env["CUDA_VISIBLE_DEVICES"] = "3,5"
+    proc = subprocess.run([str(MPIEXEC), "-n", "3", sys.executable, "-c", code], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = sorted(line.split() for line in proc.stdout.splitlines())
+    cores = len(os.sched_getaffinity(0))
+    assert rows == [["0", "3", str(max(1, cores // 3))], ["1", "5", str(max(1, cores // 3))],
+                    ["2", "3", str(max(1, cores // 3))]]
