@@ -17,6 +17,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import PtychompiError
+from ..live import downsample
 from .app import GuiSettings, settings_of
 from .imaging import object_views
 from .paths import confine, relative
@@ -27,6 +28,7 @@ __all__ = ["routes", "find_results"]
 RESULT_NAME = "result.h5"
 _MAX_DIRS = 5000
 _CACHE_SIZE = 4
+DISPLAY_MAX = 2048  # object images are block-averaged to at most this many pixels a side
 
 
 def find_results(roots: list[Path], max_depth: int = 8) -> list[Path]:
@@ -85,8 +87,8 @@ def _load(s: GuiSettings, path: Path) -> Any:
     cache = s.cache.setdefault("results", {})
     if key not in cache:
         data = read_result(path)
-        views = object_views(data.object)
-        cache[key] = (data, views)
+        small, factor = downsample(data.object, DISPLAY_MAX)  # what a screen can show
+        cache[key] = (data, object_views(small), factor)
         while len(cache) > _CACHE_SIZE:
             cache.pop(next(iter(cache)))
     return cache[key]
@@ -109,7 +111,7 @@ def _jsonable(value: Any) -> Any:
 async def _info(request: Request) -> JSONResponse:
     s = settings_of(request)
     path = _result_path(s, request.query_params.get("path"))
-    data, _ = await run_in_threadpool(_load, s, path)
+    data, _, _ = await run_in_threadpool(_load, s, path)
     exports = sorted(p.name for p in path.parent.iterdir()
                      if p.suffix.lower() in (".png", ".tif", ".tiff", ".csv"))
     return JSONResponse({
@@ -124,11 +126,11 @@ async def _info(request: Request) -> JSONResponse:
 async def _image(request: Request) -> Response:
     s = settings_of(request)
     path = _result_path(s, request.query_params.get("path"))
-    data, views = await run_in_threadpool(_load, s, path)
+    data, views, factor = await run_in_threadpool(_load, s, path)
     kind = request.query_params.get("kind", "phase")
     px: float | None = data.pixel_size
     if kind in views:
-        a = views[kind]
+        a, px = views[kind], data.pixel_size * factor
     elif kind in ("probe", "probe_phase"):
         try:
             mode = int(request.query_params.get("mode", 0))
@@ -161,7 +163,7 @@ async def _download(request: Request) -> Response:
     stem = path.parent.name or "result"
     if fmt == "hdf5":
         return FileResponse(path, filename=f"{stem}.h5", media_type="application/x-hdf5")
-    data, _ = await run_in_threadpool(_load, s, path)
+    data, _, _ = await run_in_threadpool(_load, s, path)
     if fmt == "error-csv":
         text = "iteration,error\n" + "".join(f"{i + 1},{e:.9g}\n"
                                              for i, e in enumerate(data.error))

@@ -447,3 +447,18 @@ def test_queue_in_one_allocation(client: TestClient, root: Path) -> None:
                                                  "dry_run": True})
     assert r.status_code == 400 and r.json()["error"].startswith("ptychompi: error:")
     assert client.post("/api/queue/allocate", json={"scheduler": "lsf"}).status_code == 400
+
+
+def test_large_objects_are_shown_block_averaged(root: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptychompi.gui import routes_results
+    from ptychompi.gui.app import GuiSettings
+
+    monkeypatch.setattr(routes_results, "DISPLAY_MAX", 32)
+    s = GuiSettings(root=root.resolve(), queue=root.resolve() / "queue", token=TOKEN)
+    path = root / "runs" / "first" / "result.h5"
+    data, views, factor = routes_results._load(s, path)
+    assert factor == -(-max(data.object.shape) // 32) and max(views["phase"].shape) <= 32
+    f = factor
+    block = data.object[:f, :f].mean()
+    assert views["amplitude"][0, 0] == pytest.approx(abs(block), rel=1e-5)
