@@ -59,7 +59,7 @@ class TokenGate:
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        if scope["type"] != "http":  # lifespan; the app has no websocket routes
             await self.app(scope, receive, send)
             return
         req = Request(scope)
