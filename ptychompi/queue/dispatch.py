@@ -225,6 +225,13 @@ def _share(group: Any, msg: dict | None, tick: Callable[[], None]) -> dict:
     return group.bcast(msg, root=0)
 
 
+def _post(ctl: Any, msg: dict, tick: Callable[[], None]) -> None:
+    """A leader's message to the coordinator (non-blocking send: on rank 0 in inline mode the
+    same thread has to receive it)."""
+    req = ctl.isend(msg, dest=0, tag=TAG_TO_COORD)
+    _wait(req.Test, tick)
+
+
 def _next_message(ctl: Any, tick: Callable[[], None]) -> dict:
     """The leader's next job or stop (stale cancels of finished jobs are dropped)."""
     while True:
@@ -254,9 +261,9 @@ class CancelWatch:
             now = time.monotonic()
             if now - self.last_progress >= PROGRESS_EVERY_S:
                 self.last_progress = now
-                self.ctl.send({"kind": "progress", "group": self.group_id, "job": self.job_id,
-                               "iteration": iteration, "error": error}, dest=0,
-                              tag=TAG_TO_COORD)
+                _post(self.ctl, {"kind": "progress", "group": self.group_id,
+                                 "job": self.job_id, "iteration": iteration, "error": error},
+                      self.tick)
         if self.group.Get_size() > 1:
             flag = self.group.bcast(flag, root=0)
         return flag
@@ -307,7 +314,7 @@ def _worker(world: Any, ctl: Any, group: Any, group_id: int, opts: QueueOptions,
     leader = group.Get_rank() == 0
     ranks = group.allgather(world.Get_rank())
     if leader:
-        ctl.send({"kind": "ready", "group": group_id, "ranks": ranks}, dest=0, tag=TAG_TO_COORD)
+        _post(ctl, {"kind": "ready", "group": group_id, "ranks": ranks}, tick)
     while True:
         msg = _next_message(ctl, tick) if leader else None
         msg = _share(group, msg, tick)
@@ -317,8 +324,8 @@ def _worker(world: Any, ctl: Any, group: Any, group_id: int, opts: QueueOptions,
         watch = CancelWatch(ctl, group, group_id, job["id"], tick)
         outcome = run_job(job, world, group, opts, watch)
         if leader:
-            ctl.send({"kind": "result", "group": group_id, "ranks": ranks, "job": job["id"],
-                      **outcome}, dest=0, tag=TAG_TO_COORD)
+            _post(ctl, {"kind": "result", "group": group_id, "ranks": ranks, "job": job["id"],
+                        **outcome}, tick)
 
 
 def _noop() -> None:

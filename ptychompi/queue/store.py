@@ -297,8 +297,17 @@ class QueueStore:
         clean = sanitise_name(name)
         output = config.get("output") if isinstance(config.get("output"), dict) else None
         given_dir = output.get("directory") if output else None
+        if given_dir:
+            given_dir = str(Path(str(given_dir)).absolute())  # relative: to this process' cwd
         config = json.loads(json.dumps(validate_config(config)))  # a private, JSON-safe copy
         with self._write() as db:
+            if given_dir:
+                other = db.execute("SELECT id FROM jobs WHERE output_dir = ?",
+                                   (str(given_dir),)).fetchone()
+                if other is not None:
+                    raise QueueError(f"output.directory {str(given_dir)!r} is already job "
+                                     f"{other[0]}'s; give each job its own folder, or leave "
+                                     "output.directory out (the queue uses jobs/<id>-<name>)")
             cur = db.execute(
                 "INSERT INTO jobs (name, priority, config, source, email, submitted, "
                 "iterations) VALUES (?, ?, '{}', ?, ?, ?, ?)",

@@ -46,6 +46,8 @@ def test_add_names_outputs_and_validates(tmp_path: Path) -> None:
         assert job.iterations == 7 and job.state == "queued"
         own = s.add({**_cfg(), "output": {"directory": "/results/mine"}})
         assert own.output_dir == "/results/mine"
+        with pytest.raises(QueueError, match=f"already job {own.id}'s"):
+            s.add({**_cfg(), "output": {"directory": "/results/mine"}})
         with pytest.raises(QueueError, match="priority"):
             s.add(_cfg(), priority="high")  # type: ignore[arg-type]
         with pytest.raises(Exception, match="did you mean 'iterations'"):
