@@ -25,7 +25,7 @@ import yaml
 from ..errors import ConfigError, PtychompiError
 
 __all__ = ["job_from_yaml", "job_from_ptychopy", "job_from_mda", "load_template",
-           "fill_pattern"]
+           "fill_pattern", "mda_values"]
 
 _PATH_KEYS = (("data", "path"), ("data", "position_file"), ("data", "mda_file"),
               ("preprocess", "beamstop_mask"), ("algorithm", "probe_guess"),

@@ -169,6 +169,13 @@ def _row_to_job(row: sqlite3.Row) -> Job:
                cancel_requested=bool(row["cancel_requested"]))
 
 
+def _job_id(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise QueueError(f"job id {value!r} is not a whole number") from None
+
+
 def _one_line(text: object, limit: int = 500) -> str:
     return " ".join(str(text).split())[:limit]
 
@@ -330,6 +337,7 @@ class QueueStore:
         return [_row_to_job(r) for r in rows]
 
     def get(self, job_id: int) -> Job:
+        job_id = _job_id(job_id)
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (int(job_id),))
         if not rows:
             raise QueueError(f"no job {job_id} in the queue {self.folder}")
@@ -337,6 +345,7 @@ class QueueStore:
 
     def cancel(self, job_id: int) -> Job:
         """queued -> cancelled; running -> cancel requested (stopped at its next step)."""
+        job_id = _job_id(job_id)
         with self._write() as db:
             job = self._get_locked(db, job_id)
             if job.state == "queued":
@@ -351,6 +360,7 @@ class QueueStore:
 
     def retry(self, job_id: int) -> Job:
         """failed/cancelled -> queued (it resumes from its checkpoint when it has one)."""
+        job_id = _job_id(job_id)
         with self._write() as db:
             job = self._get_locked(db, job_id)
             if job.state not in ("failed", "cancelled"):
@@ -361,6 +371,7 @@ class QueueStore:
         return self.get(job_id)
 
     def set_priority(self, job_id: int, priority: int) -> Job:
+        job_id = _job_id(job_id)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise QueueError(f"priority {priority!r} must be a whole number")
         with self._write() as db:
