@@ -21,7 +21,7 @@ import yaml
 from .api import Reconstruction, agree, collective
 from .checkpoint import resume, write_checkpoint
 from .config import Config, config_from_dict, load_config
-from .errors import ConfigError, PtychompiError
+from .errors import ConfigError, PtychompiError, os_reason
 from .outlock import OutputLock, lock_output, remove_stale_temporaries
 
 log = logging.getLogger("ptychompi")
@@ -99,10 +99,23 @@ def _check_space(recon: Reconstruction) -> None:
         try:  # twice the result and checkpoints (old and new coexist), once every export
             check_output_dir(cfg.output.directory, estimate_result_bytes(
                 layout.object_shape, (k, m, m), layout.n_frames, cfg.algorithm.iterations,
-                state) + (exports + 1) // 2)
+                state) + (exports + 1) // 2, _replaced_bytes(Path(cfg.output.directory)))
         except Exception as exc:  # reported by every rank below
             error = exc
     agree(recon.comm, error)
+
+
+def _replaced_bytes(out: Path) -> int:
+    """Bytes of the files a run in ``out`` rewrites (result, checkpoints, exports)."""
+    files = [out / "result.h5", out / "checkpoint.h5", *out.glob("result_*"),
+             *(out / "checkpoint").glob("rank*.h5")]
+    total = 0
+    for f in files:
+        try:
+            total += f.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def _finish(recon: Reconstruction, out: Path, stem: str | None) -> dict:
@@ -122,7 +135,7 @@ def _finish(recon: Reconstruction, out: Path, stem: str | None) -> dict:
         try:
             write_result(str(out / "result.h5"), data)
         except OSError as exc:
-            raise PtychompiError(f"cannot write {out / 'result.h5'} ({exc.strerror or exc}); "
+            raise PtychompiError(f"cannot write {out / 'result.h5'} ({os_reason(exc)}); "
                                  "no partial file is left: free space and continue from the "
                                  "last checkpoint with --resume") from None
         written.append(str(out / "result.h5"))

@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import DataError, PtychompiError
+from ..errors import DataError, PtychompiError, os_reason
 from .atomic import atomic_path
 
 __all__ = ["export_result", "export_arrays", "estimate_export_bytes", "read_ptychopy_csv",
@@ -252,7 +252,7 @@ def export_arrays(obj: np.ndarray, probe: np.ndarray, pixel_size: float, to: str
     except OSError as exc:
         failed = written[-1] if written else out
         raise PtychompiError(
-            f"cannot write the {to} export {failed} ({exc.strerror or exc}); the files "
+            f"cannot write the {to} export {failed} ({os_reason(exc)}); the files "
             f"written before it are complete and no partial file is left: free space and "
             f"run `ptychompi export RESULT --to {to}`") from None
     return [str(p) for p in written]
