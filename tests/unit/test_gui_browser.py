@@ -28,6 +28,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from ptychompi.cli import main
+from ptychompi.queue.store import QueueStore
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -203,9 +204,16 @@ def test_browser_end_to_end(gui: tuple[str, Path], browser: webdriver.Chrome,
         assert loaded >= 2, seen_src  # the phase image was replaced at least once
         wait.until(lambda d: d.find_element(By.ID, "live-open-result").is_displayed())
         d.save_screenshot(str(shots / "4-live-done.png"))
+        try:  # the queue is empty now: its runner ends by itself
+            runner.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
     finally:
         out = _stop(runner)
-    assert runner.returncode == 0 or "done" in out, out
+    assert runner.returncode == 0, out
+    store = QueueStore(root / "queue")
+    assert store.get(1).state == "done" and store.get(1).iteration == 300
+    store.close()
 
     # --- the result in the browser, and the same result side by side
     d.find_element(By.ID, "live-open-result").click()
@@ -219,6 +227,7 @@ def test_browser_end_to_end(gui: tuple[str, Path], browser: webdriver.Chrome,
         By.CSS_SELECTOR, "#panel-a .p-image").get_attribute("src"))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#tree button"))
     d.find_element(By.CSS_SELECTOR, "#tree button").click()  # "B": the right-hand panel
+    wait.until(lambda d: "object" in d.find_element(By.CSS_SELECTOR, "#panel-b .p-title").text)
     Select(d.find_element(By.CSS_SELECTOR, "#panel-b select.view")).select_by_value("probe")
     wait.until(lambda d: d.execute_script(
         "const i = document.querySelector('#panel-b .p-image');"
