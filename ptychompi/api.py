@@ -18,22 +18,27 @@ from .dataset import load_amplitudes, open_source, plan_layout, plan_preprocesso
 from .engines import ENGINES, Engine, Schedule, TileData
 from .errors import ConfigError, PtychompiError
 from .initial import initial_object, initial_probe
-from .parallel.exchange import SerialExchange
+from .parallel.exchange import SerialExchange, one_line
 from .parallel.tiling import Tile, decompose
 from .physics import Propagator
 from .scan import ScanSource
+from .validate import check_guess, check_photons, guess_errors
 
 
 def agree(comm: Any | None, error: BaseException | None) -> None:
-    """Collective check outside the engines: re-raise the first rank's problem everywhere."""
+    """Collective check outside the engines: re-raise the first rank's problem everywhere.
+
+    One rank and several take the same path: a :class:`PtychompiError` is raised as it is,
+    any other exception becomes a one-line :class:`PtychompiError` (``Type: message``) chained
+    to it, so the command line prints one line whatever the rank count.
+    """
     if comm is None or comm.Get_size() == 1:
-        if error is not None:
+        if isinstance(error, PtychompiError):
             raise error
+        if error is not None:
+            raise PtychompiError(one_line(error)) from error
         return
-    message = None
-    if error is not None:
-        message = str(error) if isinstance(error, PtychompiError) else \
-            f"{type(error).__name__}: {error}"
+    message = None if error is None else one_line(error)
     messages = comm.allgather(message)
     failed = [(rank, msg) for rank, msg in enumerate(messages) if msg is not None]
     if not failed:
@@ -41,6 +46,22 @@ def agree(comm: Any | None, error: BaseException | None) -> None:
     if len(failed) == len(messages) and len({m for _, m in failed}) == 1:
         raise PtychompiError(failed[0][1])  # the same problem everywhere: no rank to name
     raise PtychompiError(f"rank {failed[0][0]}: {failed[0][1]}")
+
+
+def collective(comm: Any | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on every rank, then :func:`agree`: a failure anywhere raises everywhere.
+
+    For set-up steps between collectives (reading a checkpoint, writing a result on rank 0):
+    an exception on one rank can no longer leave the others waiting in the next collective.
+    """
+    error: BaseException | None = None
+    result = None
+    try:
+        result = fn(*args)
+    except Exception as exc:  # noqa: BLE001 - reported collectively
+        error = exc
+    agree(comm, error)
+    return result
 
 
 def _make_exchange(comm: Any | None, tiles: list[Tile], rank: int, backend: Backend,
@@ -106,21 +127,31 @@ class Reconstruction:
                               f"use at most {n} ranks")
 
     def _build_engine(self, amplitudes: np.ndarray) -> Engine:
-        cfg, be, layout, tile = self.config, self.backend, self.layout, self.tile
-        frame = layout.frame
         valid = amplitudes >= 0
         local_power = float(np.sum(np.where(valid, amplitudes.astype(np.float64) ** 2, 0.0)))
         local_amp = np.where(valid, amplitudes, 0).sum(axis=0, dtype=np.float64)
         power = self.exchange.allreduce(local_power)
-        mean_amp = self.exchange.allreduce(local_amp) / layout.n_frames
+        mean_amp = self.exchange.allreduce(local_amp) / self.layout.n_frames
+        # no collectives from here on: a problem on any rank is agreed on below
+        return collective(self.comm, self._make_engine, amplitudes, power, mean_amp)
+
+    def _make_engine(self, amplitudes: np.ndarray, power: float,
+                     mean_amp: np.ndarray) -> Engine:
+        cfg, be, layout, tile = self.config, self.backend, self.layout, self.tile
+        frame = layout.frame
+        check_photons(power, layout.n_frames, self.source.path)
         pixel = layout.pixel_size_m
         propagator = Propagator.build(be, layout.propagation, frame, layout.wavelength_m,
                                       layout.distance_m, pixel)
-        probe = initial_probe(cfg.algorithm, frame, self.source.illumination, mean_amp,
-                              power / layout.n_frames, propagator, pixel,
-                              layout.positions_px)
+        with guess_errors(cfg.algorithm, "probe"):
+            probe = initial_probe(cfg.algorithm, frame, self.source.illumination, mean_amp,
+                                  power / layout.n_frames, propagator, pixel,
+                                  layout.positions_px)
+        check_guess(probe, "probe", cfg.algorithm.probe_guess)
         box = tile.box
-        obj = initial_object(cfg.algorithm, layout.object_shape)[box.slices()]
+        with guess_errors(cfg.algorithm, "object"):
+            obj = initial_object(cfg.algorithm, layout.object_shape)[box.slices()]
+        check_guess(obj, "object", cfg.algorithm.object_guess)
         data = TileData(
             amplitudes=be.asarray(amplitudes, be.real_dtype),
             positions=layout.positions_px[tile.indices] - np.asarray(tile.origin, np.float64),
@@ -135,15 +166,25 @@ class Reconstruction:
         return engine_cls(cfg.algorithm, data, self.exchange, be, probe, obj, schedule)
 
     # ------------------------------------------------------------------ running
+    def _open_engine(self) -> Engine:
+        """The engine, or a one-line error once :meth:`close` has released it."""
+        if self.engine is None:
+            raise PtychompiError("this Reconstruction is closed; build a new one to continue "
+                                 "(metrics still hold what the run ended with)")
+        return self.engine
+
     @property
     def iteration(self) -> int:
+        if self.engine is None:
+            return int(getattr(self, "_final_metrics", {}).get("iterations", 0))
         return self.engine.iteration
 
     def step(self, n: int = 1) -> dict:
         """Run ``n`` iterations; return the last one's metrics."""
+        engine = self._open_engine()
         metrics: dict = {}
         for _ in range(n):
-            metrics = self.engine.step()
+            metrics = engine.step()
             if not np.isfinite(metrics["error"]):
                 raise PtychompiError(
                     f"the reconstruction diverged (error is {metrics['error']}) at iteration "
@@ -153,7 +194,7 @@ class Reconstruction:
 
     def run(self, callback: Callable[[dict], None] | None = None) -> dict:
         """Whole mode: iterate up to ``algorithm.iterations``; ``callback`` sees each metric."""
-        while self.engine.iteration < self.config.algorithm.iterations:
+        while self._open_engine().iteration < self.config.algorithm.iterations:
             metrics = self.step()
             if callback is not None:
                 callback(metrics)
@@ -175,17 +216,18 @@ class Reconstruction:
     @property
     def probe(self) -> np.ndarray:
         """The probe (K, M, M), identical on every rank."""
-        return self.backend.asnumpy(self.engine.probe)
+        return self.backend.asnumpy(self._open_engine().probe)
 
     @property
     def local_object(self) -> np.ndarray:
         """This rank's tile of the object (its box)."""
-        return self.backend.asnumpy(self.engine.object)
+        return self.backend.asnumpy(self._open_engine().object)
 
     @property
     def object(self) -> np.ndarray | None:
         """The global object assembled on rank 0 (``None`` on other ranks). Collective."""
         be = self.backend
+        self._open_engine()
         if self.size == 1:
             full = np.ones(self.layout.object_shape, dtype=self.engine.object.dtype)
             full[self.tile.box.slices()] = be.asnumpy(self.engine.object)
@@ -226,9 +268,10 @@ class Reconstruction:
     def resume_from(self, obj: np.ndarray, probe: np.ndarray, iteration: int,
                     history: list[dict] | None = None) -> None:
         """Continue from a global object and probe (e.g. a checkpoint on another rank count)."""
+        engine = self._open_engine()
         self.history = list(history or [])
-        self.engine.start_from(obj[self.tile.box.slices()], probe, iteration,
-                               [h["error"] for h in self.history])
+        engine.start_from(obj[self.tile.box.slices()], probe, iteration,
+                          [h["error"] for h in self.history])
 
     def close(self) -> None:
         """Release the scan file and device memory."""

@@ -2,13 +2,21 @@
 
 ``<out>/checkpoint.h5`` is a result file (object, probe, errors, config) written by rank 0;
 ``<out>/checkpoint/rank<r>of<n>.h5`` holds rank r's engine state. Every file is written to a
-temporary name and renamed, so a crash leaves the previous checkpoint intact. Resuming on the
-same rank count restores every rank's state (bit for bit); on another count the engines start
-again from the global object and probe at the checkpoint's iteration.
+temporary name and renamed, so a crash leaves the previous checkpoint intact. The ranks write
+their states first and ``checkpoint.h5`` last, so a crash in between leaves states newer than
+``checkpoint.h5``: each rank therefore keeps its previous state as ``rank<r>of<n>.prev.h5``
+until the next one, and resuming takes whichever of the two matches ``checkpoint.h5``.
+Resuming on the same rank count restores every rank's state (bit for bit); on another count
+the engines start again from the global object and probe at the checkpoint's iteration.
+
+Writing and reading are collective-safe: a full disk or an unreadable (truncated) state file on
+any rank is agreed on, so every rank ends with the same one-line error instead of some ranks
+waiting for the one that failed.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +24,8 @@ import h5py
 import numpy as np
 import yaml
 
-from .errors import PtychompiError
+from .api import collective
+from .errors import DataError, PtychompiError, os_reason
 from .io.atomic import atomic_h5
 
 RESULT_NAME = "checkpoint.h5"
@@ -29,16 +38,65 @@ def state_path(out_dir: str | Path, rank: int, size: int) -> Path:
     return Path(out_dir) / "checkpoint" / f"rank{rank}of{size}.h5"
 
 
+def previous_path(path: Path) -> Path:
+    """Where a rank's previous state waits until ``checkpoint.h5`` names the new one."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 def _write_state(path: Path, state: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():  # checkpoint.h5 still names this one until every rank has written
+        os.replace(path, previous_path(path))
     with atomic_h5(path) as f:
         for key, value in state.items():
             f.create_dataset(key, data=np.asarray(value))
 
 
 def _read_state(path: Path) -> dict[str, np.ndarray]:
-    with h5py.File(path, "r") as f:
-        return {key: f[key][()] for key in f}
+    try:
+        with h5py.File(path, "r") as f:
+            state = {key: f[key][()] for key in f}
+        int(state["iteration"])
+    except Exception as exc:  # noqa: BLE001 - any damage reads as one line
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"checkpoint state {path} is unreadable ({reason}); it was damaged "
+                        f"after it was written: delete the folder {path.parent} to resume from "
+                        f"{RESULT_NAME} alone (not bit for bit), or run again without "
+                        "--resume") from None
+    return state
+
+
+def _matching_state(path: Path, iteration: int) -> dict[str, np.ndarray] | None:
+    """The state at ``iteration``: the current file or the previous one (a crash between the
+    states and checkpoint.h5 leaves the current one a checkpoint ahead)."""
+    for candidate in (path, previous_path(path)):
+        if candidate.is_file():
+            state = _read_state(candidate)
+            if int(state["iteration"]) == iteration:
+                return state
+    return None
+
+
+def _generation(path: Path, iteration: int) -> Path | None:
+    """The current or previous state file of an old rank that holds ``iteration``."""
+    for candidate in (path, previous_path(path)):
+        try:
+            with h5py.File(candidate, "r") as f:
+                if int(f["iteration"][()]) == iteration:
+                    return candidate
+        except (OSError, KeyError, ValueError):
+            continue
+    return None
+
+
+def _written(what: str, path: Path, write: Any, *args: Any) -> None:
+    """``write(*args)``; a failing disk becomes one line saying the last checkpoint is kept."""
+    try:
+        write(*args)
+    except OSError as exc:
+        raise PtychompiError(f"cannot write the {what} {path} ({os_reason(exc)}); the "
+                             "previous checkpoint is kept: free space and continue with "
+                             "--resume") from None
 
 
 def write_checkpoint(recon: Any, out_dir: str | Path) -> None:
@@ -49,13 +107,15 @@ def write_checkpoint(recon: Any, out_dir: str | Path) -> None:
     state["indices"] = np.asarray(recon.engine.data.indices)
     state["history_error"] = np.asarray([m["error"] for m in recon.history], np.float64)
     state["history_seconds"] = np.asarray([m["seconds"] for m in recon.history], np.float64)
-    _write_state(state_path(out_dir, recon.rank, recon.size), state)
+    mine = state_path(out_dir, recon.rank, recon.size)
+    # every rank's state is on disk (agreed) before the result names it
+    collective(recon.comm, _written, "checkpoint state", mine, _write_state, mine, state)
     data = recon.result_data()
-    if recon.comm is not None:
-        recon.comm.Barrier()  # every rank's state is on disk before the result names it
+    path = Path(out_dir) / RESULT_NAME
     if data is not None:
         data.provenance["checkpoint_iteration"] = recon.iteration
-        write_result(str(Path(out_dir) / RESULT_NAME), data)
+    collective(recon.comm, lambda: data is not None and _written(
+        "checkpoint", path, write_result, str(path), data))
 
 
 def check_compatible(saved_yaml: str, cfg: Any) -> None:
@@ -74,24 +134,31 @@ def resume(recon: Any, out_dir: str | Path) -> int:
     from .io.results import read_result  # noqa: PLC0415
 
     path = Path(out_dir) / RESULT_NAME
-    if not path.is_file():
-        raise PtychompiError(f"--resume: no checkpoint at {path}; run without --resume, or set "
-                             "output.checkpoint_every")
-    data = read_result(str(path))
-    check_compatible(data.config_yaml, recon.config)
+
+    def read_global() -> Any:
+        if not path.is_file():
+            raise PtychompiError(f"--resume: no checkpoint at {path}; run without --resume, or "
+                                 "set output.checkpoint_every")
+        data = read_result(str(path))
+        check_compatible(data.config_yaml, recon.config)
+        return data
+
+    data = collective(recon.comm, read_global)
     iteration = int(data.provenance.get("checkpoint_iteration",
                                         data.provenance.get("iterations_done", 0)))
     same = data.provenance.get("ranks") == recon.size
     mine = state_path(out_dir, recon.rank, recon.size)
-    have = same and mine.is_file()
-    if recon.comm is not None:
-        have = recon.comm.allreduce(int(have), op=__import__("mpi4py").MPI.MIN) == 1
-    state = _read_state(mine) if have else None
-    if state is not None and int(state["iteration"]) != iteration:
-        state = None
+    state = collective(recon.comm, lambda: _matching_state(mine, iteration) if same else None)
     if recon.comm is not None:
         ok = recon.comm.allreduce(int(state is not None), op=__import__("mpi4py").MPI.MIN)
         state = state if ok else None
+    collective(recon.comm, _restore, recon, out_dir, data, state, iteration)
+    return iteration
+
+
+def _restore(recon: Any, out_dir: str | Path, data: Any, state: dict | None,
+             iteration: int) -> None:
+    """This rank's engine from its own state, else from the global object and probe."""
     if state is not None:
         recon.engine.restore(state)
         recon.history = [{"iteration": i + 1, "error": float(e), "seconds": float(s)}
@@ -102,7 +169,6 @@ def resume(recon: Any, out_dir: str | Path) -> int:
                    for i, e in enumerate(data.error)]
         recon.resume_from(data.object, data.probe, iteration, history)
         _adopt_exit_waves(recon, out_dir, int(data.provenance.get("ranks", 0)), iteration)
-    return iteration
 
 
 def _adopt_exit_waves(recon: Any, out_dir: str | Path, old_size: int, iteration: int) -> None:
@@ -113,10 +179,14 @@ def _adopt_exit_waves(recon: Any, out_dir: str | Path, old_size: int, iteration:
     wanted = {int(g): i for i, g in enumerate(engine.data.indices)}
     found = 0
     for rank in range(old_size):
-        path = state_path(out_dir, rank, old_size)
-        if not path.is_file():
+        path = _generation(state_path(out_dir, rank, old_size), iteration)
+        if path is None:
             return
-        with h5py.File(path, "r") as f:
+        try:
+            f = h5py.File(path, "r")
+        except OSError:  # damaged: keep the waves rebuilt from object and probe
+            break
+        with f:
             if "waves" not in f or int(f["iteration"][()]) != iteration:
                 return
             old = f["indices"][()]

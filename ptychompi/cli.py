@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,7 +14,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from .config import default_yaml, load_config  # noqa: PLC0415
 
     if args.check:
-        load_config(args.check)
+        cfg = load_config(args.check)
+        if not cfg.data.path:  # a template: valid, but `run` needs the scan
+            print(f"{args.check}: valid as a template; set data.path (a .cxi file or APS row "
+                  "files) before `ptychompi run`")
+            return 0
         print(f"{args.check}: valid")
         return 0
     print(default_yaml(), end="")
@@ -33,10 +38,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    """Each file's summary; a file that cannot be read is one error line, the rest go on."""
     from .inspect import inspect_file  # noqa: PLC0415
 
-    print(inspect_file(args.file))
-    return 0
+    failed = 0
+    for i, path in enumerate(args.file):
+        try:
+            text = inspect_file(path)
+        except PtychompiError as exc:
+            print(f"ptychompi: error: {exc}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        print(("\n" if i else "") + text, flush=True)
+    return 2 if failed else 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -59,6 +73,18 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return submit_cli(args)
 
 
+def _cmd_gui(args: argparse.Namespace) -> int:
+    from .gui.server import gui_cli  # noqa: PLC0415
+
+    return gui_cli(args)
+
+
+def _cmd_queue(args: argparse.Namespace) -> int:
+    from .queue.cli import queue_cli  # noqa: PLC0415
+
+    return queue_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptychompi", description="MPI + GPU ptychography")
     sub = p.add_subparsers(dest="command", required=True)
@@ -79,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.set_defaults(func=_cmd_simulate)
 
-    i = sub.add_parser("inspect", help="summarise a scan, MDA or result file")
-    i.add_argument("file")
+    i = sub.add_parser("inspect", help="summarise scan, MDA or result files")
+    i.add_argument("file", nargs="+")
     i.set_defaults(func=_cmd_inspect)
 
     r = sub.add_parser("run", help="reconstruct (under mpiexec for several ranks)")
@@ -100,16 +126,41 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_export)
 
     b = sub.add_parser("submit", help="render and submit a SLURM or PBS job")
-    b.add_argument("config")
+    b.add_argument("config", nargs="?", help="YAML config (or --queue DIR --ranks-per-job K)")
     b.add_argument("--scheduler", required=True, choices=("slurm", "pbs"))
     b.add_argument("--nodes", type=int, default=1)
     b.add_argument("--gpus-per-node", type=int, default=4)
     b.add_argument("--time", default="01:00:00", help="HH:MM:SS")
     b.add_argument("--account", default=None)
-    b.add_argument("--queue", default=None, help="partition (SLURM) or queue (PBS)")
+    b.add_argument("--queue", default=None,
+                   help="with a config: partition (SLURM) or queue (PBS); with "
+                        "--ranks-per-job: the ptychompi queue folder to run")
+    b.add_argument("--partition", default=None, help="partition (SLURM) or queue (PBS)")
+    b.add_argument("--ranks-per-job", type=int, default=None, metavar="K",
+                   help="run the queue folder --queue in this allocation, K ranks per job")
+    b.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="queue: checkpoint jobs without their own checkpoints every N "
+                        "iterations (a resubmitted queue resumes them)")
+    b.add_argument("--notify", default=None, metavar="YAML",
+                   help="queue: config whose output.notify.email gets the summary")
     b.add_argument("--setup", default=None, help="shell lines to activate the environment")
     b.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
     b.set_defaults(func=_cmd_submit)
+
+    from .queue.cli import add_queue_arguments  # noqa: PLC0415
+
+    q = sub.add_parser("queue", help="batch queue: many scans on groups of MPI ranks")
+    add_queue_arguments(q)
+    q.set_defaults(func=_cmd_queue)
+
+    g = sub.add_parser("gui", help="web GUI: parameters, queue, live view, results "
+                       "(needs the gui extra)")
+    g.add_argument("--port", type=int, default=8050, help="TCP port (0 = any free one)")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only)")
+    g.add_argument("--root", default=".", help="folder the GUI may read and write under")
+    g.add_argument("--queue", default=None, help="queue folder (default: ROOT/queue)")
+    g.set_defaults(func=_cmd_gui)
     return p
 
 
@@ -121,8 +172,19 @@ def _rank() -> int:
     return mpi.COMM_WORLD.Get_rank()
 
 
+def _quiet_stdout() -> None:
+    """The reader of our output went away (``| head``): send the rest nowhere, quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    from .signals import Interrupted, message  # noqa: PLC0415
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -130,6 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _rank() == 0:
             print(f"ptychompi: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+    except Interrupted as exc:  # one rank: a several-rank run aborts in the handler
+        print(message(exc.signum), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("ptychompi: interrupted", file=sys.stderr)
         return 130

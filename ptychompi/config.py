@@ -314,6 +314,9 @@ def load_config(source: str | Path | dict | Config | None) -> Config:
     if source is None or isinstance(source, dict):
         return config_from_dict(source)
     path = Path(source)
+    if path.is_dir():
+        raise ConfigError(f"{str(path)!r} is a folder, not a config file; give the YAML file "
+                          "inside it (`ptychompi config --defaults > scan.yaml` writes one)")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found; check the path "
                           "(`ptychompi config --defaults > scan.yaml` writes a template)")
@@ -323,6 +326,11 @@ def load_config(source: str | Path | dict | Config | None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{at}; fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it as text ({exc}); give a YAML file") from None
+    if values is None:
+        raise ConfigError(f"{path} is empty; `ptychompi config --defaults > {path.name}` writes "
+                          "every key with its default")
     cfg = config_from_dict(values)
     if cfg.data.path is not None and not Path(cfg.data.path).is_absolute():
         resolved = path.parent / cfg.data.path

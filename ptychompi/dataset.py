@@ -22,6 +22,7 @@ from .geometry import (
     wavelength_from_kev,
 )
 from .scan import ScanSource
+from .validate import check_object_size, check_positive
 
 
 @dataclass
@@ -79,10 +80,11 @@ def plan_preprocessor(cfg: Config, source: ScanSource):  # noqa: ANN201 - Prepro
 
 
 def _pick(value: float | None, from_file: float | None, key: str) -> float:
+    """The config's value, else the file's; either must be a positive number."""
     if value is not None:
-        return float(value)
+        return check_positive(float(value), key, from_file=False)
     if from_file is not None:
-        return float(from_file)
+        return check_positive(float(from_file), key, from_file=True)
     raise ConfigError(f"geometry.{key} is not set and the data file does not record it; "
                       f"set geometry.{key} in the config")
 
@@ -106,6 +108,7 @@ def plan_layout(cfg: Config, source: ScanSource, frame: int, pixel_scale: int = 
     pos = positions_to_pixels(source.positions_m[:n], dx, flip=tuple(g.flip_positions),
                               transpose=g.transpose_positions, margin_px=g.object_margin_px)
     shape = object_shape(pos, (frame, frame), g.object_margin_px)
+    check_object_size(shape, source.positions_m[:n], dx, frame)
     return ScanLayout(n, frame, pos, shape, dx, wavelength, g.propagation, z, source.path)
 
 

@@ -13,3 +13,12 @@ class ConfigError(PtychompiError):
 
 class DataError(PtychompiError):
     """An input data file is missing, unreadable or inconsistent."""
+
+
+def os_reason(exc: OSError) -> str:
+    """A failed file operation's reason in a few words ("No space left on device")."""
+    import os  # noqa: PLC0415
+
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -152,8 +152,21 @@ def _short(value: object, width: int = 70) -> str:
 
 
 def inspect_file(path: str | os.PathLike) -> str:
-    """A one-screen text summary of a CXI scan, an MDA file or a ptychompi result file."""
-    p = str(path)
+    """A one-screen text summary of a CXI scan, an MDA file or a ptychompi result file.
+
+    A file that cannot be read (truncated, a corrupt compressed chunk) is one DataError line.
+    """
+    try:
+        return _inspect(str(path))
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{path}: cannot read it ({reason}); the file may be truncated or "
+                        "corrupt") from None
+
+
+def _inspect(p: str) -> str:
     if not Path(p).is_file():
         raise DataError(f"{p}: no such file")
     if p.lower().endswith(".mda"):
@@ -163,7 +176,9 @@ def inspect_file(path: str | os.PathLike) -> str:
     if not h5py.is_hdf5(p):
         raise DataError(f"{p}: not a CXI (HDF5), MDA or ptychompi result file; "
                         "inspect knows .cxi, .mda and result .h5 files")
-    import hdf5plugin  # noqa: F401, PLC0415 - compressed datasets in result files
+    from .io.filters import load  # noqa: PLC0415
+
+    load()  # hdf5plugin's filters, if installed: compressed datasets in result files
 
     with h5py.File(p, "r") as f:
         if isinstance(f.get("object"), h5py.Dataset):

@@ -40,6 +40,14 @@ class _ConsoleFormatter(logging.Formatter):
         return f"{self.prefix}{msg}"
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """The log file; when its disk fills, lines are dropped quietly (no "Logging error"
+    traceback on stderr): the run's own one-line error says what happened."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
+        pass
+
+
 def close_logging() -> None:
     """Remove and close the handlers :func:`setup_logging` added."""
     logger = logging.getLogger(LOGGER_NAME)
@@ -67,7 +75,7 @@ def setup_logging(output_dir: str | os.PathLike | None, rank: int = 0, quiet: bo
     if rank == 0:
         if output_dir is not None:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
-            fh = logging.FileHandler(Path(output_dir) / LOG_FILE, encoding="utf-8")
+            fh = _QuietFileHandler(Path(output_dir) / LOG_FILE, encoding="utf-8")
             fh.setLevel(logging.DEBUG)
             fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
             handlers.append(fh)

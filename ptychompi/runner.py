@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .api import Reconstruction, agree
+from .api import Reconstruction, agree, collective
 from .checkpoint import resume, write_checkpoint
 from .config import Config, config_from_dict, load_config
-from .errors import ConfigError, PtychompiError
+from .errors import ConfigError, PtychompiError, os_reason
+from .outlock import OutputLock, lock_output, remove_stale_temporaries
 
 log = logging.getLogger("ptychompi")
 
@@ -44,13 +45,20 @@ def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
             raise ConfigError(f"--set {pair!r}: use section.key=value, e.g. "
                               "algorithm.iterations=50")
         key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({problem}); "
+                              "quote strings and close brackets, e.g. "
+                              "data.scan_dims=[8,8]") from None
         *sections, last = key.split(".")
         node = values
         for s in sections:
             node = node.setdefault(s, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {pair!r}: {s} is not a section")
-        node[last] = yaml.safe_load(raw)
+        node[last] = value
     return config_from_dict(values)
 
 
@@ -75,6 +83,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _check_space(recon: Reconstruction) -> None:
     """Free space for the result and checkpoints, from the real sizes. Collective."""
+    from .io.export import estimate_export_bytes  # noqa: PLC0415
     from .io.results import check_output_dir, estimate_result_bytes  # noqa: PLC0415
 
     error = None
@@ -86,30 +95,58 @@ def _check_space(recon: Reconstruction) -> None:
             state = int(np.prod(layout.object_shape)) * 8
             if cfg.algorithm.name == "dm":  # every position's exit waves
                 state += layout.n_frames * k * m * m * 8
-        try:
+        exports = estimate_export_bytes(layout.object_shape, (k, m, m), cfg.output.formats)
+        try:  # twice the result and checkpoints (old and new coexist), once every export
             check_output_dir(cfg.output.directory, estimate_result_bytes(
                 layout.object_shape, (k, m, m), layout.n_frames, cfg.algorithm.iterations,
-                state))
+                state) + (exports + 1) // 2, _replaced_bytes(Path(cfg.output.directory)))
         except Exception as exc:  # reported by every rank below
             error = exc
     agree(recon.comm, error)
 
 
+def _replaced_bytes(out: Path) -> int:
+    """Bytes of the files a run in ``out`` rewrites (result, checkpoints, exports)."""
+    files = [out / "result.h5", out / "checkpoint.h5", *out.glob("result_*"),
+             *(out / "checkpoint").glob("rank*.h5")]
+    total = 0
+    for f in files:
+        try:
+            total += f.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
 def _finish(recon: Reconstruction, out: Path, stem: str | None) -> dict:
     """Write result and exports (rank 0), print the summary, send the e-mail."""
     from .io.export import export_arrays  # noqa: PLC0415
+    from .io.results import write_result  # noqa: PLC0415
     from .monitor import format_summary  # noqa: PLC0415
     from .notify import notify_run_end  # noqa: PLC0415
 
     cfg = recon.config
-    data = recon.save(str(out / "result.h5"))
-    if recon.rank != 0:
+    data = recon.result_data()  # collective; None on ranks other than 0
+    written: list[str] = []
+
+    def write() -> None:  # rank 0; a full disk here is agreed on, so no rank is left waiting
+        if data is None:
+            return
+        try:
+            write_result(str(out / "result.h5"), data)
+        except OSError as exc:
+            raise PtychompiError(f"cannot write {out / 'result.h5'} ({os_reason(exc)}); "
+                                 "no partial file is left: free space and continue from the "
+                                 "last checkpoint with --resume") from None
+        written.append(str(out / "result.h5"))
+        for fmt in cfg.output.formats:
+            if fmt != "hdf5":
+                written.extend(export_arrays(data.object, data.probe, data.pixel_size, fmt,
+                                             str(out), stem or "result"))
+
+    collective(recon.comm, write)
+    if data is None:
         return {}
-    written = [str(out / "result.h5")]
-    for fmt in cfg.output.formats:
-        if fmt != "hdf5":
-            written += export_arrays(data.object, data.probe, data.pixel_size, fmt, str(out),
-                                     stem or "result")
     prov = data.provenance
     summary = format_summary({**prov, "error": list(data.error), "output": str(out)})
     print(summary, file=sys.stderr)
@@ -119,12 +156,62 @@ def _finish(recon: Reconstruction, out: Path, stem: str | None) -> dict:
     return prov
 
 
+def _claim(directory: str, held: list[OutputLock]) -> None:
+    """Rank 0: the folder writable and locked for this run, temporaries of killed runs gone."""
+    from .io.results import check_output_dir  # noqa: PLC0415
+
+    check_output_dir(directory, 0)
+    held.append(lock_output(directory))
+    for stale in remove_stale_temporaries(directory):
+        log.debug("removed %s, left by an interrupted run", stale)
+
+
+def _check_resume(recon: Reconstruction, out: Path, start: int) -> None:
+    """Refuse a --resume that has nothing to run or would replace a further result."""
+    total = recon.config.algorithm.iterations
+    fix = (f"raise algorithm.iterations (e.g. --set algorithm.iterations={start + 10}) to "
+           f"continue; {out / 'result.h5'} is left as it is")
+    if start >= total:
+        raise ConfigError(f"--resume: the checkpoint is at iteration {start} and "
+                          f"algorithm.iterations is {total}, so there is nothing to run; {fix}")
+    result = out / "result.h5"
+    if recon.rank != 0 or not result.is_file():
+        return
+    from .io.results import read_result  # noqa: PLC0415
+
+    try:
+        done = int(read_result(result).provenance.get("iterations_done", 0))
+    except PtychompiError:
+        return  # an unreadable result is no finished result
+    if done >= total:
+        raise ConfigError(f"--resume: {result} already holds a finished run of {done} "
+                          f"iterations, at least the {total} asked for; {fix}")
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    """Entry point of ``ptychompi run`` on every rank; returns the exit code."""
+    """Entry point of ``ptychompi run`` on every rank; returns the exit code.
+
+    SIGINT/SIGTERM to any rank end the whole run (``ptychompi.signals``); the output folder
+    is locked for the run's duration (``ptychompi.outlock``).
+    """
+    from .signals import install  # noqa: PLC0415
+
+    comm = _world()
+    size = 1 if comm is None else comm.Get_size()
+    restore = install(comm if size > 1 else None)
+    held: list[OutputLock] = []
+    try:
+        return _run(args, comm, held)
+    finally:
+        for lock in held:
+            lock.release()
+        restore()
+
+
+def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
     from .monitor import Progress, close_logging, setup_logging  # noqa: PLC0415
     from .parallel.exchange import abort_on_error  # noqa: PLC0415
 
-    comm = _world()
     size = 1 if comm is None else comm.Get_size()
     rank = 0 if comm is None else comm.Get_rank()
     comm_arg = comm if size > 1 else None
@@ -133,10 +220,8 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         if not args.ptychopy:
             cfg = _load(args)
-            if rank == 0:  # writable before reading any data; free space once sizes are known
-                from .io.results import check_output_dir  # noqa: PLC0415
-
-                check_output_dir(cfg.output.directory, 0)
+            if rank == 0:  # writable and ours before reading any data; space once sizes known
+                _claim(cfg.output.directory, held)
     except Exception as exc:
         error = exc
     agree(comm_arg, error)
@@ -145,8 +230,8 @@ def run_cli(args: argparse.Namespace) -> int:
     recon, ptychopy_options = _build(args, cfg, comm_arg)
     cfg = recon.config
     out = Path(cfg.output.directory)
-    if args.ptychopy and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    if args.ptychopy:
+        collective(comm_arg, lambda: _claim(str(out), held) if rank == 0 else None)
     _check_space(recon)
     log.info("ptychompi %s: %s on %d rank(s), %d frames of %dx%d, object %s, pixel %.3g m",
              cfg.algorithm.name, recon.layout.source_path, size, recon.layout.n_frames,
@@ -154,6 +239,7 @@ def run_cli(args: argparse.Namespace) -> int:
              recon.layout.pixel_size_m)
     if args.resume:
         start = resume(recon, out)
+        collective(comm_arg, _check_resume, recon, out, start)
         log.info("resumed at iteration %d", start)
     total = cfg.algorithm.iterations
     progress = Progress(total, every=cfg.output.log_every,
@@ -172,7 +258,10 @@ def run_cli(args: argparse.Namespace) -> int:
             if every and recon.iteration % every == 0 and recon.iteration < total:
                 write_checkpoint(recon, out)
             if live.due(recon.iteration):
-                live.update(recon)  # collective: assembles the object
+                try:
+                    live.update(recon)  # collective: assembles the object
+                except OSError as exc:  # rank 0's optional files: the run goes on
+                    log.warning("live snapshot not written (%s)", exc.strerror or exc)
     except PtychompiError as exc:
         progress.close()
         live.finish(recon, "failed")
@@ -184,9 +273,8 @@ def run_cli(args: argparse.Namespace) -> int:
         raise  # raised identically on every rank (errors are allreduced)
     except Exception as exc:  # noqa: BLE001 - one rank failed mid-collective
         progress.close()
-        if size > 1:
-            abort_on_error(comm, exc)
-        raise
+        log.debug("unexpected error at iteration %d", recon.iteration, exc_info=True)
+        abort_on_error(comm_arg, exc)  # one line; MPI_Abort on several ranks
     progress.close()
     log.info("%d iterations in %.1f s", total, time.perf_counter() - t0)
     _finish(recon, out, None)

@@ -2,6 +2,13 @@
 
 The templates are ``jobscripts/{slurm,pbs}.sh.in`` (``string.Template`` placeholders), found
 inside the installed package (``ptychompi/jobscripts``) or in a source checkout.
+
+Nothing a user or a file supplies reaches the script unchecked: paths are ``shlex.quote``-d
+where the shell reads them and refused when they hold a newline or another control character
+(a comment or directive line could otherwise end and a command begin); account and queue
+names and the wall time must match strict patterns; the job name is reduced to safe
+characters. ``--setup`` is the exception by design: it is shell text the submitting user
+writes for their own job.
 """
 
 from __future__ import annotations
@@ -59,6 +66,14 @@ def _check(scheduler: str, nodes: int, gpus_per_node: int, time: str,
             raise PtychompiError(f"{flag} {value!r}: use letters, digits and _ . - @ : + only")
 
 
+def _plain(text: str, what: str) -> str:
+    """``text`` unless it holds a control character (newline, carriage return, tab, ...)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise PtychompiError(f"{what} {text!r} contains a newline or another control "
+                             "character, which a job script cannot hold safely; rename it")
+    return text
+
+
 def _default_setup() -> str:
     if sys.prefix != sys.base_prefix:  # running from a virtual environment: reuse it
         activate = Path(sys.prefix) / "bin" / "activate"
@@ -68,16 +83,25 @@ def _default_setup() -> str:
     return "# no --setup given: ptychompi must already be on PATH"
 
 
-def _render(config_path: str | os.PathLike, scheduler: str, nodes: int, gpus_per_node: int,
-            time: str, account: str | None, queue: str | None,
-            setup: str | None) -> tuple[str, Path]:
+def _render(config_path: str | os.PathLike | None, scheduler: str, nodes: int,
+            gpus_per_node: int, time: str, account: str | None, queue: str | None,
+            setup: str | None, batch: tuple[Path, list[str]] | None = None
+            ) -> tuple[str, Path]:
+    """The script and its folder; ``batch`` = (queue folder, ``queue run`` options) renders
+    ``ptychompi queue run`` instead of ``ptychompi run`` (``config_path`` unused)."""
     _check(scheduler, nodes, gpus_per_node, time, account, queue)
-    cfg = load_config(config_path)  # a missing or invalid config fails here, in its own words
-    config_abs = Path(os.path.abspath(config_path))
-    workdir = Path.cwd()
-    output_dir = Path(os.path.abspath(workdir / cfg.output.directory))
+    workdir = Path(_plain(str(Path.cwd()), "the working folder"))
+    if batch is not None:
+        config_abs = Path(_plain(os.path.abspath(batch[0]), "the queue folder"))
+        output_dir, what = config_abs, "the queue folder"
+    else:
+        cfg = load_config(config_path)  # a missing or invalid config fails here, in its words
+        config_abs = Path(_plain(os.path.abspath(config_path), "the config file name"))
+        output_dir = Path(_plain(os.path.abspath(workdir / cfg.output.directory),
+                                 "output.directory"))
+        what = "output.directory"
     if re.search(r"\s", str(output_dir)):
-        raise PtychompiError(f"output.directory {str(output_dir)!r} contains spaces, which "
+        raise PtychompiError(f"{what} {str(output_dir)!r} contains spaces, which "
                              "job-script directives cannot hold; choose a path without spaces")
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", config_abs.stem) or "job"
     optional = []
@@ -97,10 +121,16 @@ def _render(config_path: str | os.PathLike, scheduler: str, nodes: int, gpus_per
         "job_name": job_name, "nodes": nodes, "gpus_per_node": gpus_per_node,
         "ntasks": nodes * gpus_per_node, "ncpus": gpus_per_node, "time": time,
         "output_dir": str(output_dir), "optional_directives": "\n".join(optional),
-        "config_path": str(config_abs), "config": shlex.quote(str(config_abs)),
+        "config_path": shlex.quote(str(config_abs)), "config": shlex.quote(str(config_abs)),
         "workdir": shlex.quote(str(workdir)),
         "setup": setup.rstrip("\n") if setup else _default_setup(),
+        "command": "run", "options": "",
+        "hint": "add --resume to continue from the last checkpoint",
     }
+    if batch is not None:
+        values.update(command="queue run", options="".join(" " + shlex.quote(o)
+                                                          for o in batch[1]),
+                      hint="submit this script again to resume the queue")
     try:
         script = Template(template_text(scheduler)).substitute(values)
     except (KeyError, ValueError) as exc:
@@ -118,9 +148,27 @@ def render_job(config_path: str | os.PathLike, scheduler: str, nodes: int, gpus_
 
 
 def submit_cli(args: argparse.Namespace) -> int:
-    """Write ``<output.directory>/job.<scheduler>.sh``; print it (--dry-run) or submit it."""
+    """Write ``<output.directory>/job.<scheduler>.sh``; print it (--dry-run) or submit it.
+
+    With ``--ranks-per-job K`` the script runs the queue in folder ``--queue`` (one allocation,
+    groups of K ranks, ``ptychompi queue run``) and ``--partition`` names the partition.
+    """
+    batch = None
+    partition = getattr(args, "partition", None)
+    if getattr(args, "ranks_per_job", None) is not None:
+        from .queue.cli import batch_options  # noqa: PLC0415
+
+        if args.config:
+            raise PtychompiError("give a config (one run) or --queue DIR --ranks-per-job K (a "
+                                 "queue), not both")
+        batch = batch_options(args)
+    elif not args.config:
+        raise PtychompiError("give a config file, or --queue DIR --ranks-per-job K to run a "
+                             "queue in one allocation")
+    else:
+        partition = partition or args.queue
     script, output_dir = _render(args.config, args.scheduler, args.nodes, args.gpus_per_node,
-                                 args.time, args.account, args.queue, args.setup)
+                                 args.time, args.account, partition, args.setup, batch)
     path = output_dir / f"job.{args.scheduler}.sh"
     try:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -61,10 +61,9 @@ _HC_KEV_M = 1.239841984e-9  # h c in keV * m
 
 def _load_plugins() -> None:
     """Register the HDF5 compression filters (LZ4, bitshuffle, ...) with h5py."""
-    try:
-        import hdf5plugin  # noqa: F401
-    except ImportError:  # pragma: no cover - hdf5plugin is a dependency
-        pass
+    from .filters import load  # noqa: PLC0415
+
+    load()
 
 
 # --------------------------------------------------------------------------- file patterns
@@ -475,21 +474,22 @@ def write_aps(directory: str | Path, pattern: str, frames: np.ndarray, *, frames
     ``ndim=2`` writes one 2-D frame per file (needs ``frames_per_file=1``). The last file
     holds the remaining frames when N is not a multiple of ``frames_per_file``.
     """
-    import hdf5plugin
+    from . import filters  # noqa: PLC0415
 
     frames = np.asarray(frames)
     if frames.ndim != 3:
         raise ValueError(f"frames must be (N, H, W), got shape {frames.shape}")
     if ndim not in (2, 3) or (ndim == 2 and frames_per_file != 1):
         raise ValueError("ndim=2 writes one frame per file: use frames_per_file=1")
-    filters: dict = {
-        "none": {},
-        "lz4": dict(hdf5plugin.LZ4()),
-        "bitshuffle": dict(hdf5plugin.Bitshuffle(cname="lz4")),
-        "zlib": {"compression": "gzip", "compression_opts": 4},
+    options: dict = {
+        "none": lambda: {},
+        "lz4": lambda: filters.lz4(str(directory)),
+        "bitshuffle": lambda: filters.bitshuffle_lz4(str(directory)),
+        "zlib": lambda: {"compression": "gzip", "compression_opts": 4},
     }
-    if compression not in filters:
-        raise ValueError(f"compression {compression!r} is not one of {', '.join(filters)}")
+    if compression not in options:
+        raise ValueError(f"compression {compression!r} is not one of {', '.join(options)}")
+    comp = options[compression]()
     name = pattern.replace("#", "%", 1) if "%" not in pattern else pattern
     if len(_count_conversions(name)) != 1:
         raise ValueError(f"pattern {pattern!r} needs one %d-style conversion")
@@ -500,7 +500,7 @@ def write_aps(directory: str | Path, pattern: str, frames: np.ndarray, *, frames
         path = os.path.join(str(directory), name % (file_no + first_index))
         data = block[0] if ndim == 2 else block
         chunks = data.shape if ndim == 2 else (1, *data.shape[1:])
-        opts = dict(filters[compression])
+        opts = dict(comp)
         if compression != "none":
             opts["chunks"] = chunks
         with h5py.File(path, "w") as f:

@@ -44,3 +44,24 @@ def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path ``<path>.tmp-<pid>`` to write; renamed to ``path`` on success.
+
+    For writers that take a file name (TIFF, PNG, CSV): a full disk or any exception leaves
+    no file at ``path`` (or the previous one) and no temporary.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)

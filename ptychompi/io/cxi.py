@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import hdf5plugin  # registers LZ4/bitshuffle/zstd filters before any read
 import numpy as np
 
 from ..errors import DataError
 from ..geometry import ELECTRON_VOLT_J, HC_KEV_M
 from ..scan import ScanGeometry, ScanSource
+from . import filters
 from .atomic import atomic_h5
 
 DETECTOR = "/entry_1/instrument_1/detector_1"
@@ -150,6 +150,8 @@ class CXIScan(ScanSource):
 
     def _dataset(self) -> h5py.Dataset:
         if self._file is None:
+            if self.compression != "none":
+                filters.load()  # LZ4/bitshuffle/zstd through hdf5plugin
             try:
                 self._file = h5py.File(self.path, "r", rdcc_nbytes=64 << 20)
             except OSError as exc:
@@ -215,6 +217,7 @@ def read_cxi(path: str | os.PathLike) -> CXIScan:
         if ds.ndim != 3:
             raise DataError(f"{p}: {ds.name} has shape {ds.shape}; frames must be 3-D "
                             "(N, rows, cols)")
+        filters.require_readable(ds, p, _FILTER_NAMES)
         n, m_r, m_c = (int(s) for s in ds.shape)
         tr = _first_dataset(f, [DATA_LINKS + "/translation", TRANSLATION])
         if tr is None:
@@ -306,7 +309,7 @@ def write_cxi(path: str | os.PathLike, frames: np.ndarray, positions_m: np.ndarr
     if compression == "gzip":
         comp: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
     elif compression == "lz4":
-        comp = dict(hdf5plugin.LZ4())
+        comp = filters.lz4(p)
     elif compression in (None, "none"):
         comp = {}
     else:

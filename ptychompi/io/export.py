@@ -10,6 +10,9 @@ File names start with ``<stem>_`` (the result file's stem, ``result`` by default
   side), 8-bit greyscale with a labelled scale bar in the bottom-left corner.
 * csv: ptychopy's ``<stem>_object_0.csv`` and ``<stem>_probes_0.csv`` (``re+imj`` elements,
   6 significant digits, ``", "`` separators, probe modes stacked vertically).
+
+Every file is written to ``<name>.tmp-<pid>`` and renamed when complete: a full disk leaves
+the files finished before it and no partial one.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import DataError, PtychompiError
+from ..errors import DataError, PtychompiError, os_reason
+from .atomic import atomic_path
 
-__all__ = ["export_result", "export_arrays", "read_ptychopy_csv", "write_ptychopy_csv",
-           "split_probe_modes", "scale_to_uint8", "scale_bar_length", "format_length"]
+__all__ = ["export_result", "export_arrays", "estimate_export_bytes", "read_ptychopy_csv",
+           "write_ptychopy_csv", "split_probe_modes", "scale_to_uint8", "scale_bar_length",
+           "format_length"]
 
 FORMATS = ("tiff", "png", "csv")
 PREVIEW_MAX_PX = 4096  # PNG previews larger than this are reduced (the bar follows)
@@ -124,7 +129,8 @@ def _preview(a8: np.ndarray, pixel_size: float, ref_width_px: int, path: Path) -
         pixel_size *= a8.shape[1] / size[0]
         ref_width_px = round(ref_width_px * size[0] / a8.shape[1])
     _draw_scale_bar(img, pixel_size, ref_width_px)
-    img.save(path, optimize=False)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG", optimize=False)
 
 
 def _side_by_side(pages: np.ndarray, gap: int = 2) -> np.ndarray:
@@ -216,7 +222,9 @@ def _tiff_pair(path_float: Path, path_8bit: Path, a: np.ndarray, pixel_size: flo
         kw["resolution"] = (per_um, per_um)
         meta["unit"] = "um"
     for path, data in ((path_float, a), (path_8bit, scale_to_uint8(a))):
-        tifffile.imwrite(path, data, imagej=True, metadata=meta, photometric="minisblack", **kw)
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(tmp, data, imagej=True, metadata=meta, photometric="minisblack",
+                             **kw)
 
 
 def export_arrays(obj: np.ndarray, probe: np.ndarray, pixel_size: float, to: str,
@@ -239,16 +247,31 @@ def export_arrays(obj: np.ndarray, probe: np.ndarray, pixel_size: float, to: str
                              f"({exc.strerror or exc}); give --out a writable folder") from None
     prefix = f"{stem}_" if stem else ""
     written: list[Path] = []
+    try:
+        _write_export(obj, probe, pixel_size, to, out, prefix, written)
+    except OSError as exc:
+        failed = written[-1] if written else out
+        raise PtychompiError(
+            f"cannot write the {to} export {failed} ({os_reason(exc)}); the files "
+            f"written before it are complete and no partial file is left: free space and "
+            f"run `ptychompi export RESULT --to {to}`") from None
+    return [str(p) for p in written]
+
+
+def _write_export(obj: np.ndarray, probe: np.ndarray, pixel_size: float, to: str, out: Path,
+                  prefix: str, written: list[Path]) -> None:
+    """Write one format's files, appending each path to ``written`` before writing it."""
     if to == "csv":
         for name, arr in (("object_0", obj), ("probes_0", probe)):
             written.append(out / f"{prefix}{name}.csv")
-            write_ptychopy_csv(written[-1], arr)
+            with atomic_path(written[-1]) as tmp:
+                write_ptychopy_csv(tmp, arr)
     elif to == "tiff":
         for name, arr in (("object_amplitude", np.abs(obj)), ("object_phase", _object_phase(obj)),
                           ("probe_amplitude", np.abs(probe)), ("probe_phase", np.angle(probe))):
             f, f8 = out / f"{prefix}{name}.tif", out / f"{prefix}{name}_8bit.tif"
-            _tiff_pair(f, f8, arr, pixel_size)
             written += [f, f8]
+            _tiff_pair(f, f8, arr, pixel_size)
     else:
         m = probe.shape[-1]
         for name, a8, ref in (
@@ -257,7 +280,23 @@ def export_arrays(obj: np.ndarray, probe: np.ndarray, pixel_size: float, to: str
                 ("probe", _side_by_side(scale_to_uint8(np.abs(probe))), m)):
             written.append(out / f"{prefix}{name}.png")
             _preview(a8, pixel_size, ref, written[-1])
-    return [str(p) for p in written]
+
+
+def estimate_export_bytes(object_shape: tuple[int, ...], probe_shape: tuple[int, ...],
+                          formats: list[str] | tuple[str, ...]) -> int:
+    """An upper bound of the bytes the exports in ``formats`` write (hdf5 is the result)."""
+    obj = int(np.prod(object_shape))
+    probe = int(np.prod(probe_shape))
+    total = 0
+    for fmt in set(formats):
+        if fmt == "csv":  # "-1.23457e-305+1.23457e-305j, " at most per element
+            total += 30 * (obj + probe) + 2 * 4096
+        elif fmt == "tiff":  # float32 and 8-bit pages of amplitude and phase, plus headers
+            total += 2 * (4 + 1) * (obj + probe) + 8 * 8192
+        elif fmt == "png":  # 8-bit previews, stored at worst as raw rows
+            rows = int(object_shape[0]) + int(probe_shape[-2])
+            total += int(1.01 * (2 * obj + probe + 3 * rows)) + 3 * 8192
+    return total
 
 
 def export_result(result_path: str | os.PathLike, to: str,

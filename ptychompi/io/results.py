@@ -168,7 +168,9 @@ def read_result(path: str | os.PathLike) -> ResultData:
     if not p.is_file():
         raise DataError(f"result file {str(p)!r} not found; check the path "
                         "(runs write <output.directory>/result.h5)")
-    import hdf5plugin  # noqa: F401, PLC0415 - filters for files repacked with compression
+    from .filters import load  # noqa: PLC0415
+
+    load()  # hdf5plugin's filters, if installed, for files repacked with compression
 
     try:
         f = h5py.File(p, "r")
@@ -207,10 +209,13 @@ def estimate_result_bytes(object_shape: tuple[int, ...], probe_shape: tuple[int,
     return obj + probe + 16 * n_positions + 8 * iterations + int(checkpoint_state_bytes) + 65536
 
 
-def check_output_dir(directory: str | os.PathLike, expected_bytes: int) -> None:
+def check_output_dir(directory: str | os.PathLike, expected_bytes: int,
+                     replaced_bytes: int = 0) -> None:
     """Create ``directory`` if needed; fail early if it is not writable or lacks space.
 
     Twice ``expected_bytes`` must be free: the atomic write holds the old and new file at once.
+    ``replaced_bytes`` (files already there that the run rewrites, e.g. on ``--resume``)
+    count as free.
     """
     d = Path(directory)
     fix = "set output.directory to a writable folder"
@@ -231,7 +236,7 @@ def check_output_dir(directory: str | os.PathLike, expected_bytes: int) -> None:
                              f"({exc.strerror or exc}); {fix}") from None
     free = shutil.disk_usage(d).free
     need = 2 * int(expected_bytes)
-    if free < need:
+    if free + int(replaced_bytes) < need:
         raise PtychompiError(f"output directory {str(d)!r} has {format_bytes(free)} free but the "
                              f"results need {format_bytes(need)} (twice the result size); "
                              f"free some space or {fix} on another file system")

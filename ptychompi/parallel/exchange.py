@@ -105,7 +105,8 @@ class SerialExchange:
         """Release communication resources (none here)."""
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """The error as one line: its message for a PtychompiError, else ``Type: message``."""
     text = str(error) if isinstance(error, PtychompiError) else \
         f"{type(error).__name__}: {error}"
     return " ".join(text.split()) or type(error).__name__
@@ -328,7 +329,7 @@ class MPIExchange:
         self._timed(self.comm.Allreduce, flag, total, op=MPI.MAX)
         if not total[0]:
             return
-        message = None if error is None else _one_line(error)
+        message = None if error is None else one_line(error)
         # gather to rank 0 and broadcast the outcome in one call: every rank raises the same
         entries = self._timed(self.comm.allgather, message)
         failures = [(r, m) for r, m in enumerate(entries) if m is not None]
@@ -399,7 +400,7 @@ def abort_on_error(comm: Any | None, exc: BaseException) -> NoReturn:
     code 1. Use :meth:`MPIExchange.check` instead where every rank reaches the same point.
     """
     rank = comm.Get_rank() if comm is not None else 0
-    print(f"ptychompi: error on rank {rank}: {_one_line(exc)}", file=sys.stderr, flush=True)
+    print(f"ptychompi: error on rank {rank}: {one_line(exc)}", file=sys.stderr, flush=True)
     if comm is not None:
         time.sleep(ABORT_GRACE_S)  # let mpiexec forward the line before the job is killed
         comm.Abort(1)

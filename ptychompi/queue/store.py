@@ -1,4 +1,5 @@
-"""The persisted job queue: ``<folder>/queue.sqlite`` (SQLite, WAL journal, busy timeout).
+"""The persisted job queue: ``<folder>/queue.sqlite`` (SQLite, busy timeout; WAL journal on a
+local file system, the rollback journal on a network one, see :func:`journal_mode`).
 
 Every process that touches the queue (the coordinator of ``ptychompi queue run``,
 ``ptychompi queue add|cancel|retry|priority``, the GUI) opens its own :class:`QueueStore`;
@@ -26,7 +27,7 @@ from typing import Any
 from ..errors import PtychompiError
 
 __all__ = ["QueueStore", "Job", "STATES", "DB_NAME", "sanitise_name", "validate_config",
-           "QueueError"]
+           "journal_mode", "QueueError"]
 
 DB_NAME = "queue.sqlite"
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -70,12 +71,40 @@ CREATE TABLE IF NOT EXISTS groups (
     jobs_done INTEGER NOT NULL DEFAULT 0,
     jobs_failed INTEGER NOT NULL DEFAULT 0,
     jobs_cancelled INTEGER NOT NULL DEFAULT 0,
+    iterations INTEGER NOT NULL DEFAULT 0,
     busy_s REAL NOT NULL DEFAULT 0,
     bytes_exchanged INTEGER NOT NULL DEFAULT 0,
     updated REAL
 );
 """
 _ORDER = "ORDER BY priority DESC, id ASC"
+
+
+NETWORK_FS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph",
+              "fuse.sshfs", "glusterfs", "fuse.glusterfs", "panfs", "afs", "9p", "wekafs")
+
+
+def journal_mode(folder: str | os.PathLike, mountinfo: str | None = None) -> str:
+    """``WAL`` on a local file system; ``DELETE`` (rollback journal) on a network one, where
+    processes on different hosts (a login node adding jobs, a compute node running them)
+    cannot share WAL's memory-mapped index. ``mountinfo``: the text of /proc/self/mountinfo."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "WAL"
+    target = os.path.realpath(folder)
+    best, fstype = "", ""
+    for line in mountinfo.splitlines():
+        fields = line.split(" - ", 1)
+        left = fields[0].split()
+        if len(fields) != 2 or len(left) < 5 or not fields[1].split():
+            continue
+        point = left[4].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, fields[1].split()[0]
+    return "DELETE" if fstype.lower() in NETWORK_FS else "WAL"
 
 
 class QueueError(PtychompiError):
@@ -140,6 +169,13 @@ def _row_to_job(row: sqlite3.Row) -> Job:
                cancel_requested=bool(row["cancel_requested"]))
 
 
+def _job_id(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise QueueError(f"job id {value!r} is not a whole number") from None
+
+
 def _one_line(text: object, limit: int = 500) -> str:
     return " ".join(str(text).split())[:limit]
 
@@ -179,6 +215,9 @@ class QueueStore:
         self.folder = Path(folder).absolute()
         self.path = self.folder / DB_NAME
         self._lock = threading.Lock()
+        if self.folder.exists() and not self.folder.is_dir():
+            raise QueueError(f"queue folder {str(self.folder)!r} is a file, not a folder; "
+                             "give the queue's folder")
         if self.folder.exists() and not os.access(self.folder, os.R_OK | os.W_OK | os.X_OK):
             raise QueueError(f"queue folder {str(self.folder)!r} is not readable and writable "
                              "by this user; fix its permissions")
@@ -198,7 +237,7 @@ class QueueStore:
                                        isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute(f"PRAGMA journal_mode = {journal_mode(self.folder)}")
             self._db.execute("PRAGMA synchronous = NORMAL")
             with self._write() as db:
                 for stmt in _SCHEMA.split(";"):
@@ -265,8 +304,17 @@ class QueueStore:
         clean = sanitise_name(name)
         output = config.get("output") if isinstance(config.get("output"), dict) else None
         given_dir = output.get("directory") if output else None
+        if given_dir:
+            given_dir = str(Path(str(given_dir)).absolute())  # relative: to this process' cwd
         config = json.loads(json.dumps(validate_config(config)))  # a private, JSON-safe copy
         with self._write() as db:
+            if given_dir:
+                other = db.execute("SELECT id FROM jobs WHERE output_dir = ?",
+                                   (str(given_dir),)).fetchone()
+                if other is not None:
+                    raise QueueError(f"output.directory {str(given_dir)!r} is already job "
+                                     f"{other[0]}'s; give each job its own folder, or leave "
+                                     "output.directory out (the queue uses jobs/<id>-<name>)")
             cur = db.execute(
                 "INSERT INTO jobs (name, priority, config, source, email, submitted, "
                 "iterations) VALUES (?, ?, '{}', ?, ?, ?, ?)",
@@ -289,6 +337,7 @@ class QueueStore:
         return [_row_to_job(r) for r in rows]
 
     def get(self, job_id: int) -> Job:
+        job_id = _job_id(job_id)
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (int(job_id),))
         if not rows:
             raise QueueError(f"no job {job_id} in the queue {self.folder}")
@@ -296,6 +345,7 @@ class QueueStore:
 
     def cancel(self, job_id: int) -> Job:
         """queued -> cancelled; running -> cancel requested (stopped at its next step)."""
+        job_id = _job_id(job_id)
         with self._write() as db:
             job = self._get_locked(db, job_id)
             if job.state == "queued":
@@ -310,6 +360,7 @@ class QueueStore:
 
     def retry(self, job_id: int) -> Job:
         """failed/cancelled -> queued (it resumes from its checkpoint when it has one)."""
+        job_id = _job_id(job_id)
         with self._write() as db:
             job = self._get_locked(db, job_id)
             if job.state not in ("failed", "cancelled"):
@@ -320,6 +371,7 @@ class QueueStore:
         return self.get(job_id)
 
     def set_priority(self, job_id: int, priority: int) -> Job:
+        job_id = _job_id(job_id)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise QueueError(f"priority {priority!r} must be a whole number")
         with self._write() as db:
@@ -408,7 +460,7 @@ class QueueStore:
 
     def record_group(self, group: int, ranks: list[int], devices: list[str] | None = None,
                      *, outcome: str | None = None, busy_s: float = 0.0,
-                     bytes_exchanged: int = 0) -> None:
+                     bytes_exchanged: int = 0, iterations: int = 0) -> None:
         """Create or add to one group's accounting row."""
         with self._write() as db:
             db.execute("INSERT OR IGNORE INTO groups (grp, ranks) VALUES (?, ?)",
@@ -421,5 +473,5 @@ class QueueStore:
             if column:
                 db.execute(f"UPDATE groups SET {column}={column}+1 WHERE grp=?", (group,))
             db.execute("UPDATE groups SET busy_s=busy_s+?, bytes_exchanged=bytes_exchanged+?, "
-                       "updated=? WHERE grp=?", (busy_s, int(bytes_exchanged), time.time(),
-                                                  group))
+                       "iterations=iterations+?, updated=? WHERE grp=?",
+                       (busy_s, int(bytes_exchanged), int(iterations), time.time(), group))

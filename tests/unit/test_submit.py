@@ -163,3 +163,43 @@ def test_scheduler_refuses(config, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(PtychompiError, match=r"exit 1.*invalid account"):
         submit_cli(_args(config, "slurm"))
+
+
+# ----------------------------------------------------------------- issue 21, item 6
+@pytest.mark.parametrize("sched", ["slurm", "pbs"])
+def test_newline_in_config_name_is_refused(tmp_path, monkeypatch, sched):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "x\ntouch INJ\n.yaml"
+    evil.write_text("output:\n  directory: out\n")
+    with pytest.raises(PtychompiError, match="control character") as exc:
+        render_job(evil, sched, 1, 1, "00:10:00")
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("sched", ["slurm", "pbs"])
+@pytest.mark.parametrize("name", ["$(touch INJ).yaml", "a'b;touch INJ;'.yaml", "`touch INJ`.yaml",
+                                  "x\"; touch INJ; \".yaml"])
+def test_shell_characters_in_config_name_stay_text(tmp_path, monkeypatch, sched, name):
+    """The rendered script runs (fake launcher and ptychompi): no command from the name runs
+    and ptychompi gets the exact path."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / name
+    cfg.write_text("output:\n  directory: out\n")
+    text = render_job(cfg, sched, 1, 1, "00:10:00", setup="true")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    got = tmp_path / "argv.txt"
+    for tool in ("srun", "mpiexec"):  # drop the launcher's own options, run the rest
+        (bindir / tool).write_text('#!/bin/bash\nwhile [[ "$1" == -* ]]; do shift; '
+                                   '[[ "$1" =~ ^[0-9]+$ ]] && shift; done\nexec "$@"\n')
+    (bindir / "ptychompi").write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > "{got}"\n')
+    for tool in bindir.iterdir():
+        tool.chmod(0o755)
+    script = tmp_path / "job.sh"
+    script.write_text(text)
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "INJ").exists()
+    assert got.read_text().splitlines() == ["run", str(cfg)]

@@ -1,0 +1,75 @@
+"""SIGINT and SIGTERM during a run: a signal to any one rank ends every rank within seconds.
+
+On one rank the signal becomes :class:`Interrupted`, which the command line reports as one
+line. On several ranks the signalled rank prints that line and calls ``MPI_Abort``, which ends
+the whole job: the other ranks may be waiting in a collective for it and would otherwise wait
+forever. When every rank receives the signal (Ctrl-C on ``mpiexec``), rank 0 speaks and aborts
+at once while the others wait a moment first, so the line appears once. Checkpoints and
+results are written to temporary names and renamed, so an abort never leaves a torn file; the
+next run in the folder removes the temporaries.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Interrupted", "install", "message"]
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: how long ranks other than 0 wait before speaking, so that rank 0 speaks alone when every
+#: rank was signalled (its abort ends them first)
+OTHER_RANK_DELAY_S = 1.5
+ABORT_GRACE_S = 0.3
+
+
+class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt
+    """A run stopped by a signal (one rank)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def message(signum: int, rank: int | None = None) -> str:
+    """The one line printed for a signal."""
+    where = f" on rank {rank}" if rank is not None else ""
+    return (f"ptychompi: interrupted by {signal.Signals(signum).name}{where}; the last "
+            "checkpoint is kept (continue with --resume)")
+
+
+def install(comm: Any | None) -> Callable[[], None]:
+    """Handle SIGINT/SIGTERM for a run on ``comm`` (None: one rank); returns the undo."""
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    several = comm is not None and comm.Get_size() > 1
+
+    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal API
+        if not several:
+            raise Interrupted(signum)
+        rank = comm.Get_rank()
+        for s in SIGNALS:  # a second signal must not interrupt the abort
+            signal.signal(s, signal.SIG_IGN)
+        if rank != 0:
+            time.sleep(OTHER_RANK_DELAY_S)
+        print(message(signum, rank), file=sys.stderr, flush=True)
+        time.sleep(ABORT_GRACE_S)  # let mpiexec forward the line before the job ends
+        comm.Abort(128 + signum)
+
+    try:
+        for s in SIGNALS:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread (an embedding application): leave them alone
+        return lambda: None
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    return restore

@@ -1,0 +1,119 @@
+"""The offline GPU check's pieces, on a machine without a GPU: the engine benchmark at tiny
+sizes on the CPU, gpu.sh stopping with one clear line where there is no GPU (or no carried
+wheels), and the hdf5plugin wheel trim."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import wheel_trim  # noqa: E402
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PMI_", "HYDRA_", "OMPI_", "PTYCHOMPI_DEVICE"))}
+    env.update(PTYCHOMPI_WORKERS="1", PYTHON=sys.executable, **extra)
+    return env
+
+
+def test_engine_benchmark_small_on_cpu_writes_rows_and_table(tmp_path: Path) -> None:
+    out, md = tmp_path / "e.json", tmp_path / "e.md"
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_engines.py"), "--device", "cpu",
+                           "--small", "--iterations", "2", "--warmup", "1", "--json", str(out),
+                           "--table", str(md)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180, env=_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [(r["engine"], r["n_frames"], r["frame"]) for r in rows] == [
+        (e, n, m) for n, m in ((16, 32), (36, 16)) for e in ("epie", "dm", "lsqml")]
+    for r in rows:
+        assert r["iterations"] == 2 and r["warmup"] == 1 and r["ranks"] == 1
+        assert r["frames_per_second"] == pytest.approx(r["n_frames"] /
+                                                       r["seconds_per_iteration"])
+        assert r["ratio_to_floor"] == pytest.approx(r["seconds_per_iteration"] /
+                                                    r["fft_floor_s"])
+        assert 0 < r["error_last"] < r["error_first"]  # the simulated data reconstruct
+    table = md.read_text().splitlines()
+    assert len(table) == 2 + len(rows) and table[0].startswith("| size |")
+
+
+def _gpu_sh(tmp_path: Path, **extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path / "out"
+    env = _env(OUT=str(out), CUDA_VISIBLE_DEVICES="", PTYCHOMPI_GPU_SKIP_MPI="1", **extra)
+    proc = subprocess.run(["bash", str(BENCH / "gpu.sh")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=180, env=env)
+    return proc, out
+
+
+def test_gpu_sh_without_a_gpu_says_so_in_one_line_and_exits_3(tmp_path: Path) -> None:
+    proc, out = _gpu_sh(tmp_path, PTYCHOMPI_GPU_SKIP_INSTALL="1")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("gpu.sh:")]
+    assert len(lines) == 1 and lines[0].startswith("gpu.sh: no GPU present ("), proc.stdout
+    stages = [ln.split("\t") for ln in (out / "gpu_stages.tsv").read_text().splitlines()[1:]]
+    assert [s[0] for s in stages] == ["install", "import", "mpi", "gpu"]
+    assert stages[1][1] == "0" and stages[3][1] == "3"
+    assert "ptychompi" in (out / "gpu_env.txt").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.log", "gpu_env.txt",
+                                                     "gpu_stages.tsv"]
+
+
+def test_gpu_sh_without_carried_wheels_exits_4_before_pip(tmp_path: Path) -> None:
+    proc, out = _gpu_sh(tmp_path, PTYCHOMPI_WHEELS=str(tmp_path / "none"))
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "gpu_install: no wheels in" in proc.stdout
+    assert "gpu.sh: the offline install failed" in proc.stdout
+
+
+def _fake_hdf5plugin_wheel(path: Path) -> None:
+    files = {
+        "hdf5plugin/__init__.py": b"",
+        "hdf5plugin/_config.py": (b"build_config = dict(**{'native': False, 'embedded_filters'"
+                                  b": ('blosc', 'blosc2', 'bshuf', 'lz4', 'sz', 'sz3', 'zstd')})"
+                                  b"\n"),
+        **{f"hdf5plugin/plugins/libh5{n}.so": n.encode() * 100
+           for n in ("blosc", "blosc2", "bshuf", "lz4", "sz", "sz3", "zstd")},
+    }
+    record = "".join(f"{n},sha256=x,{len(d)}\n" for n, d in files.items())
+    record += "hdf5plugin-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        z.writestr("hdf5plugin-1.0.dist-info/RECORD", record)
+
+
+def test_wheel_trim_keeps_the_named_filters_with_a_valid_record(tmp_path: Path) -> None:
+    whl = tmp_path / "hdf5plugin-1.0-py3-none-any.whl"
+    _fake_hdf5plugin_wheel(whl)
+    dropped = wheel_trim.trim(whl, whl, ("lz4", "bshuf", "zstd", "blosc"))
+    assert dropped == ["blosc2", "sz", "sz3"]
+    with zipfile.ZipFile(whl) as z:
+        names = set(z.namelist())
+        plugins = sorted(wheel_trim.plugin_name(n) for n in names if wheel_trim.plugin_name(n))
+        assert plugins == ["blosc", "bshuf", "lz4", "zstd"]
+        config = z.read("hdf5plugin/_config.py").decode()
+        assert "'embedded_filters': ('blosc', 'bshuf', 'lz4', 'zstd', )" in config
+        for line in z.read("hdf5plugin-1.0.dist-info/RECORD").decode().splitlines():
+            name, digest, size = line.split(",")
+            if name.endswith("RECORD"):
+                continue
+            data = z.read(name)
+            expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            assert digest == "sha256=" + expected.decode() and int(size) == len(data)
+        assert {ln.split(",")[0] for ln in z.read("hdf5plugin-1.0.dist-info/RECORD")
+                .decode().splitlines()} == names
+    with pytest.raises(ValueError, match="has no zfp filter"):
+        wheel_trim.trim(whl, tmp_path / "x.whl", ("zfp",))
