@@ -94,6 +94,10 @@ class AlgorithmConfig:
         "this size for the starting probe (null = back-propagated, in focus)", low=0.0)
     alpha: float = opt(1.0, "ePIE object step size", low=0.0)
     beta: float = opt(1.0, "ePIE probe step size", low=0.0)
+    rpie_weight: float = opt(1.0, "ePIE: weight w of the peak power in rPIE's step "
+                             "denominator (1 - w)|P|² + w max|P|² (1 = classic ePIE; smaller "
+                             "steps further into the beam's tails, unstable at low doses)",
+                             low=0.0, high=1.0)
     overlap_iterations: int = opt(1, "DM: overlap-projection sweeps per iteration", low=1)
     fourier_relax: float = opt(1.0, "DM: scale of the power bound where the modulus "
                                "constraint stops (0.15 x the Poisson floor x this; 0 = strict)",

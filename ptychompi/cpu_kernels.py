@@ -487,20 +487,23 @@ def lsqml_object_direction(num: np.ndarray, illum: np.ndarray, damping: float, e
 # --------------------------------------------------------------------------- ePIE
 @_jit(_JIT)
 def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.ndarray,
-                rows: np.ndarray, cols: np.ndarray, alpha: float, psum: np.ndarray,
+                rows: np.ndarray, cols: np.ndarray, steps: np.ndarray, psum: np.ndarray,
                 store_grad: bool) -> None:
-    """ePIE's updates for a batch of non-overlapping windows.
+    """rPIE's updates (Maiden, Johnson & Li 2017) for a batch of non-overlapping windows.
 
-    With ``Δ_j = chi_j − psi_j``: ``O_j += α / max Σ_k|P_jk|² · Σ_k conj(P_jk) Δ_jk`` in place
-    (each probe row's own peak power, in working precision) and the probe gradient
-    ``g_jk = Δ_jk · conj(O_j) / max|O_j|²`` of the old object, either summed into ``psum``
-    (K modes, complex128) or, with ``store_grad``, written over ``chi``.
+    ``steps = (α, w)``. With ``Δ_j = chi_j − psi_j`` and ``|P_j|² = Σ_k|P_jk|²``:
+    ``O_j += α Σ_k conj(P_jk) Δ_jk / ((1 − w)|P_j|² + w max|P_j|²)`` in place (each probe
+    row's own power, in working precision; ``w = 1`` is ePIE's ``α / max|P_j|²``) and the
+    probe gradient ``g_jk = Δ_jk conj(O_j) / ((1 − w)|O_j|² + w max|O_j|²)`` of the old
+    object, either summed into ``psum`` (K modes, complex128) or, with ``store_grad``,
+    written over ``chi``.
 
-    Replaces the peak power, ``delta = chi − psi``, ``weight = step · probes.conj()``, the
-    mode sum, ``scatter_add_disjoint``, ``omax``, ``obj.conj() / omax`` and
+    Replaces the power, ``delta = chi − psi``, ``weight = step · probes.conj()``, the mode
+    sum, ``scatter_add_disjoint``, ``omax``, ``obj.conj() / denominator`` and
     ``delta *= scaled``.
     """
     b, kk, m0, m1 = chi.shape
+    alpha, w = steps[0], steps[1]
     shared = probes.shape[0] == 1
     accumulate = psum.shape[0] == kk
     with_probe = accumulate or store_grad
@@ -508,26 +511,17 @@ def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.nd
     upd = np.empty(m1, obj.dtype)
     scaled = np.empty(m1, obj.dtype)
     power = np.empty(m1, obj.real.dtype)
-    stepr = rdt(0)
+    step = np.empty(m1, obj.real.dtype)
+    pmax = rdt(0)
     for j in range(b):
         pj = 0 if shared else j
         r, c = rows[j], cols[j]
-        if j == 0 or not shared:  # α / max_pixels Σ_k |P_jk|² (numpy's order: modes in turn)
+        if j == 0 or not shared:  # max_pixels Σ_k |P_jk|² (numpy's order: modes in turn)
             pmax = rdt(0)
             for y in range(m0):
-                for k in range(kk):
-                    prow = probes[pj, k, y]
-                    if k == 0:
-                        for x in range(m1):
-                            p = prow[x]
-                            power[x] = p.real * p.real + p.imag * p.imag
-                    else:
-                        for x in range(m1):
-                            p = prow[x]
-                            power[x] += p.real * p.real + p.imag * p.imag
+                _mode_power(probes, pj, y, power)
                 for x in range(m1):
                     pmax = max(pmax, power[x])
-            stepr = rdt(alpha / pmax)
         omax = rdt(0)
         if with_probe:
             for y in range(m0):
@@ -537,18 +531,27 @@ def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.nd
                     omax = max(omax, o.real * o.real + o.imag * o.imag)
         for y in range(m0):
             orow = obj[r + y, c:c + m1]
+            _mode_power(probes, pj, y, power)
             for x in range(m1):
-                scaled[x] = orow[x].conjugate() / omax if with_probe else orow[x]
+                step[x] = rdt(alpha / ((1.0 - w) * power[x] + w * pmax))
+            for x in range(m1):
+                if with_probe:
+                    o = orow[x]
+                    scaled[x] = o.conjugate() / rdt((1.0 - w) * (o.real * o.real
+                                                                 + o.imag * o.imag)
+                                                    + w * omax)
+                else:
+                    scaled[x] = orow[x]
             for k in range(kk):
                 prow, crow, srow = probes[pj, k, y], chi[j, k, y], psi[j, k, y]
                 for x in range(m1):
                     crow[x] = crow[x] - srow[x]
                 if k == 0:
                     for x in range(m1):
-                        upd[x] = prow[x].conjugate() * stepr * crow[x]
+                        upd[x] = prow[x].conjugate() * step[x] * crow[x]
                 else:
                     for x in range(m1):
-                        upd[x] += prow[x].conjugate() * stepr * crow[x]
+                        upd[x] += prow[x].conjugate() * step[x] * crow[x]
                 if with_probe:
                     for x in range(m1):
                         crow[x] = crow[x] * scaled[x]
@@ -561,6 +564,21 @@ def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.nd
                         qrow[x] += crow[x]
             for x in range(m1):
                 orow[x] += upd[x]
+
+
+@_jit(_JIT)
+def _mode_power(probes: np.ndarray, pj: int, y: int, power: np.ndarray) -> None:
+    """``power[x] = Σ_k |probes[pj, k, y, x]|²`` (modes added in turn)."""
+    for k in range(probes.shape[1]):
+        prow = probes[pj, k, y]
+        if k == 0:
+            for x in range(prow.shape[0]):
+                p = prow[x]
+                power[x] = p.real * p.real + p.imag * p.imag
+        else:
+            for x in range(prow.shape[0]):
+                p = prow[x]
+                power[x] += p.real * p.real + p.imag * p.imag
 
 
 # --------------------------------------------------------------------------- scheduling

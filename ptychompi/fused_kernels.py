@@ -61,7 +61,7 @@ def _propagate(execute: Any, forward: int, backward: int, src: np.ndarray, dst: 
 def epie_positions(execute: Any, amplitudes: np.ndarray, frames: np.ndarray,
                    rows: np.ndarray, cols: np.ndarray, obj: np.ndarray, probe: np.ndarray,
                    probe_ft: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
-                   shifted: bool, alpha: float, eps: float, grad: int, forward: int,
+                   shifted: bool, steps: np.ndarray, eps: float, grad: int, forward: int,
                    backward: int, psum: np.ndarray, spec: np.ndarray, probe_j: np.ndarray,
                    psi: np.ndarray, wave: np.ndarray, chi: np.ndarray, tmp: np.ndarray,
                    transfer: np.ndarray) -> float:
@@ -70,7 +70,8 @@ def epie_positions(execute: Any, amplitudes: np.ndarray, frames: np.ndarray,
 
     ``amplitudes[frames[j]]`` is position j's measured amplitude; ``probe`` (1, K, M, M)
     the probe, or with ``shifted`` its spectrum ``probe_ft`` (K, M, M) and the positions'
-    ramps. ``grad``: 0 no probe gradient, 1 summed into ``psum`` (K, M, M) complex128,
+    ramps; ``steps``: :func:`cpu_kernels.epie_update`'s ``(α, w)``. ``grad``: 0 no probe
+    gradient, 1 summed into ``psum`` (K, M, M) complex128,
     2 its back-shifted spectrum summed there. ``spec``, ``probe_j``, ``psi``, ``wave``,
     ``chi``, ``tmp``: (1, K, M, M) aligned scratch frames.
     """
@@ -91,7 +92,7 @@ def epie_positions(execute: Any, amplitudes: np.ndarray, frames: np.ndarray,
         f = frames[j]
         err += ck.modulus_project(wave, amplitudes[f:f + 1], wave, eps)
         _propagate(execute, forward, backward, wave, chi, tmp, transfer, True, scale)
-        ck.epie_update(chi, psi, probes, obj, r, c, alpha, psum if grad == 1 else none,
+        ck.epie_update(chi, psi, probes, obj, r, c, steps, psum if grad == 1 else none,
                        grad == 2)
         if grad == 2:
             _transform(execute, forward, chi, spec, scale)
@@ -331,8 +332,8 @@ def lsqml_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, co
 
 def epie_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                obj: np.ndarray, probe: np.ndarray, probe_ft: np.ndarray | None,
-               ramps: tuple[np.ndarray, np.ndarray] | None, alpha: float, eps: float,
-               grad: str, transfer: np.ndarray | None = None
+               ramps: tuple[np.ndarray, np.ndarray] | None, steps: tuple[float, float],
+               eps: float, grad: str, transfer: np.ndarray | None = None
                ) -> tuple[float, np.ndarray | None]:
     """:func:`epie_positions` with its scratch frames: ``(error, gradient sum or None)``;
     ``grad`` is "none", "sum" or "stack" (the back-shifted sum's spectrum)."""
@@ -347,6 +348,6 @@ def epie_chunk(amplitudes: np.ndarray, frames: np.ndarray, rows: np.ndarray, col
     err = epie_positions(fftw_native.execute_dft, amplitudes, _int64(frames), _int64(rows),
                          _int64(cols), obj,
                          np.ascontiguousarray(probe)[None], np.ascontiguousarray(spectrum),
-                         rr, rc, shifted, float(alpha), float(eps), code,
+                         rr, rc, shifted, np.asarray(steps, np.float64), float(eps), code,
                          *_plans(frame), psum, *scratch, _transfer(transfer))
     return float(err), (psum if code else None)

@@ -559,37 +559,37 @@ def lsqml_step_terms(backend: Backend, chi: Any, probes: Any, obj: Any, d_obj: A
 
 
 def epie_update(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any, win: Windows,
-                alpha: float, probe_grad: str) -> Any:
-    """ePIE's object update in place and its probe gradient, for disjoint windows.
+                steps: tuple[float, float], probe_grad: str) -> Any:
+    """rPIE's object update in place and its probe gradient, for disjoint windows.
 
-    ``Δ = chi − psi``; ``O_j += α / max Σ_k|P_jk|² · Σ_k conj(P_jk) Δ_jk`` (the peak power of
-    the probe the position sees: its sub-pixel-shifted copy, or the one shared probe); the
-    gradient ``Δ_k conj(O_j) / max|O_j|²`` (old object) is returned summed over positions
-    (``probe_grad="sum"``, complex128 (K, M, M)), per position (``"stack"``, (B, K, M, M),
-    for the sub-pixel back-shift) or not at all (``"none"``). CPU: one fused kernel.
+    ``steps = (α, w)``, ``Δ = chi − psi``; ``O_j += α Σ_k conj(P_jk) Δ_jk / ((1 − w)|P_j|²
+    + w max|P_j|²)`` with ``|P_j|² = Σ_k|P_jk|²`` of the probe the position sees (its
+    sub-pixel-shifted copy, or the one shared probe; ``w = 1``: ePIE's ``α / max|P_j|²``);
+    the gradient ``Δ_k conj(O_j) / ((1 − w)|O_j|² + w max|O_j|²)`` (old object) is returned
+    summed over positions (``probe_grad="sum"``, complex128 (K, M, M)), per position
+    (``"stack"``, (B, K, M, M), for the sub-pixel back-shift) or not at all (``"none"``).
+    CPU: one fused kernel.
     """
+    alpha, w = steps
     if backend.is_gpu:
         old = extract(backend, obj, win.index)
         delta = chi - psi
         power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
-        steps = alpha / power.reshape(len(probes), -1).max(axis=1)
-        weight = steps.astype(power.dtype)[:, None, None, None] * probes.conj()
-        if weight.shape[:2] == (1, 1):  # one mode, no sub-pixel shift: one multiply
-            obj_update = delta[:, 0] * weight[0, 0]
-        else:
-            obj_update = (weight * delta).sum(axis=1)
+        peak = power.reshape(len(probes), -1).max(axis=1)[:, None, None]
+        weight = (alpha / ((1 - w) * power + w * peak)).astype(power.dtype)
+        obj_update = (weight[:, None] * probes.conj() * delta).sum(axis=1)
         scatter_add_disjoint(backend, obj, obj_update.astype(obj.dtype), win.index)
         if probe_grad == "none":
             return None
-        omax = (old.real ** 2 + old.imag ** 2).reshape(len(win), -1).max(axis=1)
-        scaled = old.conj()
-        scaled /= omax[:, None, None]
+        opower = old.real ** 2 + old.imag ** 2
+        omax = opower.reshape(len(win), -1).max(axis=1)[:, None, None]
+        scaled = old.conj() / ((1 - w) * opower + w * omax).astype(opower.dtype)
         delta *= scaled[:, None]
         return delta if probe_grad == "stack" else delta.sum(axis=0, dtype=np.complex128)
     accumulate = probe_grad == "sum"
     psum = np.zeros(chi.shape[1:] if accumulate else (0, 0, 0), dtype=np.complex128)
-    cpu_kernels.epie_update(chi, _c(psi), _c(probes), obj, win.rows, win.cols, float(alpha),
-                            psum, probe_grad == "stack")
+    cpu_kernels.epie_update(chi, _c(psi), _c(probes), obj, win.rows, win.cols,
+                            np.asarray(steps, np.float64), psum, probe_grad == "stack")
     return psum if accumulate else (chi if probe_grad == "stack" else None)
 
 

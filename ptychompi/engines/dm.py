@@ -39,24 +39,31 @@ REGULARISATION = 1e-3  # δ relative to the largest illumination / object power
 POISSON_FLOOR = 0.25  # E[(sqrt(I_measured) - sqrt(I))²] for photon counts
 PSI_CACHE_BYTES = 2 << 30  # keep sample-plane exit waves between object and probe updates
 PROBE_TABLE_BYTES = 1 << 30  # keep every distinct shifted probe of an iteration up to this
-REFINE_EARLIEST = 10  # DM's error is erratic in its first iterations
+REFINE_EARLIEST = 20  # DM's error may rise for a while as it searches, early on
 BOUND_FRACTION = 0.15  # DM's bound: this fraction of the floor × fourier_relax (measured best)
 
 
 def stall_iteration(errors: list[float], patience: int,
                     earliest: int = REFINE_EARLIEST) -> int | None:
-    """The first iteration (from ``earliest`` on) after which the error has set no new low
-    for ``patience`` iterations, or None. With noisy data DM has no fixed point: once it
-    stops improving it drifts away from the solution it found, so error reduction takes
-    over there. A function of the global error history only, so every rank, a resumed run
-    and an uninterrupted one decide alike."""
-    best, best_at = np.inf, 0
-    for i, err in enumerate(errors):
-        if err < best:
-            best, best_at = err, i
-        elif i + 1 >= earliest and i - best_at >= patience:
+    """The first iteration after which the error has set no new low for ``patience``
+    iterations, counting from iteration ``earliest`` (DM's error may rise for a while as it
+    searches, early on), or None. With noisy data DM has no fixed point: once it stops
+    improving it drifts away from the solution it found, so error reduction takes over there.
+    A function of the global error history only, so every rank, a resumed run and an
+    uninterrupted one decide alike."""
+    best_at = best_since(errors, earliest)
+    for i in range(max(earliest - 1, 0), len(errors)):
+        if errors[i] < errors[best_at]:
+            best_at = i
+        elif i - best_at >= patience:
             return i + 1
     return None
+
+
+def best_since(errors: list[float], earliest: int) -> int:
+    """The index of the first error of iteration ``earliest`` or later (the start of the
+    search for DM's best iteration)."""
+    return min(max(earliest - 1, 0), max(len(errors) - 1, 0))
 
 
 class DifferenceMap(Engine):
@@ -71,6 +78,8 @@ class DifferenceMap(Engine):
         # scan's order, whose neighbouring windows share the tile's cache lines
         shared = self.use_subpixel and self.cfg.subpixel_bins > 0
         self._by_shift = np.argsort(self.ramp_id, kind="stable") if shared else None
+        self._best: tuple[Any, Any] | None = None  # DM's object and probe of lowest error
+        self._refined = False  # error reduction has taken over
         self._reset()
 
     def _reset(self) -> None:
@@ -111,6 +120,22 @@ class DifferenceMap(Engine):
         if table is not None:
             return table, self.shift_rows(sel)
         return self.probe_set(sel, probe_ft)
+
+    def step(self) -> dict:
+        """One iteration. DM remembers its object and probe of lowest error; when error
+        reduction takes over it starts from them (DM may have drifted since)."""
+        if self.refining and not self._refined:
+            self._refined = True
+            if self._best is not None:
+                self.object, self.probe = self._best[0].copy(), self._best[1].copy()
+                self._best = None
+                self._reset()
+        metrics = super().step()
+        first = best_since(self.errors, REFINE_EARLIEST)
+        if (not self._refined and self.iteration >= REFINE_EARLIEST
+                and metrics["error"] <= min(self.errors[first:])):
+            self._best = (self.object.copy(), self.probe.copy())
+        return metrics
 
     def _iterate(self) -> float:
         for _ in range(self.cfg.overlap_iterations):
@@ -245,9 +270,18 @@ class DifferenceMap(Engine):
         return float(sum(self.map_chunks(update, len(self.rows))))
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"waves": self.waves}
+        extra = {"waves": self.waves, "refined": np.array(self._refined)}
+        if self._best is not None:
+            extra["best_object"], extra["best_probe"] = self._best
+        return extra
 
     def _restore_extra(self, state: dict[str, np.ndarray]) -> None:
+        self._refined = bool(state.get("refined", False))
+        self._best = None
+        if "best_object" in state:
+            xp, dtype = self.backend.xp, self.backend.complex_dtype
+            self._best = (xp.asarray(state["best_object"], dtype=dtype),
+                          xp.asarray(state["best_probe"], dtype=dtype))
         waves = state["waves"]
         self.waves = self.backend.empty(waves.shape, self.backend.complex_dtype)  # aligned
         self.waves[...] = self.backend.xp.asarray(waves)

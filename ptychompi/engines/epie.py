@@ -43,7 +43,7 @@ class EPIE(Engine):
         limit = self.cfg.batch_size or DEFAULT_BATCH
         order = self.rng.permutation(n)
         batches = disjoint_batches(order, self.rows, self.cols, self.data.frame, limit)
-        alpha, beta = self.cfg.alpha, self.cfg.beta
+        steps, beta = (self.cfg.alpha, self.cfg.rpie_weight), self.cfg.beta
         update_probe = self.updates_probe
         # with sub-pixel shifts the probe lives as its spectrum during the iteration: the
         # batches shift it and add their back-shifted gradients there (no transform of the
@@ -51,7 +51,7 @@ class EPIE(Engine):
         probe_ft = self.backend.fft2(self.probe) if self.use_subpixel else None
         err = 0.0
         for batch in batches:
-            err += self._update(batch, alpha, beta, update_probe, probe_ft)
+            err += self._update(batch, steps, beta, update_probe, probe_ft)
         if probe_ft is not None and update_probe:
             self.probe = self.backend.ifft2(probe_ft, overwrite=True)
         if self.schedule.share_object(self.iteration):
@@ -60,7 +60,8 @@ class EPIE(Engine):
             self.average_probe()
         return err
 
-    def _update(self, batch: np.ndarray, alpha: float, beta: float, update_probe: bool,
+    def _update(self, batch: np.ndarray, steps: tuple[float, float], beta: float,
+                update_probe: bool,
                 probe_ft: Any | None) -> float:
         """One batch of disjoint windows; on a CPU its positions are spread over the worker
         threads, each doing its positions' exit waves and updates in one pass (each window's
@@ -80,7 +81,7 @@ class EPIE(Engine):
             if self.fused:
                 return fused_kernels.epie_chunk(self.data.amplitudes, part, self.rows[part],
                                                 self.cols[part], self.object, self.probe,
-                                                probe_ft, self.ramps(part), alpha, EPS, mode,
+                                                probe_ft, self.ramps(part), steps, EPS, mode,
                                                 prop.transfer)
             win = self.windows(part)
             probes = self.probes_at(part, probe_ft)
@@ -88,7 +89,7 @@ class EPIE(Engine):
             projected, e = modulus_project(be, prop.forward(psi),
                                           self.data.amplitudes[xp.asarray(part)])
             chi = prop.backward(projected, overwrite=True)
-            grad = epie_update(be, chi, psi, probes, self.object, win, alpha, mode)
+            grad = epie_update(be, chi, psi, probes, self.object, win, steps, mode)
             if mode == "stack":  # the spectrum of the back-shifted gradients' sum
                 grad = unshift_sum(be, grad, self.ramps(part), spectrum=True, overwrite=True)
             return e, grad

@@ -273,7 +273,8 @@ def test_lsqml_object_direction(rng):
 @pytest.mark.parametrize("modes", [1, 2])
 @pytest.mark.parametrize("grad", ["none", "sum", "stack"])
 @pytest.mark.parametrize("shared", [True, False])
-def test_epie_update(rng, modes, grad, shared):
+@pytest.mark.parametrize("w", [1.0, 0.1])
+def test_epie_update(rng, modes, grad, shared, w):
     chi, psi = rand_complex(rng, (3, modes, M, M)), rand_complex(rng, (3, modes, M, M))
     probes = rand_complex(rng, (1 if shared else 3, modes, M, M))
     obj = rand_complex(rng, (H, W))
@@ -281,15 +282,18 @@ def test_epie_update(rng, modes, grad, shared):
     old = windows(obj, rows, cols)
     delta = chi - psi
     alpha = 0.3
-    peak = (np.abs(probes) ** 2).sum(axis=1).reshape(len(probes), -1).max(axis=1)
-    step = (alpha / peak)[:, None, None, None]  # each probe row's own peak power
+    power = (np.abs(probes) ** 2).sum(axis=1)
+    peak = power.reshape(len(probes), -1).max(axis=1)[:, None, None]
+    step = (alpha / ((1 - w) * power + w * peak))[:, None]  # each probe row's own power
     expected_obj = obj.copy()
     update = (step * probes.conj() * delta).sum(axis=1)
     physics.scatter_add(CPU, expected_obj, update, rows, cols)
-    omax = (np.abs(old) ** 2).reshape(3, -1).max(axis=1)
-    expected_grad = delta * (old.conj() / omax[:, None, None])[:, None]
+    opower = np.abs(old) ** 2
+    omax = opower.reshape(3, -1).max(axis=1)[:, None, None]
+    expected_grad = delta * (old.conj() / ((1 - w) * opower + w * omax))[:, None]
     psum = np.zeros((modes, M, M) if grad == "sum" else (0, 0, 0), np.complex128)
-    ck.epie_update(chi, psi, probes, obj, rows, cols, alpha, psum, grad == "stack")
+    ck.epie_update(chi, psi, probes, obj, rows, cols, np.array([alpha, w]), psum,
+                   grad == "stack")
     close(obj, expected_obj)
     if grad == "sum":
         close(psum, expected_grad.sum(axis=0))

@@ -55,12 +55,12 @@ def test_epie_chunk_equals_the_chunked_path(modes, shifted, grad):
     psi = physics.exit_waves(be, probes, expected_obj, win)
     projected, expected_err = physics.modulus_project(be, be.fft2(psi), amplitudes[frames])
     expected_grad = physics.epie_update(be, be.ifft2(projected), psi, probes, expected_obj, win,
-                                        0.7, grad)
+                                        (0.7, 0.1), grad)
     if grad == "stack":
         expected_grad = physics.unshift_sum(be, expected_grad, ramps, spectrum=True)
 
     err, grad_sum = fused_kernels.epie_chunk(amplitudes, frames, rows, cols, obj, probe,
-                                             probe_ft, ramps, 0.7, physics.EPS, grad)
+                                             probe_ft, ramps, (0.7, 0.1), physics.EPS, grad)
     assert np.array_equal(obj, expected_obj)
     assert (grad_sum is None) == (expected_grad is None)
     if grad_sum is not None:

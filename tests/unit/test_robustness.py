@@ -1,0 +1,95 @@
+"""Every engine with default settings on scans unlike the one the engines were developed on
+(:mod:`ptychompi.sim.matrix`): no NaN, no divergence, errors within bounds.
+
+CI size: 12x12 scans of 64² frames, 40 iterations; the full matrix at 20x20 of 128² is
+``benchmarks/robustness.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ptychompi.engines.dm import stall_iteration
+from ptychompi.sim.evaluate import evaluate
+from ptychompi.sim.matrix import OBJECTS, PROBES, Case, make_matrix_probe, make_scan
+
+ENGINES = ("epie", "dm", "lsqml")
+GRID, FRAME, ITERATIONS = 12, 64, 40
+# object error bounds at this size after 40 iterations (1e4 photons: Poisson noise dominates;
+# the in-focus Gaussian beam, whose far field is a few pixels wide, is the hardest probe)
+BOUND = {("pinhole", 1e6): 0.25, ("focused", 1e6): 0.30, ("gaussian", 1e6): 0.50,
+         ("pinhole", 1e4): 0.30, ("focused", 1e4): 0.40, ("gaussian", 1e4): 0.70}
+# no engine far behind LSQML at this size and iteration count; ePIE (classic steps,
+# alpha / max|P|²) lags on the focused probe, whose hot spots make its steps small elsewhere
+RATIO_TO_LSQML = {"epie": 3.0, "dm": 3.0, "lsqml": 1.0}
+RATIO_EPIE_FOCUSED = 4.0
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    """Every engine on the texture object x every probe kind x two doses."""
+    out = {}
+    for probe in PROBES:
+        for photons in (1e6, 1e4):
+            scan = make_scan(Case(probe=probe, photons=photons).scaled(GRID, FRAME))
+            for engine in ENGINES:
+                out[probe, photons, engine] = evaluate(scan, engine, ITERATIONS)
+    return out
+
+
+@pytest.mark.parametrize("probe", PROBES)
+@pytest.mark.parametrize("photons", [1e6, 1e4])
+def test_engines_converge_with_defaults(results, probe, photons):
+    rows = {e: results[probe, photons, e] for e in ENGINES}
+    for engine, row in rows.items():
+        assert row["diverged"] is None and row["finite"], f"{engine}: {row}"
+        assert row["object_error"] <= BOUND[probe, photons], f"{engine}: {row}"
+        assert row["fourier_drop"] > 1.0, f"{engine}: the error did not fall: {row}"
+    best = rows["lsqml"]["object_error"]
+    for engine, row in rows.items():
+        ratio = RATIO_EPIE_FOCUSED if (engine, probe) == ("epie", "focused") else \
+            RATIO_TO_LSQML[engine]
+        assert row["object_error"] <= ratio * best, (engine, row, best)
+
+
+@pytest.mark.parametrize("obj", [o for o in OBJECTS if o != "texture"])
+def test_every_object_kind_with_dm(obj):
+    """DM, the default engine, on the star, a weak phase object and a strong absorber."""
+    scan = make_scan(Case(object=obj).scaled(GRID, FRAME))
+    row = evaluate(scan, "dm", ITERATIONS)
+    assert row["finite"] and row["object_error"] <= 0.2, row
+
+
+@pytest.mark.parametrize("precision,modes", [("double", 1), ("single", 3)])
+def test_dm_stays_finite_in_double_precision_and_with_modes(precision, modes):
+    scan = make_scan(Case(seed=3).scaled(10, FRAME))
+    row = evaluate(scan, "dm", 30, precision=precision, probe_modes=modes)
+    assert row["finite"] and row["object_error"] <= 0.3, row
+
+
+def test_stall_iteration_is_the_first_plateau():
+    errors = [5, 4, 3, 2, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0, 1.2, 1.3, 1.1, 1.05, 1.01, 2.0, 0.5]
+    assert stall_iteration(errors, patience=5, earliest=10) == 15  # no new low after index 9
+    assert stall_iteration(errors, patience=6, earliest=10) == 16
+    assert stall_iteration(errors, patience=5, earliest=16) is None  # from 2.0: 0.5 is lower
+    assert stall_iteration(errors[:14], patience=5, earliest=10) is None
+    assert stall_iteration([3, 2, 2.5, 2.6, 2.7, 2.8, 2.9], patience=5, earliest=10) is None
+    early_low = [1.0, 3, 2.9, 2.8, 2.7, 2.6, 2.5, 2.4]  # a transient low before `earliest`
+    assert stall_iteration(early_low, patience=5, earliest=3) is None
+
+
+def test_matrix_probes_are_what_they_claim():
+    """Pinhole fringes grow with 1/Fresnel number; the focused probe carries several waves
+    of phase curvature across the beam; every probe holds the requested photons."""
+    m, d = 128, 40
+    for kind in ("pinhole", "focused", "gaussian"):
+        p = make_matrix_probe(kind, m, d, photons=1e6)[0]
+        assert np.isclose((np.abs(p) ** 2).sum(), 1e6)
+    focused = make_matrix_probe("focused", m, d)[0]
+    centre = focused[m // 2, m // 2 - 15:m // 2 + 16]
+    phase = np.unwrap(np.angle(centre))
+    assert np.ptp(phase) > 2 * np.pi * 2  # more than two waves across 30 px
+    pinhole = make_matrix_probe("pinhole", m, d, fresnel=5.0)[0]
+    outside = np.hypot(*np.mgrid[-m // 2:m // 2, -m // 2:m // 2]) > d
+    assert (np.abs(pinhole[outside]) ** 2).sum() < 0.1 * (np.abs(pinhole) ** 2).sum()
