@@ -78,6 +78,32 @@ def test_gpu_sh_without_carried_wheels_exits_4_before_pip(tmp_path: Path) -> Non
     assert "gpu.sh: the offline install failed" in proc.stdout
 
 
+def test_gpu_sh_dry_run_runs_every_stage_and_writes_eight_files(tmp_path: Path) -> None:
+    proc, out = _gpu_sh(tmp_path, PTYCHOMPI_GPU_SKIP_INSTALL="1", PTYCHOMPI_GPU_DRY="1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stages = [ln.split("\t") for ln in (out / "gpu_stages.tsv").read_text().splitlines()[1:]]
+    assert [s[0] for s in stages] == ["install", "import", "mpi", "gpu", "kernels", "engines",
+                                      "engines2", "unit"]
+    assert [s[1] for s in stages[4:]] == ["0", "0", "skipped", "0"]  # no MPI asked for
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gpu_check.log", "gpu_engines.json", "gpu_engines.md", "gpu_env.txt",
+        "gpu_kernels.log", "gpu_stages.tsv", "gpu_tests.log"]
+    rows = json.loads((out / "gpu_engines.json").read_text())["rows"]
+    assert len(rows) == 6 and all(r["frames_per_second"] > 0 for r in rows)
+    assert "passed" in (out / "gpu_tests.log").read_text()
+
+
+def test_gpu_sh_skips_stages_once_its_budget_is_spent(tmp_path: Path) -> None:
+    proc, out = _gpu_sh(tmp_path, PTYCHOMPI_GPU_SKIP_INSTALL="1", PTYCHOMPI_GPU_DRY="1",
+                        PTYCHOMPI_GPU_BUDGET="1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    stages = {ln.split("\t")[0]: ln.split("\t")[1:]
+              for ln in (out / "gpu_stages.tsv").read_text().splitlines()[1:]}
+    assert stages["import"][0] == "0"  # the gate runs whatever the budget
+    for name in ("kernels", "engines", "unit"):
+        assert stages[name][0] == "skipped" and stages[name][2] == "budget spent"
+
+
 def _fake_hdf5plugin_wheel(path: Path) -> None:
     files = {
         "hdf5plugin/__init__.py": b"",
