@@ -368,15 +368,15 @@ def test_each_rank_binds_its_own_gpu_whatever_the_group(tmp_path: Path) -> None:
     """Node-local world rank mod the visible GPUs (the group's own ranks restart at 0)."""
     code = ("import os; from mpi4py import MPI; from ptychompi.queue.dispatch import "
             "bind_devices; w = MPI.COMM_WORLD; bind_devices(w); "
-            "print(w.Get_rank(), os.environ['CUDA_VISIBLE_DEVICES'], "
-            "os.environ['PTYCHOMPI_WORKERS'], flush=True)")
+            "open(f'rank{w.Get_rank()}.txt', 'w').write(' '.join([str(w.Get_rank()), "
+            "os.environ['CUDA_VISIBLE_DEVICES'], os.environ['PTYCHOMPI_WORKERS']]))")
     env = _env()
     env.pop("PTYCHOMPI_WORKERS")
     env["CUDA_VISIBLE_DEVICES"] = "3,5"
     proc = subprocess.run([str(MPIEXEC), "-n", "3", sys.executable, "-c", code], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
-    rows = sorted(line.split() for line in proc.stdout.splitlines())
+    rows = sorted((tmp_path / f"rank{r}.txt").read_text().split() for r in range(3))
     cores = len(os.sched_getaffinity(0))
     assert rows == [["0", "3", str(max(1, cores // 3))], ["1", "5", str(max(1, cores // 3))],
                     ["2", "3", str(max(1, cores // 3))]]
