@@ -38,6 +38,7 @@ BUDGET=${PTYCHOMPI_GPU_BUDGET:-450}
 START=$SECONDS
 FAILED=0
 exec > >(tee "$OUT/gpu_check.log") 2>&1
+TEE_PID=$!
 printf 'stage\texit\tseconds\tnote\n' > "$OUT/gpu_stages.tsv"
 export PYTHONUNBUFFERED=1 OMPI_MCA_rmaps_base_oversubscribe=1
 
@@ -74,6 +75,8 @@ finish() {
     rm -f "$OUT"/*.tmp
     echo "== done in $(( SECONDS - START )) s; stages:"
     column -t -s $'\t' "$OUT/gpu_stages.tsv" 2>/dev/null || cat "$OUT/gpu_stages.tsv"
+    exec >&- 2>&-
+    wait "$TEE_PID" 2>/dev/null  # gpu_check.log complete before the machine takes $OUT
     exit "$1"
 }
 
