@@ -372,7 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for grid, frame in sizes:
         t0 = time.perf_counter()
-        scan, probe_m = simulate(dev, grid, frame)
+        try:
+            scan, probe_m = simulate(dev, grid, frame)
+        except Exception as exc:  # noqa: BLE001 - the same scan from the host, slower
+            if not dev.is_gpu:
+                raise
+            print(f"# simulation on the device failed ({type(exc).__name__}: {exc}); "
+                  "simulating on the host", file=sys.stderr, flush=True)
+            scan, probe_m = simulate(Device(np, False), grid, frame)
         dev.release()
         if rank == 0:
             print(f"# {grid}x{grid} scan of {frame}^2 frames simulated in "
