@@ -9,8 +9,8 @@
 #    whose driver or device is missing, not on a missing module.
 # 2. It checks the carried packages are absent, then installs .whl/ offline the way gpu.sh
 #    does (gpu_install.sh; .whl/ is made first by gpu_wheels.sh if it is missing).
-# 3. The CPU test suite in that environment: tests/unit, then tests/mpi on 2 ranks through
-#    the carried MPICH.
+# 3. The CPU test suite in that environment, as CI runs it: tests/unit, tests/faults, then
+#    tests/mpi on 2 ranks through the carried MPICH.
 # 4. gpu.sh itself, which must install, import, launch 2 MPI ranks and then stop with exit 3
 #    and one line "gpu.sh: no GPU present (...)".
 # 5. gpu.sh's dry run (PTYCHOMPI_GPU_DRY=1): every stage on the CPU at tiny sizes, the 2-rank
@@ -67,6 +67,11 @@ export PTYCHOMPI_DEVICE=cpu OMPI_MCA_rmaps_base_oversubscribe=1 PYTHONUNBUFFERED
     > "$LOGS/unit.log" 2>&1 \
     || fail "unit tests (tail of $LOGS/unit.log below)"
 tail -n 25 "$LOGS/unit.log"
+
+step "fault injection (log: $LOGS/faults.log)"
+timeout 600 "$PY" -m pytest -q -p no:cacheprovider tests/faults > "$LOGS/faults.log" 2>&1 \
+    || fail "fault injection (tail of $LOGS/faults.log below)"
+tail -n 3 "$LOGS/faults.log"
 
 step "MPI tests on 2 ranks (log: $LOGS/mpi.log)"
 timeout 900 mpiexec -n 2 "$PY" -m pytest -q --with-mpi -p no:cacheprovider tests/mpi \
