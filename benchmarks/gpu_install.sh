@@ -57,6 +57,10 @@ gpu_mpi_check() {  # 0 when 2 ranks start and reduce; else one line saying what 
     local wheels=${PTYCHOMPI_WHEELS:-.whl} out
     command -v mpiexec >/dev/null || { echo "gpu_mpi_check: no mpiexec"; return 1; }
     if out=$(_gpu_mpi_try); then echo "$out"; return 0; fi
+    if out=$(HYDRA_LAUNCHER=fork _gpu_mpi_try); then  # no ssh or name lookup for localhost
+        export HYDRA_LAUNCHER=fork
+        echo "$out (HYDRA_LAUNCHER=fork)"; return 0
+    fi
     echo "gpu_mpi_check: the image's mpi4py failed with the carried MPICH:" \
          "$(echo "$out" | tail -n 1); trying the carried mpi4py"
     compgen -G "$wheels/fallback/mpi4py-*.whl" >/dev/null \

@@ -9,10 +9,12 @@
 #    whose driver or device is missing, not on a missing module.
 # 2. It checks the carried packages are absent, then installs .whl/ offline the way gpu.sh
 #    does (gpu_install.sh; .whl/ is made first by gpu_wheels.sh if it is missing).
-# 3. The CPU test suite in that environment: tests/unit, then tests/mpi on 2 ranks through
-#    the carried MPICH.
+# 3. The CPU test suite in that environment, as CI runs it: tests/unit, tests/faults, then
+#    tests/mpi on 2 ranks through the carried MPICH.
 # 4. gpu.sh itself, which must install, import, launch 2 MPI ranks and then stop with exit 3
 #    and one line "gpu.sh: no GPU present (...)".
+# 5. gpu.sh's dry run (PTYCHOMPI_GPU_DRY=1): every stage on the CPU at tiny sizes, the 2-rank
+#    engine stage through the carried MPICH included; all must pass and leave 8 files.
 # Exit 0 when all of that holds. CPU heavy (the whole unit suite): run it once, not in a loop.
 #
 #   bash benchmarks/gpu_rehearsal.sh          # logs in gpu-rehearsal/ (ignored: out-style)
@@ -66,6 +68,11 @@ export PTYCHOMPI_DEVICE=cpu OMPI_MCA_rmaps_base_oversubscribe=1 PYTHONUNBUFFERED
     || fail "unit tests (tail of $LOGS/unit.log below)"
 tail -n 25 "$LOGS/unit.log"
 
+step "fault injection (log: $LOGS/faults.log)"
+timeout 600 "$PY" -m pytest -q -p no:cacheprovider tests/faults > "$LOGS/faults.log" 2>&1 \
+    || fail "fault injection (tail of $LOGS/faults.log below)"
+tail -n 3 "$LOGS/faults.log"
+
 step "MPI tests on 2 ranks (log: $LOGS/mpi.log)"
 timeout 900 mpiexec -n 2 "$PY" -m pytest -q --with-mpi -p no:cacheprovider tests/mpi \
     > "$LOGS/mpi.log" 2>&1 || fail "MPI tests (tail of $LOGS/mpi.log below)"
@@ -82,6 +89,16 @@ cat "$LOGS/gpu.log"
 [ "$(grep -c '^gpu.sh: no GPU present' "$LOGS/gpu.log")" = 1 ] \
     || fail "gpu.sh did not say 'gpu.sh: no GPU present' in one line"
 grep -q $'^mpi\t0' "$LOGS/gpu-out/gpu_stages.tsv" || fail "gpu.sh's MPI stage failed"
+
+step "gpu.sh's stages on the CPU (PTYCHOMPI_GPU_DRY=1, OUT=$LOGS/gpu-dry)"
+rm -rf "$LOGS/gpu-dry"
+PTYCHOMPI_GPU_DRY=1 PTYCHOMPI_GPU_SKIP_INSTALL=1 OUT="$LOGS/gpu-dry" PYTHON="$PY" \
+    bash benchmarks/gpu.sh > "$LOGS/gpu-dry.log" 2>&1
+rc=$?
+sed -n '/^== done/,$p' "$LOGS/gpu-dry.log"
+[ "$rc" = 0 ] || fail "gpu.sh's dry run exited $rc (log: $LOGS/gpu-dry.log)"
+n=$(find "$LOGS/gpu-dry" -type f | wc -l)
+[ "$n" = 8 ] || fail "gpu.sh's dry run left $n files, expected 8"
 
 echo
 [ "$FAIL" = 0 ] && echo "gpu_rehearsal: all steps passed" || echo "gpu_rehearsal: some steps FAILED"

@@ -257,12 +257,14 @@ class Reconstruction:
                           config_yaml=self.config.to_yaml(), provenance=prov)
 
     def save(self, path: str) -> Any:
-        """Write the result file (rank 0, atomically). Collective; returns the ResultData."""
+        """Write the result file (rank 0, atomically). Collective; returns the ResultData.
+
+        A failed write (a full disk) raises the same one-line error on every rank.
+        """
         from .io.results import write_result  # noqa: PLC0415
 
         data = self.result_data()
-        if data is not None:
-            write_result(path, data)
+        collective(self.comm, lambda: data is not None and write_result(path, data))
         return data
 
     def resume_from(self, obj: np.ndarray, probe: np.ndarray, iteration: int,

@@ -311,8 +311,19 @@ def config_from_dict(values: dict | None) -> Config:
     return cfg
 
 
+#: file and folder keys; in a config file, relative values are relative to the file's folder
+PATH_KEYS = (("data", "path"), ("data", "position_file"), ("data", "mda_file"),
+             ("preprocess", "beamstop_mask"), ("algorithm", "probe_guess"),
+             ("algorithm", "object_guess"), ("output", "directory"))
+
+
 def load_config(source: str | Path | dict | Config | None) -> Config:
-    """Load a config from a YAML file path, a dict, or pass a Config through."""
+    """Load a config from a YAML file path, a dict, or pass a Config through.
+
+    Relative paths in a file (``PATH_KEYS``: the scan, position, MDA, mask and guess files and
+    ``output.directory``) are taken relative to the file's folder, wherever the command runs;
+    in a dict they stay as given (relative to the working folder).
+    """
     if isinstance(source, Config):
         return source
     if source is None or isinstance(source, dict):
@@ -336,10 +347,12 @@ def load_config(source: str | Path | dict | Config | None) -> Config:
         raise ConfigError(f"{path} is empty; `ptychompi config --defaults > {path.name}` writes "
                           "every key with its default")
     cfg = config_from_dict(values)
-    if cfg.data.path is not None and not Path(cfg.data.path).is_absolute():
-        resolved = path.parent / cfg.data.path
-        if resolved.exists() or not Path(cfg.data.path).exists():
-            cfg.data.path = str(resolved)
+    base = path.absolute().parent
+    for section, key in PATH_KEYS:  # one rule: relative to the config file's folder
+        node = getattr(cfg, section)
+        value = getattr(node, key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            setattr(node, key, str(base / value))
     return cfg
 
 

@@ -139,10 +139,15 @@ def _finish(recon: Reconstruction, out: Path, stem: str | None) -> dict:
                                  "no partial file is left: free space and continue from the "
                                  "last checkpoint with --resume") from None
         written.append(str(out / "result.h5"))
-        for fmt in cfg.output.formats:
-            if fmt != "hdf5":
+        todo = [fmt for fmt in cfg.output.formats if fmt != "hdf5"]
+        for i, fmt in enumerate(todo):
+            try:
                 written.extend(export_arrays(data.object, data.probe, data.pixel_size, fmt,
                                              str(out), stem or "result"))
+            except PtychompiError as exc:
+                raise PtychompiError(
+                    f"{exc} (result.h5 is complete): `ptychompi export {out / 'result.h5'} "
+                    f"--to FORMAT` for {', '.join(todo[i:])}") from None
 
     collective(recon.comm, write)
     if data is None:
@@ -247,7 +252,8 @@ def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
     every = cfg.output.checkpoint_every
     from .live import LiveWriter  # noqa: PLC0415
 
-    live = LiveWriter(out, cfg.output.live_every, total, rank)
+    # rank 0 creates live/ (a full disk fails here): agreed, so no rank waits alone
+    live = collective(comm_arg, LiveWriter, out, cfg.output.live_every, total, rank)
     t0 = time.perf_counter()
     try:
         while recon.iteration < total:
@@ -261,7 +267,7 @@ def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
                 try:
                     live.update(recon)  # collective: assembles the object
                 except OSError as exc:  # rank 0's optional files: the run goes on
-                    log.warning("live snapshot not written (%s)", exc.strerror or exc)
+                    log.warning("live snapshot not written (%s)", os_reason(exc))
     except PtychompiError as exc:
         progress.close()
         live.finish(recon, "failed")

@@ -254,7 +254,7 @@ def export_arrays(obj: np.ndarray, probe: np.ndarray, pixel_size: float, to: str
         raise PtychompiError(
             f"cannot write the {to} export {failed} ({os_reason(exc)}); the files "
             f"written before it are complete and no partial file is left: free space and "
-            f"run `ptychompi export RESULT --to {to}`") from None
+            f"export again") from None
     return [str(p) for p in written]
 
 

@@ -136,7 +136,8 @@ class Coordinator:
             self.say(f"job {job.id} ({job.name}) {job.state} on group {group} after "
                      f"{job.iteration} iterations in {wall or 0:.1f} s{detail}")
             self.idle.append(group)
-        self._dispatch()
+        if kind != "progress":
+            self._dispatch()
 
     def _dispatch(self) -> None:
         while self.idle:

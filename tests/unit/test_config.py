@@ -26,7 +26,9 @@ def test_cli_prints_defaults_that_load_back(tmp_path):
                          check=True).stdout
     path = tmp_path / "d.yaml"
     path.write_text(out)
-    assert load_config(path) == Config()
+    expected = Config()
+    expected.output.directory = str(tmp_path / "out")  # relative: to the file's folder
+    assert load_config(path) == expected
     check = subprocess.run([str(exe), "config", "--check", str(path)], capture_output=True,
                            text=True)
     assert check.returncode == 0 and "valid" in check.stdout
@@ -85,3 +87,19 @@ def test_overrides_are_validated():
         apply_overrides(Config(), ["algorithm.iteratons=5"])
     with pytest.raises(ConfigError, match="section.key=value"):
         apply_overrides(Config(), ["iterations"])
+
+
+def test_relative_paths_follow_the_config_file_not_the_working_folder(tmp_path, monkeypatch):
+    """Issue 21: one rule for every path key (data.path and output.directory used to differ)."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    path = folder / "scan.yaml"
+    path.write_text("data: {path: scan.cxi, position_file: pos.csv}\n"
+                    "algorithm: {probe_guess: ../p.npy}\noutput: {directory: out}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(Path("configs/scan.yaml"))
+    assert cfg.data.path == str(folder / "scan.cxi")
+    assert cfg.data.position_file == str(folder / "pos.csv")
+    assert cfg.algorithm.probe_guess == str(folder / ".." / "p.npy")
+    assert cfg.output.directory == str(folder / "out")
+    assert load_config({"output": {"directory": "out"}}).output.directory == "out"

@@ -10,9 +10,11 @@ import json
 import os
 import subprocess
 import sys
+import types
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +52,67 @@ def test_engine_benchmark_small_on_cpu_writes_rows_and_table(tmp_path: Path) -> 
     assert len(table) == 2 + len(rows) and table[0].startswith("| size |")
 
 
+class _FakeCupy(types.ModuleType):
+    """numpy under the CuPy names gpu_engines.py uses (pool, runtime, plan cache)."""
+
+    def __init__(self) -> None:
+        super().__init__("fake_cupy")
+        self.__version__ = "0-fake"
+        self.total = 0
+        pool = types.SimpleNamespace(total_bytes=lambda: self.total, free_all_blocks=lambda: None)
+        self.get_default_memory_pool = lambda: pool
+        runtime = types.SimpleNamespace(
+            getDeviceCount=lambda: 1, memGetInfo=lambda: (60 << 30, 80 << 30),
+            getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 80 << 30},
+            runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000)
+        device = types.SimpleNamespace(synchronize=lambda: None, id=0)
+        stream = types.SimpleNamespace(synchronize=lambda: None)
+        self.cuda = types.SimpleNamespace(runtime=runtime, Device=lambda *a: device,
+                                          get_current_stream=lambda: stream)
+        self.fft = types.SimpleNamespace(
+            **{n: getattr(np.fft, n) for n in ("fft2", "ifft2", "fftfreq", "fftshift",
+                                               "rfft2", "irfft2")},
+            config=types.SimpleNamespace(get_plan_cache=lambda: types.SimpleNamespace(
+                clear=lambda: None)))
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+    @staticmethod
+    def asnumpy(a):
+        return np.asarray(a)
+
+
+def test_engine_benchmark_gpu_branches_with_a_numpy_cupy(monkeypatch, tmp_path: Path) -> None:
+    """The script's own GPU-only code (device simulation, cuFFT floor, memory probes, table)
+    with numpy playing CuPy and the engines' GPU branches on it, as in test_gpu_paths."""
+    import gpu_engines  # noqa: PLC0415
+
+    import ptychompi.api as api  # noqa: PLC0415
+    import ptychompi.kernels as kernels  # noqa: PLC0415
+    from ptychompi import physics  # noqa: PLC0415
+    from ptychompi.backend import Backend  # noqa: PLC0415
+
+    fake = _FakeCupy()
+    cpu = Backend(np, "cpu", None, 1)
+    monkeypatch.setattr(kernels, "scatter_add_gpu", lambda t, v, r, c: physics.scatter_add(
+        cpu, t, np.ascontiguousarray(v).astype(t.dtype), r, c))
+    monkeypatch.setattr(kernels, "modulus_project_gpu", lambda w, a, in_place=True:
+                        physics.modulus_project(cpu, w, a, in_place=in_place))
+    monkeypatch.setattr(api, "select_backend", lambda *a, **k: Backend(fake, "gpu", 0, 1))
+    monkeypatch.setattr(gpu_engines, "open_device", lambda name: gpu_engines.Device(fake, True))
+    out, md = tmp_path / "g.json", tmp_path / "g.md"
+    assert gpu_engines.main(["--device", "gpu", "--small", "--iterations", "2", "--warmup",
+                             "1", "--json", str(out), "--table", str(md)]) == 0
+    data = json.loads(out.read_text())
+    assert data["info"]["gpu"] == "Fake GPU" and data["info"]["cupy"] == "0-fake"
+    assert len(data["rows"]) == 6
+    for r in data["rows"]:
+        assert r["device_used_peak_bytes"] == 20 << 30 and r["pool_peak_bytes_per_rank"] == [0]
+        assert 0 < r["error_last"] < r["error_first"]
+    assert "| 20.00 |" in md.read_text()
+
+
 def _gpu_sh(tmp_path: Path, **extra: str) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path / "out"
     env = _env(OUT=str(out), CUDA_VISIBLE_DEVICES="", PTYCHOMPI_GPU_SKIP_MPI="1", **extra)
@@ -76,6 +139,32 @@ def test_gpu_sh_without_carried_wheels_exits_4_before_pip(tmp_path: Path) -> Non
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "gpu_install: no wheels in" in proc.stdout
     assert "gpu.sh: the offline install failed" in proc.stdout
+
+
+def test_gpu_sh_dry_run_runs_every_stage_and_writes_eight_files(tmp_path: Path) -> None:
+    proc, out = _gpu_sh(tmp_path, PTYCHOMPI_GPU_SKIP_INSTALL="1", PTYCHOMPI_GPU_DRY="1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stages = [ln.split("\t") for ln in (out / "gpu_stages.tsv").read_text().splitlines()[1:]]
+    assert [s[0] for s in stages] == ["install", "import", "mpi", "gpu", "kernels", "engines",
+                                      "engines2", "unit"]
+    assert [s[1] for s in stages[4:]] == ["0", "0", "skipped", "0"]  # no MPI asked for
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gpu_check.log", "gpu_engines.json", "gpu_engines.md", "gpu_env.txt",
+        "gpu_kernels.log", "gpu_stages.tsv", "gpu_tests.log"]
+    rows = json.loads((out / "gpu_engines.json").read_text())["rows"]
+    assert len(rows) == 6 and all(r["frames_per_second"] > 0 for r in rows)
+    assert "passed" in (out / "gpu_tests.log").read_text()
+
+
+def test_gpu_sh_skips_stages_once_its_budget_is_spent(tmp_path: Path) -> None:
+    proc, out = _gpu_sh(tmp_path, PTYCHOMPI_GPU_SKIP_INSTALL="1", PTYCHOMPI_GPU_DRY="1",
+                        PTYCHOMPI_GPU_BUDGET="1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    stages = {ln.split("\t")[0]: ln.split("\t")[1:]
+              for ln in (out / "gpu_stages.tsv").read_text().splitlines()[1:]}
+    assert stages["import"][0] == "0"  # the gate runs whatever the budget
+    for name in ("kernels", "engines", "unit"):
+        assert stages[name][0] == "skipped" and stages[name][2] == "budget spent"
 
 
 def _fake_hdf5plugin_wheel(path: Path) -> None:

@@ -133,6 +133,27 @@ def test_signal_to_one_rank_ends_the_job(tmp_path, scan, rank, signum):
         assert f["provenance"].attrs["checkpoint_iteration"] >= 2
 
 
+def test_ctrl_c_on_mpiexec_says_it_once(tmp_path, scan):
+    """Item 14: every rank receives the signal; the line appears once."""
+    cfg = config(tmp_path, scan, 100_000)
+    proc = subprocess.Popen([str(MPIEXEC), "-n", "2", str(PTYCHOMPI), "run", str(cfg),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(), start_new_session=True)
+    try:
+        ckpt = tmp_path / "out" / "checkpoint.h5"
+        deadline = time.monotonic() + 60
+        while not ckpt.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)  # mpiexec forwards it to every rank
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert len(error_lines(stderr)) == 1 and "interrupted by SIGINT" in stderr, stderr
+
+
 # ------------------------------------------------------------------ item 4
 def test_second_run_into_a_locked_folder_names_the_holder(tmp_path, scan):
     cfg = config(tmp_path, scan, 100_000, every=0)

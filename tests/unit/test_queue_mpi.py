@@ -368,15 +368,84 @@ def test_each_rank_binds_its_own_gpu_whatever_the_group(tmp_path: Path) -> None:
     """Node-local world rank mod the visible GPUs (the group's own ranks restart at 0)."""
     code = ("import os; from mpi4py import MPI; from ptychompi.queue.dispatch import "
             "bind_devices; w = MPI.COMM_WORLD; bind_devices(w); "
-            "print(w.Get_rank(), os.environ['CUDA_VISIBLE_DEVICES'], "
-            "os.environ['PTYCHOMPI_WORKERS'], flush=True)")
+            "open(f'rank{w.Get_rank()}.txt', 'w').write(' '.join([str(w.Get_rank()), "
+            "os.environ['CUDA_VISIBLE_DEVICES'], os.environ['PTYCHOMPI_WORKERS']]))")
     env = _env()
     env.pop("PTYCHOMPI_WORKERS")
     env["CUDA_VISIBLE_DEVICES"] = "3,5"
     proc = subprocess.run([str(MPIEXEC), "-n", "3", sys.executable, "-c", code], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
-    rows = sorted(line.split() for line in proc.stdout.splitlines())
+    rows = sorted((tmp_path / f"rank{r}.txt").read_text().split() for r in range(3))
     cores = len(os.sched_getaffinity(0))
     assert rows == [["0", "3", str(max(1, cores // 3))], ["1", "5", str(max(1, cores // 3))],
                     ["2", "3", str(max(1, cores // 3))]]
+
+
+DRIVER = """
+import sys
+from mpi4py import MPI
+import ptychompi.api as api
+
+RANKS = {ranks}
+original = api.Reconstruction.step
+
+def step(self, n=1):
+    if ("boom" in str(self.config.data.path) and self.iteration == 2
+            and MPI.COMM_WORLD.Get_rank() in RANKS):
+        raise RuntimeError("injected failure")
+    return original(self, n)
+
+api.Reconstruction.step = step
+from ptychompi.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _boom_queue(tmp: Path, scans: dict) -> Path:
+    boom = tmp / "boom.cxi"
+    boom.symlink_to(scans["good"])
+    folder = tmp / "queue"
+    with QueueStore(folder, create=True) as store:
+        store.add(_config(scans, path=boom), name="boom")
+        store.add(_config(scans), name="good")
+    return folder
+
+
+def test_fault_inside_a_collective_ends_the_queue_and_a_restart_goes_on(
+        tmp_path: Path, scans: dict) -> None:
+    folder = _boom_queue(tmp_path, scans)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(ranks="{1}"))  # one member of the group of two fails
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(driver), "queue", "run", str(folder),
+           "--ranks-per-job", "2", "--max-attempts", "1", "--quiet"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=90,
+                          env=_env())
+    assert proc.returncode != 0
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("ptychompi: error")] == [
+        "ptychompi: error on rank 1: RuntimeError: injected failure"], proc.stderr
+    with QueueStore(folder) as store:
+        assert [(j.name, j.state) for j in store.jobs()] == [("boom", "running"),
+                                                             ("good", "queued")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=90,
+                          env=_env())
+    assert proc.returncode == 0, proc.stderr
+    with QueueStore(folder) as store:
+        jobs = {j.name: j for j in store.jobs()}
+    assert jobs["boom"].state == "failed" and "ended 1 times" in jobs["boom"].error
+    assert jobs["good"].state == "done" and jobs["good"].attempts == 1
+
+
+def test_exception_in_a_group_of_one_fails_only_its_job(tmp_path: Path, scans: dict) -> None:
+    folder = _boom_queue(tmp_path, scans)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(ranks="{0, 1}"))
+    proc = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, str(driver), "queue", "run",
+                           str(folder), "--quiet"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=90, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    with QueueStore(folder) as store:
+        jobs = {j.name: j for j in store.jobs()}
+    assert jobs["boom"].state == "failed" and jobs["boom"].iteration == 2
+    assert jobs["boom"].error == "RuntimeError: injected failure"
+    assert jobs["good"].state == "done"

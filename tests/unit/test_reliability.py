@@ -242,3 +242,15 @@ def test_api_after_close_is_a_clear_error(tmp_path, scan):
                  lambda: recon.save(str(tmp_path / "r.h5"))):
         with pytest.raises(PtychompiError, match="closed"):
             call()
+
+
+def test_api_save_that_fails_is_one_line(tmp_path, scan):
+    from ptychompi.api import Reconstruction
+    from ptychompi.errors import PtychompiError
+
+    with Reconstruction(yaml.safe_load(config(tmp_path, scan).read_text())) as recon:
+        recon.step()
+        with pytest.raises(PtychompiError, match="r.h5") as info:
+            recon.save(str(tmp_path / "missing" / "r.h5"))
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.rglob("*.tmp-*"))
