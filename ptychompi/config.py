@@ -91,7 +91,8 @@ class AlgorithmConfig:
     object_guess: str | None = opt(None, "starting object: .npy, .h5 or ptychopy .csv")
     probe_diameter_m: float | None = opt(
         None, "nominal beam diameter: the data's mean far-field amplitude is defocused to "
-        "this size for the starting probe (null = back-propagated, in focus)", low=0.0)
+        "this size for the starting probe (null = the diameter the data show, far field)",
+        low=0.0)
     alpha: float = opt(1.0, "ePIE object step size", low=0.0)
     beta: float = opt(1.0, "ePIE probe step size", low=0.0)
     rpie_weight: float = opt(1.0, "ePIE: weight w of the peak power in rPIE's step "
@@ -105,7 +106,8 @@ class AlgorithmConfig:
     dm_refine_from: int | None = opt(50, "DM: from this iteration on, alternating projections "
                                      "(strict modulus) refine DM's result (null = never)", low=0)
     dm_refine_patience: int | None = opt(5, "DM: refine (as dm_refine_from) as soon as DM's "
-                                         "error has set no new low for this many iterations "
+                                         "error has set no new low for this many iterations, "
+                                         "counted from iteration 20, starting from DM's best "
                                          "(null = only from dm_refine_from)", low=1)
     noise_model: str = opt("gaussian", "LSQML noise model", choices=("gaussian", "poisson"))
     object_amplitude_min: float | None = opt(None, "clip object amplitude below", low=0.0)
