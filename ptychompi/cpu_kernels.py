@@ -531,17 +531,22 @@ def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.nd
                     omax = max(omax, o.real * o.real + o.imag * o.imag)
         for y in range(m0):
             orow = obj[r + y, c:c + m1]
-            _mode_power(probes, pj, y, power)
+            if w == 1.0:  # classic ePIE: one step per position
+                step[:] = rdt(alpha / pmax)
+            else:
+                _mode_power(probes, pj, y, power)
+                for x in range(m1):
+                    step[x] = rdt(alpha / ((1.0 - w) * power[x] + w * pmax))
             for x in range(m1):
-                step[x] = rdt(alpha / ((1.0 - w) * power[x] + w * pmax))
-            for x in range(m1):
-                if with_probe:
+                if not with_probe:
+                    scaled[x] = orow[x]
+                elif w == 1.0:
+                    scaled[x] = orow[x].conjugate() / omax
+                else:
                     o = orow[x]
                     scaled[x] = o.conjugate() / rdt((1.0 - w) * (o.real * o.real
                                                                  + o.imag * o.imag)
                                                     + w * omax)
-                else:
-                    scaled[x] = orow[x]
             for k in range(kk):
                 prow, crow, srow = probes[pj, k, y], chi[j, k, y], psi[j, k, y]
                 for x in range(m1):

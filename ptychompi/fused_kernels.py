@@ -196,7 +196,8 @@ def dm_probe_runs(execute: Any, execute_r2c: Any, plan: int, plan_r2c: int,
     ``Σ conj(O_j) values_j`` and ``Σ |O_j|²`` in double precision
     (:func:`cpu_kernels.conj_window_products`), transformed (complex and real-to-half, in
     double precision) and back-shifted into the spectra ``num`` (K, M, M) and ``den``
-    (1, M, M//2 + 1). ``acc`` (1, K + 1, M, M), ``spec`` (1, K, M, M), ``half``
+    (1, M, M//2 + 1) (none when ``den`` is empty and ``acc`` holds K modes). ``acc``
+    (1, K + 1, M, M), ``spec`` (1, K, M, M), ``half``
     (1, 1, M, M//2 + 1) complex128 and ``power`` (M, M) float64: aligned scratch."""
     b, kk, m0, m1 = values.shape
     hw = half.shape[3]
@@ -209,6 +210,8 @@ def dm_probe_runs(execute: Any, execute_r2c: Any, plan: int, plan_r2c: int,
         ck.conj_window_products(values[start:stop], obj, rows[start:stop], cols[start:stop],
                                 slot[start:stop], acc)
         unshift_runs(execute, plan, acc[:, :kk], ramp_r[q:q + 1], ramp_c[q:q + 1], num, spec)
+        if den.shape[0] == 0:  # the numerator only
+            continue
         for y in range(m0):
             src, dst = acc[0, kk, y], power[y]
             for x in range(m1):
@@ -222,15 +225,16 @@ def dm_probe_runs(execute: Any, execute_r2c: Any, plan: int, plan_r2c: int,
 
 
 def dm_probe_chunk(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                   ramps: tuple[np.ndarray, np.ndarray], runs: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   ramps: tuple[np.ndarray, np.ndarray], runs: np.ndarray,
+                   with_power: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`dm_probe_runs` with its scratch: the spectra ``(num, den)`` that
-    :func:`physics.shifted_probe_terms` returns (``ramps``: each run's)."""
+    :func:`physics.shifted_probe_terms` returns (``ramps``: each run's; ``den`` None without
+    ``with_power``)."""
     b, kk, m0, m1 = values.shape
     frame, hw = (m0, m1), m1 // 2 + 1
     num = np.zeros((kk, m0, m1), np.complex128)
-    den = np.zeros((1, m0, hw), np.complex128)
-    acc = fftw.empty_aligned((1, kk + 1, m0, m1), np.complex128)
+    den = np.zeros((1 if with_power else 0, m0, hw), np.complex128)
+    acc = fftw.empty_aligned((1, kk + int(with_power), m0, m1), np.complex128)
     spec = fftw.empty_aligned((1, kk, m0, m1), np.complex128)
     half = fftw.empty_aligned((1, 1, m0, hw), np.complex128)
     power = fftw.empty_aligned(frame, np.float64)
@@ -240,7 +244,7 @@ def dm_probe_chunk(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: 
                   np.ascontiguousarray(values), obj, _int64(rows), _int64(cols), _int64(runs),
                   np.ascontiguousarray(ramps[0]), np.ascontiguousarray(ramps[1]), num, den,
                   acc, spec, power, half)
-    return num, den[0]
+    return num, (den[0] if with_power else None)
 
 
 def dm_fourier_chunk(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,

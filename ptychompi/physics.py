@@ -455,11 +455,12 @@ def conj_object_products(backend: Backend, values: Any, obj: Any, win: Windows,
 
 
 def shifted_probe_terms(backend: Backend, values: Any, obj: Any, win: Windows,
-                        ramps: tuple[Any, Any], runs: np.ndarray | None = None
-                        ) -> tuple[Any, Any]:
+                        ramps: tuple[Any, Any], runs: np.ndarray | None = None,
+                        with_power: bool = True) -> tuple[Any, Any]:
     """:func:`probe_terms` with each position's terms back-shifted by its sub-pixel ramps,
     as spectra: ``Σ_j S_-j[conj(O_j) values_j]`` (K, M, M) and the half spectrum of the real
-    ``Σ_j S_-j[|O_j|²]`` (M, M//2 + 1), complex128 (``runs``: positions sharing a shift).
+    ``Σ_j S_-j[|O_j|²]`` (M, M//2 + 1; None without ``with_power``), complex128 (``runs``:
+    positions sharing a shift).
     Add the chunks' spectra, then :func:`split_probe_terms`.
 
     Positions (or runs) are transformed on their own, runs in double precision, so the
@@ -468,11 +469,13 @@ def shifted_probe_terms(backend: Backend, values: Any, obj: Any, win: Windows,
     rounding depend on its partner, which DM amplifies: 3 ranks then ended 4e-2 away from
     one rank; ``rfft2`` halves it too, frame by frame).
     """
-    both = conj_object_products(backend, values, obj, win, with_power=True, runs=runs)
+    both = conj_object_products(backend, values, obj, win, with_power=with_power, runs=runs)
     ramps = run_ramps(backend, ramps, runs)
     k = values.shape[1]
-    power = both[:, k].real
     num = unshift_sum(backend, both[:, :k], ramps, spectrum=True, overwrite=True)
+    if not with_power:
+        return num, None
+    power = both[:, k].real
     return num, unshift_sum(backend, power[:, None], ramps, spectrum=True, real=True)[0]
 
 

@@ -213,9 +213,10 @@ class DifferenceMap(Engine):
                 num = fused_kernels.dm_probe_chunk(psi, self.object, self.rows[sel],
                                                    self.cols[sel],
                                                    run_ramps(be, self.ramps(sel), runs),
-                                                   runs)[0]
+                                                   runs, with_power=False)[0]
             else:
-                num = shifted_probe_terms(be, psi, self.object, win, self.ramps(sel), runs)[0]
+                num = shifted_probe_terms(be, psi, self.object, win, self.ramps(sel), runs,
+                                          with_power=False)[0]
             return num, window_power(be, self.object, win, frame)
 
         terms = self.map_chunks(probe_sums, n)
