@@ -290,14 +290,11 @@ def probe_terms(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.
     ``(|obj|²).sum(0, dtype=float64)`` with ``obj = extract(backend, obj, index)``.
     """
     b, kk, m0, m1 = values.shape
+    window_power(obj, rows, cols, pden)
     for j in range(b):
         r, c = rows[j], cols[j]
         for y in range(m0):
             orow = obj[r + y, c:c + m1]
-            drow = pden[y]
-            for x in range(m1):
-                o = orow[x]
-                drow[x] += o.real * o.real + o.imag * o.imag
             for k in range(kk):
                 vrow, qrow = values[j, k, y], pnum[k, y]
                 for x in range(m1):
