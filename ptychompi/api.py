@@ -18,34 +18,13 @@ from .dataset import load_amplitudes, open_source, plan_layout, plan_preprocesso
 from .engines import ENGINES, Engine, Schedule, TileData
 from .errors import ConfigError, PtychompiError
 from .initial import initial_object, initial_probe
-from .parallel.exchange import SerialExchange, one_line
+from .parallel.exchange import SerialExchange, agree
 from .parallel.tiling import Tile, decompose
 from .physics import Propagator
 from .scan import ScanSource
 from .validate import check_guess, check_photons, guess_errors
 
-
-def agree(comm: Any | None, error: BaseException | None) -> None:
-    """Collective check outside the engines: re-raise the first rank's problem everywhere.
-
-    One rank and several take the same path: a :class:`PtychompiError` is raised as it is,
-    any other exception becomes a one-line :class:`PtychompiError` (``Type: message``) chained
-    to it, so the command line prints one line whatever the rank count.
-    """
-    if comm is None or comm.Get_size() == 1:
-        if isinstance(error, PtychompiError):
-            raise error
-        if error is not None:
-            raise PtychompiError(one_line(error)) from error
-        return
-    message = None if error is None else one_line(error)
-    messages = comm.allgather(message)
-    failed = [(rank, msg) for rank, msg in enumerate(messages) if msg is not None]
-    if not failed:
-        return
-    if len(failed) == len(messages) and len({m for _, m in failed}) == 1:
-        raise PtychompiError(failed[0][1])  # the same problem everywhere: no rank to name
-    raise PtychompiError(f"rank {failed[0][0]}: {failed[0][1]}")
+__all__ = ["Reconstruction", "agree", "collective", "provenance"]
 
 
 def collective(comm: Any | None, fn: Callable[..., Any], *args: Any) -> Any:

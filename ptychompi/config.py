@@ -317,6 +317,16 @@ PATH_KEYS = (("data", "path"), ("data", "position_file"), ("data", "mda_file"),
              ("algorithm", "object_guess"), ("output", "directory"))
 
 
+def parse_yaml(text: str, where: str) -> Any:
+    """``text`` parsed as YAML; a syntax error is a one-line ConfigError naming ``where``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at}; fix the syntax") from None
+
+
 def load_config(source: str | Path | dict | Config | None) -> Config:
     """Load a config from a YAML file path, a dict, or pass a Config through.
 
@@ -336,13 +346,10 @@ def load_config(source: str | Path | dict | Config | None) -> Config:
         raise ConfigError(f"config file {str(path)!r} not found; check the path "
                           "(`ptychompi config --defaults > scan.yaml` writes a template)")
     try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{at}; fix the syntax") from None
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it as text ({exc}); give a YAML file") from None
+    values = parse_yaml(text, str(path))
     if values is None:
         raise ConfigError(f"{path} is empty; `ptychompi config --defaults > {path.name}` writes "
                           "every key with its default")
