@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, select_backend
-from .config import Config, load_config
+from .config import Config, apply_environment, load_config
 from .dataset import load_amplitudes, open_source, plan_layout, plan_preprocessor
 from .engines import ENGINES, Engine, Schedule, TileData
 from .errors import ConfigError, PtychompiError
@@ -21,6 +21,7 @@ from .initial import initial_object, initial_probe
 from .parallel.exchange import SerialExchange, agree
 from .parallel.tiling import Tile, decompose
 from .physics import Propagator
+from .provenance import provenance
 from .scan import ScanSource
 from .validate import check_guess, check_photons, guess_errors
 
@@ -70,6 +71,8 @@ class Reconstruction:
         cfg = self.config
         error: BaseException | None = None
         try:
+            # $PTYCHOMPI_DEVICE/FFT/WORKERS into the config: the result's config says what ran
+            cfg = self.config = apply_environment(cfg)
             self.backend = select_backend(cfg.parallel.device, comm,
                                           double=cfg.algorithm.precision == "double",
                                           workers=cfg.parallel.workers,
@@ -269,25 +272,3 @@ class Reconstruction:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def provenance(recon: Reconstruction) -> dict:
-    """Version, ranks, grid, devices, timings and bytes exchanged (gathered to every rank)."""
-    from . import __version__  # noqa: PLC0415
-
-    m = recon.metrics
-    local = {"compute_s": m["compute_s"], "comm_s": m["comm_s"], "io_s": m["io_s"],
-             "bytes_sent": m["bytes_sent"], "positions_held": len(recon.tile.indices),
-             "local_object_pixels": int(np.prod(recon.tile.box.shape)),
-             "device": recon.backend.name if recon.backend.device_id is None
-             else f"gpu{recon.backend.device_id}"}
-    rows = [local] if recon.comm is None else recon.comm.allgather(local)
-    grid = list(recon.tile.grid) if getattr(recon.tile, "grid", None) else [1, 1]
-    prov = {"version": __version__, "ranks": recon.size, "grid": grid,
-            "algorithm": recon.config.algorithm.name, "iterations_done": recon.iteration,
-            "wall_time_s": time.perf_counter() - recon.started,
-            "devices": [r["device"] for r in rows]}
-    for key in ("compute_s", "comm_s", "io_s", "bytes_sent", "positions_held",
-                "local_object_pixels"):
-        prov[key] = [r[key] for r in rows]
-    return prov
