@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -15,7 +16,7 @@ from ptychompi.config import Config, apply_environment
 from ptychompi.errors import ConfigError
 from ptychompi.io.results import read_result
 from ptychompi.provenance import library_versions, mpi_library
-from ptychompi.scan import ArrayScan, ScanGeometry
+from ptychompi.scan import ArrayScan
 from ptychompi.simulate import simulate
 from ptychompi.summary import inspect_file
 
@@ -23,12 +24,9 @@ ENV = ("PTYCHOMPI_DEVICE", "PTYCHOMPI_FFT", "PTYCHOMPI_WORKERS")
 
 
 @pytest.fixture(scope="module")
-def scan() -> ArrayScan:
-    sim = simulate(frame=64, grid=8, step_px=8, probe_diameter_px=20, photons=1e5, seed=0)
-    return ArrayScan(path="sim", n_frames=len(sim.frames), frame_shape=sim.frames.shape[1:],
-                     dtype=np.float32, positions_m=sim.positions_m, frames=sim.frames,
-                     geometry=ScanGeometry(sim.wavelength_m, sim.distance_m,
-                                           sim.detector_pixel_m))
+def scan(as_array_scan) -> ArrayScan:
+    return as_array_scan(simulate(frame=64, grid=8, step_px=8, probe_diameter_px=20,
+                                  photons=1e5, seed=0))
 
 
 @pytest.fixture(autouse=True)
@@ -121,6 +119,4 @@ def test_bad_environment_override_is_one_line_from_the_cli(tmp_path: Path) -> No
 
 
 def _env() -> dict[str, str]:
-    import os  # noqa: PLC0415
-
     return {k: v for k, v in os.environ.items() if k not in ENV}

@@ -11,17 +11,14 @@ import numpy as np
 import pytest
 
 from ptychompi import Reconstruction
-from ptychompi.scan import ArrayScan, ScanGeometry
+from ptychompi.scan import ArrayScan
 from ptychompi.simulate import simulate
 
 
 @pytest.fixture(scope="module")
-def scan() -> ArrayScan:
-    sim = simulate(frame=32, grid=8, step_px=5, probe_diameter_px=10, photons=1e5, seed=4)
-    return ArrayScan(path="sim", n_frames=len(sim.frames), frame_shape=sim.frames.shape[1:],
-                     dtype=np.float32, positions_m=sim.positions_m, frames=sim.frames,
-                     geometry=ScanGeometry(sim.wavelength_m, sim.distance_m,
-                                           sim.detector_pixel_m))
+def scan(as_array_scan) -> ArrayScan:
+    return as_array_scan(simulate(frame=32, grid=8, step_px=5, probe_diameter_px=10,
+                                  photons=1e5, seed=4))
 
 
 def run(scan: ArrayScan, name: str, fft: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
