@@ -266,9 +266,11 @@ class MPIExchange:
     def halo_sum(self, *arrays: Any) -> None:
         """Add, in place over each halo, the neighbours' arrays (shape (..., H, W) of the box).
 
-        Every pixel ends with the sum over all tiles that cover it of their values before the
-        call. All arrays travel in one ``Neighbor_alltoallv``; every rank must call this with
-        the same dtypes and leading shapes, in the same order.
+        Every pixel that this tile's windows light ends with the sum, over all tiles whose
+        windows light it, of their values before the call (halos are the pixels both tiles'
+        windows light: box pixels only this tile lights keep their own value, others may
+        or may not receive a neighbour's). All arrays travel in one ``Neighbor_alltoallv``;
+        every rank must call this with the same dtypes and leading shapes, in the same order.
         """
         self.stats.halo_sums += 1
         if not arrays:
