@@ -66,8 +66,10 @@ def worker(args: argparse.Namespace) -> int:
     keys = ("halo_bytes", "halo_sums", "reductions", "collectives")
     s0 = {k: getattr(recon.exchange.stats, k) for k in keys}
     seconds = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     for _ in range(args.iterations):
         seconds.append(recon.step()["seconds"])
+    cpu_share = (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)
     m1 = recon.metrics
     counted = {k: (s0[k], getattr(recon.exchange.stats, k)) for k in keys}
     it = args.iterations
@@ -81,6 +83,7 @@ def worker(args: argparse.Namespace) -> int:
         "io_s": m1["io_s"], "workers": recon.backend.workers,
         # exchange counts per iteration (for --model), counted by the exchange itself
         **{f"{k}_per_iter": (c1 - c0) / it for k, (c0, c1) in counted.items()},
+        "cpu_share": cpu_share,  # CPU time / wall time of this rank over the timed iterations
         "neighbours": len(recon.tile.neighbours),
         "halo_area": int(sum(np.prod(h.shape) for h in recon.tile.halos.values())),
     }

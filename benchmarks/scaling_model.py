@@ -3,7 +3,9 @@
 ``T(N) = compute + halo + collectives`` for the slowest rank, with nothing overlapped:
 
 - compute: the one-rank time per position (measured here; a stated estimate on a GPU) times
-  the most positions any rank holds, times ``N / cores`` when ranks share fewer cores;
+  the most positions any rank holds, times ``N / cores`` when ranks share fewer cores (the
+  check here also gives a second prediction that uses, instead, the CPU share each rank got:
+  CPU time over wall time, measured, since other jobs share this machine);
 - halo: per halo sum one message per neighbour (latency each) plus the rank's halo bytes per
   iteration over the bandwidth; the halo bytes are ``kappa x`` the rank's halo area, with
   ``kappa`` (bytes per halo pixel per iteration) and the halo sums per iteration counted by
@@ -81,10 +83,15 @@ def tile_figures(positions_px: np.ndarray, frame: int, ranks: int) -> dict:
 
 
 def predict(ranks: int, tiles: dict, position_s: float, counts: Counts, net: Network,
-            frame: int, cores: int | None = None) -> dict:
-    """Predicted seconds per iteration (and its parts) for the slowest rank."""
-    share = max(1.0, ranks / cores) if cores else 1.0
-    compute = position_s * tiles["positions"] * share
+            frame: int, cores: int | None = None, slowdown: float | None = None) -> dict:
+    """Predicted seconds per iteration (and its parts) for the slowest rank.
+
+    Compute is slowed by ``N / cores`` when ranks outnumber cores, or by ``slowdown`` when
+    given (the one-rank run's CPU share over this run's, on a machine shared with others).
+    """
+    if slowdown is None:
+        slowdown = max(1.0, ranks / cores) if cores else 1.0
+    compute = position_s * tiles["positions"] * slowdown
     if ranks == 1:
         return {"compute": compute, "halo": 0.0, "collectives": 0.0, "total": compute}
     halo = (counts.halo_sums * tiles["neighbours"] * net.latency_s
@@ -103,12 +110,18 @@ def check_here(measured: list[dict], counts: Counts, net: Network, args: argpars
     base = measured[0]
     position_s = base["seconds_per_iteration"] / base["n_frames"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    share_1 = base["per_rank"][0]["cpu_share"]
     rows = []
     for m in measured:
         tiles = tile_figures(positions_px, args.frame, m["ranks"])
         p = predict(m["ranks"], tiles, position_s, counts, net, args.frame, cores)
-        rows.append({"ranks": m["ranks"], "measured_s": m["seconds_per_iteration"],
-                     "predicted_s": p["total"], "ratio": m["seconds_per_iteration"] / p["total"],
+        share = float(np.mean([r["cpu_share"] for r in m["per_rank"]]))
+        q = predict(m["ranks"], tiles, position_s, counts, net, args.frame,
+                    slowdown=share_1 / share)
+        t = m["seconds_per_iteration"]
+        rows.append({"ranks": m["ranks"], "measured_s": t, "predicted_s": p["total"],
+                     "ratio": t / p["total"], "cpu_share": share,
+                     "predicted_share_s": q["total"], "ratio_share": t / q["total"],
                      "parts": p, "tiles": tiles,
                      "measured_comm_s": max(r["comm_s_per_iter"] for r in m["per_rank"]),
                      "measured_bytes": max(r["bytes_per_iter"] for r in m["per_rank"])})
@@ -142,12 +155,14 @@ def project(counts: Counts, net: Network, position_s: float, step_px: float) -> 
 
 def check_table(rows: list[dict]) -> str:
     head = (f"{'ranks':>5} {'measured s/it':>13} {'predicted':>9} {'meas/pred':>9} "
+            f"{'cpu share':>9} {'pred(share)':>11} {'meas/pred':>9} "
             f"{'compute':>8} {'halo':>8} {'coll':>8} {'meas comm':>9} {'KiB/it':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         p = r["parts"]
         lines.append(f"{r['ranks']:5d} {r['measured_s']:13.4f} {r['predicted_s']:9.4f} "
-                     f"{r['ratio']:9.2f} {p['compute']:8.4f} {p['halo']:8.5f} "
+                     f"{r['ratio']:9.2f} {r['cpu_share']:9.2f} {r['predicted_share_s']:11.4f} "
+                     f"{r['ratio_share']:9.2f} {p['compute']:8.4f} {p['halo']:8.5f} "
                      f"{p['collectives']:8.5f} {r['measured_comm_s']:9.4f} "
                      f"{r['measured_bytes'] / 1024:8.1f}")
     return "\n".join(lines)
