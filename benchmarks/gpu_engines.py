@@ -35,11 +35,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from common import parse_sizes
 
 import ptychompi
+from ptychompi.geometry import HC_KEV_M
 from ptychompi.scan import ArrayScan, ScanGeometry
 
-HC_KEV_M = 1.239841984e-9  # h c in keV metres
 ENERGY_KEV = 8.8
 DISTANCE_M = 2.0
 DETECTOR_PIXEL_M = 75e-6
@@ -123,15 +124,6 @@ class Memory:
 
 
 # --------------------------------------------------------------------------- simulation
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """``"30x512,100x128"`` -> [(30, 512), (100, 128)] (grid, frame)."""
-    out = []
-    for part in text.split(","):
-        grid, frame = part.lower().strip().split("x")
-        out.append((int(grid), int(frame)))
-    return out
-
-
 def pixel_size_m(frame: int) -> float:
     """Object pixel of the far-field geometry: lambda z / (M p)."""
     return HC_KEV_M / ENERGY_KEV * DISTANCE_M / (frame * DETECTOR_PIXEL_M)

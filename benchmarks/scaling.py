@@ -11,6 +11,12 @@ Driver: launches the worker for each rank count and adds speed-up and efficiency
 
     python benchmarks/scaling.py --drive 1,2 --mode strong --engine dm --grid 30 --frame 128
 
+Model: measures 1..4 ranks here, fits nothing, predicts them from the one-rank time per
+position, the exchange counts and the local network, then projects a 100k-frame scan to
+1,024 GPUs (see ``scaling_model.py``).
+
+    python benchmarks/scaling.py --model --check 1,2,4 --engine dm --grid 30 --frame 128
+
 Strong scaling keeps the ``GRID x GRID`` scan; weak scaling grows it with the ranks
 (``round(GRID·sqrt(k))`` squared positions, so positions ∝ ranks). Speed-up is t1/tk
 (strong) or the positions per second relative to the first rank count (weak); efficiency
@@ -28,6 +34,7 @@ import sys
 import time
 
 import common
+import scaling_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "RESULT "
@@ -56,10 +63,15 @@ def worker(args: argparse.Namespace) -> int:
     for _ in range(args.warmup):
         recon.step()
     m0 = recon.metrics
+    keys = ("halo_bytes", "halo_sums", "reductions", "collectives")
+    s0 = {k: getattr(recon.exchange.stats, k) for k in keys}
     seconds = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     for _ in range(args.iterations):
         seconds.append(recon.step()["seconds"])
+    cpu_share = (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)
     m1 = recon.metrics
+    counted = {k: (s0[k], getattr(recon.exchange.stats, k)) for k in keys}
     it = args.iterations
     local = {
         "rank": rank, "positions": len(recon.tile.indices),
@@ -69,8 +81,14 @@ def worker(args: argparse.Namespace) -> int:
         "comm_s_per_iter": (m1["comm_s"] - m0["comm_s"]) / it,
         "bytes_per_iter": (m1["bytes_sent"] - m0["bytes_sent"]) / it,
         "io_s": m1["io_s"], "workers": recon.backend.workers,
+        # exchange counts per iteration (for --model), counted by the exchange itself
+        **{f"{k}_per_iter": (c1 - c0) / it for k, (c0, c1) in counted.items()},
+        "cpu_share": cpu_share,  # CPU time / wall time of this rank over the timed iterations
+        "neighbours": len(recon.tile.neighbours),
+        "halo_area": int(sum(np.prod(h.shape) for h in recon.tile.halos.values())),
     }
     rows = comm.gather(local, root=0)
+    network = common_network(comm) if args.pingpong else None
     if rank == 0:
         slowest = [max(r["seconds"][i] for r in rows) for i in range(it)]
         obj_shape = list(recon.layout.object_shape)
@@ -82,6 +100,7 @@ def worker(args: argparse.Namespace) -> int:
             "setup_s": setup, "error_last": recon.history[-1]["error"],
             "object_shape": obj_shape, "object_bytes": int(np.prod(obj_shape)) * 8,
             "per_rank": [{k: v for k, v in r.items() if k != "seconds"} for r in rows],
+            "network": network,
             "machine": common.machine(),
         }
         print(TAG + json.dumps(out), flush=True)
@@ -89,23 +108,52 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def common_network(comm: object) -> dict | None:
+    """Latency and bandwidth between ranks 0 and 1 by ping-pong (``None`` on one rank)."""
+    import numpy as np
+
+    if comm.Get_size() < 2:
+        return None
+    out = {}
+    for label, nbytes, reps in (("latency_s", 8, 200), ("bandwidth_Bps", 1 << 22, 10)):
+        buf = np.zeros(nbytes, np.uint8)
+        comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            if comm.Get_rank() == 0:
+                comm.Send(buf, dest=1)
+                comm.Recv(buf, source=1)
+            elif comm.Get_rank() == 1:
+                comm.Recv(buf, source=0)
+                comm.Send(buf, dest=0)
+        one_way = (time.perf_counter() - t0) / (2 * reps)
+        out[label] = one_way if label == "latency_s" else nbytes / one_way
+    return comm.bcast(out, root=0)
+
+
+def launch(args: argparse.Namespace, k: int) -> dict:
+    """Run the worker under ``mpiexec -n k``; its RESULT dict."""
+    cmd = [args.mpiexec, "-n", str(k), sys.executable, os.path.join(HERE, "scaling.py"),
+           "--worker", "--mode", args.mode, "--engine", args.engine,
+           "--grid", str(args.grid), "--frame", str(args.frame),
+           "--iterations", str(args.iterations), "--warmup", str(args.warmup),
+           "--subpixel", args.subpixel]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    if args.pingpong:
+        cmd += ["--pingpong"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(TAG)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"mpiexec -n {k} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(TAG):])
+
+
 def drive(args: argparse.Namespace) -> int:
     counts = [int(k) for k in args.drive.split(",")]
-    results = []
-    for k in counts:
-        cmd = [args.mpiexec, "-n", str(k), sys.executable, os.path.join(HERE, "scaling.py"),
-               "--worker", "--mode", args.mode, "--engine", args.engine,
-               "--grid", str(args.grid), "--frame", str(args.frame),
-               "--iterations", str(args.iterations), "--warmup", str(args.warmup),
-               "--subpixel", args.subpixel]
-        if args.workers:
-            cmd += ["--workers", str(args.workers)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(TAG)]
-        if proc.returncode != 0 or not lines:
-            sys.stderr.write(proc.stdout + proc.stderr)
-            raise SystemExit(f"mpiexec -n {k} failed (exit {proc.returncode})")
-        results.append(json.loads(lines[-1][len(TAG):]))
+    results = [launch(args, k) for k in counts]
     base = results[0]
     for r in results:
         ratio = base["seconds_per_iteration"] / r["seconds_per_iteration"]
@@ -155,12 +203,17 @@ def main(argv: list[str] | None = None) -> int:
                                                       "mpiexec"))
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--pingpong", action="store_true",
+                    help="worker: also time a ranks 0<->1 ping-pong (the local network)")
+    scaling_model.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.model:
+        return scaling_model.run(args, launch)
     if args.drive:
         return drive(args)
-    ap.error("give --worker (under mpiexec) or --drive 1,2")
+    ap.error("give --worker (under mpiexec), --drive 1,2 or --model")
     return 2
 
 

@@ -13,39 +13,19 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, select_backend
-from .config import Config, load_config
+from .config import Config, apply_environment, load_config
 from .dataset import load_amplitudes, open_source, plan_layout, plan_preprocessor
 from .engines import ENGINES, Engine, Schedule, TileData
 from .errors import ConfigError, PtychompiError
 from .initial import initial_object, initial_probe
-from .parallel.exchange import SerialExchange, one_line
+from .parallel.exchange import SerialExchange, agree
 from .parallel.tiling import Tile, decompose
 from .physics import Propagator
+from .provenance import provenance
 from .scan import ScanSource
 from .validate import check_guess, check_photons, guess_errors
 
-
-def agree(comm: Any | None, error: BaseException | None) -> None:
-    """Collective check outside the engines: re-raise the first rank's problem everywhere.
-
-    One rank and several take the same path: a :class:`PtychompiError` is raised as it is,
-    any other exception becomes a one-line :class:`PtychompiError` (``Type: message``) chained
-    to it, so the command line prints one line whatever the rank count.
-    """
-    if comm is None or comm.Get_size() == 1:
-        if isinstance(error, PtychompiError):
-            raise error
-        if error is not None:
-            raise PtychompiError(one_line(error)) from error
-        return
-    message = None if error is None else one_line(error)
-    messages = comm.allgather(message)
-    failed = [(rank, msg) for rank, msg in enumerate(messages) if msg is not None]
-    if not failed:
-        return
-    if len(failed) == len(messages) and len({m for _, m in failed}) == 1:
-        raise PtychompiError(failed[0][1])  # the same problem everywhere: no rank to name
-    raise PtychompiError(f"rank {failed[0][0]}: {failed[0][1]}")
+__all__ = ["Reconstruction", "agree", "collective", "provenance"]
 
 
 def collective(comm: Any | None, fn: Callable[..., Any], *args: Any) -> Any:
@@ -91,6 +71,8 @@ class Reconstruction:
         cfg = self.config
         error: BaseException | None = None
         try:
+            # $PTYCHOMPI_DEVICE/FFT/WORKERS into the config: the result's config says what ran
+            cfg = self.config = apply_environment(cfg)
             self.backend = select_backend(cfg.parallel.device, comm,
                                           double=cfg.algorithm.precision == "double",
                                           workers=cfg.parallel.workers,
@@ -290,25 +272,3 @@ class Reconstruction:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def provenance(recon: Reconstruction) -> dict:
-    """Version, ranks, grid, devices, timings and bytes exchanged (gathered to every rank)."""
-    from . import __version__  # noqa: PLC0415
-
-    m = recon.metrics
-    local = {"compute_s": m["compute_s"], "comm_s": m["comm_s"], "io_s": m["io_s"],
-             "bytes_sent": m["bytes_sent"], "positions_held": len(recon.tile.indices),
-             "local_object_pixels": int(np.prod(recon.tile.box.shape)),
-             "device": recon.backend.name if recon.backend.device_id is None
-             else f"gpu{recon.backend.device_id}"}
-    rows = [local] if recon.comm is None else recon.comm.allgather(local)
-    grid = list(recon.tile.grid) if getattr(recon.tile, "grid", None) else [1, 1]
-    prov = {"version": __version__, "ranks": recon.size, "grid": grid,
-            "algorithm": recon.config.algorithm.name, "iterations_done": recon.iteration,
-            "wall_time_s": time.perf_counter() - recon.started,
-            "devices": [r["device"] for r in rows]}
-    for key in ("compute_s", "comm_s", "io_s", "bytes_sent", "positions_held",
-                "local_object_pixels"):
-        prov[key] = [r[key] for r in rows]
-    return prov

@@ -39,7 +39,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     """Each file's summary; a file that cannot be read is one error line, the rest go on."""
-    from .inspect import inspect_file  # noqa: PLC0415
+    from .summary import inspect_file  # noqa: PLC0415
 
     failed = 0
     for i, path in enumerate(args.file):

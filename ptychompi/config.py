@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,6 +321,45 @@ PATH_KEYS = (("data", "path"), ("data", "position_file"), ("data", "mda_file"),
              ("algorithm", "object_guess"), ("output", "directory"))
 
 
+def parse_yaml(text: str, where: str) -> Any:
+    """``text`` parsed as YAML; a syntax error is a one-line ConfigError naming ``where``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at}; fix the syntax") from None
+
+
+#: environment variables that override ``parallel`` keys for a run (job scripts, the queue)
+ENV_OVERRIDES = {"PTYCHOMPI_DEVICE": "device", "PTYCHOMPI_FFT": "fft",
+                 "PTYCHOMPI_WORKERS": "workers"}
+
+
+def apply_environment(cfg: Config, environ: Mapping[str, str] | None = None) -> Config:
+    """``cfg`` with the ``PTYCHOMPI_*`` overrides of :data:`ENV_OVERRIDES` applied.
+
+    The values are validated like the file's, and the config written to a result then says
+    what ran. Returns ``cfg`` itself when no override is set, else a copy with a new
+    ``parallel`` section. An empty ``PTYCHOMPI_WORKERS`` counts as unset.
+    """
+    env = os.environ if environ is None else environ
+    changes: dict[str, Any] = {}
+    for name, key in ENV_OVERRIDES.items():
+        raw = env.get(name)
+        if raw is None or (key == "workers" and not raw.strip()):
+            continue
+        text = raw.strip() if key == "workers" else raw.strip().lower()
+        try:
+            value = int(text) if key == "workers" and text.lstrip("+-").isdigit() else text
+            changes[key] = getattr(_build(ParallelConfig, {key: value}, "parallel"), key)
+        except ConfigError as exc:
+            raise ConfigError(f"${name} = {raw!r} (it overrides parallel.{key}): {exc}") from None
+    if not changes:
+        return cfg
+    return dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, **changes))
+
+
 def load_config(source: str | Path | dict | Config | None) -> Config:
     """Load a config from a YAML file path, a dict, or pass a Config through.
 
@@ -338,13 +379,10 @@ def load_config(source: str | Path | dict | Config | None) -> Config:
         raise ConfigError(f"config file {str(path)!r} not found; check the path "
                           "(`ptychompi config --defaults > scan.yaml` writes a template)")
     try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{at}; fix the syntax") from None
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it as text ({exc}); give a YAML file") from None
+    values = parse_yaml(text, str(path))
     if values is None:
         raise ConfigError(f"{path} is empty; `ptychompi config --defaults > {path.name}` writes "
                           "every key with its default")
@@ -391,4 +429,4 @@ def default_yaml() -> str:
 
 __all__ = ["Config", "DataConfig", "GeometryConfig", "PreprocessConfig", "AlgorithmConfig",
            "ParallelConfig", "OutputConfig", "NotifyConfig", "EmailConfig", "load_config",
-           "config_from_dict", "default_yaml"]
+           "config_from_dict", "default_yaml", "apply_environment", "ENV_OVERRIDES"]

@@ -15,10 +15,16 @@ class DataError(PtychompiError):
     """An input data file is missing, unreadable or inconsistent."""
 
 
+def squash(text: object, limit: int | None = None) -> str:
+    """``text`` as one line: runs of white space (newlines too) folded to one space."""
+    line = " ".join(str(text).split())
+    return line if limit is None else line[:limit]
+
+
 def os_reason(exc: OSError) -> str:
     """A failed file operation's reason in a few words ("No space left on device")."""
     import os  # noqa: PLC0415
 
     if exc.errno:
         return os.strerror(exc.errno)
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return squash(exc) or type(exc).__name__

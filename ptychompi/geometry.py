@@ -12,6 +12,14 @@ PLANCK_EV_S = 4.135667696e-15
 SPEED_OF_LIGHT = 299_792_458.0
 HC_KEV_M = PLANCK_EV_S * SPEED_OF_LIGHT / 1e3  # keV * m
 ELECTRON_VOLT_J = 1.602176634e-19
+#: metres per length unit, by the unit's name in lower case
+LENGTH_TO_M = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "μm": 1e-6,
+               "micron": 1e-6, "microns": 1e-6, "nm": 1e-9}
+
+
+def length_scale(unit: str | None) -> float | None:
+    """Metres per ``unit`` (``"mm"``, ``" um "``, ...); ``None`` for no or an unknown unit."""
+    return LENGTH_TO_M.get(unit.strip().lower()) if unit else None
 
 
 def wavelength_from_kev(energy_kev: float) -> float:

@@ -859,6 +859,7 @@ def _write_result(recon: Reconstruction, opts: PtychopyOptions, obj: np.ndarray,
     from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
 
     from ..io.results import ResultData, write_result  # noqa: PLC0415
+    from ..provenance import run_settings  # noqa: PLC0415
 
     try:
         ver = version("ptychompi")
@@ -868,7 +869,8 @@ def _write_result(recon: Reconstruction, opts: PtychopyOptions, obj: np.ndarray,
     prov = {"version": ver, "ranks": recon.size, "algorithm": recon.config.algorithm.name,
             "iterations_done": int(metrics["iterations"]),
             "wall_time_s": float(time.perf_counter() - recon.started),
-            "interface": "ptychopy", "ptychopy_command": opts.cmdstr, "job_id": opts.job_id}
+            "interface": "ptychopy", "ptychopy_command": opts.cmdstr, "job_id": opts.job_id,
+            **run_settings(recon)}
     write_result(path, ResultData(object=obj, probe=recon.probe, positions=recon.positions,
                                   error=np.asarray(metrics["error"], np.float64),
                                   pixel_size=float(recon.layout.pixel_size_m),

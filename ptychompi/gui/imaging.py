@@ -8,7 +8,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..io.export import format_length, scale_bar_length
+from ..io.export import format_length, has_glyph, scale_bar_length
 
 __all__ = ["COLORMAPS", "render_png", "object_views", "MIN_WIDTH"]
 
@@ -55,14 +55,6 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _has_glyph(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, char: str) -> bool:
-    """False when ``font`` draws ``char`` as its missing-glyph box."""
-    try:
-        return bytes(font.getmask(char)) != bytes(font.getmask("\uffff"))
-    except (UnicodeEncodeError, ValueError, OSError):
-        return False
-
-
 def _scale_bar(img: Image.Image, pixel_size: float) -> None:
     """White bar with a black outline and its length, bottom left; ``pixel_size`` per image px."""
     w, h = img.size
@@ -76,7 +68,7 @@ def _scale_bar(img: Image.Image, pixel_size: float) -> None:
     x0, y1 = margin, h - margin
     draw.rectangle([x0, y1 - thick, x0 + bar, y1], fill=(255, 255, 255), outline=(0, 0, 0))
     label = format_length(length)
-    if "µ" in label and not _has_glyph(font, "µ"):
+    if "µ" in label and not has_glyph(font, "µ"):
         label = label.replace("µ", "u")
     top = draw.textbbox((0, 0), label, font=font)
     ty = y1 - thick - 3 - (top[3] - top[1]) - top[1]

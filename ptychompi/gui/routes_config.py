@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -54,17 +53,13 @@ async def _validate(request: Request) -> JSONResponse:
 
 
 def _yaml_to_values(text: str, where: str) -> dict:
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{where}: not valid YAML{at}; fix the syntax") from None
+    from ..config import config_from_dict, parse_yaml  # noqa: PLC0415
+
+    tree = parse_yaml(text, where)
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{where}: a config must be a mapping of sections (data, ...)")
-    from ..config import config_from_dict  # noqa: PLC0415
 
     config_from_dict(tree)  # the CLI's own check, same message
     return dict_to_values(tree)

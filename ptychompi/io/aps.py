@@ -39,6 +39,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
+from ..geometry import HC_KEV_M, length_scale
 from ..scan import ScanGeometry, ScanSource
 
 __all__ = [
@@ -53,10 +54,7 @@ __all__ = [
 ]
 
 _CONVERSION = re.compile(r"%(?P<flags>[-+ #0]*)(?P<width>\d*)[diu]")
-_LENGTH_TO_M = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "μm": 1e-6,
-                "micron": 1e-6, "microns": 1e-6, "nm": 1e-9}
 _FILTER_NAMES = {1: "zlib", 32004: "lz4", 32008: "bitshuffle", 32001: "blosc", 32015: "zstd"}
-_HC_KEV_M = 1.239841984e-9  # h c in keV * m
 
 
 def _load_plugins() -> None:
@@ -234,10 +232,6 @@ def read_position_file(path: str | Path, n: int) -> np.ndarray:
     return pos
 
 
-def _unit_scale(unit: str | None) -> float | None:
-    return _LENGTH_TO_M.get(unit.strip().lower()) if unit else None
-
-
 def mda_positions(path: str | Path, pv_map: dict | None = None) -> tuple[np.ndarray, dict]:
     """Positions (N, 2) [m] from an MDA file and the scan parameters it holds.
 
@@ -256,7 +250,7 @@ def mda_positions(path: str | Path, pv_map: dict | None = None) -> tuple[np.ndar
     fast = np.asarray(fast, np.float64)
     fast_unit = params.get("fast_unit") or params.get("slow_unit")
     slow_unit = params.get("slow_unit") or params.get("fast_unit")
-    kf = _unit_scale(fast_unit)
+    kf = length_scale(fast_unit)
     if kf is None:
         raise DataError(f"{path}: fast positioner {params.get('fast_name')} has unit "
                         f"{fast_unit!r}, expected m, mm, um or nm; "
@@ -266,7 +260,7 @@ def mda_positions(path: str | Path, pv_map: dict | None = None) -> tuple[np.ndar
     if slow is None:
         slow_m = np.zeros(fast.shape[0])
     else:
-        ks = _unit_scale(slow_unit)
+        ks = length_scale(slow_unit)
         if ks is None:
             raise DataError(f"{path}: slow positioner {params.get('slow_name')} has unit "
                             f"{slow_unit!r}, expected m, mm, um or nm")
@@ -303,7 +297,7 @@ def _positions(cfg: DataConfig, n: int, geometry: ScanGeometry) -> tuple[np.ndar
         if energy:
             meta["energy_kev"] = float(energy)
             if geometry.wavelength_m is None:
-                geometry.wavelength_m = _HC_KEV_M / float(energy)
+                geometry.wavelength_m = HC_KEV_M / float(energy)
         meta["mda_scan_dims"] = tuple(params.get("scan_dims") or ())
         if len(pos) < n:
             raise DataError(f"{cfg.mda_file}: the MDA file has {len(pos)} positions but the "

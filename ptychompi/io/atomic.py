@@ -30,20 +30,9 @@ def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
 
     A crash or an exception leaves any previous file at ``path`` untouched and no temporary.
     """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-            f.flush()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        yield f
+        f.flush()
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, squash
 from ..geometry import ELECTRON_VOLT_J, HC_KEV_M
 from ..scan import ScanGeometry, ScanSource
 from . import filters
@@ -155,7 +155,7 @@ class CXIScan(ScanSource):
             try:
                 self._file = h5py.File(self.path, "r", rdcc_nbytes=64 << 20)
             except OSError as exc:
-                raise DataError(f"{self.path}: cannot open ({_one_line(exc)}); check the "
+                raise DataError(f"{self.path}: cannot open ({squash(exc)}); check the "
                                 "file is complete and readable") from None
         return self._file[self.data_path]
 
@@ -188,10 +188,6 @@ class CXIScan(ScanSource):
         return state
 
 
-def _one_line(exc: BaseException | str) -> str:
-    return " ".join(str(exc).split())
-
-
 def read_cxi(path: str | os.PathLike) -> CXIScan:
     """Open a CXI scan lazily: metadata and positions now, frames on :meth:`CXIScan.read`.
 
@@ -207,7 +203,7 @@ def read_cxi(path: str | os.PathLike) -> CXIScan:
     try:
         f = h5py.File(p, "r")
     except OSError as exc:
-        raise DataError(f"{p}: cannot open as HDF5 ({_one_line(exc)}); check the file is "
+        raise DataError(f"{p}: cannot open as HDF5 ({squash(exc)}); check the file is "
                         "complete") from None
     with f:
         ds = _first_dataset(f, [DATA_LINKS + "/data", DETECTOR + "/data"])

@@ -86,7 +86,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _has_glyph(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, char: str) -> bool:
+def has_glyph(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, char: str) -> bool:
     """False when ``font`` draws ``char`` as its missing-glyph box (Pillow's default has no µ)."""
     try:
         return bytes(font.getmask(char)) != bytes(font.getmask("\uffff"))
@@ -108,7 +108,7 @@ def _draw_scale_bar(img: Image.Image, pixel_size: float, ref_width_px: int) -> N
     x0, y1 = margin, h - margin
     draw.rectangle([x0, y1 - thick, x0 + bar_px, y1], fill=255, outline=0)
     label = format_length(length)
-    if "µ" in label and not _has_glyph(font, "µ"):
+    if "µ" in label and not has_glyph(font, "µ"):
         label = label.replace("µ", "u")
     left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
     ty = y1 - thick - 2 - (bottom - top) - top - 1

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ptychompi.errors import DataError
+from ptychompi.errors import DataError, squash
+from ptychompi.geometry import LENGTH_TO_M
 
 __all__ = [
     "DBR_TYPES",
@@ -78,17 +79,6 @@ DEFAULT_PV_MAP: dict[str, list[str]] = {
 }
 
 _ENERGY_TO_KEV = {"ev": 1e-3, "kev": 1.0, "mev": 1e3}
-_LENGTH_TO_M = {
-    "m": 1.0,
-    "mm": 1e-3,
-    "um": 1e-6,
-    "µm": 1e-6,
-    "μm": 1e-6,
-    "micron": 1e-6,
-    "microns": 1e-6,
-    "nm": 1e-9,
-    "cm": 1e-2,
-}
 
 
 # --------------------------------------------------------------------------- data
@@ -395,14 +385,10 @@ def _read_extras(x: _Xdr, offset: int) -> list[ExtraPV]:
     return pvs
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def read_mda(path: str | Path) -> MdaFile:
     """Read an MDA file; raise ``DataError`` (one line) if it is missing or bad."""
     path = Path(path)
-    where = _one_line(path)
+    where = squash(path)
     try:
         buf = path.read_bytes()
     except FileNotFoundError:
@@ -413,7 +399,7 @@ def read_mda(path: str | Path) -> MdaFile:
         raise DataError(f"MDA file {where} is a directory; give the path of a .mda file") from None
     except OSError as exc:
         raise DataError(
-            f"cannot read MDA file {where}: {_one_line(exc.strerror or exc)}; "
+            f"cannot read MDA file {where}: {squash(exc.strerror or exc)}; "
             "check the path and its permissions"
         ) from None
 
@@ -458,12 +444,12 @@ def read_mda(path: str | Path) -> MdaFile:
         ) from None
     except _Corrupt as exc:
         raise DataError(
-            f"MDA file {where} is corrupt at byte {exc.pos}: {_one_line(exc.what)}; "
+            f"MDA file {where} is corrupt at byte {exc.pos}: {squash(exc.what)}; "
             "copy the file again from the beamline"
         ) from None
     except (struct.error, IndexError, ValueError, OverflowError) as exc:
         raise DataError(
-            f"MDA file {where} could not be parsed ({type(exc).__name__}: {_one_line(exc)}); "
+            f"MDA file {where} could not be parsed ({type(exc).__name__}: {squash(exc)}); "
             "copy the file again from the beamline"
         ) from None
 
@@ -621,7 +607,7 @@ def scan_parameters(
     out["slow_step"] = _median_step(slow)
     out["step"] = (out["fast_step"],) if mda.rank == 1 else (out["slow_step"], out["fast_step"])
     for axis, arr in (("fast", fast), ("slow", slow)):
-        k = _scale(out[f"{axis}_unit"] or "", _LENGTH_TO_M)
+        k = _scale(out[f"{axis}_unit"] or "", LENGTH_TO_M)
         out[f"{axis}_positions_m"] = arr * k if (k is not None and arr is not None) else None
         step = out[f"{axis}_step"]
         out[f"{axis}_step_m"] = step * k if (k is not None and step is not None) else None
@@ -635,7 +621,7 @@ def scan_parameters(
         table = (
             _ENERGY_TO_KEV
             if param.endswith("_kev")
-            else _LENGTH_TO_M
+            else LENGTH_TO_M
             if param.endswith("_m")
             else None
         )

@@ -7,10 +7,11 @@ graph of the tiles whose boxes overlap, reductions with ``Allreduce``). Build ei
 
 Failures follow two paths:
 
-- :meth:`MPIExchange.check` at points that *every* rank reaches (after loading data, after an
-  iteration's metrics, before a checkpoint): each rank passes the exception it caught (or
-  ``None``); if any rank had one, every rank raises :class:`RankFailure` naming the lowest
-  failing rank and its cause, so the run ends cleanly with the same message everywhere.
+- :func:`agree` (and :meth:`MPIExchange.check`, which calls it) at points that *every* rank
+  reaches (after loading data, after an iteration's metrics, before a checkpoint): each rank
+  passes the exception it caught (or ``None``); if any rank had one, every rank raises
+  :class:`RankFailure` naming the lowest failing rank and its cause, so the run ends cleanly
+  with the same message everywhere.
 - :func:`abort_on_error` for an exception that escapes where other ranks may already be
   blocked inside a collective (mid-iteration: a halo sum, a probe reduction) and will never
   reach a ``check``: it prints one line to stderr and calls ``MPI_Abort``, which ends every
@@ -28,7 +29,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ..errors import ConfigError, PtychompiError
+from ..errors import ConfigError, PtychompiError, squash
 from .tiling import Tile
 
 #: byte alignment of each neighbour's segment in the packed halo buffer (complex128 on a GPU)
@@ -95,8 +96,7 @@ class SerialExchange:
     def check(self, error: BaseException | None = None) -> None:
         """Collective failure check: re-raise a problem seen on any rank on every rank."""
         self.stats.checks += 1
-        if error is not None:
-            raise error
+        agree(None, error)
 
     def timer(self) -> float:
         return time.perf_counter()
@@ -109,7 +109,48 @@ def one_line(error: BaseException) -> str:
     """The error as one line: its message for a PtychompiError, else ``Type: message``."""
     text = str(error) if isinstance(error, PtychompiError) else \
         f"{type(error).__name__}: {error}"
-    return " ".join(text.split()) or type(error).__name__
+    return squash(text) or type(error).__name__
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+def agree(comm: Any | None, error: BaseException | None, timed: Any = _call) -> None:
+    """Collective failure check: re-raise the problem of any rank on every rank.
+
+    Every rank of ``comm`` must call it at the same point, passing the exception it caught
+    (or ``None``). One rank (``comm`` None or of size 1): a :class:`PtychompiError` is raised as
+    it is, any other exception as a one-line PtychompiError chained to it. Several ranks: one
+    ``Allreduce`` of a flag when all is well; otherwise the one-line messages are gathered and
+    every rank raises :class:`RankFailure` with the same text: the message alone when every
+    rank failed the same way, else ``rank R: message`` for the lowest failing rank, plus a count
+    of the others. ``timed`` wraps each MPI call (the exchange's accounting).
+    """
+    if comm is None or comm.Get_size() == 1:
+        if isinstance(error, PtychompiError):
+            raise error
+        if error is not None:
+            raise PtychompiError(one_line(error)) from error
+        return
+    from mpi4py import MPI  # noqa: PLC0415
+
+    flag = np.array([0 if error is None else 1], np.int32)
+    total = np.zeros(1, np.int32)
+    timed(comm.Allreduce, flag, total, op=MPI.MAX)
+    if not total[0]:
+        return
+    entries = timed(comm.allgather, None if error is None else one_line(error))
+    failures = [(r, m) for r, m in enumerate(entries) if m is not None]
+    origin, cause = failures[0]
+    if len(failures) == len(entries) and len({m for _, m in failures}) == 1:
+        text = cause  # the same problem everywhere: no rank to name
+    else:
+        text = f"rank {origin}: {cause}"
+        if len(failures) > 1:
+            others = ", ".join(str(r) for r, _ in failures[1:])
+            text += f"; {len(failures) - 1} more rank(s) failed too ({others})"
+    raise RankFailure(text, origin, failures) from error
 
 
 def _mpi_op(op: str) -> Any:
@@ -225,9 +266,11 @@ class MPIExchange:
     def halo_sum(self, *arrays: Any) -> None:
         """Add, in place over each halo, the neighbours' arrays (shape (..., H, W) of the box).
 
-        Every pixel ends with the sum over all tiles that cover it of their values before the
-        call. All arrays travel in one ``Neighbor_alltoallv``; every rank must call this with
-        the same dtypes and leading shapes, in the same order.
+        Every pixel that this tile's windows light ends with the sum, over all tiles whose
+        windows light it, of their values before the call (halos are the pixels both tiles'
+        windows light: box pixels only this tile lights keep their own value, others may
+        or may not receive a neighbour's). All arrays travel in one ``Neighbor_alltoallv``;
+        every rank must call this with the same dtypes and leading shapes, in the same order.
         """
         self.stats.halo_sums += 1
         if not arrays:
@@ -315,30 +358,9 @@ class MPIExchange:
 
     # ------------------------------------------------------------------ failures
     def check(self, error: BaseException | None = None) -> None:
-        """Collective failure check; every rank must call it at the same point.
-
-        One ``Allreduce`` of a flag when all is well. If any rank passed an error, the
-        one-line messages are gathered and every rank raises :class:`RankFailure` naming the
-        lowest failing rank and its cause (chained to the local error where there is one).
-        """
-        from mpi4py import MPI  # noqa: PLC0415
-
+        """Collective failure check; every rank must call it at the same point (:func:`agree`)."""
         self.stats.checks += 1
-        flag = np.array([0 if error is None else 1], np.int32)
-        total = np.zeros(1, np.int32)
-        self._timed(self.comm.Allreduce, flag, total, op=MPI.MAX)
-        if not total[0]:
-            return
-        message = None if error is None else one_line(error)
-        # gather to rank 0 and broadcast the outcome in one call: every rank raises the same
-        entries = self._timed(self.comm.allgather, message)
-        failures = [(r, m) for r, m in enumerate(entries) if m is not None]
-        origin, cause = failures[0]
-        text = f"rank {origin}: {cause}"
-        if len(failures) > 1:
-            others = ", ".join(str(r) for r, _ in failures[1:])
-            text += f"; {len(failures) - 1} more rank(s) failed too ({others})"
-        raise RankFailure(text, origin, failures) from error
+        agree(self.comm, error, self._timed)
 
     # ------------------------------------------------------------------ misc
     def timer(self) -> float:

@@ -270,6 +270,22 @@ class CancelWatch:
         return flag
 
 
+def _count_gpus() -> list[str] | None:
+    """The GPU ids CuPy sees, counted in a child process (this one must not initialise CUDA
+    yet); ``None`` without CuPy or when counting fails."""
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("cupy") is None:
+        return None
+    try:
+        out = subprocess.run([sys.executable, "-c", "import cupy; print(cupy.cuda."
+                              "runtime.getDeviceCount())"], capture_output=True,
+                             text=True, timeout=120, check=False)
+        return [str(i) for i in range(int(out.stdout.strip() or 0))]
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
 def bind_devices(world: Any) -> None:
     """One GPU per rank, node-local world rank mod visible GPUs, whatever the group size.
 
@@ -278,32 +294,19 @@ def bind_devices(world: Any) -> None:
     (``CUDA_VISIBLE_DEVICES``) before any CUDA call. CPU ranks get their FFT threads from the
     world ranks on the node (``PTYCHOMPI_WORKERS``) unless already set.
     """
-    from mpi4py import MPI  # noqa: PLC0415
+    from ..parallel.node import node_comm  # noqa: PLC0415
 
-    node = world.Split_type(MPI.COMM_TYPE_SHARED)
-    local, here = node.Get_rank(), node.Get_size()
-    if "PTYCHOMPI_WORKERS" not in os.environ:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else (os.cpu_count() or 1)
-        os.environ["PTYCHOMPI_WORKERS"] = str(max(1, cores // here))
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    devices: list[str] | None = None
-    if visible is not None:
-        devices = [d for d in visible.split(",") if d.strip()]
-    elif local == 0:
-        import importlib.util  # noqa: PLC0415
-
-        if importlib.util.find_spec("cupy") is not None:
-            try:  # count in a child process: this one must not initialise CUDA yet
-                out = subprocess.run([sys.executable, "-c", "import cupy; print(cupy.cuda."
-                                      "runtime.getDeviceCount())"], capture_output=True,
-                                     text=True, timeout=120, check=False)
-                devices = [str(i) for i in range(int(out.stdout.strip() or 0))]
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                devices = None
-    if visible is None:
-        devices = node.bcast(devices, root=0)
-    node.Free()
+    with node_comm(world) as node:
+        local, here = node.Get_rank(), node.Get_size()
+        if "PTYCHOMPI_WORKERS" not in os.environ:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+                else (os.cpu_count() or 1)
+            os.environ["PTYCHOMPI_WORKERS"] = str(max(1, cores // here))
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            devices = [d for d in visible.split(",") if d.strip()]
+        else:
+            devices = node.bcast(_count_gpus() if local == 0 else None, root=0)
     if devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[local % len(devices)]
 

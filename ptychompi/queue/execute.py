@@ -23,15 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PtychompiError
+from ..parallel.exchange import one_line
 
 __all__ = ["run_job"]
 
 log = logging.getLogger("ptychompi")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) if isinstance(exc, PtychompiError) else f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())
 
 
 def _notify_settings(output: Any, job: dict, opts: Any) -> None:
@@ -159,7 +155,7 @@ def run_job(job: dict, world: Any, group: Any, opts: Any,
                                                      isinstance(exc, OSError))
         if not agreed and size > 1:
             abort_on_error(world, exc)  # a fault inside a collective ends the queue
-        state, error = "failed", _one_line(exc)
+        state, error = "failed", one_line(exc)
         if live is not None and recon is not None:
             live.finish(recon, "failed")
         if rank == 0:

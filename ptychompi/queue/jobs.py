@@ -20,9 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import ConfigError, PtychompiError
+from ..geometry import length_scale
 
 __all__ = ["job_from_yaml", "job_from_ptychopy", "job_from_mda", "load_template",
            "fill_pattern", "mda_values"]
@@ -31,8 +30,6 @@ _PATH_KEYS = (("data", "path"), ("data", "position_file"), ("data", "mda_file"),
               ("preprocess", "beamstop_mask"), ("algorithm", "probe_guess"),
               ("algorithm", "object_guess"), ("output", "directory"))
 _FIELD = re.compile(r"\{(scan|stem|mda_dir)(?::0?(\d{1,2})d)?\}")
-_LENGTH_TO_M = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "μm": 1e-6,
-                "micron": 1e-6, "microns": 1e-6, "nm": 1e-9}
 
 
 def _read_yaml(path: Path, what: str) -> dict:
@@ -42,12 +39,9 @@ def _read_yaml(path: Path, what: str) -> dict:
         raise ConfigError(f"{what} {str(path)!r} not found; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {what} {str(path)!r} ({exc}); check the file") from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{at}; fix the syntax") from None
+    from ..config import parse_yaml  # noqa: PLC0415
+
+    values = parse_yaml(text, str(path))
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -108,10 +102,6 @@ def fill_pattern(text: str, scan: int, mda_path: Path) -> str:
     return _FIELD.sub(one, text)
 
 
-def _scale(unit: str | None) -> float | None:
-    return _LENGTH_TO_M.get(unit.strip().lower()) if unit else None
-
-
 def mda_values(path: str | Path, pv_map: dict | None = None) -> dict[str, Any]:
     """What an MDA file says about a scan: scan number, energy, dims, steps, points per row."""
     from ..io.mda import read_mda, scan_parameters  # noqa: PLC0415
@@ -122,7 +112,7 @@ def mda_values(path: str | Path, pv_map: dict | None = None) -> dict[str, Any]:
     rows, cols = (1, dims[-1]) if len(dims) == 1 else (dims[-2], dims[-1])
     fast_unit = params.get("fast_unit") or params.get("slow_unit")
     slow_unit = params.get("slow_unit") or params.get("fast_unit")
-    kf, ks = _scale(fast_unit), _scale(slow_unit)
+    kf, ks = length_scale(fast_unit), length_scale(slow_unit)
     col = params["fast_step"] * kf if kf and params.get("fast_step") is not None else None
     row = params["slow_step"] * ks if ks and params.get("slow_step") is not None else None
     step = None

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import PtychompiError
+from ..errors import PtychompiError, squash
 
 __all__ = ["QueueStore", "Job", "STATES", "DB_NAME", "sanitise_name", "validate_config",
            "journal_mode", "QueueError"]
@@ -174,10 +174,6 @@ def _job_id(value: object) -> int:
         return int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise QueueError(f"job id {value!r} is not a whole number") from None
-
-
-def _one_line(text: object, limit: int = 500) -> str:
-    return " ".join(str(text).split())[:limit]
 
 
 def validate_config(config: dict) -> dict:
@@ -446,7 +442,7 @@ class QueueStore:
         with self._write() as db:
             db.execute(f"UPDATE jobs SET state=?, ended=?, error=?{', ' if sets else ''}{sets} "
                        "WHERE id=?", (state, time.time(),
-                                      _one_line(error) if error else None,
+                                      squash(error, 500) if error else None,
                                       *extra.values(), job_id))
         return self.get(job_id)
 

@@ -25,8 +25,6 @@ import numpy as np
 import pytest
 import yaml
 
-from ptychompi.simulate import simulate_to_files
-
 BIN = Path(sys.executable).parent
 MPIEXEC = BIN / "mpiexec"
 DRIVER = Path(__file__).with_name("driver.py")
@@ -104,14 +102,6 @@ def continue_run(cfg: Path, ranks: int, out: Path) -> subprocess.CompletedProces
     proc, _ = run(cfg, ranks, *extra)
     assert proc.returncode == 0, proc.stderr
     return proc
-
-
-@pytest.fixture(scope="module")
-def scan(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("scan")
-    simulate_to_files(str(folder / "scan.cxi"), frame=64, grid=8, step_px=8,
-                      probe_diameter_px=20, photons=1e6, seed=0)
-    return folder / "scan.cxi"
 
 
 def write_config(folder: Path, scan: Path, out: Path, formats: list[str] = FORMATS) -> Path:

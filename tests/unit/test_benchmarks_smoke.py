@@ -42,7 +42,7 @@ def test_engines_benchmark_reports_a_ratio_per_engine(tmp_path: Path) -> None:
 
 def test_io_benchmark_reads_every_compression(tmp_path: Path) -> None:
     out = tmp_path / "io.json"
-    _run([str(BENCH / "io.py"), "--grid", "3", "--frame", "16", "--reps", "1",
+    _run([str(BENCH / "io_read.py"), "--grid", "3", "--frame", "16", "--reps", "1",
           "--dir", str(tmp_path / "files"), "--json", str(out)], tmp_path)
     rows = json.loads(out.read_text())["rows"]
     assert [r["compression"] for r in rows] == ["none", "lz4", "bitshuffle", "zlib"]

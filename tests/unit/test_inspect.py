@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from ptychompi.errors import DataError
-from ptychompi.inspect import inspect_file
 from ptychompi.io.cxi import write_cxi
 from ptychompi.simulate import simulate_to_files
+from ptychompi.summary import inspect_file
 
 
 def test_real_cxi(shared_data: Path) -> None:

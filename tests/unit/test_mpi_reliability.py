@@ -18,8 +18,6 @@ import h5py
 import pytest
 import yaml
 
-from ptychompi.simulate import simulate_to_files
-
 BIN = Path(sys.executable).parent
 MPIEXEC, PTYCHOMPI = BIN / "mpiexec", BIN / "ptychompi"
 
@@ -39,14 +37,6 @@ def mpirun(n: int, *args: str, timeout: float = 60) -> subprocess.CompletedProce
 
 def error_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.startswith("ptychompi:")]
-
-
-@pytest.fixture(scope="module")
-def scan(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("scan")
-    simulate_to_files(str(folder / "scan.cxi"), frame=64, grid=8, step_px=8,
-                      probe_diameter_px=20, photons=1e6, seed=0)
-    return folder / "scan.cxi"
 
 
 def config(tmp: Path, scan: Path, iterations: int, every: int = 2) -> Path:

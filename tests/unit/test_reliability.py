@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import yaml
 
-from ptychompi.simulate import simulate_to_files
-
 BIN = Path(sys.executable).parent
 PIXEL = 1.17e-6 / 20  # the simulated scan's object pixel (probe 20 px = 1.17 µm)
 
@@ -33,14 +31,6 @@ def one_error_line(proc: subprocess.CompletedProcess, code: int = 2) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("ptychompi: error"), proc.stderr
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def scan(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("scan")
-    simulate_to_files(str(folder / "scan.cxi"), frame=64, grid=8, step_px=8,
-                      probe_diameter_px=20, photons=1e6, seed=0)
-    return folder / "scan.cxi"
 
 
 def config(tmp: Path, scan: Path, name: str = "c.yaml", **sections: dict) -> Path:

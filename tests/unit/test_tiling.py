@@ -7,7 +7,7 @@ import pytest
 
 from ptychompi.errors import ConfigError
 from ptychompi.parallel.assemble import scatter_object
-from ptychompi.parallel.tiling import Box, decompose, process_grid, window_box
+from ptychompi.parallel.tiling import Box, choose_grid, decompose, process_grid, window_box
 
 FRAME = (32, 32)
 
@@ -34,6 +34,14 @@ def uniform(n: int = 250, extent: float = 200.0, seed: int = 1) -> np.ndarray:
 SCANS = {"raster": raster(), "spiral": spiral(), "random": uniform()}
 
 
+def coverage(pos: np.ndarray, shape: tuple[int, int] = (300, 300)) -> np.ndarray:
+    """Pixels lit by the windows at ``pos`` (boolean mask of the global grid)."""
+    mask = np.zeros(shape, bool)
+    for r, c in np.floor(pos).astype(int):
+        mask[r:r + FRAME[0], c:c + FRAME[1]] = True
+    return mask
+
+
 @pytest.mark.parametrize("size", range(1, 9))
 @pytest.mark.parametrize("scan", SCANS)
 def test_decomposition_invariants(scan: str, size: int) -> None:
@@ -57,15 +65,22 @@ def test_decomposition_invariants(scan: str, size: int) -> None:
         for r, c in np.floor(pos[t.indices]).astype(int):
             assert t.box.r0 <= r and r + FRAME[0] <= t.box.r1
             assert t.box.c0 <= c and c + FRAME[1] <= t.box.c1
-        # neighbours: exactly the ranks whose boxes intersect, halos are the intersections
-        expect = [u.rank for u in tiles if u.rank != t.rank and t.box.intersect(u.box)]
+        # neighbours: exactly the ranks whose windows light a pixel this tile's windows light;
+        # halos hold every such pixel and stay inside the boxes' intersection
+        lit = coverage(pos[t.indices])
+        expect = [u.rank for u in tiles
+                  if u.rank != t.rank and np.any(lit & coverage(pos[u.indices]))]
         assert t.neighbours == expect
         assert set(t.halos) == set(t.neighbours)
         for n, halo in t.halos.items():
             assert t.rank in tiles[n].neighbours  # symmetric neighbours
             assert tiles[n].halos[t.rank] == halo  # symmetric halos
-            assert halo == t.box.intersect(tiles[n].box)
-            assert halo.shape[0] > 0 and halo.shape[1] > 0
+            inter = t.box.intersect(tiles[n].box)
+            assert inter is not None and halo.intersect(inter) == halo
+            both = lit & coverage(pos[tiles[n].indices])
+            inside = np.zeros_like(both)
+            inside[halo.slices()] = True
+            assert both.any() and not np.any(both & ~inside)
 
 
 @pytest.mark.parametrize("scan", SCANS)
@@ -97,6 +112,43 @@ def test_grid_follows_scan_aspect(size: int) -> None:
     tall = wide[:, ::-1]
     py, px = decompose(tall, FRAME, size)[0].grid
     assert py > px
+
+
+@pytest.mark.parametrize("size", [4, 8, 16])
+def test_elongated_scan_gets_a_strip_grid(size: int) -> None:
+    """A 4 x 64 strip is cut along its length, with less halo than the square grid's."""
+    strip = raster(rows=4, cols=64, jitter=0.0)
+    tiles = decompose(strip, FRAME, size)
+    assert tiles[0].grid == (1, size)
+
+    def halo_area(ts: list) -> int:
+        return sum(int(np.prod(h.shape)) for t in ts for h in t.halos.values())
+
+    square = process_grid(size, tuple(np.ptp(strip, axis=0)))
+    assert square != (1, size)
+    assert halo_area(tiles) < halo_area(decompose(strip, FRAME, size, grid=square))
+    tall = decompose(strip[:, ::-1], FRAME, size)
+    assert tall[0].grid == (size, 1)
+
+
+def test_choose_grid_square_scan_stays_square() -> None:
+    sq = raster(rows=12, cols=12, jitter=0.0)
+    assert choose_grid(sq, FRAME, 4) == (2, 2)
+    assert choose_grid(sq, FRAME, 16) == (4, 4)
+
+
+def test_halos_are_the_true_overlap() -> None:
+    """On an irregular scan some halos are narrower than the boxes' intersection."""
+    pos = SCANS["random"]
+    tiles = decompose(pos, FRAME, 8)
+    narrower = [(t.rank, n) for t in tiles for n, h in t.halos.items()
+                if h != t.box.intersect(tiles[n].box)]
+    assert narrower
+    # two boxes that touch only where one side lights nothing are not neighbours
+    zigzag = np.array([[0.0, 0.0], [60.0, 20.0], [0.0, 40.0], [60.0, 60.0]])
+    far = decompose(zigzag, (32, 32), 2, grid=(1, 2))
+    assert far[0].box.intersect(far[1].box) is not None
+    assert all(not t.neighbours for t in far)
 
 
 def test_process_grid_closest_to_square() -> None:

@@ -7,8 +7,8 @@ rank reads a disjoint contiguous share and the rate is all frames / the slowest 
 The files are freshly written, so they are read from the page cache: this measures HDF5 and
 decompression, not the disk.
 
-    python benchmarks/io.py --grid 30 --frame 128                 # one rank, in-process
-    python benchmarks/io.py --grid 30 --frame 128 --drive 1,2     # mpiexec -n 1, -n 2
+    python benchmarks/io_read.py --grid 30 --frame 128                 # one rank, in-process
+    python benchmarks/io_read.py --grid 30 --frame 128 --drive 1,2     # mpiexec -n 1, -n 2
 """
 
 from __future__ import annotations

@@ -136,12 +136,23 @@ def _inspect_result(path: str, f: h5py.File) -> str:
         lines.append(f"attr       {key} = {_short(val)}")
     prov = f.get("provenance")
     if isinstance(prov, h5py.Group):
-        for key, val in prov.attrs.items():
-            lines.append(f"provenance {key} = {_short(val)}")
-        for key, val in prov.items():
-            if isinstance(val, h5py.Dataset):
-                lines.append(f"provenance {key} {val.shape} {val.dtype}")
+        lines += _provenance_lines(prov, "")
     return "\n".join(lines)
+
+
+def _provenance_lines(group: h5py.Group, prefix: str) -> list[str]:
+    """``provenance KEY = VALUE`` for attributes, shape and dtype for datasets; subgroups
+    (``versions``) as ``group/key``."""
+    lines = []
+    for key, val in group.attrs.items():
+        shown = "null" if isinstance(val, h5py.Empty) else _short(val)
+        lines.append(f"provenance {prefix}{key} = {shown}")
+    for key, val in group.items():
+        if isinstance(val, h5py.Dataset):
+            lines.append(f"provenance {prefix}{key} {val.shape} {val.dtype}")
+        elif isinstance(val, h5py.Group):
+            lines += _provenance_lines(val, f"{prefix}{key}/")
+    return lines
 
 
 def _short(value: object, width: int = 70) -> str:
