@@ -501,6 +501,7 @@ def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.nd
     """
     b, kk, m0, m1 = chi.shape
     alpha, w = steps[0], steps[1]
+    classic = w == 1.0
     shared = probes.shape[0] == 1
     accumulate = psum.shape[0] == kk
     with_probe = accumulate or store_grad
@@ -526,20 +527,21 @@ def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.nd
                 for x in range(m1):
                     o = orow[x]
                     omax = max(omax, o.real * o.real + o.imag * o.imag)
+        stepr = rdt(alpha / pmax)  # classic ePIE (w = 1): one step per position
         for y in range(m0):
             orow = obj[r + y, c:c + m1]
-            if w == 1.0:  # classic ePIE: one step per position
-                step[:] = rdt(alpha / pmax)
-            else:
+            if not classic:
                 _mode_power(probes, pj, y, power)
                 for x in range(m1):
                     step[x] = rdt(alpha / ((1.0 - w) * power[x] + w * pmax))
-            for x in range(m1):
-                if not with_probe:
+            if not with_probe:
+                for x in range(m1):
                     scaled[x] = orow[x]
-                elif w == 1.0:
+            elif classic:
+                for x in range(m1):
                     scaled[x] = orow[x].conjugate() / omax
-                else:
+            else:
+                for x in range(m1):
                     o = orow[x]
                     scaled[x] = o.conjugate() / rdt((1.0 - w) * (o.real * o.real
                                                                  + o.imag * o.imag)
@@ -548,7 +550,13 @@ def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.nd
                 prow, crow, srow = probes[pj, k, y], chi[j, k, y], psi[j, k, y]
                 for x in range(m1):
                     crow[x] = crow[x] - srow[x]
-                if k == 0:
+                if classic and k == 0:
+                    for x in range(m1):
+                        upd[x] = prow[x].conjugate() * stepr * crow[x]
+                elif classic:
+                    for x in range(m1):
+                        upd[x] += prow[x].conjugate() * stepr * crow[x]
+                elif k == 0:
                     for x in range(m1):
                         upd[x] = prow[x].conjugate() * step[x] * crow[x]
                 else:
