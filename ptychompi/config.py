@@ -101,7 +101,9 @@ class AlgorithmConfig:
                              "denominator (1 - w)|P|² + w max|P|² (1 = classic ePIE; smaller "
                              "steps further into the beam's tails, unstable at low doses)",
                              low=0.0, high=1.0)
-    overlap_iterations: int = opt(1, "DM: overlap-projection sweeps per iteration", low=1)
+    overlap_iterations: int = opt(1, "DM: overlap-projection sweeps per iteration (later "
+                                  "sweeps reuse the first one's sample-plane exit waves)",
+                                  low=1)
     fourier_relax: float = opt(1.0, "DM: scale of the power bound where the modulus "
                                "constraint stops (0.15 x the Poisson floor x this; 0 = strict)",
                                low=0.0)

@@ -186,22 +186,20 @@ def unshift_runs(execute: Any, plan: int, sums: np.ndarray, ramp_r: np.ndarray,
 
 
 @ck._jit(ck._JIT)
-def dm_probe_runs(execute: Any, execute_r2c: Any, plan: int, plan_r2c: int,
-                  values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                  runs: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray, num: np.ndarray,
-                  den: np.ndarray, acc: np.ndarray, spec: np.ndarray, power: np.ndarray,
-                  half: np.ndarray) -> None:
-    """DM's probe sums with sub-pixel shifts, run by run of positions sharing a shift (run q
-    starts at ``runs[q]``, its ramps ``ramp_r[q]``, ``ramp_c[q]``): the run's
-    ``Σ conj(O_j) values_j`` and ``Σ |O_j|²`` in double precision
-    (:func:`cpu_kernels.conj_window_products`), transformed (complex and real-to-half, in
-    double precision) and back-shifted into the spectra ``num`` (K, M, M) and ``den``
-    (1, M, M//2 + 1) (none when ``den`` is empty and ``acc`` holds K modes). ``acc``
-    (1, K + 1, M, M), ``spec`` (1, K, M, M), ``half``
-    (1, 1, M, M//2 + 1) complex128 and ``power`` (M, M) float64: aligned scratch."""
+def dm_probe_runs(execute: Any, plan: int, values: np.ndarray, obj: np.ndarray,
+                  rows: np.ndarray, cols: np.ndarray, runs: np.ndarray, probes: np.ndarray,
+                  run_probe: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
+                  num: np.ndarray, den: np.ndarray, acc: np.ndarray,
+                  spec: np.ndarray) -> None:
+    """DM's probe residual with sub-pixel shifts, run by run of positions sharing a shift
+    (run q starts at ``runs[q]``, sees the shifted probe ``probes[run_probe[q]]`` and has
+    the ramps ``ramp_r[q]``, ``ramp_c[q]``): the run's ``Σ conj(O_j) values_j`` and
+    ``Σ |O_j|²`` in double precision (:func:`cpu_kernels.conj_window_products`), the residual
+    ``Σ conj(O_j) values_j − Σ |O_j|² · P_run`` transformed in double precision and
+    back-shifted into the spectrum ``num`` (K, M, M), and ``Σ |O_j|²`` added to ``den``
+    (M, M) float64 (:func:`physics.shifted_probe_residual`). ``acc`` (1, K + 1, M, M) and
+    ``spec`` (1, K, M, M) complex128: aligned scratch."""
     b, kk, m0, m1 = values.shape
-    hw = half.shape[3]
-    scale = np.complex128(1.0 / np.sqrt(m0 * m1))
     slot = np.zeros(b, np.int64)
     for q in range(runs.shape[0]):
         start = runs[q]
@@ -209,42 +207,37 @@ def dm_probe_runs(execute: Any, execute_r2c: Any, plan: int, plan_r2c: int,
         acc[...] = 0
         ck.conj_window_products(values[start:stop], obj, rows[start:stop], cols[start:stop],
                                 slot[start:stop], acc)
-        unshift_runs(execute, plan, acc[:, :kk], ramp_r[q:q + 1], ramp_c[q:q + 1], num, spec)
-        if den.shape[0] == 0:  # the numerator only
-            continue
+        g = run_probe[q]
         for y in range(m0):
-            src, dst = acc[0, kk, y], power[y]
+            prow, drow = acc[0, kk, y], den[y]
             for x in range(m1):
-                dst[x] = src[x].real
-        execute_r2c(plan_r2c, power.ctypes.data, half[0, 0].ctypes.data)
-        for y in range(m0):
-            row = half[0, 0, y]
-            for x in range(hw):
-                row[x] = row[x] * scale
-        ck.ramp_sum(half, ramp_r[q:q + 1], ramp_c[q:q + 1, :hw], den)
+                drow[x] += prow[x].real
+            for k in range(kk):
+                arow, qrow = acc[0, k, y], probes[g, k, y]
+                for x in range(m1):
+                    arow[x] = arow[x] - prow[x].real * qrow[x]
+        unshift_runs(execute, plan, acc[:, :kk], ramp_r[q:q + 1], ramp_c[q:q + 1], num, spec)
 
 
 def dm_probe_chunk(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                   ramps: tuple[np.ndarray, np.ndarray], runs: np.ndarray,
-                   with_power: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`dm_probe_runs` with its scratch: the spectra ``(num, den)`` that
-    :func:`physics.shifted_probe_terms` returns (``ramps``: each run's; ``den`` None without
-    ``with_power``)."""
+                   ramps: tuple[np.ndarray, np.ndarray], runs: np.ndarray, probes: np.ndarray,
+                   probe_of: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`dm_probe_runs` with its scratch: what :func:`physics.shifted_probe_residual`
+    returns (``ramps``: each run's; ``probes``, ``probe_of``: the shifted probes and each
+    position's row in them)."""
     b, kk, m0, m1 = values.shape
-    frame, hw = (m0, m1), m1 // 2 + 1
     num = np.zeros((kk, m0, m1), np.complex128)
-    den = np.zeros((1 if with_power else 0, m0, hw), np.complex128)
-    acc = fftw.empty_aligned((1, kk + int(with_power), m0, m1), np.complex128)
+    den = np.zeros((m0, m1), np.float64)
+    acc = fftw.empty_aligned((1, kk + 1, m0, m1), np.complex128)
     spec = fftw.empty_aligned((1, kk, m0, m1), np.complex128)
-    half = fftw.empty_aligned((1, 1, m0, hw), np.complex128)
-    power = fftw.empty_aligned(frame, np.float64)
-    dm_probe_runs(fftw_native.execute_dft_double, fftw_native.execute_dft_r2c_double,
-                  fftw_native.frame_plan(frame, fftw_native.FFTW_FORWARD, "c128"),
-                  fftw_native.frame_plan(frame, fftw_native.FFTW_FORWARD, "r2c128"),
+    run_probe = physics.probe_index(probes, b, probe_of)[_int64(runs)]
+    dm_probe_runs(fftw_native.execute_dft_double,
+                  fftw_native.frame_plan((m0, m1), fftw_native.FFTW_FORWARD, "c128"),
                   np.ascontiguousarray(values), obj, _int64(rows), _int64(cols), _int64(runs),
+                  np.ascontiguousarray(probes), _int64(run_probe),
                   np.ascontiguousarray(ramps[0]), np.ascontiguousarray(ramps[1]), num, den,
-                  acc, spec, power, half)
-    return num, (den[0] if with_power else None)
+                  acc, spec)
+    return num, den
 
 
 def dm_fourier_chunk(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,

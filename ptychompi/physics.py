@@ -418,17 +418,6 @@ def probe_terms(backend: Backend, values: Any, obj: Any, win: Windows) -> tuple[
     return pnum, pden
 
 
-def window_power(backend: Backend, obj: Any, win: Windows, frame: tuple[int, int]) -> Any:
-    """``Σ_j |O_j|²`` over the windows ``win`` of shape ``frame`` (float64): the
-    illumination of the probe by the object, DM's probe-update weight."""
-    if backend.is_gpu:
-        o = extract(backend, obj, win.index)
-        return (o.real ** 2 + o.imag ** 2).sum(axis=0, dtype=np.float64)
-    out = np.zeros(frame, dtype=np.float64)
-    cpu_kernels.window_power(_c(obj), win.rows, win.cols, out)
-    return out
-
-
 def conj_object_products(backend: Backend, values: Any, obj: Any, win: Windows,
                          with_power: bool = False, runs: np.ndarray | None = None) -> Any:
     """``conj(O_j) · values_j`` (B, K, M, M), with ``|O_j|²`` appended as mode K when
@@ -454,36 +443,38 @@ def conj_object_products(backend: Backend, values: Any, obj: Any, win: Windows,
     return out
 
 
-def shifted_probe_terms(backend: Backend, values: Any, obj: Any, win: Windows,
-                        ramps: tuple[Any, Any], runs: np.ndarray | None = None,
-                        with_power: bool = True) -> tuple[Any, Any]:
-    """:func:`probe_terms` with each position's terms back-shifted by its sub-pixel ramps,
-    as spectra: ``Σ_j S_-j[conj(O_j) values_j]`` (K, M, M) and the half spectrum of the real
-    ``Σ_j S_-j[|O_j|²]`` (M, M//2 + 1; None without ``with_power``), complex128 (``runs``:
-    positions sharing a shift).
-    Add the chunks' spectra, then :func:`split_probe_terms`.
+def shifted_probe_residual(backend: Backend, psi: Any, obj: Any, win: Windows,
+                           ramps: tuple[Any, Any], probes: Any, probe_of: Any = None,
+                           runs: np.ndarray | None = None) -> tuple[Any, Any]:
+    """DM's probe residual with sub-pixel shifts: the spectrum of
+    ``Σ_j S_-j[conj(O_j)(ψ_j − P_j O_j)]`` (K, M, M) complex128 and the illumination
+    ``Σ_j |O_j|²`` (M, M) float64, where ``P_j`` is the shifted probe position j sees
+    (``probes`` and ``probe_of`` as in :func:`exit_waves`). Add the chunks' spectra, then
+    take one inverse FFT.
 
-    Positions (or runs) are transformed on their own, runs in double precision, so the
-    result does not depend on how positions are grouped into chunks or tiles (packing two
-    real ``|O_j|²`` frames into one complex64 FFT halves their cost but makes each one's
-    rounding depend on its partner, which DM amplifies: 3 ranks then ended 4e-2 away from
-    one rank; ``rfft2`` halves it too, frame by frame).
+    Positions that share a shift (``runs``, :func:`runs_of`) share ``P_j``, so a run's residual
+    is ``Σ conj(O_j) ψ_j − (Σ |O_j|²) P_run``: formed from the run's two sums in double
+    precision, with no pass over the frames for ``P_j O_j``, and back-shifted once. Runs
+    (and single positions) are transformed on their own, so the result does not depend on how
+    positions are grouped into chunks or tiles.
     """
-    both = conj_object_products(backend, values, obj, win, with_power=with_power, runs=runs)
-    ramps = run_ramps(backend, ramps, runs)
-    k = values.shape[1]
-    num = unshift_sum(backend, both[:, :k], ramps, spectrum=True, overwrite=True)
-    if not with_power:
-        return num, None
+    xp, b, k = backend.xp, psi.shape[0], psi.shape[1]
+    both = conj_object_products(backend, psi, obj, win, with_power=True, runs=runs)
     power = both[:, k].real
-    return num, unshift_sum(backend, power[:, None], ramps, spectrum=True, real=True)[0]
-
-
-def split_probe_terms(backend: Backend, spectra: tuple[Any, Any]) -> tuple[Any, Any]:
-    """``(Σ_j S_-j[conj(O_j) values_j], Σ_j S_-j[|O_j|²])`` from the summed spectra of
-    :func:`shifted_probe_terms`: (K, M, M) complex and (M, M) real."""
-    num, den = spectra
-    return backend.ifft2(num, overwrite=True), backend.irfft2(den, num.shape[-2:])
+    first = np.arange(b) if runs is None else np.asarray(runs)
+    if probe_of is not None:
+        rows = probe_of[xp.asarray(first)]
+    else:
+        rows = xp.zeros(len(first), np.int64) if probes.shape[0] == 1 else xp.asarray(first)
+    residual = both[:, :k] - power[:, None] * probes[rows]
+    num = unshift_sum(backend, residual, run_ramps(backend, ramps, runs), spectrum=True,
+                      overwrite=True)
+    if backend.is_gpu:
+        return num, power.sum(axis=0, dtype=np.float64)
+    den = np.zeros(power.shape[1:], np.float64)
+    for r in range(power.shape[0]):  # in run order, as the fused kernel adds them
+        den += power[r]
+    return num, den
 
 
 def lsqml_object_terms(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any,

@@ -29,9 +29,8 @@ from ..physics import (
     object_terms,
     probe_terms,
     run_ramps,
-    shifted_probe_terms,
+    shifted_probe_residual,
     shifted_probes,
-    window_power,
 )
 from .base import Engine
 
@@ -138,8 +137,8 @@ class DifferenceMap(Engine):
         return metrics
 
     def _iterate(self) -> float:
-        for _ in range(self.cfg.overlap_iterations):
-            self._overlap_projection()
+        for sweep in range(self.cfg.overlap_iterations):
+            self._overlap_projection(psi_ready=sweep > 0)
         return self._fourier_update()
 
     def _exit_waves(self, sl: Any, keep: bool = False) -> Any:
@@ -156,7 +155,11 @@ class DifferenceMap(Engine):
             psi[...] = out
         return psi
 
-    def _overlap_projection(self) -> None:
+    def _overlap_projection(self, psi_ready: bool = False) -> None:
+        """One sweep of the overlap projection: the object from the exit waves and the
+        probe, then the probe from them and the new object. ``psi_ready``: an earlier sweep
+        of this iteration kept the sample-plane exit waves (the waves have not changed), so
+        no inverse propagation is needed."""
         be, xp = self.backend, self.backend.xp
         share_obj = self.schedule.share_object(self.iteration)
         table, probe_ft = self._probe_table()
@@ -171,9 +174,14 @@ class DifferenceMap(Engine):
 
         if keep and (self._psi is None or self._psi.shape != self.waves.shape):
             self._psi = be.empty(self.waves.shape, self.waves.dtype)
+        cached = psi_ready and keep
 
         def object_sums(t: int, sl: slice) -> None:
             probes, probe_of = self._probes(sl, table, probe_ft)
+            if cached:
+                object_terms(be, self._psi[sl], probes, self.windows(sl), nums[t], dens[t],
+                             probe_of)
+                return
             if self.fused:  # inverse FFT and sums position by position in one compiled call
                 fused_kernels.dm_object_chunk(self.waves[sl], self.rows[sl], self.cols[sl],
                                               probes, probe_of, nums[t], dens[t],
@@ -194,7 +202,6 @@ class DifferenceMap(Engine):
         if not update_probe:
             return
         order = self._by_shift
-        frame = self.probe.shape[-2:]
 
         def probe_sums(_: int, sl: slice) -> Any:
             sel = sl if order is None else order[sl]
@@ -207,17 +214,14 @@ class DifferenceMap(Engine):
             # back-shift of the real weight |O_j|² rings at sharp edges and at the frame's
             # border (dips towards zero), where the quotient form diverged
             probes, probe_of = self._probes(sel, table, probe_ft)
-            psi = psi - exit_waves(be, probes, self.object, win, probe_of)
             runs = self.runs(sel)
             if self.fused and runs is not None:  # run by run in one compiled call
-                num = fused_kernels.dm_probe_chunk(psi, self.object, self.rows[sel],
-                                                   self.cols[sel],
-                                                   run_ramps(be, self.ramps(sel), runs),
-                                                   runs, with_power=False)[0]
-            else:
-                num = shifted_probe_terms(be, psi, self.object, win, self.ramps(sel), runs,
-                                          with_power=False)[0]
-            return num, window_power(be, self.object, win, frame)
+                return fused_kernels.dm_probe_chunk(psi, self.object, self.rows[sel],
+                                                    self.cols[sel],
+                                                    run_ramps(be, self.ramps(sel), runs),
+                                                    runs, probes, probe_of)
+            return shifted_probe_residual(be, psi, self.object, win, self.ramps(sel), probes,
+                                          probe_of, runs)
 
         terms = self.map_chunks(probe_sums, n)
         pnum = self.chunk_sum([t[0] for t in terms])

@@ -330,30 +330,29 @@ def test_first_fit_batches(rng, n, frame, limit):
 
 @pytest.mark.parametrize("modes", [1, 2])
 @pytest.mark.parametrize("runs", [None, np.array([0, 2, 3])])
-def test_shifted_probe_terms(rng, modes, runs):
-    """The back-shifted probe sums equal the plain numpy computation: the numerator with
-    the complex FFT, the real denominator with rfft2 (both per position, or per run of
-    positions sharing a shift)."""
+def test_shifted_probe_residual(rng, modes, runs):
+    """DM's back-shifted probe residual equals the plain numpy computation
+    ``Σ_j S_-j[conj(O_j)(ψ_j − P_j O_j)]`` (per position, or per run of positions sharing a
+    shift and so a shifted probe), and the illumination ``Σ_j |O_j|²``."""
     b = 5
     values, obj = rand_complex(rng, (b, modes, M, M)), rand_complex(rng, (H, W))
     rows, cols = corners(rng, b)
     fractions = rng.random((b, 2))
+    probe_of = np.arange(b)
     if runs is not None:
         fractions[1], fractions[4] = fractions[0], fractions[3]  # runs share their shift
+        probe_of = np.array([0, 0, 2, 3, 3])
+    probes = rand_complex(rng, (b, modes, M, M))
     ramps = physics.subpixel_ramps(CPU, fractions, M)
     win = windows(obj, rows, cols)
-    num_terms, power = win.conj()[:, None] * values, np.abs(win) ** 2
+    terms = win.conj()[:, None] * (values - probes[probe_of] * win[:, None])
     rr, rc = ramps[0].conj(), ramps[1].conj()
-    spec = np.fft.fft2(num_terms, norm="ortho") * rr[:, None, :, None] * rc[:, None, None, :]
+    spec = np.fft.fft2(terms, norm="ortho") * rr[:, None, :, None] * rc[:, None, None, :]
     expected_num = np.fft.ifft2(spec.sum(axis=0, dtype=np.complex128), norm="ortho")
-    half = np.fft.rfft2(power, norm="ortho") * rr[:, :, None] * rc[:, None, :M // 2 + 1]
-    expected_den = np.fft.irfft2(half.sum(axis=0, dtype=np.complex128), s=(M, M),
-                                 norm="ortho")
-    spectra = physics.shifted_probe_terms(CPU, values, obj, physics.Windows(rows, cols), ramps,
-                                          runs)
-    pnum, pden = physics.split_probe_terms(CPU, spectra)
-    close(pnum, expected_num)
-    close(pden, expected_den)
+    num, den = physics.shifted_probe_residual(CPU, values, obj, physics.Windows(rows, cols),
+                                              ramps, probes, probe_of, runs)
+    close(np.fft.ifft2(num, norm="ortho"), expected_num)
+    close(den, (np.abs(win) ** 2).sum(axis=0))
 
 
 def test_kernels_compile_without_a_writable_cache(monkeypatch):

@@ -146,7 +146,8 @@ def test_dm_chunks_equal_the_chunked_path(refine):
                                       None)
 
 
-def test_dm_probe_chunk_equals_the_chunked_path():
+@pytest.mark.parametrize("shared", [True, False])
+def test_dm_probe_chunk_equals_the_chunked_path(shared):
     be = select_backend("cpu", workers=1, fft="fftw")
     rng = np.random.default_rng(5)
     rows, cols = np.array([0, 10, 40, 70, 5]), np.array([0, 20, 35, 80, 60])
@@ -155,10 +156,15 @@ def test_dm_probe_chunk_equals_the_chunked_path():
     shifts = rng.uniform(-0.5, 0.5, (5, 2))
     shifts[1], shifts[4] = shifts[0], shifts[3]
     ramps = physics.subpixel_ramps(be, shifts, M)
-    expected = physics.shifted_probe_terms(be, values, obj, Windows(rows, cols, None), ramps,
-                                           runs)
+    probes = rand_complex(rng, (3, 2, M, M))  # the distinct shifted probes, one per run
+    probe_of = None if shared else np.array([0, 0, 1, 2, 2])
+    if shared:
+        probes = probes[:1]
+    expected = physics.shifted_probe_residual(be, values, obj, Windows(rows, cols, None),
+                                              ramps, probes, probe_of, runs)
     got = fused_kernels.dm_probe_chunk(values, obj, rows, cols,
-                                       physics.run_ramps(be, ramps, runs), runs)
+                                       physics.run_ramps(be, ramps, runs), runs, probes,
+                                       probe_of)
     for a, b in zip(got, expected, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
 
