@@ -19,15 +19,19 @@ from ptychompi.simulate import simulate
 FRAME, STEP_PX, PROBE_PX = 64, 8, 20
 
 
-def make_scan(grid: int) -> tuple[ArrayScan, float]:
-    """The simulated ``grid x grid`` scan (same seed on every rank) and its pixel size."""
-    sim = simulate(frame=FRAME, grid=grid, step_px=STEP_PX, probe_diameter_px=PROBE_PX,
+def make_scan(grid: str) -> tuple[ArrayScan, float]:
+    """The simulated ``ROWSxCOLS`` raster (the first rows of a square one; same seed on every
+    rank) and its pixel size."""
+    rows, cols = (int(v) for v in grid.lower().split("x"))
+    side = max(rows, cols)
+    sim = simulate(frame=FRAME, grid=side, step_px=STEP_PX, probe_diameter_px=PROBE_PX,
                    photons=1e6, seed=0)
-    scan = ArrayScan(path="sim", n_frames=len(sim.frames), frame_shape=(FRAME, FRAME),
-                     dtype=np.dtype(np.float32), positions_m=sim.positions_m,
+    keep = np.array([r * side + c for r in range(rows) for c in range(cols)])  # row-major
+    scan = ArrayScan(path="sim", n_frames=len(keep), frame_shape=(FRAME, FRAME),
+                     dtype=np.dtype(np.float32), positions_m=sim.positions_m[keep],
                      geometry=ScanGeometry(sim.wavelength_m, sim.distance_m,
                                            sim.detector_pixel_m),
-                     frames=sim.frames)
+                     frames=sim.frames[keep])
     return scan, sim.pixel_size_m
 
 
@@ -38,7 +42,7 @@ def make_config(engine: str, iterations: int, pixel_m: float) -> dict:
             "parallel": {"device": "cpu", "share_frequency": 1, "workers": 1}}
 
 
-def run(engine: str, grid: int, iterations: int, comm: MPI.Comm | None) -> dict:
+def run(engine: str, grid: str, iterations: int, comm: MPI.Comm | None) -> dict:
     """One reconstruction; on rank 0 (or alone) its object, probe, grid and halo shapes."""
     scan, pixel_m = make_scan(grid)
     r = ptychompi.Reconstruction(make_config(engine, iterations, pixel_m), comm, scan=scan)
@@ -52,7 +56,7 @@ def run(engine: str, grid: int, iterations: int, comm: MPI.Comm | None) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    out, grid, iterations, engines = argv[0], int(argv[1]), int(argv[2]), argv[3:]
+    out, grid, iterations, engines = argv[0], argv[1], int(argv[2]), argv[3:]
     comm = MPI.COMM_WORLD
     saved: dict[str, np.ndarray] = {}
     for engine in engines:
