@@ -172,3 +172,19 @@ def cpu_model() -> str:
 def machine() -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu_model(), "cores": cores}
+
+
+def run_mpi_worker(cmd: list[str], ranks: int, timeout: float, tag: str = "RESULT ") -> dict:
+    """Run a benchmark worker under mpiexec (``cmd``) outside any enclosing MPI job and
+    return the JSON its rank 0 printed after ``tag``; exits with one line if it failed."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(tag)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"mpiexec -n {ranks} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(tag):])

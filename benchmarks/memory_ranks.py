@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -71,13 +70,7 @@ def launch(args: argparse.Namespace, k: int, engine: str, cxi: str, probe_m: flo
     cmd = [args.mpiexec, "-n", str(k), sys.executable, os.path.join(HERE, "memory_ranks.py"),
            "--worker", "--cxi", cxi, "--engine", engine, "--iterations", str(args.iterations),
            "--probe-m", repr(probe_m)]
-    env = {key: v for key, v in os.environ.items() if not key.startswith(("PMI_", "HYDRA_"))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(TAG)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"mpiexec -n {k} failed (exit {proc.returncode})")
-    return json.loads(lines[-1][len(TAG):])
+    return common.run_mpi_worker(cmd, k, args.timeout, TAG)
 
 
 def table(rows: list[dict]) -> str:

@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 
@@ -142,13 +141,7 @@ def launch(args: argparse.Namespace, k: int) -> dict:
         cmd += ["--workers", str(args.workers)]
     if args.pingpong:
         cmd += ["--pingpong"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(TAG)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"mpiexec -n {k} failed (exit {proc.returncode})")
-    return json.loads(lines[-1][len(TAG):])
+    return common.run_mpi_worker(cmd, k, args.timeout, TAG)
 
 
 def drive(args: argparse.Namespace) -> int:
