@@ -33,6 +33,11 @@ DEFAULT_BATCHES = 10
 DELTA = 0.1  # object-direction preconditioner (δ)
 DAMPING = 0.1  # λ relative to the batch mean of each diagonal
 STEP_SCALE = 0.9
+# the probe's step along each batch's mean direction, relative to the mean of its positions'
+# optimal steps: successive sparse batches refine the probe in nearly the same direction, and
+# over-relaxed steps converge in fewer iterations on the scan matrix (BENCHMARKS.md,
+# robustness) with the same results on the PETRA III scan and the simulated star
+PROBE_RELAXATION = 2.0
 TRIM = 0.1  # fraction trimmed from each side for the object step mean
 POISSON_NEWTON_STEPS = 6
 
@@ -261,5 +266,5 @@ class LSQML(Engine):
             psum, pcount = float(np.sum(alphas, dtype=np.float64)), float(len(alphas))
             if share_probe and not share_obj:
                 psum, pcount = ex.allreduce(psum), ex.allreduce(pcount)
-            self.probe += (psum / max(pcount, 1.0)) * d_probe
+            self.probe += PROBE_RELAXATION * (psum / max(pcount, 1.0)) * d_probe
         return err
