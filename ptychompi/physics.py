@@ -462,10 +462,8 @@ def shifted_probe_residual(backend: Backend, psi: Any, obj: Any, win: Windows,
     both = conj_object_products(backend, psi, obj, win, with_power=True, runs=runs)
     power = both[:, k].real
     first = np.arange(b) if runs is None else np.asarray(runs)
-    if probe_of is not None:
-        rows = probe_of[xp.asarray(first)]
-    else:
-        rows = xp.zeros(len(first), np.int64) if probes.shape[0] == 1 else xp.asarray(first)
+    rows = (probe_of[xp.asarray(first)] if probe_of is not None
+            else xp.asarray(probe_index(probes, b, None)[first]))
     residual = both[:, :k] - power[:, None] * probes[rows]
     num = unshift_sum(backend, residual, run_ramps(backend, ramps, runs), spectrum=True,
                       overwrite=True)

@@ -244,6 +244,8 @@ class DifferenceMap(Engine):
     def refining(self) -> bool:
         """Error reduction (strict projection, Ψ ← π_F Φ) instead of DM this iteration: from
         ``dm_refine_from``, or earlier once DM has stalled (:func:`stall_iteration`)."""
+        if self._refined:  # once it has taken over it stays
+            return True
         start = self.cfg.dm_refine_from
         if start is not None and self.iteration >= start:
             return True

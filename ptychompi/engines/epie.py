@@ -61,8 +61,7 @@ class EPIE(Engine):
         return err
 
     def _update(self, batch: np.ndarray, steps: tuple[float, float], beta: float,
-                update_probe: bool,
-                probe_ft: Any | None) -> float:
+                update_probe: bool, probe_ft: Any | None) -> float:
         """One batch of disjoint windows; on a CPU its positions are spread over the worker
         threads, each doing its positions' exit waves and updates in one pass (each window's
         object update touches only its own window, which no other position of the batch
