@@ -189,15 +189,16 @@ def unshift_runs(execute: Any, plan: int, sums: np.ndarray, ramp_r: np.ndarray,
 def dm_probe_runs(execute: Any, plan: int, values: np.ndarray, obj: np.ndarray,
                   rows: np.ndarray, cols: np.ndarray, runs: np.ndarray, probes: np.ndarray,
                   run_probe: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
-                  num: np.ndarray, den: np.ndarray, acc: np.ndarray,
-                  spec: np.ndarray) -> None:
+                  num: np.ndarray, den: np.ndarray, run_power: np.ndarray,
+                  acc: np.ndarray, spec: np.ndarray) -> None:
     """DM's probe residual with sub-pixel shifts, run by run of positions sharing a shift
     (run q starts at ``runs[q]``, sees the shifted probe ``probes[run_probe[q]]`` and has
     the ramps ``ramp_r[q]``, ``ramp_c[q]``): the run's ``Σ conj(O_j) values_j`` and
     ``Σ |O_j|²`` in double precision (:func:`cpu_kernels.conj_window_products`), the residual
     ``Σ conj(O_j) values_j − Σ |O_j|² · P_run`` transformed in double precision and
     back-shifted into the spectrum ``num`` (K, M, M), and ``Σ |O_j|²`` added to ``den``
-    (M, M) float64 (:func:`physics.shifted_probe_residual`). ``acc`` (1, K + 1, M, M) and
+    (M, M) and written to ``run_power[q]`` (R, M, M), float64
+    (:func:`physics.shifted_probe_residual`). ``acc`` (1, K + 1, M, M) and
     ``spec`` (1, K, M, M) complex128: aligned scratch."""
     b, kk, m0, m1 = values.shape
     slot = np.zeros(b, np.int64)
@@ -209,8 +210,9 @@ def dm_probe_runs(execute: Any, plan: int, values: np.ndarray, obj: np.ndarray,
                                 slot[start:stop], acc)
         g = run_probe[q]
         for y in range(m0):
-            prow, drow = acc[0, kk, y], den[y]
+            prow, drow, rrow = acc[0, kk, y], den[y], run_power[q, y]
             for x in range(m1):
+                rrow[x] = prow[x].real
                 drow[x] += prow[x].real
             for k in range(kk):
                 arow, qrow = acc[0, k, y], probes[g, k, y]
@@ -221,13 +223,15 @@ def dm_probe_runs(execute: Any, plan: int, values: np.ndarray, obj: np.ndarray,
 
 def dm_probe_chunk(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                    ramps: tuple[np.ndarray, np.ndarray], runs: np.ndarray, probes: np.ndarray,
-                   probe_of: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                   probe_of: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`dm_probe_runs` with its scratch: what :func:`physics.shifted_probe_residual`
     returns (``ramps``: each run's; ``probes``, ``probe_of``: the shifted probes and each
     position's row in them)."""
     b, kk, m0, m1 = values.shape
     num = np.zeros((kk, m0, m1), np.complex128)
     den = np.zeros((m0, m1), np.float64)
+    run_power = np.empty((len(runs), m0, m1), np.float64)
     acc = fftw.empty_aligned((1, kk + 1, m0, m1), np.complex128)
     spec = fftw.empty_aligned((1, kk, m0, m1), np.complex128)
     run_probe = physics.probe_index(probes, b, probe_of)[_int64(runs)]
@@ -236,8 +240,8 @@ def dm_probe_chunk(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: 
                   np.ascontiguousarray(values), obj, _int64(rows), _int64(cols), _int64(runs),
                   np.ascontiguousarray(probes), _int64(run_probe),
                   np.ascontiguousarray(ramps[0]), np.ascontiguousarray(ramps[1]), num, den,
-                  acc, spec)
-    return num, den
+                  run_power, acc, spec)
+    return num, den, run_power
 
 
 def dm_fourier_chunk(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,

@@ -447,8 +447,9 @@ def shifted_probe_residual(backend: Backend, psi: Any, obj: Any, win: Windows,
                            ramps: tuple[Any, Any], probes: Any, probe_of: Any = None,
                            runs: np.ndarray | None = None) -> tuple[Any, Any]:
     """DM's probe residual with sub-pixel shifts: the spectrum of
-    ``Σ_j S_-j[conj(O_j)(ψ_j − P_j O_j)]`` (K, M, M) complex128 and the illumination
-    ``Σ_j |O_j|²`` (M, M) float64, where ``P_j`` is the shifted probe position j sees
+    ``Σ_j S_-j[conj(O_j)(ψ_j − P_j O_j)]`` (K, M, M) complex128, the illumination
+    ``Σ_j |O_j|²`` (M, M) float64 and each run's own ``Σ_{j∈run} |O_j|²`` (R, M, M) float64
+    (the step length's curvature), where ``P_j`` is the shifted probe position j sees
     (``probes`` and ``probe_of`` as in :func:`exit_waves`). Add the chunks' spectra, then
     take one inverse FFT.
 
@@ -468,11 +469,11 @@ def shifted_probe_residual(backend: Backend, psi: Any, obj: Any, win: Windows,
     num = unshift_sum(backend, residual, run_ramps(backend, ramps, runs), spectrum=True,
                       overwrite=True)
     if backend.is_gpu:
-        return num, power.sum(axis=0, dtype=np.float64)
+        return num, power.sum(axis=0, dtype=np.float64), power.astype(np.float64)
     den = np.zeros(power.shape[1:], np.float64)
     for r in range(power.shape[0]):  # in run order, as the fused kernel adds them
         den += power[r]
-    return num, den
+    return num, den, np.asarray(power, np.float64)
 
 
 def lsqml_object_terms(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any,

@@ -215,30 +215,58 @@ class DifferenceMap(Engine):
             # border (dips towards zero), where the quotient form diverged
             probes, probe_of = self._probes(sel, table, probe_ft)
             runs = self.runs(sel)
+            shift_ids = self.ramp_id[sel] if runs is None else self.ramp_id[sel][runs]
             if self.fused and runs is not None:  # run by run in one compiled call
-                return fused_kernels.dm_probe_chunk(psi, self.object, self.rows[sel],
-                                                    self.cols[sel],
-                                                    run_ramps(be, self.ramps(sel), runs),
-                                                    runs, probes, probe_of)
-            return shifted_probe_residual(be, psi, self.object, win, self.ramps(sel), probes,
-                                          probe_of, runs)
+                return (*fused_kernels.dm_probe_chunk(psi, self.object, self.rows[sel],
+                                                      self.cols[sel],
+                                                      run_ramps(be, self.ramps(sel), runs),
+                                                      runs, probes, probe_of), shift_ids)
+            return (*shifted_probe_residual(be, psi, self.object, win, self.ramps(sel),
+                                            probes, probe_of, runs), shift_ids)
 
         terms = self.map_chunks(probe_sums, n)
         pnum = self.chunk_sum([t[0] for t in terms])
         pden = self.chunk_sum([t[1] for t in terms])
         if self.use_subpixel:  # the chunks' spectra, added, need one inverse FFT
             pnum = be.ifft2(pnum, overwrite=True)
-        if self.schedule.share_probe(self.iteration):  # numerator and denominator in one call
+        share_probe = self.schedule.share_probe(self.iteration)
+        if share_probe:  # numerator and denominator in one call
             packed = self.exchange.allreduce(xp.concatenate([pnum.reshape(-1),
                                                              pden.reshape(-1)]))
             pnum = packed[:pnum.size].reshape(pnum.shape)
             pden = packed[pnum.size:].real.reshape(pden.shape)
         pdelta = REGULARISATION * float(pden.max())
-        if self.use_subpixel:
-            self.probe = (self.probe + pnum / (pden + pdelta)).astype(be.complex_dtype)
+        if self.use_subpixel:  # along the preconditioned residual, by the exact line search
+            direction = pnum / (pden + pdelta)
+            curvature = self._probe_curvature(direction, terms)
+            if share_probe:
+                curvature = self.exchange.allreduce(curvature)
+            slope = float(xp.vdot(direction, pnum).real)
+            step = slope / curvature if curvature > 0 else 0.0
+            self.probe = (self.probe + step * direction).astype(be.complex_dtype)
         else:
             self.probe = ((pnum + pdelta * self.probe) / (pden + pdelta)).astype(
                 be.complex_dtype)
+
+    def _probe_curvature(self, direction: Any, terms: list[tuple]) -> float:
+        """``Σ_j ‖S_j(d) O_j‖²`` for the probe direction ``d`` over this tile's positions,
+        from each run's ``Σ |O_j|²`` and its shift (the chunks' ``terms``): with the slope
+        ``Re⟨d, g⟩`` it gives the step that minimises the overlap misfit along ``d``. The
+        diagonal preconditioner alone is the exact step only without sub-pixel shifts; with
+        them, on rough objects, it overshot and the probe ran away."""
+        be, xp = self.backend, self.backend.xp
+        ids = np.concatenate([t[3] for t in terms])
+        if not len(ids):
+            return 0.0
+        powers = xp.concatenate([xp.asarray(t[2]) for t in terms])
+        shifts, member = np.unique(ids, return_inverse=True)
+        rows = xp.asarray(shifts)
+        d = direction.astype(be.complex_dtype)
+        shifted = shifted_probes(be, be.fft2(d), (self._ramps[0][rows], self._ramps[1][rows]),
+                                 d)
+        magnitude = (shifted.real ** 2 + shifted.imag ** 2).sum(axis=1)  # (G, M, M)
+        return float((powers * magnitude[xp.asarray(member.reshape(-1))]).sum(
+            dtype=np.float64))
 
     @property
     def refining(self) -> bool:

@@ -349,10 +349,12 @@ def test_shifted_probe_residual(rng, modes, runs):
     rr, rc = ramps[0].conj(), ramps[1].conj()
     spec = np.fft.fft2(terms, norm="ortho") * rr[:, None, :, None] * rc[:, None, None, :]
     expected_num = np.fft.ifft2(spec.sum(axis=0, dtype=np.complex128), norm="ortho")
-    num, den = physics.shifted_probe_residual(CPU, values, obj, physics.Windows(rows, cols),
-                                              ramps, probes, probe_of, runs)
+    num, den, run_power = physics.shifted_probe_residual(
+        CPU, values, obj, physics.Windows(rows, cols), ramps, probes, probe_of, runs)
     close(np.fft.ifft2(num, norm="ortho"), expected_num)
     close(den, (np.abs(win) ** 2).sum(axis=0))
+    starts = np.arange(b) if runs is None else runs
+    close(run_power, np.add.reduceat(np.abs(win) ** 2, starts, axis=0))
 
 
 def test_kernels_compile_without_a_writable_cache(monkeypatch):

@@ -94,3 +94,27 @@ def test_matrix_probes_are_what_they_claim():
     pinhole = make_matrix_probe("pinhole", m, d, fresnel=5.0)[0]
     outside = np.hypot(*np.mgrid[-m // 2:m // 2, -m // 2:m // 2]) > d
     assert (np.abs(pinhole[outside]) ** 2).sum() < 0.1 * (np.abs(pinhole) ** 2).sum()
+
+
+@pytest.mark.parametrize("name", ["epie", "dm", "lsqml"])
+def test_real_aps_far_field_scan_with_defaults(shared_data, name):
+    """Real far-field frames (APS scan 235: a zone-plate beam with a central stop, 20
+    positions of a spiral) with default settings and no beam size: the error falls and never
+    runs away (DM's probe ran away here before its step was a line search)."""
+    from ptychompi import Reconstruction  # noqa: PLC0415
+    from ptychompi.geometry import wavelength_from_kev  # noqa: PLC0415
+    from ptychompi.scan import ArrayScan, ScanGeometry  # noqa: PLC0415
+
+    data = np.load(shared_data / "aps-scan235-truncated" / "test235_truncated.npz")
+    frames = data["reciprocal"].astype(np.float32)
+    scan = ArrayScan(path="aps235", n_frames=len(frames), frame_shape=frames.shape[1:],
+                     dtype=np.float32, positions_m=data["position"], frames=frames,
+                     geometry=ScanGeometry(wavelength_from_kev(8.8), 2.2, 75e-6))
+    cfg = {"algorithm": {"name": name, "iterations": 60}, "parallel": {"device": "cpu"},
+           "preprocess": {"crop_size": 256}}
+    with Reconstruction(cfg, scan=scan) as r:
+        r.run()
+        errors = np.asarray(r.metrics["error"])
+        assert np.all(np.isfinite(r.object)) and np.all(np.isfinite(r.probe))
+    assert np.all(np.isfinite(errors)) and errors.max() < 3 * errors[0], errors
+    assert errors[-1] < 0.6 * errors[0], errors
