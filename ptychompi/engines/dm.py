@@ -258,15 +258,21 @@ class DifferenceMap(Engine):
         ids = np.concatenate([t[3] for t in terms])
         if not len(ids):
             return 0.0
-        powers = xp.concatenate([xp.asarray(t[2]) for t in terms])
+        powers = [p for t in terms for p in t[2]]
         shifts, member = np.unique(ids, return_inverse=True)
-        rows = xp.asarray(shifts)
+        weight = xp.zeros((len(shifts), *powers[0].shape), np.float64)
+        for run, power in zip(member.reshape(-1), powers, strict=True):  # per distinct shift
+            weight[run] += power
         d = direction.astype(be.complex_dtype)
-        shifted = shifted_probes(be, be.fft2(d), (self._ramps[0][rows], self._ramps[1][rows]),
-                                 d)
-        magnitude = (shifted.real ** 2 + shifted.imag ** 2).sum(axis=1)  # (G, M, M)
-        return float((powers * magnitude[xp.asarray(member.reshape(-1))]).sum(
-            dtype=np.float64))
+        d_ft = be.fft2(d)
+
+        def part(_: int, sl: slice) -> float:  # the distinct shifts over the worker threads
+            rows = xp.asarray(shifts[sl])
+            shifted = shifted_probes(be, d_ft, (self._ramps[0][rows], self._ramps[1][rows]), d)
+            magnitude = (shifted.real ** 2 + shifted.imag ** 2).sum(axis=1)
+            return float((weight[sl] * magnitude).sum(dtype=np.float64))
+
+        return float(sum(self.map_chunks(part, len(shifts), self.per_thread(len(shifts)))))
 
     @property
     def refining(self) -> bool:
