@@ -81,6 +81,22 @@ class PreprocessConfig:
 
 
 @dataclass
+class PositionCorrectionConfig:
+    enabled: bool = opt(False, "refine the scan positions from the data misfit (all engines)")
+    start: int = opt(10, "first iteration that moves positions", low=0)
+    update_every: int = opt(1, "iterations between position updates", low=1)
+    step: float = opt(1.0, "fraction of each position's least-squares shift applied", low=0.0)
+    max_shift: float = opt(0.5, "largest move of a position in one update, px", low=0.0)
+    max_total: float = opt(4.0, "largest distance of a position from its input, px per axis "
+                           "(the tiles grow by this much so windows stay inside them)",
+                           low=0.0, high=64.0)
+    affine: bool = opt(False, "fit scale, rotation, shear and offset over all positions each "
+                       "update; positions = the fitted transform of the input + a residual")
+    max_residual: float | None = opt(None, "affine: largest residual from the fitted "
+                                     "transform, px per axis (null = max_total)", low=0.0)
+
+
+@dataclass
 class AlgorithmConfig:
     name: str = opt("dm", "reconstruction engine", choices=("epie", "dm", "lsqml"))
     iterations: int = opt(100, "iterations to run", low=0)
@@ -121,6 +137,8 @@ class AlgorithmConfig:
                              "with the same remainder share one shifted probe and one "
                              "back-shift (DM, LSQML); 0 = exact", low=0)
     precision: str = opt("single", "float precision", choices=("single", "double"))
+    position_correction: PositionCorrectionConfig = opt(
+        None, "position refinement", factory=PositionCorrectionConfig)
 
 
 @dataclass
@@ -302,6 +320,10 @@ def _check_combinations(cfg: Config) -> None:
             raise ConfigError(f"data.{key} = {v}: expected two values [rows, cols]")
     if cfg.preprocess.center is not None and len(cfg.preprocess.center) != 2:
         raise ConfigError(f"preprocess.center = {cfg.preprocess.center}: expected [row, col]")
+    pc = a.position_correction
+    if pc.max_residual is not None and pc.max_residual > pc.max_total:
+        raise ConfigError(f"algorithm.position_correction.max_residual = {pc.max_residual} is "
+                          f"above max_total = {pc.max_total}; lower it or raise max_total")
     if len(cfg.geometry.flip_positions) != 2:
         raise ConfigError("geometry.flip_positions: expected [rows, cols] booleans")
 
@@ -430,5 +452,6 @@ def default_yaml() -> str:
 
 
 __all__ = ["Config", "DataConfig", "GeometryConfig", "PreprocessConfig", "AlgorithmConfig",
-           "ParallelConfig", "OutputConfig", "NotifyConfig", "EmailConfig", "load_config",
+           "ParallelConfig", "OutputConfig", "PositionCorrectionConfig", "NotifyConfig",
+           "EmailConfig", "load_config",
            "config_from_dict", "default_yaml", "apply_environment", "ENV_OVERRIDES"]
