@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import fused_kernels
+from ..parallel.sparse_halo import TouchedHalo
 from ..physics import (
     EPS,
     exit_waves,
@@ -64,6 +65,12 @@ class LSQML(Engine):
         self._lookup[self.data.indices] = np.arange(len(self.data.indices))
         self._shift_of = self._global_shifts()
         self.fused = self.fused and self.cfg.noise_model == "gaussian"
+        # per-batch halo sums move only the pixels the batch's windows touched (off: the full
+        # halo, the same result); the global batch being updated and its built exchange
+        self.touched_halo = True
+        self._parts: list[np.ndarray] = []
+        self._part: np.ndarray | None = None
+        self._touched: tuple[Any, TouchedHalo] | None = None
 
     def _global_shifts(self) -> np.ndarray | None:
         """Every frame's rounded sub-pixel shift as one integer, the same on every rank (one
@@ -94,7 +101,8 @@ class LSQML(Engine):
             group_rank = self.rng.permutation(int(group.max()) + 1)
             perm = perm[np.argsort(group_rank[group.reshape(-1)], kind="stable")]
         out = []
-        for part in np.array_split(perm, self.n_batches):
+        self._parts = np.array_split(perm, self.n_batches)  # global: the touched halo's plan
+        for part in self._parts:
             local = self._lookup[part]
             local = local[local >= 0]
             if self._shift_of is None:  # by window row: each thread's share is a band
@@ -105,8 +113,10 @@ class LSQML(Engine):
 
     def _iterate(self) -> float:
         err = 0.0
-        for batch in self._batches():
+        for k, batch in enumerate(self._batches()):
+            self._part = self._parts[k]
             err += self._update(batch)
+        self._part = None
         if self.exchange.size > 1:
             if self.schedule.share_frequency > 1 and self.schedule.share_object(self.iteration):
                 self.merge_object()
@@ -114,6 +124,20 @@ class LSQML(Engine):
                     self.iteration):
                 self.average_probe()
         return err
+
+    def _halo_sum(self, *arrays: Any) -> None:
+        """The batch's halo sum: over the pixels its windows touched (:class:`TouchedHalo`,
+        built collectively at first use and again after the positions moved), or the full
+        halo with ``touched_halo`` off or outside :meth:`_iterate`."""
+        ex = self.exchange
+        if ex.size == 1 or not self.touched_halo or self._part is None:
+            ex.halo_sum(*arrays)
+            return
+        if self._touched is None or self._touched[0] is not self.rows:  # every rank alike
+            frame = (self.data.frame, self.data.frame)
+            self._touched = (self.rows, TouchedHalo(ex, self.data.indices, self.rows,
+                                                    self.cols, self.data.n_global, frame))
+        self._touched[1].sum(self._part, *arrays)
 
     def _exit_update(self, wave: Any, amplitude: Any) -> tuple[Any, float]:
         """Detector-space target Ψ' for the Gaussian or Poisson noise model."""
@@ -197,7 +221,7 @@ class LSQML(Engine):
         num, illum = self.reduce((nums, be.complex_dtype), (illums, be.real_dtype),
                                  spans=spans)
         if share_obj:
-            ex.halo_sum(num, illum)
+            self._halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
         damping = (DELTA * dmax) ** 2
         d_obj = xp.empty_like(num)

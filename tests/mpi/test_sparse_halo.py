@@ -1,0 +1,128 @@
+"""MPI: LSQML's halo sums over what a batch touched (``parallel/sparse_halo.py``, issue 20).
+
+Run with ``mpiexec -n N python -m pytest --with-mpi tests/mpi/test_sparse_halo.py`` for
+N = 1, 2, 3, 4: the touched exchange gives bitwise the full halo sum, moves fewer bytes, and
+keeps n ranks on the one-rank trajectory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import ptychompi
+from ptychompi.backend import Backend
+from ptychompi.parallel.exchange import make_exchange
+from ptychompi.parallel.sparse_halo import TouchedHalo, cover
+from ptychompi.parallel.tiling import Box, decompose
+from ptychompi.scan import ArrayScan, ScanGeometry
+from ptychompi.simulate import simulate
+
+comm = MPI.COMM_WORLD
+rank, size = comm.Get_rank(), comm.Get_size()
+FRAME, GRID, STEP_PX, PROBE_PX = 64, 8, 8, 20
+ITERATIONS = 8
+EXACT_SINGLE = 1e-4  # as tests/mpi/test_invariance.py
+SIM = simulate(frame=FRAME, grid=GRID, step_px=STEP_PX, probe_diameter_px=PROBE_PX,
+               photons=1e6, seed=0)
+
+
+def scan() -> ArrayScan:
+    return ArrayScan(path="sim", n_frames=len(SIM.frames), frame_shape=(FRAME, FRAME),
+                     dtype=np.dtype(np.float32), positions_m=SIM.positions_m,
+                     geometry=ScanGeometry(SIM.wavelength_m, SIM.distance_m,
+                                           SIM.detector_pixel_m),
+                     frames=SIM.frames)
+
+
+def config(batch_size: int | None = None) -> dict:
+    return {"algorithm": {"name": "lsqml", "iterations": ITERATIONS, "seed": 0,
+                          "probe_diameter_m": PROBE_PX * SIM.pixel_size_m,
+                          "batch_size": batch_size},
+            "parallel": {"device": "cpu", "share_frequency": 1}}
+
+
+def test_cover_matches_painted_windows() -> None:
+    rng = np.random.default_rng(3)
+    box = Box(10, 5, 50, 70)
+    tops = rng.integers(-20, 75, (30, 2))
+    pad = 40  # canvas offset: windows may start above or left of the box
+    painted = np.zeros((200, 200), bool)
+    for r, c in tops + pad:
+        painted[r:r + 16, c:c + 12] = True
+    expected = painted[box.r0 + pad:box.r1 + pad, box.c0 + pad:box.c1 + pad]
+    np.testing.assert_array_equal(cover(tops, box, (16, 12)), expected)
+    assert not cover(np.zeros((0, 2), int), box, (16, 12)).any()
+
+
+@pytest.mark.mpi
+def test_touched_sum_equals_full_halo_sum() -> None:
+    """Arrays zero outside a random batch's windows: the touched sum is bitwise the full
+    halo sum and sends less (from a rank with a neighbour)."""
+    rng = np.random.default_rng(7)
+    pos = np.stack(np.meshgrid(np.arange(12) * 8.0, np.arange(12) * 8.0, indexing="ij"),
+                   -1).reshape(-1, 2) + rng.uniform(0, 1.5, (144, 2))
+    frame = (24, 24)
+    tiles = decompose(pos, frame, size)
+    tile = tiles[rank]
+    be = Backend(np, "cpu")
+    ex = make_exchange(comm if size > 1 else None, tiles, rank, be)
+    top = np.floor(pos).astype(np.int64)
+    local = top[tile.indices] - np.array(tile.origin)
+    part = rng.permutation(len(pos))[:30]  # the same on every rank (same seed)
+    mask = cover(top[np.intersect1d(part, tile.indices)], tile.box, frame)
+    vals = rng.uniform(0.5, 1.5, (3, *tile.box.shape)) + rank
+    a = (vals[0] + 1j * vals[1]).astype(np.complex64) * mask
+    b = (vals[2] * mask).astype(np.float32)
+    full_a, full_b = a.copy(), b.copy()
+    ex.halo_sum(full_a, full_b)
+    full_bytes = ex.stats.halo_bytes
+    if size > 1:
+        halo = TouchedHalo(ex, tile.indices, local[:, 0], local[:, 1], len(pos), frame)
+        halo.sum(part, a, b)
+        sent = ex.stats.halo_bytes - full_bytes
+        if tile.neighbours:
+            assert 0 < sent < full_bytes, (sent, full_bytes)
+    np.testing.assert_array_equal(a, full_a)
+    np.testing.assert_array_equal(b, full_b)
+    ex.close()
+
+
+def run(touched: bool) -> tuple[np.ndarray | None, np.ndarray, int, int]:
+    r = ptychompi.Reconstruction(config(), comm, scan=scan())
+    r.engine.touched_halo = touched
+    r.step(ITERATIONS)
+    stats = r.exchange.stats
+    out = (r.object, r.probe, stats.halo_bytes, stats.halo_sums)
+    r.close()
+    return out
+
+
+@pytest.mark.mpi
+def test_lsqml_touched_equals_full_halo_and_one_rank() -> None:
+    obj, probe, sent, sums = run(True)
+    obj_full, probe_full, sent_full, sums_full = run(False)
+    ref = None
+    if rank == 0:  # one rank, in this process
+        r = ptychompi.Reconstruction(config(), None, scan=scan())
+        r.step(ITERATIONS)
+        ref = (r.object, r.probe)
+        r.close()
+    assert sums == sums_full
+    figures = None
+    if rank == 0:
+        np.testing.assert_array_equal(obj, obj_full)
+        np.testing.assert_array_equal(probe, probe_full)
+
+        def rel(a: np.ndarray, b: np.ndarray) -> float:
+            return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+        figures = (rel(obj, ref[0]), rel(probe, ref[1]))
+        print(f"\n[touched halo] ranks={size} object={figures[0]:.2e} probe={figures[1]:.2e}"
+              f" halo bytes {sent} vs full {sent_full}", flush=True)
+    figures = comm.bcast(figures, root=0)
+    assert figures[0] <= EXACT_SINGLE and figures[1] <= EXACT_SINGLE, figures
+    totals = comm.allgather((sent, sent_full))
+    if size > 1:
+        assert sum(t[0] for t in totals) < sum(t[1] for t in totals), totals
