@@ -59,6 +59,8 @@ def worker(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     recon = ptychompi.Reconstruction(cfg, comm, scan=scan)
     setup = time.perf_counter() - t0
+    if hasattr(recon.engine, "touched_halo"):  # LSQML: per-batch halo of what was touched
+        recon.engine.touched_halo = args.halo == "touched"
     for _ in range(args.warmup):
         recon.step()
     m0 = recon.metrics
@@ -136,7 +138,7 @@ def launch(args: argparse.Namespace, k: int) -> dict:
            "--worker", "--mode", args.mode, "--engine", args.engine,
            "--grid", str(args.grid), "--frame", str(args.frame),
            "--iterations", str(args.iterations), "--warmup", str(args.warmup),
-           "--subpixel", args.subpixel]
+           "--subpixel", args.subpixel, "--halo", args.halo]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
     if args.pingpong:
@@ -192,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--subpixel", default="on", choices=("on", "off"))
     ap.add_argument("--workers", type=int, default=None, help="FFT threads per rank")
+    ap.add_argument("--halo", default="touched", choices=("touched", "full"),
+                    help="LSQML's per-batch halo sums: the pixels touched, or the full halo")
     ap.add_argument("--mpiexec", default=os.path.join(os.path.dirname(sys.executable),
                                                       "mpiexec"))
     ap.add_argument("--timeout", type=float, default=600)

@@ -26,16 +26,12 @@ def cover(tops: np.ndarray, box: Box, frame: tuple[int, int]) -> np.ndarray:
     r1 = np.clip(tops[:, 0] + frame[0] - box.r0, 0, h)
     c0 = np.clip(tops[:, 1] - box.c0, 0, w)
     c1 = np.clip(tops[:, 1] + frame[1] - box.c0, 0, w)
+    mask = np.zeros((h, w), dtype=bool)
     hit = (r0 < r1) & (c0 < c1)
-    if not hit.any():
-        return np.zeros((h, w), dtype=bool)
-    r0, r1, c0, c1 = r0[hit], r1[hit], c0[hit], c1[hit]
-    edges = np.zeros((h + 1, w + 1), dtype=np.int32)  # 2-D difference array of the rectangles
-    np.add.at(edges, (r0, c0), 1)
-    np.add.at(edges, (r0, c1), -1)
-    np.add.at(edges, (r1, c0), -1)
-    np.add.at(edges, (r1, c1), 1)
-    return edges.cumsum(axis=0).cumsum(axis=1)[:h, :w] > 0
+    for a, b, c, d in zip(r0[hit].tolist(), r1[hit].tolist(), c0[hit].tolist(),
+                          c1[hit].tolist(), strict=True):  # a batch's few windows
+        mask[a:b, c:d] = True
+    return mask
 
 
 class TouchedHalo:
@@ -66,11 +62,17 @@ class TouchedHalo:
         self.tops[table[:, 0]] = table[:, 2:]
         self.neighbours = list(exchange.neighbours)
         self.halos = [tile.halos[n] for n in self.neighbours]
+        # each halo's pixels as flat indices in this rank's box, row-major over the halo
+        self._flat_halo = []
+        for halo in self.halos:
+            rs, cs = halo.slices(self.origin)
+            grid = np.arange(rs.start, rs.stop)[:, None] * self.width + np.arange(cs.start,
+                                                                                   cs.stop)
+            self._flat_halo.append(grid.reshape(-1))
 
-    def _flat(self, halo: Box, mask: np.ndarray) -> np.ndarray:
-        """Flat indices in this rank's box of the halo pixels in ``mask`` (row-major)."""
-        ys, xs = np.nonzero(mask)
-        return (ys + halo.r0 - self.origin[0]) * self.width + (xs + halo.c0 - self.origin[1])
+    def _flat(self, i: int, mask: np.ndarray) -> np.ndarray:
+        """Flat indices in this rank's box of the pixels of halo ``i`` in ``mask``."""
+        return self._flat_halo[i][mask.reshape(-1)]
 
     def plan(self, part: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per neighbour, the flat box indices to send (this rank's batch windows cover them)
@@ -79,10 +81,10 @@ class TouchedHalo:
         owners = self.owner[part]
         mine = self.tops[part[owners == self.rank]]
         out = []
-        for n, halo in zip(self.neighbours, self.halos, strict=True):
+        for i, (n, halo) in enumerate(zip(self.neighbours, self.halos, strict=True)):
             theirs = self.tops[part[owners == n]]
-            out.append((self._flat(halo, cover(mine, halo, self.frame)),
-                        self._flat(halo, cover(theirs, halo, self.frame))))
+            out.append((self._flat(i, cover(mine, halo, self.frame)),
+                        self._flat(i, cover(theirs, halo, self.frame))))
         return out
 
     def sum(self, part: np.ndarray, *arrays: Any) -> None:
