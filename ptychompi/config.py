@@ -31,6 +31,22 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, low: float | N
 
 
 @dataclass
+class FollowConfig:
+    enabled: bool = opt(False, "reconstruct while the APS row files arrive (= run --follow; "
+                        "the planned scan from data.scan_dims, n_frames or mda_file)")
+    timeout_s: float = opt(120.0, "no new complete row for this long: the scan is taken as "
+                           "ended (aborted) and the rest runs on the rows that arrived",
+                           low=0.0)
+    poll_s: float = opt(0.5, "seconds between looks at the row files; a row is used once its "
+                        "file opens and its size stays the same over one look", low=0.01)
+    final_iterations: int | None = opt(None, "iterations kept for after the last row (null "
+                                       "= a third of algorithm.iterations)", low=0)
+    schedule: list[list[int]] | None = opt(None, "replay the [iteration, rows] decisions of "
+                                           "an earlier follow run (its result's provenance "
+                                           "follow/schedule): tests, benchmarks")
+
+
+@dataclass
 class DataConfig:
     path: str | None = opt(None, "scan file: CXI, or the first APS row file / its printf pattern")
     format: str = opt("auto", "file layout", choices=("auto", "cxi", "aps"))
@@ -46,6 +62,8 @@ class DataConfig:
     step_m: list[float] | None = opt(None, "raster/spiral: [row, column] step in metres")
     mda_file: str | None = opt(None, "EPICS MDA file with the scan's positioners")
     mda_pv_map: dict | None = opt(None, "map of parameter -> list of MDA PV names")
+    follow: FollowConfig = opt(None, "reconstruct while the scan is written",
+                               factory=FollowConfig)
 
 
 @dataclass

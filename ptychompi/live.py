@@ -67,12 +67,15 @@ class LiveWriter:
         """Whether ``iteration`` (just finished) gets a snapshot."""
         return self.every > 0 and (iteration % self.every == 0 or iteration == self.total)
 
-    def _status(self, iteration: int, history: list[dict], state: str) -> None:
+    def _status(self, iteration: int, history: list[dict], state: str,
+                follow: dict | None = None) -> None:
         recent = [m["seconds"] for m in history[-10:] if "seconds" in m]
         eta = (self.total - iteration) * float(np.mean(recent)) if recent else None
         status = {"iteration": int(iteration), "iterations": self.total,
                   "error": [float(m["error"]) for m in history], "eta_s": eta,
                   "state": state, "updated": time.time()}
+        if follow is not None:  # run --follow: rows arrived / planned
+            status["follow"] = follow
         data = json.dumps(status).encode()
         _write_atomic(self.folder / "status.json", lambda fh: fh.write(data))
 
@@ -93,7 +96,8 @@ class LiveWriter:
                       "pixel_size": np.float64(recon.layout.pixel_size_m * f),
                       "iteration": np.int64(recon.iteration)}
             _write_atomic(self.folder / "snapshot.npz", lambda fh: np.savez(fh, **arrays))
-            self._status(recon.iteration, recon.history, "running")
+            self._status(recon.iteration, recon.history, "running",
+                         getattr(recon, "follow_status", None))
         self.seconds += time.perf_counter() - t0
 
     def finish(self, recon: Any, state: str) -> None:
@@ -101,7 +105,8 @@ class LiveWriter:
         if self.every <= 0 or self.rank != 0:
             return
         try:
-            self._status(recon.iteration, recon.history, state)
+            self._status(recon.iteration, recon.history, state,
+                         getattr(recon, "follow_status", None))
         except OSError:  # a failing disk must not hide the run's own error
             pass
 

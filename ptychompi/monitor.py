@@ -148,12 +148,15 @@ class Progress:
         self._last_draw = -math.inf
         self._width = 0
         self._drawn = False
+        self.note = ""  # shown after the error (follow mode: rows arrived / planned)
 
     def _line(self, iteration: int, error: float | None, spi: float | None) -> str:
         w = len(str(self.total))
         eta = (self.total - iteration) * spi if spi is not None else None
         rate = f"{spi:.3g} s/it" if spi is not None else "? s/it"
         tail = f"error {_fmt_error(error)}  {rate}  ETA {format_duration(eta)}"
+        if self.note:
+            tail = f"{tail}  {self.note}"
         if not self.tty:
             return f"iter {iteration}/{self.total}  {tail}"
         frac = min(1.0, iteration / self.total) if self.total > 0 else 1.0

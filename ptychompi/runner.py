@@ -71,7 +71,13 @@ def _build(args: argparse.Namespace, cfg: Config | None,
         if args.set:
             raise ConfigError("--set does not combine with --ptychopy; put the parameter in "
                               "the command string")
+        if getattr(args, "follow", False):
+            raise ConfigError("--follow does not combine with --ptychopy; give a config file")
         return reconstruction_from_cmdstr(args.ptychopy, comm=comm)
+    if getattr(args, "follow", False) or cfg.data.follow.enabled:
+        from .follow import build_follow  # noqa: PLC0415
+
+        return build_follow(cfg, comm, bool(args.resume)), None
     return Reconstruction(cfg, comm), None
 
 
@@ -258,6 +264,7 @@ def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
     try:
         while recon.iteration < total:
             metrics = recon.step()
+            progress.note = getattr(recon, "rows_note", "")  # follow: rows arrived/planned
             progress.update(recon.iteration, metrics["error"], metrics["seconds"])
             log.debug("iteration %d error %.6e %.3f s", recon.iteration, metrics["error"],
                       metrics["seconds"])

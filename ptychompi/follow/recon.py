@@ -1,0 +1,320 @@
+"""A reconstruction over a scan that is still being written (``ptychompi run --follow``).
+
+The layout and the tiles are those of the whole planned scan (``decompose`` once over every
+planned position); each rank reads the frames of its tile as their rows arrive. When rows come
+in (decisions of :class:`~ptychompi.follow.arrivals.Arrivals`, the same on every rank) each
+rank's engine is rebuilt over its grown set of positions from the current object, probe,
+iteration count and error history (DM's exit waves of the positions it had are kept; new
+positions start from the current model, as any new engine does). Ranks whose tile has no
+position yet sit out; the others exchange over a sub-communicator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from ..api import Reconstruction, collective
+from ..backend import select_backend
+from ..config import Config, apply_environment, load_config
+from ..dataset import load_amplitudes, open_source, plan_layout, plan_preprocessor
+from ..engines import ENGINES, Engine, Schedule, TileData
+from ..errors import ConfigError, PtychompiError
+from ..initial import initial_object, initial_probe
+from ..parallel.exchange import ExchangeStats, SerialExchange, agree
+from ..parallel.tiling import decompose
+from ..physics import Propagator
+from ..validate import check_guess, check_photons, guess_errors
+from .active import ActiveGroup
+from .arrivals import Arrivals, Decision, quiet_bcast
+
+log = logging.getLogger("ptychompi")
+
+
+def planned_config(cfg: Config) -> Config:
+    """``cfg`` with ``data.n_frames`` the planned scan's frame count (from ``scan_dims`` or
+    the MDA file when not set): the row files on disk are not the scan yet."""
+    d = cfg.data
+    if d.format == "cxi" or str(d.path or "").lower().endswith(".cxi"):
+        raise ConfigError("data.follow reads APS row files; a CXI file cannot be followed")
+    n = d.n_frames
+    if n is None and d.scan_dims:
+        n = int(math.prod(d.scan_dims))
+    if n is None and d.mda_file:
+        from ..io.aps import mda_positions  # noqa: PLC0415
+
+        n = len(mda_positions(d.mda_file, d.mda_pv_map)[0])
+    if n is None:
+        raise ConfigError("data.follow needs the planned scan's size: set data.scan_dims "
+                          "[rows, cols], data.n_frames or data.mda_file")
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, n_frames=int(n)))
+
+
+class IdleEngine:
+    """Stands in on a rank whose tile has no arrived position: holds its box of the object
+    and the probe, keeps the iteration count and errors, never iterates."""
+
+    name = "idle"
+    fused = False
+    refiner = None
+
+    def __init__(self, backend: Any, obj: Any, probe: Any, iteration: int,
+                 errors: list[float], seconds_compute: float) -> None:
+        self.backend = backend
+        self.object = obj
+        self.probe = probe
+        self.iteration = iteration
+        self.errors = errors
+        self.seconds_compute = seconds_compute
+
+    def illumination(self) -> Any:
+        return self.backend.xp.zeros(self.object.shape, dtype=self.backend.real_dtype)
+
+    def close(self) -> None:
+        pass
+
+
+class FollowReconstruction(Reconstruction):
+    """A :class:`Reconstruction` whose positions grow as rows arrive. Every rank builds it
+    after the first decision (``first``, at least one row in)."""
+
+    def __init__(self, config: Config, comm: Any | None, arrivals: Arrivals,
+                 first: Decision) -> None:
+        self.config = load_config(config)
+        self.comm = comm
+        self.rank = 0 if comm is None else comm.Get_rank()
+        self.size = 1 if comm is None else comm.Get_size()
+        self.history: list[dict] = []
+        self.started = time.perf_counter()
+        self.arrivals = arrivals
+        self.decision = Decision(0, False)
+        self.frames_in = 0
+        self.seconds_io = 0.0
+        self.group = ActiveGroup()
+        self.engine = None  # type: ignore[assignment]
+        self._decided_at = 0
+        self._stats = ExchangeStats()
+        error: BaseException | None = None
+        try:
+            cfg = self.config = planned_config(apply_environment(self.config))
+            self.backend = select_backend(cfg.parallel.device, comm,
+                                          double=cfg.algorithm.precision == "double",
+                                          workers=cfg.parallel.workers, fft=cfg.parallel.fft)
+            self.source = open_source(cfg)
+            fpf = int(getattr(self.source, "frames_per_file", 1))
+            self.frames_per_row = fpf
+            n_first = min(first.rows * fpf, self.source.n_frames)
+            view = dataclasses.replace(self.source, n_frames=n_first,
+                                       positions_m=self.source.positions_m[:n_first])
+            self.preprocessor = plan_preprocessor(cfg, view)  # from the rows in at the start
+            frame = int(self.preprocessor.frame_shape[0])
+            self.layout = plan_layout(cfg, self.source, frame, self.preprocessor.pixel_scale)
+            self._validate()
+            grid = tuple(cfg.parallel.grid) if cfg.parallel.grid else None
+            self.tiles = decompose(self.layout.positions_px, (frame, frame), self.size, grid)
+            self.tile = self.tiles[self.rank]
+            layout = self.layout
+            self.propagator = Propagator.build(self.backend, layout.propagation, frame,
+                                               layout.wavelength_m, layout.distance_m,
+                                               layout.pixel_size_m)
+        except Exception as exc:  # reported collectively below
+            error = exc
+        agree(comm, error)
+        self.exchange = SerialExchange(self.tile, self.backend)
+        self.exchange.stats = self._stats
+        self._amplitudes = np.zeros((0, frame, frame), np.float32)
+        self._local_power = 0.0
+        self._local_amp = np.zeros((frame, frame), np.float64)
+        self._grow(first)
+        self.decision = first
+
+    # ------------------------------------------------------------------ arrivals
+    @property
+    def rows_note(self) -> str:
+        """``rows 5/8`` (arrived / planned) for the progress line."""
+        d = self.decision
+        return f"rows {d.rows}/{d.planned}" + (" (ended)" if d.aborted else "")
+
+    @property
+    def follow_status(self) -> dict:
+        d = self.decision
+        return {"rows": d.rows, "planned": d.planned, "ended": d.ended, "aborted": d.aborted}
+
+    def step(self, n: int = 1) -> dict:
+        """Run ``n`` iterations, taking in the rows that arrived before each. Collective."""
+        metrics: dict = {}
+        for _ in range(n):
+            self._open_engine()
+            if self.iteration != self._decided_at:
+                self._decided_at = self.iteration
+                decision = self.arrivals.decide(self.iteration)
+                if decision.rows != self.decision.rows:
+                    self._grow(decision)
+                if decision.ended and not self.decision.ended:
+                    self._set_algorithm(self.config.algorithm)
+                    if decision.aborted and self.rank == 0:
+                        log.warning("the scan ended at %d of %d planned rows (no new row for "
+                                    "%g s): the result covers the rows that arrived",
+                                    decision.rows, decision.planned,
+                                    self.config.data.follow.timeout_s)
+                self.decision = decision
+            metrics = self._step_once()
+        return metrics
+
+    def _step_once(self) -> dict:
+        metrics: dict | None = None
+        if not isinstance(self.engine, IdleEngine):
+            metrics = self.engine.step()
+        if len(self.group.ranks) < self.size:  # the ranks sitting out learn the metrics
+            metrics = quiet_bcast(self.comm, metrics, root=self.group.root)
+            if isinstance(self.engine, IdleEngine):
+                self.engine.iteration = int(metrics["iteration"])
+                self.engine.errors.append(float(metrics["error"]))
+        assert metrics is not None
+        if not np.isfinite(metrics["error"]):
+            raise PtychompiError(
+                f"the reconstruction diverged (error is {metrics['error']}) at iteration "
+                f"{metrics['iteration']}; check the data and geometry or lower the steps")
+        self.history.append(metrics)
+        return metrics
+
+    def _algorithm(self) -> Any:
+        """The engine's settings: while rows still arrive DM does not switch to its
+        refinement (its error history jumps as positions come in)."""
+        a = self.config.algorithm
+        if self.decision.ended:
+            return a
+        return dataclasses.replace(a, dm_refine_from=None, dm_refine_patience=None)
+
+    def _set_algorithm(self, cfg: Any) -> None:
+        if not isinstance(self.engine, IdleEngine):
+            self.engine.cfg = cfg
+
+    # ------------------------------------------------------------------ growing
+    def _grow(self, decision: Decision) -> None:
+        """Take in the frames of ``decision.rows`` rows and rebuild the engines. Collective."""
+        n_in = min(decision.rows * self.frames_per_row, self.layout.n_frames)
+        idx = np.asarray(self.tile.indices)
+        new = idx[(idx >= self.frames_in) & (idx < n_in)]
+
+        def read() -> np.ndarray:
+            t0 = time.perf_counter()
+            amps = load_amplitudes(self.source, self.preprocessor, new, self.layout)
+            self.seconds_io += time.perf_counter() - t0
+            return amps
+
+        amps = collective(self.comm, read)
+        valid = amps >= 0
+        self._local_power += float(np.sum(np.where(valid, amps.astype(np.float64) ** 2, 0.0)))
+        self._local_amp += np.where(valid, amps, 0).sum(axis=0, dtype=np.float64)
+        self._amplitudes = np.concatenate([self._amplitudes, amps])
+        self.frames_in = n_in
+        comm = self.comm
+        power = self._local_power if comm is None else comm.allreduce(self._local_power)
+        flags = [len(self._amplitudes) > 0] if comm is None else \
+            comm.allgather(len(self._amplitudes) > 0)
+        old = self.engine
+        if old is None:
+            mean_amp = self._local_amp if comm is None else comm.allreduce(self._local_amp)
+            probe, obj = collective(comm, self._start_model, power, mean_amp / n_in, n_in)
+            iteration, errors, seconds = 0, [], 0.0
+        else:
+            probe, obj = self._current_model()
+            iteration, errors, seconds = old.iteration, list(old.errors), old.seconds_compute
+        waves = getattr(old, "waves", None)
+        self.group.update(comm, self.rank, flags, self.tiles, self.backend,
+                          self.config.parallel.cuda_aware)
+        if self.group.exchange is not None:
+            self.exchange = self.group.exchange
+            self.exchange.stats = self._stats
+        engine = collective(comm, self._engine, flags[self.rank], probe, obj, power, n_in,
+                            iteration, errors, seconds)
+        if waves is not None and hasattr(engine, "waves"):
+            engine.waves[: len(waves)] = waves  # DM: the positions it had keep their waves
+        if old is not None:
+            old.close()
+        self.engine = engine
+        log.debug("follow: %d of %d frames in at iteration %d (%d rank(s) active)", n_in,
+                  self.layout.n_frames, iteration, sum(flags))
+
+    def _start_model(self, power: float, mean_amp: np.ndarray, n_in: int) -> tuple[Any, Any]:
+        """The starting probe and this tile's starting object (as a new run's)."""
+        cfg, layout = self.config, self.layout
+        check_photons(power, n_in, self.source.path)
+        with guess_errors(cfg.algorithm, "probe"):
+            probe = initial_probe(cfg.algorithm, layout.frame, self.source.illumination,
+                                  mean_amp, power / n_in, self.propagator,
+                                  layout.pixel_size_m, layout.positions_px[:n_in])
+        check_guess(probe, "probe", cfg.algorithm.probe_guess)
+        with guess_errors(cfg.algorithm, "object"):
+            obj = initial_object(cfg.algorithm, layout.object_shape)[self.tile.box.slices()]
+        check_guess(obj, "object", cfg.algorithm.object_guess)
+        return probe, obj
+
+    def _current_model(self) -> tuple[np.ndarray, np.ndarray]:
+        """The probe (from the group's speaker) and this tile's box of the assembled object,
+        this rank's own values where no tile is lit. Collective."""
+        from ..parallel.assemble import assemble  # noqa: PLC0415
+
+        be, engine = self.backend, self.engine
+        own = be.asnumpy(engine.object)
+        weight = be.asnumpy(engine.illumination())
+        glob = assemble(own * weight, weight, self.tile, self.layout.object_shape, self.comm,
+                        fill=complex("nan"))
+        probe = be.asnumpy(engine.probe)
+        if self.comm is not None and self.size > 1:
+            glob = self.comm.bcast(glob, root=0)
+            probe = self.comm.bcast(probe, root=self.group.root)
+        box = glob[self.tile.box.slices()]
+        return probe, np.where(np.isnan(box), own, box)
+
+    def _engine(self, active: bool, probe: Any, obj: Any, power: float, n_in: int,
+                iteration: int, errors: list[float], seconds: float) -> Any:
+        be, tile, layout = self.backend, self.tile, self.layout
+        if not active:
+            return IdleEngine(be, be.asarray(obj, be.complex_dtype),
+                              be.asarray(probe, be.complex_dtype), iteration, errors, seconds)
+        indices = np.asarray(tile.indices)[: len(self._amplitudes)]
+        data = TileData(
+            amplitudes=be.asarray(self._amplitudes, be.real_dtype),
+            positions=layout.positions_px[indices] - np.asarray(tile.origin, np.float64),
+            indices=indices, box_shape=tile.box.shape, n_global=n_in, power_global=power,
+            propagator=self.propagator)
+        cfg = self.config
+        schedule = Schedule(cfg.parallel.share_frequency, cfg.parallel.probe_share_frequency)
+        engine: Engine = ENGINES[cfg.algorithm.name](self._algorithm(), data,
+                                                    self.group.exchange, be, probe, obj,
+                                                    schedule)
+        engine.iteration = int(iteration)  # Engine.start_from without rebuilding its state
+        engine.errors = [float(e) for e in errors]
+        engine.rng = np.random.default_rng([cfg.algorithm.seed, engine.iteration])
+        engine.seconds_compute = seconds
+        return engine
+
+    # ------------------------------------------------------------------ results
+    @property
+    def positions(self) -> np.ndarray:
+        """Positions (n, 2) of the frames that arrived, in the global object's pixels."""
+        return self.layout.positions_px[: self.frames_in]
+
+    def refined_positions(self) -> None:
+        """No position refinement in follow mode."""
+        return None
+
+    def result_data(self) -> Any:
+        data = super().result_data()
+        if data is not None:
+            d = self.decision
+            data.provenance["follow"] = {"rows": d.rows, "planned_rows": d.planned,
+                                         "aborted": bool(d.aborted),
+                                         "schedule": [list(e) for e in self.arrivals.schedule]}
+        return data
+
+    def close(self) -> None:
+        super().close()
+        self.group.close()

@@ -1,0 +1,118 @@
+"""Which APS row files of a scan being written are complete (rank 0 looks; nothing is read).
+
+A row file counts as complete once (a) its size and modification time have stayed the same
+between two looks at least ``poll_s`` apart, (b) it opens read-only (with HDF5's file locking
+a file still open for writing does not) and (c) its dataset holds the row's frames. Rows are
+used in order: :meth:`RowWatcher.poll` returns the number of complete rows from the first one
+on, so a row written out of order waits for the ones before it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import h5py
+
+from ..io.aps import _file_for, _has_index, resolve_pattern
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    since: float  # when this size and time were first seen
+
+
+@dataclass
+class RowWatcher:
+    """Looks at the row files ``pattern % (first_index + i)`` of a scan of ``n_frames``.
+
+    ``frames_per_file`` may be None until the first row is complete (then it is what that
+    file holds). ``clock`` is injectable for tests.
+    """
+
+    path: str
+    first_index: int
+    n_frames: int
+    dataset: str
+    poll_s: float
+    frames_per_file: int | None = None
+    clock: Callable[[], float] = time.monotonic
+    pattern: str | None = None
+    complete: int = 0
+    _seen: dict[int, _Seen] = field(default_factory=dict)
+
+    @property
+    def planned_rows(self) -> int | None:
+        """Row files of the whole planned scan (None until the frames per file are known)."""
+        if self.frames_per_file is None:
+            return None
+        return -(-self.n_frames // self.frames_per_file)
+
+    def _resolve(self) -> bool:
+        """The printf pattern (a first row file's name needs that file to exist)."""
+        if self.pattern is not None:
+            return True
+        name = os.path.basename(self.path)
+        if "%" in name or "#" in name or os.path.isfile(self.path):
+            self.pattern, self.first_index = resolve_pattern(self.path, self.first_index)
+            return True
+        return False
+
+    def file(self, row: int) -> str:
+        assert self.pattern is not None
+        return _file_for(self.pattern, self.first_index + row)
+
+    def poll(self) -> int:
+        """The number of complete rows from the first one (never decreases)."""
+        if not self._resolve():
+            return 0
+        while self.planned_rows is None or self.complete < self.planned_rows:
+            if not self._ready(self.complete):
+                break
+            self._seen.pop(self.complete, None)
+            self.complete += 1
+            if not _has_index(self.pattern or ""):
+                break  # one file holds the whole scan
+        return self.complete
+
+    def _expected(self, row: int) -> int:
+        fpf = self.frames_per_file or 1
+        return max(1, min(fpf, self.n_frames - row * fpf))
+
+    def _ready(self, row: int) -> bool:
+        path = self.file(row)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        now = self.clock()
+        seen = self._seen.get(row)
+        if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            self._seen[row] = _Seen(st.st_size, st.st_mtime_ns, now)
+            return False
+        if now - seen.since < self.poll_s:
+            return False
+        held = self._frames_held(path)
+        if held is None:
+            return False
+        if self.frames_per_file is None:
+            self.frames_per_file = held
+        return held >= self._expected(row)
+
+    def _frames_held(self, path: str) -> int | None:
+        """Frames in the file's dataset, or None when it cannot be opened (still written)."""
+        from ..io.filters import load  # noqa: PLC0415
+
+        load()
+        try:
+            with h5py.File(path, "r") as f:
+                ds = f.get(self.dataset)
+                if not isinstance(ds, h5py.Dataset) or ds.ndim not in (2, 3):
+                    return None
+                return 1 if ds.ndim == 2 else int(ds.shape[0])
+        except (OSError, KeyError, ValueError):
+            return None
