@@ -14,23 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from . import halo_kernels
 from .tiling import Box
 
 
 def cover(tops: np.ndarray, box: Box, frame: tuple[int, int]) -> np.ndarray:
     """Boolean mask (``box.shape``) of the pixels of ``box`` that the windows whose top-left
     corners are ``tops`` ((n, 2) global pixels) cover."""
-    h, w = box.shape
-    tops = np.asarray(tops, dtype=np.int64).reshape(-1, 2)
-    r0 = np.clip(tops[:, 0] - box.r0, 0, h)
-    r1 = np.clip(tops[:, 0] + frame[0] - box.r0, 0, h)
-    c0 = np.clip(tops[:, 1] - box.c0, 0, w)
-    c1 = np.clip(tops[:, 1] + frame[1] - box.c0, 0, w)
-    mask = np.zeros((h, w), dtype=bool)
-    hit = (r0 < r1) & (c0 < c1)
-    for a, b, c, d in zip(r0[hit].tolist(), r1[hit].tolist(), c0[hit].tolist(),
-                          c1[hit].tolist(), strict=True):  # a batch's few windows
-        mask[a:b, c:d] = True
+    mask = np.zeros(box.shape, dtype=bool)
+    halo_kernels.paint(mask, np.ascontiguousarray(tops, dtype=np.int64).reshape(-1, 2),
+                       box.r0, box.c0, int(frame[0]), int(frame[1]))
     return mask
 
 
@@ -50,7 +43,6 @@ class TouchedHalo:
         self.frame = (int(frame[0]), int(frame[1]))
         tile = exchange.tile
         self.origin = tile.origin
-        self.width = tile.box.shape[1]
         mine = np.stack([np.asarray(indices, np.int64),
                          np.full(len(indices), self.rank, np.int64),
                          np.asarray(rows, np.int64) + self.origin[0],
@@ -62,30 +54,19 @@ class TouchedHalo:
         self.tops[table[:, 0]] = table[:, 2:]
         self.neighbours = list(exchange.neighbours)
         self.halos = [tile.halos[n] for n in self.neighbours]
-        # each halo's pixels as flat indices in this rank's box, row-major over the halo
-        self._flat_halo = []
-        for halo in self.halos:
-            rs, cs = halo.slices(self.origin)
-            grid = np.arange(rs.start, rs.stop)[:, None] * self.width + np.arange(cs.start,
-                                                                                   cs.stop)
-            self._flat_halo.append(grid.reshape(-1))
-
-    def _flat(self, i: int, mask: np.ndarray) -> np.ndarray:
-        """Flat indices in this rank's box of the pixels of halo ``i`` in ``mask``."""
-        return self._flat_halo[i][mask.reshape(-1)]
+        # each halo's top-left corner in this rank's box
+        self._corner = [(h.r0 - self.origin[0], h.c0 - self.origin[1]) for h in self.halos]
 
     def plan(self, part: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per neighbour, the flat box indices to send (this rank's batch windows cover them)
-        and to receive (the neighbour's cover them) for the global batch ``part``."""
+        """Per neighbour, the halo masks of the pixels to send (this rank's batch windows
+        cover them) and to receive (the neighbour's cover them) for the global batch
+        ``part``."""
         part = np.asarray(part, dtype=np.int64)
         owners = self.owner[part]
         mine = self.tops[part[owners == self.rank]]
-        out = []
-        for i, (n, halo) in enumerate(zip(self.neighbours, self.halos, strict=True)):
-            theirs = self.tops[part[owners == n]]
-            out.append((self._flat(i, cover(mine, halo, self.frame)),
-                        self._flat(i, cover(theirs, halo, self.frame))))
-        return out
+        return [(cover(mine, halo, self.frame), cover(self.tops[part[owners == n]], halo,
+                                                      self.frame))
+                for n, halo in zip(self.neighbours, self.halos, strict=True)]
 
     def sum(self, part: np.ndarray, *arrays: Any) -> None:
         """Add, in place, the neighbours' ``arrays`` ((..., H, W) of the box, zero outside
@@ -93,48 +74,45 @@ class TouchedHalo:
         result as ``exchange.halo_sum(*arrays)``. Device (GPU) or non-contiguous arrays take
         the full halo sum."""
         ex = self.exchange
-        if not arrays or any(hasattr(a, "__cuda_array_interface__") or not a.flags.c_contiguous
-               for a in arrays):
+        if not arrays or any(hasattr(a, "__cuda_array_interface__") or a.ndim != 2
+                             for a in arrays):
             ex.halo_sum(*arrays)
             return
-        plan = self.plan(part)
+        masks = self.plan(part)
+        counts = [(int(np.count_nonzero(s)), int(np.count_nonzero(r))) for s, r in masks]
         # within a segment, larger items first keeps every view aligned to its item size
         order = sorted(range(len(arrays)), key=lambda k: -arrays[k].dtype.itemsize)
-        per_pixel = [arrays[k].dtype.itemsize * int(np.prod(arrays[k].shape[:-2]))
-                     for k in range(len(arrays))]
-        send_spec, recv_spec = _layout(plan, order, per_pixel, 0), _layout(plan, order,
-                                                                            per_pixel, 1)
+        per_pixel = [a.dtype.itemsize for a in arrays]
+        send_spec = _layout([c[0] for c in counts], order, per_pixel)
+        recv_spec = _layout([c[1] for c in counts], order, per_pixel)
         send = np.empty(max(send_spec[2], ALIGN), dtype=np.uint8)
         recv = np.empty(max(recv_spec[2], ALIGN), dtype=np.uint8)
-        flats = [a.reshape(*a.shape[:-2], -1) for a in arrays]  # views (contiguous)
-        for i, (out_idx, _) in enumerate(plan):
-            offset = send_spec[1][i]
+        for i, (mask, _) in enumerate(masks):
+            offset, (y0, x0) = send_spec[1][i], self._corner[i]
             for k in order:
-                nbytes = per_pixel[k] * len(out_idx)
-                view = send[offset:offset + nbytes].view(arrays[k].dtype)
-                np.take(flats[k], out_idx, axis=-1,
-                        out=view.reshape(*arrays[k].shape[:-2], len(out_idx)))
+                nbytes = per_pixel[k] * counts[i][0]
+                halo_kernels.gather(arrays[k], y0, x0, mask,
+                                    send[offset:offset + nbytes].view(arrays[k].dtype))
                 offset += nbytes
         ex.neighbour_bytes(send, send_spec[:2], recv, recv_spec[:2])
-        for i, (_, in_idx) in enumerate(plan):
-            offset = recv_spec[1][i]
+        for i, (_, mask) in enumerate(masks):
+            offset, (y0, x0) = recv_spec[1][i], self._corner[i]
             for k in order:
-                nbytes = per_pixel[k] * len(in_idx)
-                view = recv[offset:offset + nbytes].view(arrays[k].dtype)
-                flats[k][..., in_idx] += view.reshape(*arrays[k].shape[:-2], len(in_idx))
+                nbytes = per_pixel[k] * counts[i][1]
+                halo_kernels.scatter_add(arrays[k], y0, x0, mask,
+                                         recv[offset:offset + nbytes].view(arrays[k].dtype))
                 offset += nbytes
 
 
 ALIGN = 16  # byte alignment of each neighbour's segment (as the full halo sum's)
 
 
-def _layout(plan: list[tuple[np.ndarray, np.ndarray]], order: list[int], per_pixel: list[int],
-            side: int) -> tuple[list[int], list[int], int]:
-    """(counts, displacements, total) in bytes of the send (``side`` 0) or receive (1)
-    buffer: per neighbour, its pixels of every array, padded to :data:`ALIGN`."""
+def _layout(pixels: list[int], order: list[int], per_pixel: list[int]
+            ) -> tuple[list[int], list[int], int]:
+    """(counts, displacements, total) in bytes of a send or receive buffer: per neighbour,
+    its ``pixels`` of every array, padded to :data:`ALIGN`."""
     counts, displs, offset = [], [], 0
-    for entry in plan:
-        n = len(entry[side])
+    for n in pixels:
         size = sum(per_pixel[k] * n for k in order)
         padded = -(-size // ALIGN) * ALIGN
         counts.append(padded)
