@@ -15,7 +15,6 @@ row for ``timeout_s`` is taken as ended (aborted).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +23,6 @@ from typing import Any
 from ..config import FollowConfig
 from ..errors import DataError
 from .watch import RowWatcher
-
-log = logging.getLogger("ptychompi")
 
 SLEEP_S = 0.005  # sleeping wait of the ranks other than 0 (no busy MPI wait)
 
@@ -127,9 +124,6 @@ class Arrivals:
                     raise DataError(f"no complete row file of {self.watcher.path} arrived "
                                     f"within data.follow.timeout_s = {self.cfg.timeout_s:g} s; "
                                     "check data.path and that the scan is running")
-                log.warning("no new row for %g s: the scan ended after %d of %d planned rows; "
-                            "the remaining iterations run on the rows that arrived",
-                            self.cfg.timeout_s, rows, planned)
                 return Decision(rows, True, True, planned)
             waiting = rows == 0 or iteration >= self.paced(rows, planned)
             if not waiting:

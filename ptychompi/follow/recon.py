@@ -130,8 +130,8 @@ class FollowReconstruction(Reconstruction):
         self._amplitudes = np.zeros((0, frame, frame), np.float32)
         self._local_power = 0.0
         self._local_amp = np.zeros((frame, frame), np.float64)
-        self._grow(first)
         self.decision = first
+        self._grow(first)
 
     # ------------------------------------------------------------------ arrivals
     @property
@@ -153,16 +153,17 @@ class FollowReconstruction(Reconstruction):
             if self.iteration != self._decided_at:
                 self._decided_at = self.iteration
                 decision = self.arrivals.decide(self.iteration)
-                if decision.rows != self.decision.rows:
+                previous, self.decision = self.decision, decision
+                if decision.rows != previous.rows:
                     self._grow(decision)
-                if decision.ended and not self.decision.ended:
-                    self._set_algorithm(self.config.algorithm)
+                if decision.ended and not previous.ended:
+                    self._set_algorithm(self._final_algorithm())
                     if decision.aborted and self.rank == 0:
-                        log.warning("the scan ended at %d of %d planned rows (no new row for "
-                                    "%g s): the result covers the rows that arrived",
+                        log.warning("the scan ended after %d of %d planned rows (no new row "
+                                    "for %g s): the remaining iterations and the result cover "
+                                    "the rows that arrived",
                                     decision.rows, decision.planned,
                                     self.config.data.follow.timeout_s)
-                self.decision = decision
             metrics = self._step_once()
         return metrics
 
@@ -188,8 +189,19 @@ class FollowReconstruction(Reconstruction):
         refinement (its error history jumps as positions come in)."""
         a = self.config.algorithm
         if self.decision.ended:
-            return a
+            return self._final_algorithm()
         return dataclasses.replace(a, dm_refine_from=None, dm_refine_patience=None)
+
+    def _final_algorithm(self) -> Any:
+        """The settings once the scan has ended: DM's refinement takes over halfway through
+        the remaining iterations at the latest (its stall rule sees the error jump as rows
+        came in, and a scan that ends late leaves few iterations)."""
+        a = self.config.algorithm
+        if a.name != "dm" or not self.iteration:
+            return a
+        halfway = self.iteration + (a.iterations - self.iteration) // 2
+        start = halfway if a.dm_refine_from is None else min(a.dm_refine_from, halfway)
+        return dataclasses.replace(a, dm_refine_from=start)
 
     def _set_algorithm(self, cfg: Any) -> None:
         if not isinstance(self.engine, IdleEngine):
@@ -203,6 +215,8 @@ class FollowReconstruction(Reconstruction):
         new = idx[(idx >= self.frames_in) & (idx < n_in)]
 
         def read() -> np.ndarray:
+            if not len(new):
+                return np.zeros((0, *self._amplitudes.shape[1:]), np.float32)
             t0 = time.perf_counter()
             amps = load_amplitudes(self.source, self.preprocessor, new, self.layout)
             self.seconds_io += time.perf_counter() - t0

@@ -1,0 +1,253 @@
+"""``ptychompi run --follow``: reconstructing while a writer process writes the APS row files.
+
+A simulated 8 x 8 scan of 64² frames (one row file per scan row) is written by
+``follow_writer.py`` while the run follows it; the tests check the preview before the last
+row, the final quality against the same scan reconstructed offline, an aborted scan, a row
+written frame by frame (never read half-written), the real APS frames, and the pieces alone
+(the watcher, the arrival decisions).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from ptychompi import Reconstruction
+from ptychompi.config import FollowConfig, config_from_dict
+from ptychompi.errors import ConfigError
+from ptychompi.follow import Arrivals, RowWatcher, follow_config
+from ptychompi.io.results import read_result
+from ptychompi.metrics import object_error
+from ptychompi.simulate import simulate
+
+HERE = Path(__file__).parent
+WRITER = HERE / "follow_writer.py"
+PTYCHOMPI = Path(sys.executable).parent / "ptychompi"
+FRAME, GRID, STEP, PROBE = 64, 8, 8, 20
+ITERATIONS = 40
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    folder = tmp_path_factory.mktemp("follow")
+    s = simulate(frame=FRAME, grid=GRID, step_px=STEP, probe_diameter_px=PROBE, seed=0)
+    np.savez(folder / "frames.npz", frames=s.frames)
+    np.savetxt(folder / "pos.csv", s.positions_m, delimiter=",")
+    return s, folder
+
+
+def _config(s, folder: Path, tmp: Path, **follow: object) -> dict:
+    return {"data": {"path": str(tmp / "rows" / "scan_%03d.h5"),
+                     "position_file": str(folder / "pos.csv"), "scan_dims": [GRID, GRID],
+                     "follow": {"poll_s": 0.1, "timeout_s": 20, **follow}},
+            "geometry": {"energy_kev": float(s.energy_kev), "distance_m": float(s.distance_m),
+                         "detector_pixel_m": float(s.detector_pixel_m)},
+            "algorithm": {"name": "dm", "iterations": ITERATIONS,
+                          "probe_diameter_m": float(PROBE * s.pixel_size_m)},
+            "parallel": {"device": "cpu", "workers": 1},
+            "output": {"directory": str(tmp / "out"), "live_every": 1}}
+
+
+def _writer(folder: Path, tmp: Path, *args: str) -> subprocess.Popen:
+    (tmp / "rows").mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, str(WRITER), str(folder / "frames.npz"),
+                             str(tmp / "rows"), "--rows", str(GRID), "--log",
+                             str(tmp / "writer.log"), *args])
+
+
+def _run_cli(cfg: dict, tmp: Path, timeout: float = 90) -> subprocess.CompletedProcess:
+    path = tmp / "scan.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run([str(PTYCHOMPI), "run", str(path), "--follow"], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _truth_error(s, obj: np.ndarray, positions: np.ndarray) -> float:
+    """The object's error over the truth's part that the first ``len(positions)`` frames
+    cover (a scan that ended early reconstructs less)."""
+    truth_pos = s.positions_px[:len(positions)]
+    lo = np.floor(truth_pos.min(axis=0)).astype(int)
+    hi = np.minimum(np.ceil(truth_pos.max(axis=0)).astype(int) + FRAME + 1, s.object.shape)
+    truth = s.object[lo[0]:hi[0], lo[1]:hi[1]]
+    return object_error(obj, positions, truth, truth_pos - lo, s.probe)
+
+
+def _offline_error(s, cfg: dict, n_frames: int | None = None) -> float:
+    offline = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "follow"}}
+    offline["data"]["n_frames"] = n_frames
+    with Reconstruction(offline) as r:
+        r.run()
+        return _truth_error(s, r.object, r.positions)
+
+
+@pytest.mark.skipif(not PTYCHOMPI.exists(), reason="no ptychompi beside the interpreter")
+def test_follow_preview_before_last_row_and_final_quality(sim, tmp_path):
+    """The writer waits for a live preview before it writes the last row (exit 3 if none
+    comes); the final object is within 1.1x of the same scan reconstructed offline."""
+    s, folder = sim
+    cfg = _config(s, folder, tmp_path, final_iterations=ITERATIONS // 2)
+    writer = _writer(folder, tmp_path, "--delay", "0.3", "--preview",
+                     str(tmp_path / "out" / "live" / "snapshot.npz"))
+    proc = _run_cli(cfg, tmp_path)
+    assert writer.wait(timeout=60) == 0, "no preview before the last row was written"
+    assert proc.returncode == 0, proc.stderr
+    result = read_result(tmp_path / "out" / "result.h5")
+    follow = result.provenance["follow"]
+    assert follow["rows"] == follow["planned_rows"] == GRID and not follow["aborted"]
+    assert len(follow["schedule"]) > 2  # rows came in while it iterated
+    assert "rows 8/8" in proc.stderr  # the progress line shows rows arrived / planned
+    assert len(result.error) == ITERATIONS
+    err = _truth_error(s, result.object, result.positions)
+    assert err < 1.1 * _offline_error(s, cfg), err
+
+
+@pytest.mark.skipif(not PTYCHOMPI.exists(), reason="no ptychompi beside the interpreter")
+def test_aborted_scan_ends_at_timeout_with_the_rows_that_arrived(sim, tmp_path):
+    s, folder = sim
+    cfg = _config(s, folder, tmp_path, timeout_s=1.5)
+    cfg["algorithm"]["iterations"] = 20
+    writer = _writer(folder, tmp_path, "--delay", "0.2", "--stop", "5")
+    t0 = time.monotonic()
+    proc = _run_cli(cfg, tmp_path)
+    assert writer.wait(timeout=30) == 0
+    assert proc.returncode == 0, proc.stderr
+    assert "the scan ended after 5 of 8 planned rows" in proc.stderr
+    assert time.monotonic() - t0 < 60
+    result = read_result(tmp_path / "out" / "result.h5")
+    assert result.provenance["follow"]["aborted"] and result.provenance["follow"]["rows"] == 5
+    assert len(result.positions) == 5 * GRID and len(result.error) == 20
+    err = _truth_error(s, result.object, result.positions)
+    assert err < 1.5 * _offline_error(s, cfg, 5 * GRID), err
+
+
+@pytest.mark.skipif(not PTYCHOMPI.exists(), reason="no ptychompi beside the interpreter")
+def test_no_row_at_all_is_one_clear_error(sim, tmp_path):
+    s, folder = sim
+    (tmp_path / "rows").mkdir()
+    cfg = _config(s, folder, tmp_path, timeout_s=0.5)
+    proc = _run_cli(cfg, tmp_path, timeout=30)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ptychompi: error:")]
+    assert len(lines) == 1 and "no complete row file" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "result.h5").exists()
+
+
+def test_a_row_written_frame_by_frame_is_never_read_half_written(sim, tmp_path):
+    """The writer fills a NaN-initialised row file frame by frame (flushed, file open); the
+    watcher may call the row complete only once every frame is final."""
+    s, folder = sim
+    writer = _writer(folder, tmp_path, "--delay", "0", "--stop", "2", "--slow", "0.15")
+    watcher = RowWatcher(path=str(tmp_path / "rows" / "scan_%03d.h5"), first_index=1,
+                         n_frames=GRID * GRID, dataset="/entry/data/data", poll_s=0.2)
+    seen = 0
+    t0 = time.monotonic()
+    while seen < 2 and time.monotonic() - t0 < 30:
+        rows = watcher.poll()
+        for row in range(seen, rows):
+            with h5py.File(watcher.file(row), "r") as f:
+                block = f["/entry/data/data"][()]
+            np.testing.assert_array_equal(block, s.frames[row * GRID:(row + 1) * GRID])
+        seen = rows
+        time.sleep(0.05)
+    assert writer.wait(timeout=30) == 0
+    assert seen == 2 and watcher.frames_per_file == GRID
+
+
+def test_arrival_decisions_pace_the_iterations_and_replay():
+    """Rows pay for iterations in proportion; a recorded schedule replays the same."""
+
+    class Watcher:  # rows appear as the fake clock advances
+        planned_rows = 4
+        path = "scan"
+
+        def __init__(self) -> None:
+            self.t = 0.0
+
+        def poll(self) -> int:
+            return min(4, 1 + int(self.t))
+
+    w = Watcher()
+
+    def sleep(dt: float) -> None:
+        w.t += dt
+
+    cfg = FollowConfig(enabled=True, poll_s=0.25, timeout_s=100, final_iterations=4)
+    live = Arrivals(cfg, 20, w, clock=lambda: w.t, sleep=sleep)
+    rows = [live.decide(k).rows for k in range(20)]
+    # 16 iterations before the kept 4, 4 per row: a row's iterations wait for it
+    assert rows[:4] == [1] * 4 and rows[4:8] == [2] * 4 and rows[12:] == [4] * 8
+    assert live.current.ended and not live.current.aborted
+    w.t = 100.0  # every row is there: the replay still follows the schedule
+    replay = Arrivals(FollowConfig(enabled=True, schedule=live.schedule), 20, w,
+                      clock=lambda: w.t, sleep=sleep)
+    assert [replay.decide(k).rows for k in range(20)] == rows
+    assert replay.schedule == live.schedule
+
+
+def test_follow_needs_the_planned_scan():
+    cfg = config_from_dict({"data": {"path": "rows/scan_%03d.h5", "position_file": "p.csv"}})
+    with pytest.raises(ConfigError, match="planned scan"):
+        follow_config(cfg)
+    with pytest.raises(ConfigError, match="CXI"):
+        follow_config(config_from_dict({"data": {"path": "scan.cxi"}}))
+    with pytest.raises(ConfigError, match="--resume"):
+        follow_config(cfg, resume=True)
+
+
+def test_real_aps_frames_followed(shared_data, tmp_path):
+    """The real APS scan-235 frames (20 of 512², a spiral) written as 4 row files while the run
+    follows them: every frame is used, the error falls once all are in, and it ends within
+    1.1x of the same frames reconstructed offline (Fourier error: there is no truth)."""
+    data = np.load(shared_data / "aps-scan235-truncated" / "test235_truncated.npz")
+    folder = tmp_path / "src"
+    folder.mkdir()
+    np.savez(folder / "frames.npz", frames=data["reciprocal"].astype(np.float32))
+    cfg = {"data": {"path": str(tmp_path / "rows" / "scan_%03d.h5"), "n_frames": 20,
+                    "position_file": str(shared_data / "aps-scan235-truncated"
+                                         / "pos235_full_scan.csv"),
+                    "follow": {"poll_s": 0.1, "timeout_s": 20, "final_iterations": 10}},
+           "geometry": {"energy_kev": 8.8, "distance_m": 2.2, "detector_pixel_m": 75e-6},
+           "preprocess": {"crop_size": 128},
+           "algorithm": {"name": "dm", "iterations": 30},
+           "parallel": {"device": "cpu", "workers": 1},
+           "output": {"directory": str(tmp_path / "out"), "live_every": 0}}
+    (tmp_path / "rows").mkdir()
+    writer = subprocess.Popen([sys.executable, str(WRITER), str(folder / "frames.npz"),
+                               str(tmp_path / "rows"), "--rows", "4", "--delay", "0.3"],
+                              stdout=subprocess.DEVNULL)
+    from ptychompi.follow import build_follow  # noqa: PLC0415
+
+    with build_follow(config_from_dict(cfg), None) as r:
+        r.run()
+        errors = np.asarray(r.metrics["error"])
+        assert r.frames_in == 20 and r.decision.rows == 4
+        assert len(r.arrivals.schedule) > 1
+        last = r.arrivals.schedule[-1][0]  # the iteration from which every row is in
+    assert writer.wait(timeout=30) == 0
+    assert np.all(np.isfinite(errors)) and errors[-1] < errors[last], errors
+    offline = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "follow"}}
+    with Reconstruction(offline) as r:
+        r.run()
+        reference = r.metrics["error"][-1]
+    assert errors[-1] < 1.1 * reference, (errors[-1], reference)
+
+
+def test_progress_note():
+    """The progress line carries the follow note (rows arrived / planned)."""
+    import io  # noqa: PLC0415
+
+    from ptychompi.monitor import Progress  # noqa: PLC0415
+
+    out = io.StringIO()
+    p = Progress(10, stream=out, every=1)
+    p.note = "rows 3/8"
+    p.update(1, 0.5, 0.1)
+    assert "rows 3/8" in out.getvalue()
