@@ -53,6 +53,23 @@ def trimmed_mean(values: np.ndarray, trim: float = TRIM) -> float:
     return float(kept.mean())
 
 
+def step_lengths(terms: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position (α_O, α_P) from rows ``(a11, b1[, a22, a12, b2])`` of the 2x2 system
+    (α_P zero without the probe terms), damped by ``DAMPING`` times the batch means of the
+    diagonals, clipped at zero and scaled by ``STEP_SCALE``."""
+    a11 = terms[:, 0] + DAMPING * means[0] + EPS
+    b1 = terms[:, 1]
+    if terms.shape[1] == 2:
+        alpha_o, alpha_p = b1 / a11, np.zeros(len(terms))
+    else:
+        a22 = terms[:, 2] + DAMPING * means[2] + EPS
+        a12, b2 = terms[:, 3], terms[:, 4]
+        det = a11 * a22 - a12 ** 2
+        alpha_o = (a22 * b1 - a12 * b2) / det
+        alpha_p = (a11 * b2 - a12 * b1) / det
+    return STEP_SCALE * np.maximum(alpha_o, 0), STEP_SCALE * np.maximum(alpha_p, 0)
+
+
 class LSQML(Engine):
     name = "lsqml"
 
@@ -216,6 +233,15 @@ class LSQML(Engine):
 
         parts = self.map_chunks(exit_part, nb, size) if nb else []
         err = float(sum(p[3] for p in parts))
+        if update_probe:  # summed in double precision, like every cross-position sum
+            d_probe = (self.chunk_sum([p[4] for p in parts]) if parts
+                       else xp.zeros(self.probe.shape, dtype=np.complex128))
+            if parts and self.use_subpixel:  # the chunks' back-shift spectra
+                d_probe = be.ifft2(d_probe, overwrite=True)
+            count = float(nb)
+            if share_probe:  # one reduction for the direction and the batch size, in flight
+                pending = ex.allreduce_start(xp.concatenate(  # during the object's halo sum
+                    [d_probe.reshape(-1), xp.full(1, count, np.complex128)]))
         # object and probe search directions; the halos travel in working precision (LSQML,
         # unlike DM, does not amplify that rounding: n ranks stay within 1e-5 of one rank)
         num, illum = self.reduce((nums, be.complex_dtype), (illums, be.real_dtype),
@@ -228,16 +254,9 @@ class LSQML(Engine):
         self.map_rows(lambda rows: lsqml_object_direction(be, num[rows], illum[rows], damping,
                                                           d_obj[rows]),
                       num.shape[0])
-
-        if update_probe:  # summed in double precision, like every cross-position sum
-            d_probe = (self.chunk_sum([p[4] for p in parts]) if parts
-                       else xp.zeros(self.probe.shape, dtype=np.complex128))
-            if parts and self.use_subpixel:  # the chunks' back-shift spectra
-                d_probe = be.ifft2(d_probe, overwrite=True)
-            count = float(nb)
-            if share_probe:  # one reduction for the direction and the batch size
-                packed = ex.allreduce(xp.concatenate([d_probe.reshape(-1),
-                                                      xp.full(1, count, np.complex128)]))
+        if update_probe:
+            if share_probe:
+                packed = pending.wait()
                 d_probe, count = packed[:-1].reshape(self.probe.shape), float(packed[-1].real)
             d_probe = (d_probe / max(count, 1.0)).astype(be.complex_dtype)
 
@@ -252,41 +271,23 @@ class LSQML(Engine):
             a11, b1 = xp.concatenate(cols_[0]), xp.concatenate(cols_[1])
             if update_probe:
                 a22, a12, b2 = (xp.concatenate(c) for c in cols_[2:])
-        stats = np.zeros(3)
-        if nb:
-            stats[0] = float(a11.sum())
-            stats[1] = float(a22.sum()) if update_probe else 0.0
-        stats[2] = nb
-        stats = ex.allreduce(stats) if share_obj else stats
-        mean11 = stats[0] / max(stats[2], 1)
-        mean22 = stats[1] / max(stats[2], 1)
-        if nb:
-            a11 = a11 + DAMPING * mean11 + EPS
-            if update_probe:
-                a22 = a22 + DAMPING * mean22 + EPS
-                det = a11 * a22 - a12 ** 2
-                alpha_o = (a22 * b1 - a12 * b2) / det
-                alpha_p = (a11 * b2 - a12 * b1) / det
-            else:
-                alpha_o = b1 / a11
-                alpha_p = xp.zeros_like(alpha_o)
-            alpha_o = STEP_SCALE * be.asnumpy(xp.maximum(alpha_o, 0))
-            alpha_p = STEP_SCALE * be.asnumpy(xp.maximum(alpha_p, 0))
-        else:
-            alpha_o = alpha_p = np.zeros(0)
-        # one gather of the (α_O, α_P) pairs serves the object's trimmed mean and the probe's mean
-        pairs = np.stack([alpha_o, alpha_p], axis=1).reshape(-1)
-        if share_obj:
-            pairs = ex.allgather(pairs)
-        pairs = pairs.reshape(-1, 2)
-        alpha_obj = trimmed_mean(pairs[:, 0])
+        # one gather of every position's terms: each rank solves all steps (the damping needs
+        # the batch means) for the object's trimmed mean and the probe's mean
+        local = (np.stack([be.asnumpy(c) for c in (a11, b1, *((a22, a12, b2) if update_probe
+                                                               else ()))], axis=1)
+                 if nb else np.zeros((0, 5 if update_probe else 2)))
+        every = (ex.allgather(local.reshape(-1)).reshape(-1, local.shape[1]) if share_obj
+                 else local)
+        means = every.sum(axis=0) / max(len(every), 1)
+        alpha_o, alpha_p = step_lengths(every, means)
+        alpha_obj = trimmed_mean(alpha_o)
 
         def add_step(rows: slice) -> None:  # in bands of rows over the worker threads
             self.object[rows] += alpha_obj * d_obj[rows]
 
         self.map_rows(add_step, self.object.shape[0])
-        if update_probe:
-            alphas = pairs[:, 1] if share_probe else alpha_p  # the probe's own sharing
+        if update_probe:  # the probe's own sharing: all positions' steps, or this rank's
+            alphas = alpha_p if share_probe else step_lengths(local, means)[1]
             psum, pcount = float(np.sum(alphas, dtype=np.float64)), float(len(alphas))
             if share_probe and not share_obj:
                 psum, pcount = ex.allreduce(psum), ex.allreduce(pcount)

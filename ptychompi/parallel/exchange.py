@@ -67,6 +67,25 @@ class ExchangeStats:
     checks: int = 0
 
 
+class Pending:
+    """A reduction in flight (:meth:`MPIExchange.allreduce_start`): :meth:`wait` returns its
+    result (at once when it was computed already)."""
+
+    def __init__(self, result: Any, request: Any = None, stats: ExchangeStats | None = None,
+                 send: Any = None) -> None:
+        self._result, self._request, self._stats = result, request, stats
+        self._send = send  # the input buffer MPI reads until the request completes
+
+    def wait(self) -> Any:
+        if self._request is not None:
+            t0 = time.perf_counter()
+            self._request.Wait()
+            if self._stats is not None:
+                self._stats.seconds += time.perf_counter() - t0
+            self._request = self._send = None
+        return self._result
+
+
 class SerialExchange:
     """The one-rank exchange: halo sums are the identity, reductions return their input."""
 
@@ -88,6 +107,11 @@ class SerialExchange:
             raise ValueError(f"allreduce op {op!r}: use sum, max or min")
         self.stats.reductions += 1
         return value
+
+    def allreduce_start(self, value: Any) -> Pending:
+        """The sum over ranks of an array, as a :class:`Pending` (here: the array)."""
+        self.stats.reductions += 1
+        return Pending(value)
 
     def allgather(self, values: np.ndarray) -> np.ndarray:
         """Concatenation over ranks (in rank order) of 1-D host arrays."""
@@ -357,6 +381,21 @@ class MPIExchange:
             return type(value)(self._allreduce_host(np.asarray(value), mop)[()])
         self.stats.bytes_sent += sys.getsizeof(value)
         return self._timed(self.comm.allreduce, value, op=mop)
+
+    def allreduce_start(self, value: Any) -> Pending:
+        """Start the sum over ranks of a host array (``Iallreduce``); :meth:`Pending.wait`
+        gives it. The other collectives of this exchange may run meanwhile (every rank
+        starts and waits in the same order). Device arrays are reduced at once."""
+        if not isinstance(value, np.ndarray):
+            return Pending(self.allreduce(value))
+        from mpi4py import MPI  # noqa: PLC0415
+
+        self.stats.reductions += 1
+        send = np.ascontiguousarray(value)
+        out = np.empty_like(send)
+        request = self._timed(self.comm.Iallreduce, send, out, op=MPI.SUM)
+        self.stats.bytes_sent += int(send.nbytes)
+        return Pending(out, request, self.stats, send)
 
     def _allreduce_host(self, value: np.ndarray, mop: Any) -> np.ndarray:
         send = np.asarray(value, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)

@@ -126,3 +126,39 @@ def test_lsqml_touched_equals_full_halo_and_one_rank() -> None:
     totals = comm.allgather((sent, sent_full))
     if size > 1:
         assert sum(t[0] for t in totals) < sum(t[1] for t in totals), totals
+
+
+@pytest.mark.mpi
+def test_reduction_in_flight_during_other_collectives() -> None:
+    """``allreduce_start`` sums like ``allreduce`` while a halo sum and a blocking
+    reduction run before its ``wait``."""
+    pos = np.stack(np.meshgrid(np.arange(6) * 8.0, np.arange(6) * 8.0, indexing="ij"),
+                   -1).reshape(-1, 2)
+    tiles = decompose(pos, (16, 16), size)
+    ex = make_exchange(comm if size > 1 else None, tiles, rank, Backend(np, "cpu"))
+    value = np.arange(5, dtype=np.complex128) * (rank + 1)
+    pending = ex.allreduce_start(value)
+    box = np.ones(tiles[rank].box.shape, np.float32)
+    ex.halo_sum(box)
+    top = ex.allreduce(float(rank), op="max")
+    np.testing.assert_array_equal(pending.wait(), np.arange(5) * size * (size + 1) / 2)
+    assert top == size - 1
+    ex.close()
+
+
+@pytest.mark.mpi
+def test_lsqml_sharing_every_few_iterations_runs_alike() -> None:
+    """Object shared every 2nd, probe every 3rd iteration: the touched halo changes nothing."""
+    cfg = config()
+    cfg["parallel"].update(share_frequency=2, probe_share_frequency=3)
+    out = []
+    for touched in (True, False):
+        r = ptychompi.Reconstruction(cfg, comm, scan=scan())
+        r.engine.touched_halo = touched
+        r.step(4)
+        out.append((r.object, r.probe))
+        r.close()
+    if rank == 0:
+        assert np.isfinite(out[0][0]).all()
+        np.testing.assert_array_equal(out[0][0], out[1][0])
+        np.testing.assert_array_equal(out[0][1], out[1][1])
