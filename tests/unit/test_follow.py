@@ -24,6 +24,7 @@ from ptychompi.config import FollowConfig, config_from_dict
 from ptychompi.errors import ConfigError
 from ptychompi.follow import Arrivals, RowWatcher, follow_config
 from ptychompi.io.results import read_result
+from ptychompi.live import read_status
 from ptychompi.metrics import object_error
 from ptychompi.simulate import simulate
 
@@ -103,6 +104,9 @@ def test_follow_preview_before_last_row_and_final_quality(sim, tmp_path):
     assert follow["rows"] == follow["planned_rows"] == GRID and not follow["aborted"]
     assert len(follow["schedule"]) > 2  # rows came in while it iterated
     assert "rows 8/8" in proc.stderr  # the progress line shows rows arrived / planned
+    status = read_status(tmp_path / "out")  # the GUI's live view: rows arrived / planned
+    assert status["state"] == "done"
+    assert status["follow"] == {"rows": GRID, "planned": GRID, "ended": True, "aborted": False}
     assert len(result.error) == ITERATIONS
     err = _truth_error(s, result.object, result.positions)
     assert err < 1.1 * _offline_error(s, cfg), err

@@ -407,6 +407,12 @@ function onLive(p) {
   const errs = st.error || [];
   $("live-error").textContent = fmtErr(errs[errs.length - 1]);
   $("live-eta").textContent = p.state === "running" ? fmtTime(st.eta_s) : "—";
+  const follow = st.follow;  // run --follow: rows arrived / planned
+  $("live-rows-box").classList.toggle("hidden", !follow);
+  if (follow) {
+    $("live-rows").textContent = `${follow.rows}/${follow.planned}` +
+      (follow.aborted ? " (scan ended early)" : "");
+  }
   drawCurve($("live-curve"), errs);
   if (st.iteration !== undefined && st.iteration !== liveIteration) {
     liveIteration = st.iteration;
