@@ -1,0 +1,89 @@
+"""What LSQML's sparse batches touch of each halo, and how unevenly they split over ranks.
+
+For the simulated ``GRID x GRID`` scan of ``FRAME``² frames and each rank count, without MPI:
+the tiles of :func:`decompose`, the batches LSQML draws (its own ``_batches`` on one rank, a
+few iterations), and per batch and halo the pixels this rank's windows cover (what the
+touched exchange sends), the neighbour's (what it receives) and both (where each side needs
+the other's sum within the batch). Prints, per rank count and per rank per iteration, the
+bytes of the full and the touched exchange (complex64 numerator + float32 denominator, 12 B
+per pixel), a floor for any exact per-batch scheme (8 B per pixel both sides touched: each
+side must learn the other's complex contribution there before the batch's step), the object
+size, and the mean over batches of (most members on a rank) / (mean members per rank): the
+per-batch load imbalance every synchronisation point waits for.
+
+    python benchmarks/halo_touched.py --grid 30 --frame 128 --ranks 2,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import common
+import numpy as np
+
+import ptychompi
+from ptychompi.parallel.sparse_halo import cover
+from ptychompi.parallel.tiling import decompose
+
+
+def analyse(engine: object, ranks: int, iterations: int, frame: int) -> dict:
+    pos = np.stack([engine.rows, engine.cols], 1).astype(np.float64)  # one rank: global
+    tops = np.stack([engine.rows, engine.cols], 1).astype(np.int64)
+    tiles = decompose(pos, (frame, frame), ranks)
+    owner = np.empty(len(pos), np.int64)
+    for t in tiles:
+        owner[t.indices] = t.rank
+    own = both = area = 0
+    imbalance = []
+    for _ in range(iterations):
+        engine._batches()  # the global batches of one iteration, as LSQML draws them
+        for part in engine._parts:
+            counts = np.bincount(owner[part], minlength=ranks)
+            imbalance.append(counts.max() / counts.mean())
+            for t in tiles:
+                mine = tops[part[owner[part] == t.rank]]
+                for n, halo in t.halos.items():
+                    a = cover(mine, halo, (frame, frame))
+                    b = cover(tops[part[owner[part] == n]], halo, (frame, frame))
+                    own += int(a.sum())
+                    both += int((a & b).sum())
+                    area += int(np.prod(halo.shape))
+    per = ranks * iterations  # per rank per iteration
+    return {"ranks": ranks, "grid": list(tiles[0].grid),
+            "full_MB": 12 * area / per / 1e6, "touched_MB": 12 * own / per / 1e6,
+            "floor_MB": 8 * both / per / 1e6, "touched_fraction": own / max(area, 1),
+            "both_fraction": both / max(area, 1),
+            "batch_imbalance": float(np.mean(imbalance))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", type=int, default=30)
+    ap.add_argument("--frame", type=int, default=128)
+    ap.add_argument("--ranks", default="2,4")
+    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=None)
+    args = ap.parse_args(argv)
+    scan, probe_m, info = common.make_scan(args.grid, args.frame)
+    cfg = common.make_config("lsqml", 1, probe_m, True, "cpu", 1, batch_size=args.batch_size)
+    recon = ptychompi.Reconstruction(cfg, None, scan=scan)
+    obj_mb = int(np.prod(recon.layout.object_shape)) * 8 / 1e6
+    print(f"{args.grid}x{args.grid} scan of {args.frame}², object {obj_mb:.2f} MB (complex64), "
+          f"{recon.engine.n_batches} batches per iteration")
+    print("| ranks | grid | full halo MB/rank/it | touched MB | exact floor MB | touched | "
+          "both touched | batch max/mean members |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in (int(v) for v in args.ranks.split(",")):
+        r = analyse(recon.engine, k, args.iterations, args.frame)
+        print(f"| {k} | {r['grid'][0]}x{r['grid'][1]} | {r['full_MB']:.2f} | "
+              f"{r['touched_MB']:.2f} | {r['floor_MB']:.2f} | {r['touched_fraction']:.2f} | "
+              f"{r['both_fraction']:.2f} | {r['batch_imbalance']:.3f} |")
+        print(json.dumps(r), file=sys.stderr)
+    recon.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
