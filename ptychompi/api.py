@@ -16,6 +16,7 @@ from .backend import Backend, select_backend
 from .config import Config, apply_environment, load_config
 from .dataset import load_amplitudes, open_source, plan_layout, plan_preprocessor
 from .engines import ENGINES, Engine, Schedule, TileData
+from .engines.positions import margin_px, padded_tiles
 from .errors import ConfigError, PtychompiError
 from .initial import initial_object, initial_probe
 from .parallel.exchange import SerialExchange, agree
@@ -85,7 +86,13 @@ class Reconstruction:
             self.layout = plan_layout(cfg, self.source, frame, preprocessor.pixel_scale)
             self._validate()
             grid = tuple(cfg.parallel.grid) if cfg.parallel.grid else None
-            self.tiles = decompose(self.layout.positions_px, (frame, frame), self.size, grid)
+            margin = margin_px(cfg.algorithm.position_correction)
+            if margin:  # tiles grown so that positions may move within them
+                self.tiles = padded_tiles(self.layout.positions_px, frame, self.size, grid,
+                                          margin, self.layout.object_shape)
+            else:
+                self.tiles = decompose(self.layout.positions_px, (frame, frame), self.size,
+                                       grid)
             self.tile = self.tiles[self.rank]
             t0 = time.perf_counter()
             amplitudes = load_amplitudes(self.source, preprocessor, self.tile.indices,
@@ -142,6 +149,7 @@ class Reconstruction:
             n_global=layout.n_frames,
             power_global=power,
             propagator=propagator,
+            origin=tile.origin,
         )
         schedule = Schedule(cfg.parallel.share_frequency, cfg.parallel.probe_share_frequency)
         engine_cls = ENGINES[cfg.algorithm.name]
@@ -225,15 +233,31 @@ class Reconstruction:
         """Positions (N, 2) in the global object's pixels."""
         return self.layout.positions_px
 
+    def refined_positions(self) -> np.ndarray | None:
+        """The refined positions (N, 2) in the global object's pixels, on every rank, or None
+        without position refinement. Collective."""
+        engine = self._open_engine()
+        if engine.refiner is None:
+            return None
+        local = np.asarray(engine.data.positions, np.float64) + np.asarray(self.tile.origin)
+        packed = np.concatenate([np.asarray(engine.data.indices, np.float64)[:, None], local],
+                                axis=1)
+        rows = self.exchange.allgather(packed.reshape(-1)).reshape(-1, 3)
+        out = np.array(self.layout.positions_px, np.float64)
+        out[rows[:, 0].astype(np.int64)] = rows[:, 1:]
+        return out
+
     def result_data(self) -> Any:
         """The result (object, probe, positions, errors, provenance) on rank 0. Collective."""
         from .io.results import ResultData  # noqa: PLC0415
 
         obj = self.object
+        refined = self.refined_positions()
         prov = provenance(self)
         if self.rank != 0:
             return None
         return ResultData(object=obj, probe=self.probe, positions=self.positions,
+                          refined_positions=refined,
                           error=np.asarray(self.metrics["error"], np.float64),
                           pixel_size=self.layout.pixel_size_m,
                           config_yaml=self.config.to_yaml(), provenance=prov)
@@ -250,12 +274,18 @@ class Reconstruction:
         return data
 
     def resume_from(self, obj: np.ndarray, probe: np.ndarray, iteration: int,
-                    history: list[dict] | None = None) -> None:
-        """Continue from a global object and probe (e.g. a checkpoint on another rank count)."""
+                    history: list[dict] | None = None,
+                    positions: np.ndarray | None = None) -> None:
+        """Continue from a global object and probe (e.g. a checkpoint on another rank count)
+        and, with position refinement, the refined global ``positions``."""
         engine = self._open_engine()
         self.history = list(history or [])
+        local = None
+        if positions is not None:
+            local = (np.asarray(positions, np.float64)[self.tile.indices]
+                     - np.asarray(self.tile.origin, np.float64))
         engine.start_from(obj[self.tile.box.slices()], probe, iteration,
-                          [h["error"] for h in self.history])
+                          [h["error"] for h in self.history], local)
 
     def close(self) -> None:
         """Release the scan file and device memory."""

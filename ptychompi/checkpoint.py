@@ -167,7 +167,8 @@ def _restore(recon: Any, out_dir: str | Path, data: Any, state: dict | None,
     else:
         history = [{"iteration": i + 1, "error": float(e), "seconds": 0.0}
                    for i, e in enumerate(data.error)]
-        recon.resume_from(data.object, data.probe, iteration, history)
+        recon.resume_from(data.object, data.probe, iteration, history,
+                          data.refined_positions)
         _adopt_exit_waves(recon, out_dir, int(data.provenance.get("ranks", 0)), iteration)
 
 

@@ -102,8 +102,12 @@ class PreprocessConfig:
 class PositionCorrectionConfig:
     enabled: bool = opt(False, "refine the scan positions from the data misfit (all engines)")
     start: int = opt(10, "first iteration that moves positions", low=0)
+    stop: int | None = opt(None, "iteration from which positions stay where they are "
+                           "(null = never)", low=0)
     update_every: int = opt(1, "iterations between position updates", low=1)
-    step: float = opt(1.0, "fraction of each position's least-squares shift applied", low=0.0)
+    step: float = opt(3.0, "multiple of each position's least-squares shift applied (the "
+                      "object adapts to wrong positions, so the plain shift falls short)",
+                      low=0.0)
     max_shift: float = opt(0.5, "largest move of a position in one update, px", low=0.0)
     max_total: float = opt(4.0, "largest distance of a position from its input, px per axis "
                            "(the tiles grow by this much so windows stay inside them)",

@@ -85,3 +85,41 @@ def object_error(estimate: np.ndarray, estimate_positions: np.ndarray, truth: np
     if r0 < 0 or c0 < 0 or r0 + h > estimate.shape[0] or c0 + w > estimate.shape[1]:
         raise ValueError("the estimate does not cover the truth's area")
     return aligned_error(estimate[r0:r0 + h, c0:c0 + w], truth, region)
+
+
+def shift_image(a: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
+    """``a`` moved by ``shift`` (rows, cols) pixels through a Fourier phase ramp (periodic)."""
+    q0 = np.fft.fftfreq(a.shape[0])[:, None]
+    q1 = np.fft.fftfreq(a.shape[1])[None, :]
+    ramp = np.exp(-2j * np.pi * (q0 * shift[0] + q1 * shift[1]))
+    return np.fft.ifft2(np.fft.fft2(a) * ramp)
+
+
+def registered_object_error(estimate: np.ndarray, estimate_positions: np.ndarray,
+                            truth: np.ndarray, truth_positions: np.ndarray,
+                            truth_probe: np.ndarray, search: int = 2,
+                            level: float = 0.1) -> float:
+    """:func:`object_error` after registering the estimate to the truth to a few hundredths
+    of a pixel: blind ptychography may shift object and probe together (opposite ways), and
+    refined positions carry an arbitrary common shift. Whole pixels within ``search`` first,
+    then sub-pixel steps around the best."""
+    est = np.asarray(estimate, np.complex128)
+
+    def error(shift: tuple[float, float]) -> float:
+        moved = shift_image(est, shift) if any(shift) else est
+        try:
+            return object_error(moved, estimate_positions, truth, truth_positions, truth_probe,
+                                level)
+        except ValueError:
+            return float("inf")
+
+    d = np.mean(np.asarray(estimate_positions) - np.asarray(truth_positions), axis=0)
+    start = np.round(d) - d  # the common sub-pixel offset of the positions, removed first
+    best = min((error((start[0] + r, start[1] + c)), (start[0] + r, start[1] + c))
+                for r in range(-search, search + 1) for c in range(-search, search + 1))
+    for step in (0.25, 0.1, 0.04):
+        r0, c0 = best[1]
+        best = min([best] + [(error((r0 + a * step, c0 + b * step)), (r0 + a * step,
+                                                                       c0 + b * step))
+                             for a in (-1, 0, 1) for b in (-1, 0, 1) if a or b])
+    return float(best[0])

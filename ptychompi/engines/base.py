@@ -33,6 +33,7 @@ from ..physics import (
     subpixel_ramps,
     window_index,
 )
+from .positions import make_refiner
 
 GPU_CHUNK = 128  # positions per chunk on a GPU (enough work per launch)
 CPU_CHUNK = 16  # on a CPU: a chunk's waves (2 MiB at 128²) stay in cache between passes
@@ -49,6 +50,7 @@ class TileData:
     n_global: int
     power_global: float  # Σ_valid I over the whole scan
     propagator: Propagator
+    origin: tuple[int, int] = (0, 0)  # the tile box's corner in the global object
 
     @property
     def frame(self) -> int:
@@ -81,23 +83,14 @@ class Engine:
         self.exchange = exchange
         self.backend = backend
         self.schedule = schedule or Schedule()
-        xp = backend.xp
         self.iteration = 0
         self.errors: list[float] = []  # the global error of every iteration so far
         self.rng = np.random.default_rng(cfg.seed)
         frame = data.frame
-        top, table, ramp_id = subpixel_grid(data.positions,
-                                            cfg.subpixel_bins if cfg.subpixel else 0)
         self.data = data
-        self.rows, self.cols = top[:, 0], top[:, 1]
-        self.ramp_id = ramp_id  # each position's row of the shift table
-        self._ramp_id_device = xp.asarray(ramp_id)  # the same on the device (one copy)
-        self.fractions = table[ramp_id]
-        self.index = xp.asarray(window_index(self.rows, self.cols, frame, data.box_shape[1]))
-        use_ramps = cfg.subpixel and len(top) and np.abs(self.fractions).max() > 1e-3
-        self.use_subpixel = bool(use_ramps)
-        # the positions never change: the ramps (2 x G x M) of their shifts are computed once
-        self._ramps = subpixel_ramps(backend, table, frame) if self.use_subpixel else None
+        self._place(data.positions)
+        self.refiner = make_refiner(cfg.position_correction, data.positions, data.origin,
+                                    data.box_shape, frame)
         self.probe = backend.asarray(probe, backend.complex_dtype)
         self.object = backend.asarray(obj, backend.complex_dtype)
         self.seconds_compute = 0.0
@@ -111,20 +104,58 @@ class Engine:
         self._accumulators: dict[tuple, np.ndarray] = {}
         self._dirty: set[int] = set()
 
+    def _place(self, positions: np.ndarray) -> None:
+        """Window corners, sub-pixel shift table, ramps and window index of ``positions``."""
+        cfg, backend, frame = self.cfg, self.backend, self.data.frame
+        top, table, ramp_id = subpixel_grid(positions, cfg.subpixel_bins if cfg.subpixel else 0)
+        self.rows, self.cols = top[:, 0], top[:, 1]
+        self.ramp_id = ramp_id  # each position's row of the shift table
+        self._ramp_id_device = backend.xp.asarray(ramp_id)  # the same on the device (one copy)
+        self.fractions = table[ramp_id]
+        self.index = backend.xp.asarray(window_index(self.rows, self.cols, frame,
+                                                     self.data.box_shape[1]))
+        use_ramps = cfg.subpixel and len(top) and np.abs(self.fractions).max() > 1e-3
+        self.use_subpixel = bool(use_ramps)
+        # the ramps (2 x G x M) of the shifts, computed once per placement
+        self._ramps = subpixel_ramps(backend, table, frame) if self.use_subpixel else None
+
+    def move_positions(self, positions: np.ndarray) -> None:
+        """Place this tile's positions anew (tile-local pixels; every window inside the tile)
+        and drop what was cached for the old ones (:meth:`_positions_moved`)."""
+        self.data.positions = np.array(positions, np.float64).reshape(-1, 2)
+        self._place(self.data.positions)
+        self._positions_moved()
+
+    def _positions_moved(self) -> None:
+        """Drop state cached for the old positions; engines with more extend this. DM's
+        table of shifted probes and its shift-sorted order are handled here by name, so
+        that dm.py needs no change."""
+        if hasattr(self, "_table"):
+            self._table = None
+        if hasattr(self, "_by_shift"):
+            shared = self.use_subpixel and self.cfg.subpixel_bins > 0
+            self._by_shift = np.argsort(self.ramp_id, kind="stable") if shared else None
+
     # ------------------------------------------------------------------ contract
     def step(self) -> dict:
         """Run one iteration; return its metrics (global Fourier error, seconds)."""
         t0 = time.perf_counter()
         comm0 = self.exchange.stats.seconds
+        if self.refiner is not None:  # an engine that went back to earlier state
+            self.refiner.resync(self)
         err_num = self._iterate()
         if self.probe.shape[0] > 1:
             self.probe = orthogonalize_modes(self.backend, self.probe)
         apply_amplitude_limits(self.backend, self.object, self.cfg.object_amplitude_min,
                                self.cfg.object_amplitude_max)
+        if self.refiner is not None and self.refiner.due(self.iteration):
+            self.refiner.update(self)
         err = self.exchange.allreduce(float(err_num)) / max(self.data.power_global, 1e-30)
         self.backend.synchronize()
         self.iteration += 1
         self.errors.append(err)
+        if self.refiner is not None:
+            self.refiner.record(self)
         seconds = time.perf_counter() - t0
         self.seconds_compute += seconds - (self.exchange.stats.seconds - comm0)
         return {"iteration": self.iteration, "error": err, "seconds": seconds}
@@ -338,11 +369,14 @@ class Engine:
             self._pool = None
 
     def start_from(self, obj: np.ndarray, probe: np.ndarray, iteration: int,
-                   errors: list[float] | None = None) -> None:
+                   errors: list[float] | None = None,
+                   positions: np.ndarray | None = None) -> None:
         """Continue from an object tile and probe at ``iteration`` with the global errors of
         the iterations so far (engine-specific state is rebuilt from them, as at the
-        start)."""
+        start) and, with position refinement, this tile's refined ``positions``."""
         xp = self.backend.xp
+        if positions is not None and self.refiner is not None:
+            self.move_positions(positions)
         self.errors = [float(e) for e in (errors or [])]
         self.object = xp.asarray(obj, dtype=self.backend.complex_dtype)
         self.probe = xp.asarray(probe, dtype=self.backend.complex_dtype)
@@ -363,6 +397,8 @@ class Engine:
                "errors": np.asarray(self.errors, dtype=np.float64),
                "rng": np.frombuffer(rng, dtype=np.uint8).copy()}
         out.update({k: np.array(self.backend.asnumpy(v)) for k, v in self._extra_state().items()})
+        if self.refiner is not None:
+            out.update(self.refiner.state(self))
         return out
 
     def restore(self, state: dict[str, np.ndarray]) -> None:
@@ -374,6 +410,8 @@ class Engine:
         self.errors = [float(e) for e in np.asarray(state.get("errors", []))]
         self.rng.bit_generator.state = json.loads(bytes(np.asarray(state["rng"])).decode())
         self._restore_extra(state)
+        if self.refiner is not None:
+            self.refiner.restore(self, state)
 
     def _extra_state(self) -> dict[str, Any]:
         return {}

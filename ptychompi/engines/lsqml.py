@@ -89,6 +89,10 @@ class LSQML(Engine):
         self._part: np.ndarray | None = None
         self._touched: tuple[Any, TouchedHalo] | None = None
 
+    def _positions_moved(self) -> None:
+        super()._positions_moved()
+        self._shift_of = self._global_shifts()  # collective, as every move
+
     def _global_shifts(self) -> np.ndarray | None:
         """Every frame's rounded sub-pixel shift as one integer, the same on every rank (one
         allgather at the start), or None when positions are exact or whole."""

@@ -5,6 +5,7 @@ Layout (all at the root unless noted)::
     object       (H, W) complex     the reconstructed object
     probe        (K, M, M) complex  the probe modes
     positions    (N, 2) float64     (row, col) top-left corners in object pixels
+    refined_positions (N, 2) float64  with position refinement: the refined positions
     error        (iterations,) float64
     pixel_size   () float64         object pixel size in metres
     config       () str             the full configuration as YAML
@@ -56,6 +57,7 @@ class ResultData:
     config_yaml: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] | None = None
+    refined_positions: np.ndarray | None = None  # position refinement: (N, 2) as positions
 
 
 # ----------------------------------------------------------------------------- writing
@@ -112,6 +114,11 @@ def write_result(path: str | os.PathLike, data: ResultData) -> None:
         pos = f.create_dataset("positions", data=np.asarray(data.positions, np.float64))
         pos.attrs["units"] = "object pixels"
         pos.attrs["convention"] = "(row, col) of each frame's top-left corner"
+        if data.refined_positions is not None:
+            ref = f.create_dataset("refined_positions",
+                                   data=np.asarray(data.refined_positions, np.float64))
+            ref.attrs["units"] = "object pixels"
+            ref.attrs["convention"] = "positions after position refinement"
         f.create_dataset("error", data=np.asarray(data.error, np.float64).reshape(-1))
         px = f.create_dataset("pixel_size", data=np.float64(data.pixel_size))
         px.attrs["units"] = "m"
@@ -196,6 +203,9 @@ def read_result(path: str | os.PathLike) -> ResultData:
             config_yaml=config,
             provenance=_read_provenance(prov) if isinstance(prov, h5py.Group) else {},
             state=_read_state(state) if isinstance(state, h5py.Group) else None,
+            refined_positions=(np.asarray(f["refined_positions"][()], np.float64)
+                               if isinstance(f.get("refined_positions"), h5py.Dataset)
+                               else None),
         )
 
 

@@ -1,0 +1,226 @@
+"""Position refinement for every engine (issue 18; Odstrčil, Menzel & Guizar-Sicairos 2018).
+
+Every ``update_every`` iterations from ``start`` on, an engine-independent pass over this
+rank's positions forms each exit wave ``ψ_j = P_j·O_j`` (the sub-pixel-shifted probe, as the
+engines form it), propagates it, applies the measured modulus and propagates back to the
+corrected wave ``ψ'_j``. A small move ``δ`` of position j changes the exit wave by
+``δ·P_j ∂O_j``, so the least-squares move along each axis is
+
+    δ = Σ Re(conj(P_j ∂O_j) (ψ'_j − ψ_j)) / (Σ |P_j ∂O_j|² + λ),
+
+with central differences for ∂O and λ a small fraction of the scan's mean denominator. The
+moves are scaled by ``step``, limited to ``max_shift`` per update, and their global mean is
+removed (a common shift of all positions is an ambiguity of ptychography, taken up by the
+object). With ``affine`` the positions are then fitted by one global transform of the input
+positions (scale, rotation, shear, offset: 6 parameters whose normal equations are one small
+allreduce) and become that transform plus a residual limited to ``max_residual``. Every
+position stays within ``max_total`` (per axis) of its input; the tiles are grown by that
+margin (:func:`padded_tiles`), so windows never leave their tile and the halos hold every
+pixel two tiles' windows can share: with ``share_frequency: 1`` n ranks follow one rank.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config import PositionCorrectionConfig
+from ..parallel.tiling import Box, Tile, decompose
+from ..physics import exit_waves, modulus_project
+
+if TYPE_CHECKING:
+    from .base import Engine
+
+DAMPING = 0.05  # λ relative to the scan's mean denominator per axis
+
+
+def margin_px(cfg: PositionCorrectionConfig) -> int:
+    """Pixels the tiles grow by on each side: the largest move plus one (a sub-pixel
+    remainder may round up to a whole pixel)."""
+    return int(math.ceil(cfg.max_total)) + 1 if cfg.enabled else 0
+
+
+def padded_tiles(positions_px: np.ndarray, frame: int, size: int,
+                 grid: tuple[int, int] | None, margin: int,
+                 object_shape: tuple[int, int]) -> list[Tile]:
+    """:func:`decompose` of windows grown by ``margin`` on each side, boxes and halos cut to
+    the object: every window a position can move to (within ``margin - 1``) stays in its tile,
+    and every pixel two tiles' windows can share lies in their halo. The same split of the
+    positions as without the margin."""
+    pos = np.asarray(positions_px, np.float64).reshape(-1, 2)
+    tiles = decompose(pos - margin, (frame + 2 * margin, frame + 2 * margin), size, grid)
+    whole = Box(0, 0, int(object_shape[0]), int(object_shape[1]))
+    for tile in tiles:
+        tile.box = tile.box.intersect(whole) or tile.box
+        halos = {n: h.intersect(whole) for n, h in tile.halos.items()}
+        tile.halos = {n: h for n, h in halos.items() if h is not None}
+        tile.neighbours = sorted(tile.halos)
+    return tiles
+
+
+def affine_terms(initial: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """The normal equations (15 numbers: X^T X, 3 x 3, then X^T Y, 3 x 2) of the fit
+    ``current ≈ [initial, 1] @ T`` over these positions; summed over ranks, they give the
+    global fit."""
+    x = np.concatenate([initial, np.ones((len(initial), 1))], axis=1)
+    return np.concatenate([(x.T @ x).reshape(-1), (x.T @ current).reshape(-1)])
+
+
+def solve_affine(terms: np.ndarray) -> np.ndarray:
+    """The 3 x 2 transform ``T`` (rows: the row and column coefficients, then the offset) of
+    :func:`affine_terms` summed over the scan; the identity when they do not determine it."""
+    xtx, xty = terms[:9].reshape(3, 3), terms[9:].reshape(3, 2)
+    identity = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    if not np.all(np.isfinite(terms)) or np.linalg.matrix_rank(xtx) < 3:
+        return identity
+    return np.linalg.solve(xtx, xty)
+
+
+def central_differences(xp: Any, obj: Any) -> tuple[Any, Any]:
+    """∂O/∂row and ∂O/∂col of a 2-D array (central differences, one-sided at the edges)."""
+    d_row, d_col = xp.zeros_like(obj), xp.zeros_like(obj)
+    if obj.shape[0] > 1:
+        d_row[1:-1] = (obj[2:] - obj[:-2]) * 0.5
+        d_row[0], d_row[-1] = obj[1] - obj[0], obj[-1] - obj[-2]
+    if obj.shape[1] > 1:
+        d_col[:, 1:-1] = (obj[:, 2:] - obj[:, :-2]) * 0.5
+        d_col[:, 0], d_col[:, -1] = obj[:, 1] - obj[:, 0], obj[:, -1] - obj[:, -2]
+    return d_row, d_col
+
+
+class PositionRefiner:
+    """One rank's refinement state: the input and current positions of its frames."""
+
+    def __init__(self, cfg: PositionCorrectionConfig, positions: np.ndarray,
+                 origin: tuple[int, int], box_shape: tuple[int, int], frame: int) -> None:
+        self.cfg = cfg
+        self.initial = np.array(positions, np.float64).reshape(-1, 2)
+        self.origin = np.asarray(origin, np.float64)
+        # a window's corner floor(p) stays in [0, box - frame]
+        self.high = np.asarray(box_shape, np.float64) - frame + 1 - 1e-6
+        self.transform: np.ndarray | None = None  # the last affine fit (3 x 2)
+        self.best: np.ndarray | None = None  # the positions of DM's best iteration
+
+    def due(self, iteration: int) -> bool:
+        """Whether the positions move after iteration ``iteration`` (0-based)."""
+        c = self.cfg
+        if c.stop is not None and iteration >= c.stop:
+            return False
+        return iteration >= c.start and (iteration - c.start) % c.update_every == 0
+
+    # ------------------------------------------------------------------ the gradient
+    def misfit_terms(self, engine: Engine) -> tuple[np.ndarray, np.ndarray]:
+        """Per position and axis, the numerator and denominator of the least-squares move
+        (n, 2) each, from one pass over this rank's positions in chunks."""
+        be, xp = engine.backend, engine.backend.xp
+        prop = engine.data.propagator
+        obj = engine.object
+        d_row, d_col = central_differences(xp, obj)
+        probe_ft = be.fft2(engine.probe) if engine.use_subpixel else None
+        n = len(engine.rows)
+
+        def part(_: int, sl: slice) -> tuple[np.ndarray, np.ndarray]:
+            win = engine.windows(sl)
+            probes, probe_of = engine.probe_set(sl, probe_ft)
+            psi = exit_waves(be, probes, obj, win, probe_of)
+            projected, _ = modulus_project(be, prop.forward(psi), engine.data.amplitudes[sl])
+            chi = prop.backward(projected, overwrite=True)
+            chi -= psi
+            num = np.empty((len(win), 2))
+            den = np.empty((len(win), 2))
+            for axis, grad in enumerate((d_row, d_col)):
+                g = exit_waves(be, probes, grad, win, probe_of)
+                num[:, axis] = be.asnumpy((g.conj() * chi).real.sum(axis=(1, 2, 3),
+                                                                    dtype=np.float64))
+                den[:, axis] = be.asnumpy((g.real ** 2 + g.imag ** 2).sum(axis=(1, 2, 3),
+                                                                          dtype=np.float64))
+            return num, den
+
+        parts = engine.map_chunks(part, n) if n else []
+        if not parts:
+            return np.zeros((0, 2)), np.zeros((0, 2))
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    # ------------------------------------------------------------------ one update
+    def update(self, engine: Engine) -> None:
+        """Move this rank's positions (collective: every rank calls it at the same point)."""
+        c, ex = self.cfg, engine.exchange
+        current = np.asarray(engine.data.positions, np.float64).reshape(-1, 2)
+        num, den = self.misfit_terms(engine)
+        n = len(current)
+        sums = ex.allreduce(np.array([*den.sum(axis=0), float(n)]))
+        damping = DAMPING * sums[:2] / max(sums[2], 1.0)
+        move = c.step * num / (den + damping + 1e-30)
+        length = np.hypot(move[:, 0], move[:, 1])
+        too_far = length > c.max_shift
+        move[too_far] *= (c.max_shift / length[too_far])[:, None]
+        mean = ex.allreduce(np.array([*move.sum(axis=0), float(n)]))
+        move -= mean[:2] / max(mean[2], 1.0)
+        moved = current + move
+        if c.affine:
+            moved = self._affine(moved, ex)
+        limit = c.max_total
+        moved = self.initial + np.clip(moved - self.initial, -limit, limit)
+        moved = np.clip(moved, 0.0, self.high)
+        engine.move_positions(moved)
+
+    def _affine(self, moved: np.ndarray, ex: Any) -> np.ndarray:
+        """``moved`` as the global transform of the input positions plus a residual."""
+        initial = self.initial + self.origin  # global pixels: one transform for all ranks
+        terms = ex.allreduce(affine_terms(initial, moved + self.origin))
+        self.transform = solve_affine(terms)
+        model = np.concatenate([initial, np.ones((len(initial), 1))], axis=1) @ self.transform
+        model -= self.origin
+        limit = self.cfg.max_residual
+        if limit is None:
+            limit = self.cfg.max_total
+        return model + np.clip(moved - model, -limit, limit)
+
+    # ------------------------------------------------------------------ DM's best state
+    def record(self, engine: Engine) -> None:
+        """After an iteration: keep the positions whenever DM keeps its object and probe as
+        its best (the same rule, :meth:`DifferenceMap.step`), so that they go back together
+        when error reduction takes over from DM's best (:meth:`resync`). Without this the
+        positions refined since then would meet an older object."""
+        if getattr(engine, "_refined", True):  # not DM, or error reduction has taken over
+            return
+        from .dm import REFINE_EARLIEST, best_since  # noqa: PLC0415 - dm imports base
+
+        errors = engine.errors
+        if (engine.iteration >= REFINE_EARLIEST
+                and errors[-1] <= min(errors[best_since(errors, REFINE_EARLIEST):])):
+            self.best = np.array(engine.data.positions, np.float64)
+
+    def resync(self, engine: Engine) -> None:
+        """Before an iteration: DM has gone back to its best object and probe, so the
+        positions go back to theirs (and DM's exit waves are made again from all three)."""
+        if self.best is not None and getattr(engine, "_refined", False):
+            engine.move_positions(self.best)
+            self.best = None
+            engine._reset()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self, engine: Engine) -> dict[str, np.ndarray]:
+        """The current positions (tile-local) for a checkpoint, and DM's best ones."""
+        out = {"positions": np.array(engine.data.positions, np.float64)}
+        if self.best is not None:
+            out["best_positions"] = self.best.copy()
+        return out
+
+    def restore(self, engine: Engine, state: dict[str, np.ndarray]) -> None:
+        """Continue from :meth:`state`'s output."""
+        self.best = None
+        if "best_positions" in state:
+            self.best = np.asarray(state["best_positions"], np.float64).reshape(-1, 2)
+        if "positions" in state:
+            engine.move_positions(np.asarray(state["positions"], np.float64))
+
+
+def make_refiner(cfg: PositionCorrectionConfig, positions: np.ndarray, origin: tuple[int, int],
+                 box_shape: tuple[int, int], frame: int) -> PositionRefiner | None:
+    """The refiner when ``cfg.enabled``, else None."""
+    if not cfg.enabled:
+        return None
+    return PositionRefiner(cfg, positions, origin, box_shape, frame)
