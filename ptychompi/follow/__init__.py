@@ -8,6 +8,7 @@ decisions every rank shares, :mod:`.recon` grows the engines as rows come in and
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from ..api import collective
@@ -16,6 +17,8 @@ from ..errors import ConfigError
 from .arrivals import Arrivals, Decision
 from .recon import FollowReconstruction, planned_config
 from .watch import RowWatcher
+
+log = logging.getLogger("ptychompi")
 
 __all__ = ["Arrivals", "Decision", "FollowReconstruction", "RowWatcher", "build_follow",
            "follow_config"]
@@ -52,5 +55,13 @@ def build_follow(cfg: Config, comm: Any | None, resume: bool = False) -> FollowR
                              n_frames=int(d.n_frames or 0), dataset=d.dataset,
                              poll_s=d.follow.poll_s, frames_per_file=d.frames_per_file)
     arrivals = Arrivals(d.follow, cfg.algorithm.iterations, watcher, comm)
+    if rank == 0:
+        log.info("following %s: waiting for the first complete row file (%d frames planned)",
+                 d.path, d.n_frames)
     first = arrivals.decide(0)
-    return FollowReconstruction(cfg, comm, arrivals, first)
+    recon = FollowReconstruction(cfg, comm, arrivals, first)
+    if rank == 0:
+        log.info("%d of %d planned rows in; reconstructing while the others arrive "
+                 "(%d iterations kept for after the last row)", first.rows, first.planned,
+                 arrivals.keep)
+    return recon

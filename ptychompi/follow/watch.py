@@ -67,36 +67,45 @@ class RowWatcher:
         return _file_for(self.pattern, self.first_index + row)
 
     def poll(self) -> int:
-        """The number of complete rows from the first one (never decreases)."""
+        """The number of complete rows from the first one (never decreases). Every row file
+        present is looked at, so rows written faster than the looks come in together."""
         if not self._resolve():
             return 0
-        while self.planned_rows is None or self.complete < self.planned_rows:
-            if not self._ready(self.complete):
-                break
-            self._seen.pop(self.complete, None)
-            self.complete += 1
+        row, prefix = self.complete, True
+        while self.planned_rows is None or row < self.planned_rows:
+            stable = self._stable(row)
+            if stable is None:
+                break  # not written yet
+            if prefix and stable and self._holds_row(row):
+                self._seen.pop(row, None)
+                self.complete = row + 1
+            else:
+                prefix = False
             if not _has_index(self.pattern or ""):
                 break  # one file holds the whole scan
+            row += 1
         return self.complete
 
     def _expected(self, row: int) -> int:
         fpf = self.frames_per_file or 1
         return max(1, min(fpf, self.n_frames - row * fpf))
 
-    def _ready(self, row: int) -> bool:
-        path = self.file(row)
+    def _stable(self, row: int) -> bool | None:
+        """Whether row file ``row`` has kept its size and time for ``poll_s`` (None: absent)."""
         try:
-            st = os.stat(path)
+            st = os.stat(self.file(row))
         except OSError:
-            return False
+            return None
         now = self.clock()
         seen = self._seen.get(row)
         if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
             self._seen[row] = _Seen(st.st_size, st.st_mtime_ns, now)
             return False
-        if now - seen.since < self.poll_s:
-            return False
-        held = self._frames_held(path)
+        return now - seen.since >= self.poll_s
+
+    def _holds_row(self, row: int) -> bool:
+        """Whether the (stable) file opens and holds the row's frames."""
+        held = self._frames_held(self.file(row))
         if held is None:
             return False
         if self.frames_per_file is None:

@@ -255,3 +255,27 @@ def test_progress_note():
     p.note = "rows 3/8"
     p.update(1, 0.5, 0.1)
     assert "rows 3/8" in out.getvalue()
+
+
+def test_watcher_takes_rows_written_together_at_once(sim, tmp_path):
+    """Rows written between two looks come in together (not one per look); a row becomes
+    complete only after a look ``poll_s`` later, and the rows after a missing one wait."""
+    s, _ = sim
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    now = [0.0]
+    watcher = RowWatcher(path=str(rows / "scan_%03d.h5"), first_index=1, n_frames=GRID * GRID,
+                         dataset="/entry/data/data", poll_s=1.0, clock=lambda: now[0])
+    for i in (0, 1, 2, 4):  # row 4 (index 3) is missing
+        with h5py.File(rows / f"scan_{i + 1:03d}.h5", "w") as f:
+            f.create_dataset("/entry/data/data", data=s.frames[i * GRID:(i + 1) * GRID])
+    assert watcher.poll() == 0  # first look
+    now[0] = 0.5
+    assert watcher.poll() == 0  # not yet stable for poll_s
+    now[0] = 1.0
+    assert watcher.poll() == 3 and watcher.planned_rows == GRID
+    with h5py.File(rows / "scan_004.h5", "w") as f:
+        f.create_dataset("/entry/data/data", data=s.frames[3 * GRID:4 * GRID])
+    assert watcher.poll() == 3
+    now[0] = 2.5
+    assert watcher.poll() == 5
