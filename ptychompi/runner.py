@@ -149,7 +149,8 @@ def _finish(recon: Reconstruction, out: Path, stem: str | None) -> dict:
         for i, fmt in enumerate(todo):
             try:
                 written.extend(export_arrays(data.object, data.probe, data.pixel_size, fmt,
-                                             str(out), stem or "result"))
+                                             str(out), stem or "result", data.positions,
+                                             data.refined_positions))
             except PtychompiError as exc:
                 raise PtychompiError(
                     f"{exc} (result.h5 is complete): `ptychompi export {out / 'result.h5'} "

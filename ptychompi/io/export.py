@@ -10,6 +10,8 @@ File names start with ``<stem>_`` (the result file's stem, ``result`` by default
   side), 8-bit greyscale with a labelled scale bar in the bottom-left corner.
 * csv: ptychopy's ``<stem>_object_0.csv`` and ``<stem>_probes_0.csv`` (``re+imj`` elements,
   6 significant digits, ``", "`` separators, probe modes stacked vertically).
+* with refined positions, png adds ``positions.png`` (arrows from input to refined position)
+  and csv ``positions_refined.csv`` (ptychopy's position list, metres).
 
 Every file is written to ``<name>.tmp-<pid>`` and renamed when complete: a full disk leaves
 the files finished before it and no partial one.
@@ -228,8 +230,12 @@ def _tiff_pair(path_float: Path, path_8bit: Path, a: np.ndarray, pixel_size: flo
 
 
 def export_arrays(obj: np.ndarray, probe: np.ndarray, pixel_size: float, to: str,
-                  out_dir: str | os.PathLike, stem: str = "result") -> list[str]:
-    """Write the ``to`` export (tiff | png | csv) of an object and probe; return the paths."""
+                  out_dir: str | os.PathLike, stem: str = "result",
+                  positions: np.ndarray | None = None,
+                  refined_positions: np.ndarray | None = None) -> list[str]:
+    """Write the ``to`` export (tiff | png | csv) of an object and probe; return the paths.
+    With ``refined_positions`` (and the input ``positions``) png adds the position-error plot
+    and csv the refined position list (:mod:`ptychompi.io.positions_export`)."""
     if to not in FORMATS:
         raise PtychompiError(f"export format {to!r} is not one of {', '.join(FORMATS)}")
     obj = np.asarray(obj)
@@ -249,6 +255,8 @@ def export_arrays(obj: np.ndarray, probe: np.ndarray, pixel_size: float, to: str
     written: list[Path] = []
     try:
         _write_export(obj, probe, pixel_size, to, out, prefix, written)
+        if refined_positions is not None and positions is not None and to != "tiff":
+            _write_positions(positions, refined_positions, pixel_size, to, out, prefix, written)
     except OSError as exc:
         failed = written[-1] if written else out
         raise PtychompiError(
@@ -282,6 +290,18 @@ def _write_export(obj: np.ndarray, probe: np.ndarray, pixel_size: float, to: str
             _preview(a8, pixel_size, ref, written[-1])
 
 
+def _write_positions(positions: np.ndarray, refined: np.ndarray, pixel_size: float, to: str,
+                     out: Path, prefix: str, written: list[Path]) -> None:
+    from .positions_export import write_position_plot, write_positions_csv  # noqa: PLC0415
+
+    if to == "csv":
+        written.append(out / f"{prefix}positions_refined.csv")
+        write_positions_csv(written[-1], refined, pixel_size)
+    else:
+        written.append(out / f"{prefix}positions.png")
+        write_position_plot(written[-1], positions, refined)
+
+
 def estimate_export_bytes(object_shape: tuple[int, ...], probe_shape: tuple[int, ...],
                           formats: list[str] | tuple[str, ...]) -> int:
     """An upper bound of the bytes the exports in ``formats`` write (hdf5 is the result)."""
@@ -296,6 +316,7 @@ def estimate_export_bytes(object_shape: tuple[int, ...], probe_shape: tuple[int,
         elif fmt == "png":  # 8-bit previews, stored at worst as raw rows
             rows = int(object_shape[0]) + int(probe_shape[-2])
             total += int(1.01 * (2 * obj + probe + 3 * rows)) + 3 * 8192
+            total += 3 * 640 * 640 + 8192  # the position plot, when positions were refined
     return total
 
 
@@ -309,4 +330,5 @@ def export_result(result_path: str | os.PathLike, to: str,
     res = read_result(result_path)
     p = Path(result_path)
     return export_arrays(res.object, res.probe, res.pixel_size, to,
-                         out_dir if out_dir is not None else p.parent, stem=p.stem)
+                         out_dir if out_dir is not None else p.parent, stem=p.stem,
+                         positions=res.positions, refined_positions=res.refined_positions)

@@ -1,0 +1,142 @@
+"""Position refinement (issue 18): quality on scans with wrong positions, and its cost.
+
+Quality: a simulated scan (:mod:`ptychompi.sim.matrix`) is reconstructed from its true
+positions, from wrong ones (random errors, a 2 % scale error with a 1° rotation, or both)
+without refinement, and from the wrong ones with refinement. Prints the RMS position error
+(mean offset removed) and the registered object error of each run.
+
+Cost: seconds per iteration of each engine with refinement in every iteration against the same
+engine without it (the ratio is the issue's target, at most 1.3).
+
+    python benchmarks/positions.py --grid 10 --frame 64 --iterations 100
+    python benchmarks/positions.py --skip-quality --cost-grid 20 --cost-frame 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from ptychompi.api import Reconstruction
+from ptychompi.metrics import registered_object_error
+from ptychompi.position_errors import KINDS, perturb, rms_error, with_positions
+from ptychompi.sim.matrix import Case, make_scan
+
+
+def reconstruct(scan: Any, positions: np.ndarray, engine: str, iterations: int,
+                correction: dict) -> dict:
+    """One run from ``positions``; the position and object errors against the truth."""
+    cfg = {"algorithm": {"name": engine, "iterations": iterations,
+                         "position_correction": correction},
+           "parallel": {"device": "cpu"}}
+    t0 = time.perf_counter()
+    with Reconstruction(cfg, scan=with_positions(scan.as_scan(), positions,
+                                                 scan.pixel_size_m)) as recon:
+        recon.run()
+        refined = recon.refined_positions()
+        est = recon.positions if refined is None else refined
+        obj = recon.object
+    true = scan.positions_px
+    return {"position_rms_px": rms_error(est, true),
+            "object_error": registered_object_error(obj, est, scan.object, true, scan.probe),
+            "seconds": time.perf_counter() - t0}
+
+
+def quality(args: argparse.Namespace) -> list[dict]:
+    case = Case(grid=args.grid, frame=args.frame, diameter_px=args.frame * 0.375,
+                overlap=0.7, photons=1e7, seed=args.seed)
+    scan = make_scan(case)
+    rows = []
+    print(f"quality: {case.name}, {args.iterations} iterations (position RMS px / object "
+          "error)")
+    print("| engine | errors | true positions | not refined | refined |")
+    print("|---|---|---|---|---|")
+    for engine in args.engines.split(","):
+        truth = reconstruct(scan, scan.positions_px, engine, args.iterations, {})
+        for kind in args.kinds.split(","):
+            given = perturb(scan.positions_px, kind, np.random.default_rng(args.seed + 1),
+                            rms_px=args.rms)
+            plain = reconstruct(scan, given, engine, args.iterations, {})
+            refined = reconstruct(scan, given, engine, args.iterations,
+                                  {"enabled": True, "affine": kind != "random"})
+            row = {"engine": engine, "kind": kind, "true": truth, "not_refined": plain,
+                   "refined": refined}
+            rows.append(row)
+            cells = [f"{r['position_rms_px']:.3f} / {r['object_error']:.4f}"
+                     for r in (truth, plain, refined)]
+            print(f"| {engine} | {kind} | {' | '.join(cells)} |", flush=True)
+    return rows
+
+
+def seconds_per_iteration(scan: Any, engine: str, iterations: int, warmup: int,
+                          correction: dict) -> float:
+    cfg = {"algorithm": {"name": engine, "iterations": warmup + iterations,
+                         "position_correction": correction},
+           "parallel": {"device": "cpu"}}
+    with Reconstruction(cfg, scan=scan) as recon:
+        recon.step(warmup)
+        times = [recon.step()["seconds"] for _ in range(iterations)]
+    return statistics.median(times)
+
+
+def cost(args: argparse.Namespace) -> list[dict]:
+    case = Case(grid=args.cost_grid, frame=args.cost_frame,
+                diameter_px=args.cost_frame * 0.375, overlap=0.7, photons=1e7, seed=args.seed)
+    sim = make_scan(case)
+    given = perturb(sim.positions_px, "random", np.random.default_rng(args.seed + 1))
+    scan = with_positions(sim.as_scan(), given, sim.pixel_size_m)
+    rows = []
+    print(f"cost: {case.name} ({len(given)} frames of {args.cost_frame}²), median of "
+          f"{args.cost_iterations} iterations")
+    print("| engine | without (s/it) | every iteration (s/it) | ratio | every 4th: ratio |")
+    print("|---|---|---|---|---|")
+    for engine in args.engines.split(","):
+        plain = seconds_per_iteration(scan, engine, args.cost_iterations, args.warmup, {})
+        every = seconds_per_iteration(scan, engine, args.cost_iterations, args.warmup,
+                                      {"enabled": True, "start": 0})
+        fourth = seconds_per_iteration(scan, engine, 4 * args.cost_iterations, args.warmup,
+                                       {"enabled": True, "start": 0, "update_every": 4})
+        row = {"engine": engine, "without_s": plain, "every_s": every, "ratio": every / plain,
+               "every4_s": fourth, "ratio_every4": fourth / plain}
+        rows.append(row)
+        print(f"| {engine} | {plain:.4f} | {every:.4f} | {every / plain:.2f} | "
+              f"{fourth / plain:.2f} |", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", type=int, default=10)
+    ap.add_argument("--frame", type=int, default=64)
+    ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--rms", type=float, default=1.5, help="random errors' RMS, px")
+    ap.add_argument("--engines", default="epie,dm,lsqml")
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cost-grid", type=int, default=20)
+    ap.add_argument("--cost-frame", type=int, default=128)
+    ap.add_argument("--cost-iterations", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--json", help="write the rows to this file")
+    args = ap.parse_args(argv)
+    out: dict = {}
+    if not args.skip_quality:
+        out["quality"] = quality(args)
+    if not args.skip_cost:
+        out["cost"] = cost(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
