@@ -1,0 +1,60 @@
+"""The rank-efficiency benchmarks (issue 20) run end to end at a tiny size with sane numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ptychompi.parallel.sparse_halo import cover
+from ptychompi.parallel.tiling import Box
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_cover_paints_clipped_windows() -> None:
+    mask = cover(np.array([[-3, 5], [8, -10]]), Box(0, 0, 10, 12), (6, 4))
+    expected = np.zeros((10, 12), bool)
+    expected[0:3, 5:9] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_halo_touched_orders_full_touched_floor(tmp_path: Path) -> None:
+    proc = _run([str(BENCH / "halo_touched.py"), "--grid", "8", "--frame", "32",
+                 "--ranks", "2,4", "--iterations", "2"], tmp_path)
+    rows = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert [r["ranks"] for r in rows] == [2, 4]
+    for r in rows:
+        assert 0 < r["floor_MB"] <= r["touched_MB"] * 8 / 12 + 1e-12
+        assert r["touched_MB"] <= r["full_MB"]
+        assert 0 < r["both_fraction"] <= r["touched_fraction"] <= 1
+        assert r["batch_imbalance"] >= 1
+    assert "| 2 |" in proc.stdout and "| 4 |" in proc.stdout
+
+
+def test_rank_timeline_reports_phases_and_efficiency(tmp_path: Path) -> None:
+    out = tmp_path / "timeline.json"
+    proc = _run([str(BENCH / "rank_timeline.py"), "--ranks", "2", "--rounds", "1",
+                 "--iterations", "1", "--grid", "6", "--frame", "32", "--json", str(out)],
+                tmp_path)
+    data = json.loads(out.read_text())
+    one, two = data["runs"]["1"][0], data["runs"]["2"][0]
+    assert len(one["per_rank"]) == 1 and len(two["per_rank"]) == 2
+    assert sum(p["positions"] for p in two["per_rank"]) == one["per_rank"][0]["positions"]
+    for p in one["per_rank"] + two["per_rank"]:
+        assert p["phases_ms"]["exit waves + sums"] > 0
+        assert p["phases_ms"]["iteration"] >= p["phases_ms"]["exit waves + sums"]
+    assert all(p["bytes_per_iter"] > 0 for p in two["per_rank"])
+    assert len(data["efficiency"]) == 1 and data["efficiency"][0] > 0
+    assert "compute-seconds efficiency" in proc.stdout
