@@ -12,6 +12,11 @@ size, and the mean over batches of (most members on a rank) / (mean members per 
 per-batch load imbalance every synchronisation point waits for.
 
     python benchmarks/halo_touched.py --grid 30 --frame 128 --ranks 2,4
+
+``--projection``: the same imbalance for the scaling model's 100k-frame raster of 256² frames
+(``scaling_model.py``) on 2 to 1,024 ranks, with ten uniformly random batches per iteration
+(the model's compute term counts the most positions per rank per iteration; with per-batch
+synchronisation it is the sum over batches of the most members per rank).
 """
 
 from __future__ import annotations
@@ -58,6 +63,29 @@ def analyse(engine: object, ranks: int, iterations: int, frame: int) -> dict:
             "batch_imbalance": float(np.mean(imbalance))}
 
 
+def projection(iterations: int, batches: int = 10) -> None:
+    """Per-batch member imbalance of the model's 100k-frame scan, 2 to 1,024 ranks."""
+    import scaling_model  # noqa: PLC0415
+
+    side = int(round(np.sqrt(scaling_model.TARGET_FRAMES)))
+    frame = scaling_model.TARGET_FRAME
+    pos = scaling_model.raster_px(side, common.scan_params(frame)["step_px"])
+    rng = np.random.default_rng(0)
+    print(f"{len(pos)} positions of {frame}², {batches} random batches per iteration")
+    print("| ranks | positions/rank | batch members, most / mean |")
+    print("|---|---|---|")
+    for k in scaling_model.RANKS[1:]:
+        owner = np.empty(len(pos), np.int64)
+        for t in decompose(pos, (frame, frame), k):
+            owner[t.indices] = t.rank
+        ratios = []
+        for _ in range(iterations):
+            for part in np.array_split(rng.permutation(len(pos)), batches):
+                counts = np.bincount(owner[part], minlength=k)
+                ratios.append(counts.max() / counts.mean())
+        print(f"| {k} | {len(pos) / k:.0f} | {np.mean(ratios):.3f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", type=int, default=30)
@@ -65,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranks", default="2,4")
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--projection", action="store_true",
+                    help="the per-batch imbalance of the model's 100k-frame scan instead")
     args = ap.parse_args(argv)
+    if args.projection:
+        projection(args.iterations)
+        return 0
     scan, probe_m, info = common.make_scan(args.grid, args.frame)
     cfg = common.make_config("lsqml", 1, probe_m, True, "cpu", 1, batch_size=args.batch_size)
     recon = ptychompi.Reconstruction(cfg, None, scan=scan)

@@ -58,3 +58,12 @@ def test_rank_timeline_reports_phases_and_efficiency(tmp_path: Path) -> None:
     assert all(p["bytes_per_iter"] > 0 for p in two["per_rank"])
     assert len(data["efficiency"]) == 1 and data["efficiency"][0] > 0
     assert "compute-seconds efficiency" in proc.stdout
+
+
+def test_halo_touched_projection_imbalance_grows_with_ranks(tmp_path: Path) -> None:
+    proc = _run([str(BENCH / "halo_touched.py"), "--projection", "--iterations", "1"], tmp_path)
+    rows = [line.split("|") for line in proc.stdout.splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    ratios = {int(r[1]): float(r[3]) for r in rows}
+    assert sorted(ratios) == [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    assert 1 <= ratios[2] < ratios[64] < ratios[1024]
