@@ -187,16 +187,28 @@ class FollowReconstruction(Reconstruction):
     def _algorithm(self) -> Any:
         """The engine's settings: while rows still arrive DM does not switch to its
         refinement (its error history jumps as positions come in)."""
-        a = self.config.algorithm
         if self.decision.ended:
             return self._final_algorithm()
-        return dataclasses.replace(a, dm_refine_from=None, dm_refine_patience=None)
+        return dataclasses.replace(self._settings(), dm_refine_from=None,
+                                   dm_refine_patience=None)
+
+    def _settings(self) -> Any:
+        """``algorithm`` with LSQML's default batch size that of the planned scan (a tenth
+        of the few positions in at the start makes batches of one or two, whose probe
+        steps are noise)."""
+        a = self.config.algorithm
+        if a.name == "lsqml" and a.batch_size is None:
+            from ..engines.lsqml import DEFAULT_BATCHES  # noqa: PLC0415
+
+            a = dataclasses.replace(a, batch_size=max(1, -(-self.layout.n_frames
+                                                           // DEFAULT_BATCHES)))
+        return a
 
     def _final_algorithm(self) -> Any:
         """The settings once the scan has ended: DM's refinement takes over halfway through
         the remaining iterations at the latest (its stall rule sees the error jump as rows
         came in, and a scan that ends late leaves few iterations)."""
-        a = self.config.algorithm
+        a = self._settings()
         if a.name != "dm" or not self.iteration:
             return a
         halfway = self.iteration + (a.iterations - self.iteration) // 2
