@@ -218,12 +218,14 @@ class Reconstruction:
         """The global object assembled on rank 0 (``None`` on other ranks). Collective."""
         be = self.backend
         self._open_engine()
-        if self.size == 1:
+        if self.size == 1 and self.engine.refiner is None:
             full = np.ones(self.layout.object_shape, dtype=self.engine.object.dtype)
             full[self.tile.box.slices()] = be.asnumpy(self.engine.object)
             return full
         from .parallel.assemble import assemble  # noqa: PLC0415
 
+        # (also one rank with position refinement: its tile, grown for the moves, holds
+        # unlit pixels, which get the same fill as on n ranks)
         weight = self.engine.illumination()
         num = be.asnumpy(self.engine.object * weight)
         return assemble(num, be.asnumpy(weight), self.tile, self.layout.object_shape, self.comm)
