@@ -60,7 +60,9 @@ def build_follow(cfg: Config, comm: Any | None, resume: bool = False) -> FollowR
                  d.path, d.n_frames)
     first = arrivals.decide(0)
     recon = FollowReconstruction(cfg, comm, arrivals, first)
-    if rank == 0:
+    if rank == 0 and first.ended:
+        log.info("%d of %d planned rows in: the scan has ended", first.rows, first.planned)
+    elif rank == 0:
         log.info("%d of %d planned rows in; reconstructing while the others arrive "
                  "(%d iterations kept for after the last row)", first.rows, first.planned,
                  arrivals.keep)
