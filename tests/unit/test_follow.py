@@ -154,10 +154,12 @@ def test_no_row_at_all_is_one_clear_error(sim, tmp_path):
 
 
 def test_a_row_written_frame_by_frame_is_never_read_half_written(sim, tmp_path):
-    """The writer fills a NaN-initialised row file frame by frame (flushed, file open); the
-    watcher may call the row complete only once every frame is final."""
+    """The writer fills a NaN-initialised row file frame by frame (flushed, the file open),
+    pausing longer than a look between frames, so size and time alone would call it stable:
+    the watcher may call the row complete only once every frame is final (the writer's
+    file lock keeps the file from opening until it is closed)."""
     s, folder = sim
-    writer = _writer(folder, tmp_path, "--delay", "0", "--stop", "2", "--slow", "0.15")
+    writer = _writer(folder, tmp_path, "--delay", "0", "--stop", "2", "--slow", "0.3")
     watcher = RowWatcher(path=str(tmp_path / "rows" / "scan_%03d.h5"), first_index=1,
                          n_frames=GRID * GRID, dataset="/entry/data/data", poll_s=0.2)
     seen = 0
