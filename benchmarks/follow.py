@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -95,6 +96,7 @@ def main() -> int:
            "follow_error": round(error(follow_result), 4),
            "offline_error": round(error(off_result), 4)}
     print(json.dumps(out))
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -9,6 +9,7 @@ written frame by frame (never read half-written), the real APS frames, and the p
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -315,3 +316,15 @@ def test_every_engine_grows_its_positions(sim, tmp_path, engine, bound):
                                                                       [9, 8]]
         err = _truth_error(s, r.object, r.positions)
     assert err < bound * _offline_error(s, cfg), (engine, err)
+
+
+@pytest.mark.skipif(not PTYCHOMPI.exists(), reason="no ptychompi beside the interpreter")
+def test_follow_benchmark_reports_latency_and_offline_wall_time(tmp_path):
+    bench = HERE.parents[1] / "benchmarks" / "follow.py"
+    proc = subprocess.run([sys.executable, str(bench), "--grid", "4", "--frame", "32",
+                           "--iterations", "6", "--row-s", "0.2"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["latency_s"] > 0 and out["offline_wall_s"] > 0 and out["scan_s"] >= 0.5
+    assert 0 < out["follow_error"] < 1 and 0 < out["offline_error"] < 1
