@@ -3,7 +3,9 @@
 ``T(N) = compute + halo + collectives`` for the slowest rank, with nothing overlapped:
 
 - compute: the one-rank time per position (measured here; a stated estimate on a GPU) times
-  the most positions any rank holds, times ``N / cores`` when ranks share fewer cores (the
+  the most positions any rank holds (with several halo sums per iteration, counted: the sum
+  over the batches of the most members any rank holds in a batch, since the ranks wait for
+  the fullest one at each), times ``N / cores`` when ranks share fewer cores (the
   check here also gives a second prediction that uses, instead, the CPU share each rank got:
   CPU time over wall time, measured, since other jobs share this machine);
 - halo: per halo sum one message per neighbour (latency each) plus the rank's halo bytes per
@@ -74,12 +76,31 @@ def raster_px(grid: int, step: float) -> np.ndarray:
     return np.stack([r.ravel(), c.ravel()], axis=1)
 
 
-def tile_figures(positions_px: np.ndarray, frame: int, ranks: int) -> dict:
-    """Most positions, halo area and neighbours of any rank at ``ranks`` (from decompose)."""
+def tile_figures(positions_px: np.ndarray, frame: int, ranks: int, batches: int = 1) -> dict:
+    """Most positions, halo area and neighbours of any rank at ``ranks`` (from decompose),
+    and ``batch_positions``: the positions the slowest rank waits for per iteration when the
+    ranks synchronise after each of ``batches`` random batches (:func:`batch_positions`)."""
     tiles = decompose(positions_px, (frame, frame), ranks)
     areas = [sum(int(np.prod(h.shape)) for h in t.halos.values()) for t in tiles]
-    return {"positions": max(len(t.indices) for t in tiles), "halo_area": max(areas),
-            "neighbours": max(len(t.neighbours) for t in tiles), "grid": list(tiles[0].grid)}
+    owner = np.empty(len(positions_px), np.int64)
+    for t in tiles:
+        owner[t.indices] = t.rank
+    most = max(len(t.indices) for t in tiles)
+    return {"positions": most, "halo_area": max(areas),
+            "neighbours": max(len(t.neighbours) for t in tiles), "grid": list(tiles[0].grid),
+            "batch_positions": batch_positions(owner, ranks, batches) if batches > 1 else most}
+
+
+def batch_positions(owner: np.ndarray, ranks: int, batches: int, sweeps: int = 3) -> float:
+    """Σ over an iteration's ``batches`` (a random order cut into equal parts, as LSQML's
+    sparse batches) of the most members any rank holds, mean over ``sweeps`` seeded draws:
+    every rank waits for the fullest one at each batch's halo sum."""
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for _ in range(sweeps):
+        for part in np.array_split(rng.permutation(len(owner)), batches):
+            total += float(np.bincount(owner[part], minlength=ranks).max())
+    return total / sweeps
 
 
 def predict(ranks: int, tiles: dict, position_s: float, counts: Counts, net: Network,
@@ -91,7 +112,7 @@ def predict(ranks: int, tiles: dict, position_s: float, counts: Counts, net: Net
     """
     if slowdown is None:
         slowdown = max(1.0, ranks / cores) if cores else 1.0
-    compute = position_s * tiles["positions"] * slowdown
+    compute = position_s * tiles.get("batch_positions", tiles["positions"]) * slowdown
     if ranks == 1:
         return {"compute": compute, "halo": 0.0, "collectives": 0.0, "total": compute}
     halo = (counts.halo_sums * tiles["neighbours"] * net.latency_s
@@ -113,7 +134,7 @@ def check_here(measured: list[dict], counts: Counts, net: Network, args: argpars
     share_1 = base["per_rank"][0]["cpu_share"]
     rows = []
     for m in measured:
-        tiles = tile_figures(positions_px, args.frame, m["ranks"])
+        tiles = tile_figures(positions_px, args.frame, m["ranks"], round(counts.halo_sums))
         p = predict(m["ranks"], tiles, position_s, counts, net, args.frame, cores)
         share = float(np.mean([r["cpu_share"] for r in m["per_rank"]]))
         q = predict(m["ranks"], tiles, position_s, counts, net, args.frame,
@@ -135,12 +156,12 @@ def project(counts: Counts, net: Network, position_s: float, step_px: float) -> 
     per_gpu = TARGET_FRAMES / RANKS[-1]
     out: dict[str, list[dict]] = {"strong": [], "weak": []}
     for n in RANKS:
-        t = tile_figures(big, TARGET_FRAME, n)
+        t = tile_figures(big, TARGET_FRAME, n, round(counts.halo_sums))
         p = predict(n, t, position_s, counts, net, TARGET_FRAME)
         out["strong"].append({"ranks": n, "frames": len(big), **t, **p})
         g = max(2, int(round(math.sqrt(per_gpu * n))))
         w = raster_px(g, step_px)
-        t = tile_figures(w, TARGET_FRAME, n)
+        t = tile_figures(w, TARGET_FRAME, n, round(counts.halo_sums))
         p = predict(n, t, position_s, counts, net, TARGET_FRAME)
         out["weak"].append({"ranks": n, "frames": len(w), **t, **p})
     s1 = out["strong"][0]["total"]

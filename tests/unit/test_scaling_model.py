@@ -49,6 +49,21 @@ def test_tile_figures_follow_decompose() -> None:
     assert (t1["positions"], t1["halo_area"], t1["neighbours"]) == (144, 0, 0)
     assert t4["positions"] == 36 and t4["neighbours"] == 3 and t4["grid"] == [2, 2]
     assert t4["halo_area"] > 0
+    assert t4["batch_positions"] == t4["positions"]  # one synchronisation per iteration
+
+
+def test_batch_synchronisation_waits_for_the_fullest_rank() -> None:
+    """Ten random batches: the slowest rank's positions per iteration exceed its share, and
+    the compute term uses them."""
+    pos = sm.raster_px(12, 8.0)
+    t4 = sm.tile_figures(pos, 64, 4, batches=10)
+    assert t4["positions"] < t4["batch_positions"] <= 144
+    t1 = sm.tile_figures(pos, 64, 1, batches=10)
+    assert t1["batch_positions"] == 144
+    counts = sm.Counts(ranks=4, halo_sums=10, bytes_per_halo_pixel=12.0, other_collectives=3,
+                       other_bytes=0.0, frame=64)
+    p = sm.predict(4, t4, 1e-3, counts, sm.Network(1e-6, 1e9), frame=64)
+    assert p["compute"] == pytest.approx(1e-3 * t4["batch_positions"])
 
 
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec beside the interpreter")
