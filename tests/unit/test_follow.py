@@ -216,6 +216,13 @@ def test_follow_needs_the_planned_scan():
         follow_config(config_from_dict({"data": {"path": "scan.cxi"}}))
     with pytest.raises(ConfigError, match="--resume"):
         follow_config(cfg, resume=True)
+    planned = {"data": {"path": "rows/scan_%03d.h5", "scan_dims": [2, 2]}}
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        follow_config(config_from_dict({**planned, "output": {"checkpoint_every": 5}}))
+    with pytest.raises(ConfigError, match="position refinement"):
+        follow_config(config_from_dict({**planned, "algorithm": {
+            "position_correction": {"enabled": True}}}))
+    assert follow_config(config_from_dict(planned)).data.n_frames == 4
 
 
 def test_real_aps_frames_followed(shared_data, tmp_path):
