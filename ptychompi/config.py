@@ -104,7 +104,8 @@ class PositionCorrectionConfig:
     start: int = opt(10, "first iteration that moves positions", low=0)
     stop: int | None = opt(None, "iteration from which positions stay where they are "
                            "(null = never)", low=0)
-    update_every: int = opt(1, "iterations between position updates", low=1)
+    update_every: int = opt(4, "iterations between position updates (each costs about an "
+                            "LSQML iteration's worth of FFTs)", low=1)
     step: float = opt(3.0, "multiple of each position's least-squares shift applied (the "
                       "object adapts to wrong positions, so the plain shift falls short)",
                       low=0.0)

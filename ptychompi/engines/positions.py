@@ -29,6 +29,8 @@ import numpy as np
 from ..config import PositionCorrectionConfig
 from ..parallel.tiling import Box, Tile, decompose
 from ..physics import exit_waves, modulus_project
+from ..physics import probe_index as probe_index_of
+from .position_kernels import position_sums
 
 if TYPE_CHECKING:
     from .base import Engine
@@ -126,8 +128,14 @@ class PositionRefiner:
             probes, probe_of = engine.probe_set(sl, probe_ft)
             psi = exit_waves(be, probes, obj, win, probe_of)
             projected, _ = modulus_project(be, prop.forward(psi), engine.data.amplitudes[sl])
-            chi = prop.backward(projected, overwrite=True)
-            chi -= psi
+            back = prop.backward(projected, overwrite=True)
+            if not be.is_gpu:  # one compiled pass: no gradient waves
+                sums = np.empty((len(win), 4))
+                probe_index = np.asarray(probe_index_of(probes, len(win), probe_of))
+                position_sums(probes, probe_index, back, psi, d_row, d_col, win.rows, win.cols,
+                              sums)
+                return sums[:, 0::2], sums[:, 1::2]
+            chi = back - psi
             num = np.empty((len(win), 2))
             den = np.empty((len(win), 2))
             for axis, grad in enumerate((d_row, d_col)):
