@@ -1,6 +1,7 @@
 """Reconstruct while a scan's APS row files are written (``ptychompi run --follow``).
 
-:mod:`.watch` tells which row files are complete (rank 0), :mod:`.arrivals` turns that into
+:mod:`.watch` tells which row files are complete (rank 0; :mod:`.swmr` the rows of a CXI
+file written under HDF5 SWMR), :mod:`.arrivals` turns that into
 decisions every rank shares, :mod:`.recon` grows the engines as rows come in and
 :mod:`.active` keeps the exchange among the ranks whose tiles have positions.
 """
@@ -15,13 +16,14 @@ from ..api import collective
 from ..config import Config
 from ..errors import ConfigError
 from .arrivals import Arrivals, Decision
-from .recon import FollowReconstruction, planned_config
+from .recon import FollowReconstruction, is_cxi, planned_config
+from .swmr import SwmrWatcher
 from .watch import RowWatcher
 
 log = logging.getLogger("ptychompi")
 
-__all__ = ["Arrivals", "Decision", "FollowReconstruction", "RowWatcher", "build_follow",
-           "follow_config"]
+__all__ = ["Arrivals", "Decision", "FollowReconstruction", "RowWatcher", "SwmrWatcher",
+           "build_follow", "follow_config"]
 
 
 def follow_config(cfg: Config, resume: bool = False) -> Config:
@@ -49,8 +51,11 @@ def build_follow(cfg: Config, comm: Any | None, resume: bool = False) -> FollowR
     cfg = collective(comm, follow_config, cfg, resume)
     rank = 0 if comm is None else comm.Get_rank()
     d = cfg.data
-    watcher = None
-    if rank == 0:
+    watcher: RowWatcher | SwmrWatcher | None = None
+    if rank == 0 and is_cxi(cfg):
+        watcher = SwmrWatcher(path=str(d.path), n_frames=int(d.n_frames or 0),
+                              row_frames=int(d.scan_dims[1]), poll_s=d.follow.poll_s)
+    elif rank == 0:
         watcher = RowWatcher(path=str(d.path), first_index=d.first_index,
                              n_frames=int(d.n_frames or 0), dataset=d.dataset,
                              poll_s=d.follow.poll_s, frames_per_file=d.frames_per_file)

@@ -24,7 +24,7 @@ from ..backend import select_backend
 from ..config import Config, apply_environment, load_config
 from ..dataset import load_amplitudes, open_source, plan_layout, plan_preprocessor
 from ..engines import ENGINES, Engine, Schedule, TileData
-from ..errors import ConfigError, PtychompiError
+from ..errors import ConfigError, DataError, PtychompiError
 from ..initial import initial_object, initial_probe
 from ..parallel.exchange import ExchangeStats, SerialExchange, agree
 from ..parallel.tiling import decompose
@@ -36,12 +36,20 @@ from .arrivals import Arrivals, Decision, quiet_bcast
 log = logging.getLogger("ptychompi")
 
 
+def is_cxi(cfg: Config) -> bool:
+    """Whether ``data.path`` is a CXI file (followed as HDF5 SWMR) rather than APS rows."""
+    d = cfg.data
+    return d.format == "cxi" or (d.format == "auto"
+                                 and str(d.path or "").lower().endswith(".cxi"))
+
+
 def planned_config(cfg: Config) -> Config:
     """``cfg`` with ``data.n_frames`` the planned scan's frame count (from ``scan_dims`` or
     the MDA file when not set): the row files on disk are not the scan yet."""
     d = cfg.data
-    if d.format == "cxi" or str(d.path or "").lower().endswith(".cxi"):
-        raise ConfigError("data.follow reads APS row files; a CXI file cannot be followed")
+    if is_cxi(cfg) and not d.scan_dims:
+        raise ConfigError("data.follow of a CXI file needs data.scan_dims [rows, cols]: a "
+                          "row is cols frames")
     n = d.n_frames
     if n is None and d.scan_dims:
         n = int(math.prod(d.scan_dims))
@@ -105,8 +113,9 @@ class FollowReconstruction(Reconstruction):
             self.backend = select_backend(cfg.parallel.device, comm,
                                           double=cfg.algorithm.precision == "double",
                                           workers=cfg.parallel.workers, fft=cfg.parallel.fft)
-            self.source = open_source(cfg)
-            fpf = int(getattr(self.source, "frames_per_file", 1))
+            self.source = self._open(cfg)
+            fpf = (int(cfg.data.scan_dims[1]) if is_cxi(cfg)
+                   else int(getattr(self.source, "frames_per_file", 1)))
             self.frames_per_row = fpf
             n_first = min(first.rows * fpf, self.source.n_frames)
             view = dataclasses.replace(self.source, n_frames=n_first,
@@ -132,6 +141,21 @@ class FollowReconstruction(Reconstruction):
         self._local_amp = np.zeros((frame, frame), np.float64)
         self.decision = first
         self._grow(first)
+
+    @staticmethod
+    def _open(cfg: Config) -> Any:
+        """The scan: APS row files, or a CXI file written under SWMR whose translations
+        hold the whole planned scan."""
+        if not is_cxi(cfg):
+            return open_source(cfg)
+        from ..io.cxi import read_cxi  # noqa: PLC0415
+
+        source = read_cxi(str(cfg.data.path), swmr=True)
+        if source.n_frames < int(cfg.data.n_frames or 0):
+            raise DataError(f"{cfg.data.path}: {source.n_frames} translations, but the planned "
+                            f"scan has {cfg.data.n_frames} frames; the writer must write the "
+                            "translations of the whole scan before its frames")
+        return source
 
     # ------------------------------------------------------------------ arrivals
     @property
@@ -344,3 +368,6 @@ class FollowReconstruction(Reconstruction):
     def close(self) -> None:
         super().close()
         self.group.close()
+        closer = getattr(self.arrivals.watcher, "close", None)
+        if closer is not None:
+            closer()

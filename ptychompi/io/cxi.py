@@ -146,6 +146,7 @@ class CXIScan(ScanSource):
     """A CXI scan on disk. Frames are read on demand; the file opens on the first read."""
 
     data_path: str = DETECTOR + "/data"
+    swmr: bool = False  # a file still written under HDF5 SWMR (run --follow)
     _file: Any = field(default=None, repr=False, compare=False)
 
     def _dataset(self) -> h5py.Dataset:
@@ -153,7 +154,8 @@ class CXIScan(ScanSource):
             if self.compression != "none":
                 filters.load()  # LZ4/bitshuffle/zstd through hdf5plugin
             try:
-                self._file = h5py.File(self.path, "r", rdcc_nbytes=64 << 20)
+                self._file = h5py.File(self.path, "r", rdcc_nbytes=64 << 20,
+                                       **_swmr_options(self.swmr))
             except OSError as exc:
                 raise DataError(f"{self.path}: cannot open ({squash(exc)}); check the "
                                 "file is complete and readable") from None
@@ -161,6 +163,8 @@ class CXIScan(ScanSource):
 
     def _read_sorted(self, indices: np.ndarray) -> np.ndarray:
         ds = self._dataset()
+        if self.swmr:
+            ds.refresh()  # the frames the writer has flushed since
         idx = np.asarray(indices, dtype=np.int64)
         chunk_rows = ds.chunks[0] if ds.chunks else 1
         row_bytes = int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
@@ -188,12 +192,18 @@ class CXIScan(ScanSource):
         return state
 
 
-def read_cxi(path: str | os.PathLike) -> CXIScan:
+def _swmr_options(swmr: bool) -> dict[str, Any]:
+    return {"libver": "latest", "swmr": True} if swmr else {}
+
+
+def read_cxi(path: str | os.PathLike, swmr: bool = False) -> CXIScan:
     """Open a CXI scan lazily: metadata and positions now, frames on :meth:`CXIScan.read`.
 
     Raises a one-line :class:`DataError` naming the file, the dataset and the fix for a
     missing file, a non-HDF5 file, missing frames or translations, frames that are not 3-D
-    and frame/translation counts that differ.
+    and frame/translation counts that differ. ``swmr``: the file is still being written
+    under HDF5 SWMR (``run --follow``); the scan is its translations (the planned scan,
+    written first) and frames may still be missing.
     """
     p = str(path)
     if not Path(p).is_file():
@@ -201,7 +211,7 @@ def read_cxi(path: str | os.PathLike) -> CXIScan:
     if not h5py.is_hdf5(p):
         raise DataError(f"{p}: not an HDF5 file; a CXI scan (HDF5, /entry_1/...) is expected")
     try:
-        f = h5py.File(p, "r")
+        f = h5py.File(p, "r", **_swmr_options(swmr))
     except OSError as exc:
         raise DataError(f"{p}: cannot open as HDF5 ({squash(exc)}); check the file is "
                         "complete") from None
@@ -226,6 +236,8 @@ def read_cxi(path: str | os.PathLike) -> CXIScan:
             raise DataError(f"{p}: {tr.name} has shape {tr.shape}; expected (N, 3) x, y, z")
         if translation.shape[1] == 2:
             translation = np.column_stack([translation, np.zeros(len(translation))])
+        if swmr and n <= len(translation):
+            n = len(translation)  # frames still to come
         if len(translation) != n:
             raise DataError(f"{p}: {n} frames in {ds.name} but {len(translation)} "
                             f"translations in {tr.name}; they must have the same length")
@@ -265,7 +277,7 @@ def read_cxi(path: str | os.PathLike) -> CXIScan:
         scan = CXIScan(path=p, n_frames=n, frame_shape=(m_r, m_c), dtype=ds.dtype,
                        positions_m=positions, mask=mask, geometry=geometry,
                        illumination=illumination, compression=_compression_name(ds),
-                       metadata=metadata, data_path=ds.name)
+                       metadata=metadata, data_path=ds.name, swmr=swmr)
     scan.validate()
     return scan
 

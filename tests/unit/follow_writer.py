@@ -7,7 +7,10 @@ rows (an aborted scan). ``--slow S``: each row file is created with its whole da
 with NaN) and its frames written one by one, flushed, ``S`` seconds apart, while the file stays
 open. ``--preview FILE``: before the last row, wait (up to 60 s) until FILE exists, else exit
 3 (the reconstruction showed nothing before the scan ended). ``--log``: one line per row,
-``row <i> <time.time() when complete>``.
+``row <i> <time.time() when complete>``. ``--cxi``: OUT is one CXI file written under HDF5
+SWMR instead (the npz also holds ``positions_m``, ``energy_j``, ``distance_m``,
+``pixel_m``): the translations of the whole scan first, then each row's frames appended and
+flushed (with ``--slow``, frame by frame, each frame's extent flushed before its data).
 """
 
 from __future__ import annotations
@@ -36,6 +39,51 @@ def write_row(path: str, block: np.ndarray, slow: float) -> None:
             time.sleep(slow)
 
 
+def write_cxi_swmr(out: str, npz: dict, rows: int, per: int, delay: float,
+                   slow: float, log: object) -> None:
+    from ptychompi.io import cxi  # noqa: PLC0415
+
+    DATA_LINKS, DETECTOR, SOURCE, TRANSLATION = (  # noqa: N806
+        cxi.DATA_LINKS, cxi.DETECTOR, cxi.SOURCE, cxi.TRANSLATION)
+    _default_basis, positions_to_translation = cxi._default_basis, cxi.positions_to_translation
+
+    frames = npz["frames"]
+    pixel = float(npz["pixel_m"])
+    basis = _default_basis(pixel, pixel)
+    m = frames.shape[1:]
+    with h5py.File(out, "w", libver="latest") as f:
+        f.create_dataset("cxi_version", data=160)
+        det = f.create_group(DETECTOR)
+        data = det.create_dataset("data", shape=(0, *m), maxshape=(None, *m),
+                                  dtype=np.float32, chunks=(1, *m), fillvalue=np.nan)
+        det.create_dataset("distance", data=float(npz["distance_m"]))
+        det.create_dataset("x_pixel_size", data=pixel)
+        det.create_dataset("y_pixel_size", data=pixel)
+        det.create_dataset("basis_vectors", data=basis)
+        f.create_group(SOURCE).create_dataset("energy", data=float(npz["energy_j"]))
+        f.create_dataset(TRANSLATION, data=positions_to_translation(npz["positions_m"], basis))
+        links = f.create_group(DATA_LINKS)
+        links["data"] = h5py.SoftLink(DETECTOR + "/data")
+        links["translation"] = h5py.SoftLink(TRANSLATION)
+        f.swmr_mode = True
+        for i in range(rows):
+            block = frames[i * per:(i + 1) * per]
+            if slow <= 0:
+                data.resize(len(data) + len(block), axis=0)
+                data[-len(block):] = block
+                data.flush()
+            for frame in block if slow > 0 else ():
+                data.resize(len(data) + 1, axis=0)
+                data.flush()  # the extent first: a reader may see a NaN frame for a moment
+                time.sleep(slow / 3)
+                data[-1] = frame
+                data.flush()
+                time.sleep(slow)
+            print(f"row {i} {time.time():.3f}", file=log, flush=True)
+            if i < rows - 1:
+                time.sleep(delay)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("frames")
@@ -46,11 +94,16 @@ def main() -> int:
     p.add_argument("--slow", type=float, default=0.0)
     p.add_argument("--preview", default=None)
     p.add_argument("--log", default=None)
+    p.add_argument("--cxi", action="store_true")
     a = p.parse_args()
-    frames = np.load(a.frames)["frames"]
+    npz = dict(np.load(a.frames))
+    frames = npz["frames"]
     per = len(frames) // a.rows
     rows = a.rows if a.stop is None else a.stop
     log = open(a.log, "w") if a.log else sys.stdout  # noqa: SIM115
+    if a.cxi:
+        write_cxi_swmr(a.out, npz, rows, per, a.delay, a.slow, log)
+        return 0
     for i in range(rows):
         if a.preview and i == a.rows - 1:
             t0 = time.monotonic()
