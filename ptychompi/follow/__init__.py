@@ -61,7 +61,7 @@ def build_follow(cfg: Config, comm: Any | None, resume: bool = False) -> FollowR
                              poll_s=d.follow.poll_s, frames_per_file=d.frames_per_file)
     arrivals = Arrivals(d.follow, cfg.algorithm.iterations, watcher, comm)
     if rank == 0:
-        log.info("following %s: waiting for the first complete row file (%d frames planned)",
+        log.info("following %s: waiting for the first complete row (%d frames planned)",
                  d.path, d.n_frames)
     first = arrivals.decide(0)
     recon = FollowReconstruction(cfg, comm, arrivals, first)

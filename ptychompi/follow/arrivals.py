@@ -121,7 +121,7 @@ class Arrivals:
                 return Decision(planned, True, False, planned)
             if self.clock() - self.last_arrival > self.cfg.timeout_s:
                 if rows == 0:
-                    raise DataError(f"no complete row file of {self.watcher.path} arrived "
+                    raise DataError(f"no complete row of {self.watcher.path} arrived "
                                     f"within data.follow.timeout_s = {self.cfg.timeout_s:g} s; "
                                     "check data.path and that the scan is running")
                 return Decision(rows, True, True, planned)

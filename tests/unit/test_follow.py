@@ -149,7 +149,7 @@ def test_no_row_at_all_is_one_clear_error(sim, tmp_path):
     proc = _run_cli(cfg, tmp_path, timeout=30)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ptychompi: error:")]
-    assert len(lines) == 1 and "no complete row file" in lines[0], proc.stderr
+    assert len(lines) == 1 and "no complete row of" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "result.h5").exists()
 
