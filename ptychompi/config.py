@@ -32,8 +32,9 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, low: float | N
 
 @dataclass
 class FollowConfig:
-    enabled: bool = opt(False, "reconstruct while the APS row files arrive (= run --follow; "
-                        "the planned scan from data.scan_dims, n_frames or mda_file)")
+    enabled: bool = opt(False, "reconstruct while APS row files (or a CXI file under SWMR) "
+                        "are written (= run --follow; the planned scan from data.scan_dims, "
+                        "n_frames or mda_file)")
     timeout_s: float = opt(120.0, "no new complete row for this long: the scan is taken as "
                            "ended (aborted) and the rest runs on the rows that arrived",
                            low=0.0)
