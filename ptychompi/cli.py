@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", nargs="?", help="YAML config")
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     r.add_argument("--follow", action="store_true",
-                   help="reconstruct while the APS row files arrive (data.follow)")
+                   help="reconstruct while the scan is written: APS row files or a CXI "
+                   "file under SWMR (data.follow)")
     r.add_argument("--ptychopy", metavar="CMDSTR", help="a ptychopy command string instead")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. algorithm.iterations=50")
