@@ -112,8 +112,11 @@ class Engine:
         self.ramp_id = ramp_id  # each position's row of the shift table
         self._ramp_id_device = backend.xp.asarray(ramp_id)  # the same on the device (one copy)
         self.fractions = table[ramp_id]
-        self.index = backend.xp.asarray(window_index(self.rows, self.cols, frame,
-                                                     self.data.box_shape[1]))
+        # flat window indices (B, M, M), 8 bytes a pixel a position: only the GPU kernels
+        # take them (the CPU ones take the corners), so a CPU engine does not build them
+        self.index = (backend.xp.asarray(window_index(self.rows, self.cols, frame,
+                                                      self.data.box_shape[1]))
+                      if backend.is_gpu else None)
         use_ramps = cfg.subpixel and len(top) and np.abs(self.fractions).max() > 1e-3
         self.use_subpixel = bool(use_ramps)
         # the ramps (2 x G x M) of the shifts, computed once per placement
