@@ -241,7 +241,8 @@ class DifferenceMap(Engine):
             curvature = self._probe_curvature(direction, terms)
             if share_probe:
                 curvature = self.exchange.allreduce(curvature)
-            slope = float(xp.vdot(direction, pnum).real)
+            # element-wise, not a BLAS dot: OpenBLAS's threads would spin beside the workers
+            slope = float((direction.real * pnum.real + direction.imag * pnum.imag).sum())
             step = slope / curvature if curvature > 0 else 0.0
             self.probe = (self.probe + step * direction).astype(be.complex_dtype)
         else:

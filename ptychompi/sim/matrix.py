@@ -12,6 +12,7 @@ curvature, Gaussian beams; doses from 1e4 to 1e8 photons per frame; overlaps fro
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from ..geometry import farfield_pixel_size, wavelength_from_kev
 from ..scan import ArrayScan, ScanGeometry
 from ..simulate import make_object
 
-OBJECTS = ("star", "texture", "weak_phase", "absorber")
+OBJECTS = ("star", "texture", "photo", "weak_phase", "absorber")
 PROBES = ("pinhole", "focused", "gaussian")
 PATTERNS = ("raster", "spiral")
 PAD_PX = 6  # smallest window corner in the truth object
@@ -141,6 +142,18 @@ def _texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     return _unit(np.where(shapes > 0, 0.6 * shapes + 0.4 * base, base))
 
 
+PHOTOS = Path(__file__).with_name("photos")  # camera (CC0) and astronaut (NASA, public domain)
+
+
+def _photo(name: str, shape: tuple[int, int]) -> np.ndarray:
+    """A grey-level photograph resampled (bicubic) to ``shape``, in [0, 1]."""
+    from PIL import Image  # noqa: PLC0415 - only this object kind needs it
+
+    with Image.open(PHOTOS / f"{name}.png") as image:
+        grey = image.convert("F").resize((shape[1], shape[0]), Image.Resampling.BICUBIC)
+    return _unit(np.asarray(grey, np.float64))
+
+
 def make_matrix_object(kind: str, shape: tuple[int, int],
                        rng: np.random.Generator) -> np.ndarray:
     """Complex transmission of one of :data:`OBJECTS` (complex128)."""
@@ -149,6 +162,9 @@ def make_matrix_object(kind: str, shape: tuple[int, int],
     if kind == "texture":  # amplitude and phase from different textures
         amp = 0.6 + 0.4 * _texture(shape, rng)
         phase = (np.pi / 2) * (2 * _texture(shape, rng) - 1)
+    elif kind == "photo":  # natural photographs: amplitude one picture, phase another
+        amp = 0.6 + 0.4 * _photo("camera", shape)
+        phase = (np.pi / 2) * (2 * _photo("astronaut", shape) - 1)
     elif kind == "weak_phase":
         amp = 1.0 - 0.02 * _texture(shape, rng)
         phase = 0.15 * (2 * _texture(shape, rng) - 1)
