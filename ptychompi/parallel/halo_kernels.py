@@ -1,5 +1,6 @@
-"""Compiled loops of the touched-halo exchange (:mod:`.sparse_halo`): paint windows on a
-halo mask, gather the masked pixels of a box array, add them back (row-major order)."""
+"""Compiled loops of the touched-halo exchange (:mod:`.sparse_halo`): the pixels a batch's
+windows cover in a halo (as a mask, or as row runs), gathered from a box array and added
+back, in row-major order."""
 
 from __future__ import annotations
 
@@ -22,24 +23,64 @@ def paint(mask: np.ndarray, tops: np.ndarray, r0: int, c0: int, fh: int, fw: int
 
 
 @_jit(_JIT)
-def gather(src: np.ndarray, y0: int, x0: int, mask: np.ndarray, out: np.ndarray) -> int:
-    """``out[k] = src[y0 + y, x0 + x]`` for the k-th set pixel (y, x) of ``mask``; the count."""
+def row_runs(tops: np.ndarray, r0: int, c0: int, h: int, w: int, fh: int,
+             fw: int) -> np.ndarray:
+    """The pixels of an ``h x w`` box (top-left at global (r0, c0)) that ``fh x fw`` windows
+    at ``tops`` ((n, 2) global corners) cover, as (R, 3) rows ``[y, x0, x1)``: per box row the
+    merged column intervals, rows in order and intervals left to right (the row-major order
+    of :func:`paint`'s mask)."""
+    n = tops.shape[0]
+    a = np.empty(n, np.int64)
+    b = np.empty(n, np.int64)
+    c = np.empty(n, np.int64)
+    d = np.empty(n, np.int64)
     k = 0
-    for y in range(mask.shape[0]):
-        for x in range(mask.shape[1]):
-            if mask[y, x]:
-                out[k] = src[y0 + y, x0 + x]
-                k += 1
+    for j in range(n):  # the windows clipped to the box
+        a[k], b[k] = max(tops[j, 0] - r0, 0), min(tops[j, 0] + fh - r0, h)
+        c[k], d[k] = max(tops[j, 1] - c0, 0), min(tops[j, 1] + fw - c0, w)
+        if a[k] < b[k] and c[k] < d[k]:
+            k += 1
+    order = np.argsort(c[:k])
+    out = np.empty((h * max(k, 1), 3), np.int64)
+    m = 0
+    for y in range(h):
+        lo, hi = -1, -1
+        for t in range(k):
+            j = order[t]
+            if a[j] <= y < b[j]:
+                if c[j] > hi:  # a gap: the current interval is complete
+                    if hi > lo:
+                        out[m, 0], out[m, 1], out[m, 2] = y, lo, hi
+                        m += 1
+                    lo, hi = c[j], d[j]
+                elif d[j] > hi:
+                    hi = d[j]
+        if hi > lo:
+            out[m, 0], out[m, 1], out[m, 2] = y, lo, hi
+            m += 1
+    return out[:m]
+
+
+@_jit(_JIT)
+def gather_runs(src: np.ndarray, y0: int, x0: int, runs: np.ndarray, out: np.ndarray) -> int:
+    """``out`` = the pixels of ``runs`` (:func:`row_runs`, offset by (y0, x0) in ``src``) in
+    order; the count."""
+    k = 0
+    for r in range(runs.shape[0]):
+        row = src[y0 + runs[r, 0]]
+        for x in range(x0 + runs[r, 1], x0 + runs[r, 2]):
+            out[k] = row[x]
+            k += 1
     return k
 
 
 @_jit(_JIT)
-def scatter_add(dst: np.ndarray, y0: int, x0: int, mask: np.ndarray, vals: np.ndarray) -> int:
-    """``dst[y0 + y, x0 + x] += vals[k]`` for the k-th set pixel (y, x) of ``mask``."""
+def scatter_runs(dst: np.ndarray, y0: int, x0: int, runs: np.ndarray, vals: np.ndarray) -> int:
+    """Add ``vals`` to the pixels of ``runs`` in ``dst``, in :func:`gather_runs`' order."""
     k = 0
-    for y in range(mask.shape[0]):
-        for x in range(mask.shape[1]):
-            if mask[y, x]:
-                dst[y0 + y, x0 + x] += vals[k]
-                k += 1
+    for r in range(runs.shape[0]):
+        row = dst[y0 + runs[r, 0]]
+        for x in range(x0 + runs[r, 1], x0 + runs[r, 2]):
+            row[x] += vals[k]
+            k += 1
     return k

@@ -56,16 +56,26 @@ class TouchedHalo:
         self.halos = [tile.halos[n] for n in self.neighbours]
         # each halo's top-left corner in this rank's box
         self._corner = [(h.r0 - self.origin[0], h.c0 - self.origin[1]) for h in self.halos]
+        self._buffers = [np.empty(ALIGN, np.uint8), np.empty(ALIGN, np.uint8)]
+
+    def _buffer(self, side: int, nbytes: int) -> np.ndarray:
+        """The send (0) or receive (1) byte buffer, at least ``nbytes`` long (kept between
+        batches: no fresh pages per call)."""
+        if self._buffers[side].size < nbytes:
+            self._buffers[side] = np.empty(-(-nbytes // 65536) * 65536, np.uint8)
+        return self._buffers[side]
 
     def plan(self, part: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per neighbour, the halo masks of the pixels to send (this rank's batch windows
-        cover them) and to receive (the neighbour's cover them) for the global batch
-        ``part``."""
+        """Per neighbour, the halo pixels to send (this rank's batch windows cover them) and
+        to receive (the neighbour's cover them) for the global batch ``part``, as row runs
+        ``[y, x0, x1)`` in the halo box (:func:`halo_kernels.row_runs`)."""
         part = np.asarray(part, dtype=np.int64)
         owners = self.owner[part]
         mine = self.tops[part[owners == self.rank]]
-        return [(cover(mine, halo, self.frame), cover(self.tops[part[owners == n]], halo,
-                                                      self.frame))
+        fh, fw = self.frame
+        return [(halo_kernels.row_runs(mine, halo.r0, halo.c0, *halo.shape, fh, fw),
+                 halo_kernels.row_runs(self.tops[part[owners == n]], halo.r0, halo.c0,
+                                       *halo.shape, fh, fw))
                 for n, halo in zip(self.neighbours, self.halos, strict=True)]
 
     def sum(self, part: np.ndarray, *arrays: Any) -> None:
@@ -78,30 +88,34 @@ class TouchedHalo:
                              for a in arrays):
             ex.halo_sum(*arrays)
             return
-        masks = self.plan(part)
-        counts = [(int(np.count_nonzero(s)), int(np.count_nonzero(r))) for s, r in masks]
+        runs = self.plan(part)
+        counts = [(_pixels(s), _pixels(r)) for s, r in runs]
         # within a segment, larger items first keeps every view aligned to its item size
         order = sorted(range(len(arrays)), key=lambda k: -arrays[k].dtype.itemsize)
         per_pixel = [a.dtype.itemsize for a in arrays]
         send_spec = _layout([c[0] for c in counts], order, per_pixel)
         recv_spec = _layout([c[1] for c in counts], order, per_pixel)
-        send = np.empty(max(send_spec[2], ALIGN), dtype=np.uint8)
-        recv = np.empty(max(recv_spec[2], ALIGN), dtype=np.uint8)
-        for i, (mask, _) in enumerate(masks):
+        send, recv = self._buffer(0, send_spec[2]), self._buffer(1, recv_spec[2])
+        for i, (rows, _) in enumerate(runs):
             offset, (y0, x0) = send_spec[1][i], self._corner[i]
             for k in order:
                 nbytes = per_pixel[k] * counts[i][0]
-                halo_kernels.gather(arrays[k], y0, x0, mask,
-                                    send[offset:offset + nbytes].view(arrays[k].dtype))
+                halo_kernels.gather_runs(arrays[k], y0, x0, rows,
+                                         send[offset:offset + nbytes].view(arrays[k].dtype))
                 offset += nbytes
         ex.neighbour_bytes(send, send_spec[:2], recv, recv_spec[:2])
-        for i, (_, mask) in enumerate(masks):
+        for i, (_, rows) in enumerate(runs):
             offset, (y0, x0) = recv_spec[1][i], self._corner[i]
             for k in order:
                 nbytes = per_pixel[k] * counts[i][1]
-                halo_kernels.scatter_add(arrays[k], y0, x0, mask,
-                                         recv[offset:offset + nbytes].view(arrays[k].dtype))
+                halo_kernels.scatter_runs(arrays[k], y0, x0, rows,
+                                          recv[offset:offset + nbytes].view(arrays[k].dtype))
                 offset += nbytes
+
+
+def _pixels(runs: np.ndarray) -> int:
+    """The pixel count of row runs ``[y, x0, x1)``."""
+    return int((runs[:, 2] - runs[:, 1]).sum())
 
 
 ALIGN = 16  # byte alignment of each neighbour's segment (as the full halo sum's)
