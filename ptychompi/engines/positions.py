@@ -28,9 +28,9 @@ import numpy as np
 
 from ..config import PositionCorrectionConfig
 from ..parallel.tiling import Box, Tile, decompose
-from ..physics import exit_waves, modulus_project
+from ..physics import EPS, exit_waves, modulus_project
 from ..physics import probe_index as probe_index_of
-from .position_kernels import position_sums
+from .position_kernels import fused_chunk, position_sums
 
 if TYPE_CHECKING:
     from .base import Engine
@@ -126,6 +126,11 @@ class PositionRefiner:
         def part(_: int, sl: slice) -> tuple[np.ndarray, np.ndarray]:
             win = engine.windows(sl)
             probes, probe_of = engine.probe_set(sl, probe_ft)
+            if engine.fused:  # the whole pipeline position by position in one call
+                sums = fused_chunk(engine.data.amplitudes, sl, win.rows, win.cols, obj, probes,
+                                   probe_index_of(probes, len(win), probe_of), d_row, d_col,
+                                   EPS, prop.transfer)
+                return sums[:, 0::2], sums[:, 1::2]
             psi = exit_waves(be, probes, obj, win, probe_of)
             projected, _ = modulus_project(be, prop.forward(psi), engine.data.amplitudes[sl])
             back = prop.backward(projected, overwrite=True)
