@@ -175,7 +175,7 @@ def _restore(recon: Any, out_dir: str | Path, data: Any, state: dict | None,
 def _adopt_exit_waves(recon: Any, out_dir: str | Path, old_size: int, iteration: int) -> None:
     """DM on a new rank count: take each position's exit waves from the old ranks' states."""
     engine = recon.engine
-    if not hasattr(engine, "waves") or old_size < 1:
+    if getattr(engine, "waves", None) is None or old_size < 1:  # none kept (refining)
         return
     wanted = {int(g): i for i, g in enumerate(engine.data.indices)}
     found = 0

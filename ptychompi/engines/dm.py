@@ -33,6 +33,7 @@ from ..physics import (
     shifted_probes,
 )
 from .base import Engine
+from .lsqml import LSQML
 
 REGULARISATION = 1e-3  # δ relative to the largest illumination / object power
 POISSON_FLOOR = 0.25  # E[(sqrt(I_measured) - sqrt(I))²] for photon counts
@@ -78,11 +79,16 @@ class DifferenceMap(Engine):
         shared = self.use_subpixel and self.cfg.subpixel_bins > 0
         self._by_shift = np.argsort(self.ramp_id, kind="stable") if shared else None
         self._best: tuple[Any, Any] | None = None  # DM's object and probe of lowest error
-        self._refined = False  # error reduction has taken over
+        self._refined = False  # the maximum-likelihood refinement has taken over
+        self._ml: LSQML | None = None  # the refinement's engine (on the same tile)
         self._reset()
 
     def _reset(self) -> None:
-        """Exit waves of the current probe and object."""
+        """Exit waves of the current probe and object (or, once refining, the refinement's
+        engine started from them)."""
+        if self._refined:
+            self._start_refinement()
+            return
         n, k, m = len(self.rows), self.probe.shape[0], self.data.frame
         self.waves = self.backend.empty((n, k, m, m), self.backend.complex_dtype)
         prop = self.data.propagator
@@ -120,15 +126,37 @@ class DifferenceMap(Engine):
             return table, self.shift_rows(sel)
         return self.probe_set(sel, probe_ft)
 
+    def _start_refinement(self) -> None:
+        """Hand the tile to LSQML's maximum-likelihood updates from the current object and
+        probe: DM's exit waves are dropped (LSQML keeps none); LSQML draws its batches from
+        this engine's random generator, so a checkpoint holds its state."""
+        self.waves, self._psi, self._table = None, None, None
+        if self._ml is not None:
+            self._ml.close()
+        self._ml = LSQML(self.cfg, self.data, self.exchange, self.backend, self.probe,
+                         self.object, self.schedule)
+        self._ml.refiner = None  # positions are refined once, by this engine
+        self._ml.rng = self.rng
+
+    def _positions_moved(self) -> None:
+        super()._positions_moved()
+        if self._ml is not None:
+            self._ml.move_positions(self.data.positions)
+
+    def close(self) -> None:
+        if self._ml is not None:
+            self._ml.close()
+        super().close()
+
     def step(self) -> dict:
-        """One iteration. DM remembers its object and probe of lowest error; when error
-        reduction takes over it starts from them (DM may have drifted since)."""
+        """One iteration. DM remembers its object and probe of lowest error; when the
+        refinement takes over it starts from them (DM may have drifted since)."""
         if self.refining and not self._refined:
             self._refined = True
             if self._best is not None:
                 self.object, self.probe = self._best[0].copy(), self._best[1].copy()
                 self._best = None
-                self._reset()
+            self._reset()
         metrics = super().step()
         first = best_since(self.errors, REFINE_EARLIEST)
         if (not self._refined and self.iteration >= REFINE_EARLIEST
@@ -137,6 +165,12 @@ class DifferenceMap(Engine):
         return metrics
 
     def _iterate(self) -> float:
+        ml = self._ml
+        if ml is not None:  # the refinement: one LSQML iteration on the current state
+            ml.object, ml.probe, ml.iteration = self.object, self.probe, self.iteration
+            err = ml._iterate()
+            self.object, self.probe = ml.object, ml.probe
+            return err
         for sweep in range(self.cfg.overlap_iterations):
             self._overlap_projection(psi_ready=sweep > 0)
         return self._fourier_update()
@@ -312,6 +346,8 @@ class DifferenceMap(Engine):
         return float(sum(self.map_chunks(update, len(self.rows))))
 
     def _extra_state(self) -> dict[str, Any]:
+        if self._refined:  # the refinement keeps no state beyond object, probe and generator
+            return {"refined": np.array(True)}
         extra = {"waves": self.waves, "refined": np.array(self._refined)}
         if self._best is not None:
             extra["best_object"], extra["best_probe"] = self._best
@@ -320,6 +356,9 @@ class DifferenceMap(Engine):
     def _restore_extra(self, state: dict[str, np.ndarray]) -> None:
         self._refined = bool(state.get("refined", False))
         self._best = None
+        if self._refined:
+            self._start_refinement()
+            return
         if "best_object" in state:
             xp, dtype = self.backend.xp, self.backend.complex_dtype
             self._best = (xp.asarray(state["best_object"], dtype=dtype),

@@ -48,11 +48,14 @@ def final(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return f["object"][()], f["probe"][()], f["error"][()]
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_resume_is_bit_for_bit_on_the_same_rank_count(tmp_path, scan, ranks):
-    full = write_config(tmp_path / "full.yaml", scan, tmp_path / "full")
+@pytest.mark.parametrize("ranks,algo", [(1, {}), (2, {}), (1, {"dm_refine_from": 8}),
+                                         (2, {"dm_refine_from": 8})])
+def test_resume_is_bit_for_bit_on_the_same_rank_count(tmp_path, scan, ranks, algo):
+    """Also across DM's hand-over to its maximum-likelihood refinement (at iteration 8, the
+    checkpoint at 10)."""
+    full = write_config(tmp_path / "full.yaml", scan, tmp_path / "full", **algo)
     assert run([str(full)], ranks).returncode == 0
-    part = write_config(tmp_path / "part.yaml", scan, tmp_path / "part")
+    part = write_config(tmp_path / "part.yaml", scan, tmp_path / "part", **algo)
     first = run([str(part), "--set", "algorithm.iterations=12"], ranks)
     assert first.returncode == 0, first.stderr
     with h5py.File(tmp_path / "part" / "checkpoint.h5", "r") as f:
@@ -63,10 +66,11 @@ def test_resume_is_bit_for_bit_on_the_same_rank_count(tmp_path, scan, ranks):
         assert np.array_equal(a, b)
 
 
-def test_resume_on_another_rank_count_continues(tmp_path, scan):
-    full = write_config(tmp_path / "full.yaml", scan, tmp_path / "full")
+@pytest.mark.parametrize("algo", [{}, {"dm_refine_from": 8}])
+def test_resume_on_another_rank_count_continues(tmp_path, scan, algo):
+    full = write_config(tmp_path / "full.yaml", scan, tmp_path / "full", **algo)
     assert run([str(full)]).returncode == 0
-    part = write_config(tmp_path / "part.yaml", scan, tmp_path / "part")
+    part = write_config(tmp_path / "part.yaml", scan, tmp_path / "part", **algo)
     assert run([str(part), "--set", "algorithm.iterations=12"], ranks=2).returncode == 0
     resumed = run([str(part), "--resume"], ranks=1)
     assert resumed.returncode == 0, resumed.stderr
