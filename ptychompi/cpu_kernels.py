@@ -427,6 +427,23 @@ def lsqml_step_terms(chi: np.ndarray, probes: np.ndarray, probe_of: np.ndarray,
         out[j, 0], out[j, 1], out[j, 2], out[j, 3], out[j, 4] = s0, s1, s2, s3, s4
 
 
+# --------------------------------------------------------------------------- line search
+@_jit(_JIT)
+def weighted_power(values: np.ndarray, weight: np.ndarray) -> float:
+    """``Σ_g Σ_k Σ_r weight[g, r] |values[g, k, r]|²`` in double precision, without the
+    temporaries of ``(weight[:, None] * abs(values) ** 2).sum()``."""
+    g, kk, m0, m1 = values.shape
+    total = 0.0
+    for i in range(g):
+        for k in range(kk):
+            for y in range(m0):
+                vrow, wrow = values[i, k, y], weight[i, y]
+                for x in range(m1):
+                    re, im = np.float64(vrow[x].real), np.float64(vrow[x].imag)
+                    total += wrow[x] * (re * re + im * im)
+    return total
+
+
 # --------------------------------------------------------------------------- accumulators
 @_jit(_JIT)
 def reduce_accumulators(acc: np.ndarray, out: np.ndarray, lo: np.ndarray,

@@ -131,25 +131,19 @@ def lsqml_positions(execute: Any, amplitudes: np.ndarray, frames: np.ndarray,
 def dm_fourier_positions(execute: Any, amplitudes: np.ndarray, rows: np.ndarray,
                          cols: np.ndarray, obj: np.ndarray, probes: np.ndarray,
                          probe_of: np.ndarray, waves: np.ndarray, bound: float,
-                         eps: float, refine: bool, forward: int, backward: int,
+                         eps: float, forward: int, backward: int,
                          phi: np.ndarray, model: np.ndarray, tmp: np.ndarray,
                          transfer: np.ndarray) -> float:
-    """DM's Fourier step (:func:`cpu_kernels.dm_fourier_update`, or with ``refine`` the
-    strict projection of the model) on ``waves`` (B, K, M, M), position j measured as
-    ``amplitudes[j]``; returns the models' error. ``phi``, ``model``, ``tmp``: (1, K, M, M)
-    aligned scratch frames; ``transfer`` as in :func:`epie_positions`."""
+    """DM's Fourier step (:func:`cpu_kernels.dm_fourier_update`) on ``waves`` (B, K, M, M),
+    position j measured as ``amplitudes[j]``; returns the models' error. ``phi``, ``model``,
+    ``tmp``: (1, K, M, M) aligned scratch frames; ``transfer`` as in :func:`epie_positions`."""
     m0, m1 = phi.shape[2], phi.shape[3]
     scale = np.complex64(1.0 / np.sqrt(m0 * m1))
     err = 0.0
     for j in range(rows.shape[0]):
         ck.exit_waves(probes, probe_of[j:j + 1], obj, rows[j:j + 1], cols[j:j + 1], phi)
         _propagate(execute, forward, backward, phi, model, tmp, transfer, False, scale)
-        if refine:
-            err += ck.modulus_project(model, amplitudes[j:j + 1], model, eps)
-            waves[j] = model[0]
-        else:
-            err += ck.dm_fourier_update(model, waves[j:j + 1], amplitudes[j:j + 1],
-                                        bound, eps)
+        err += ck.dm_fourier_update(model, waves[j:j + 1], amplitudes[j:j + 1], bound, eps)
     return err
 
 
@@ -246,7 +240,7 @@ def dm_probe_chunk(values: np.ndarray, obj: np.ndarray, rows: np.ndarray, cols: 
 
 def dm_fourier_chunk(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                      obj: np.ndarray, probes: np.ndarray, probe_of: np.ndarray | None,
-                     waves: np.ndarray, bound: float, eps: float, refine: bool,
+                     waves: np.ndarray, bound: float, eps: float,
                      transfer: np.ndarray | None = None) -> float:
     """:func:`dm_fourier_positions` with its scratch frames (``transfer``: the near-field
     transfer function, None in the far field)."""
@@ -255,7 +249,7 @@ def dm_fourier_chunk(amplitudes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return float(dm_fourier_positions(
         fftw_native.execute_dft, amplitudes, _int64(rows), _int64(cols), obj,
         np.ascontiguousarray(probes), physics.probe_index(probes, len(rows), probe_of), waves,
-        float(bound), float(eps), bool(refine), *_plans(probes.shape[-2:]), phi, model, tmp,
+        float(bound), float(eps), *_plans(probes.shape[-2:]), phi, model, tmp,
         _transfer(transfer)))
 
 

@@ -586,6 +586,15 @@ def epie_update(backend: Backend, chi: Any, psi: Any, probes: Any, obj: Any, win
     return psum if accumulate else (chi if probe_grad == "stack" else None)
 
 
+def weighted_power(backend: Backend, values: Any, weight: Any) -> float:
+    """``Σ_g Σ_k Σ_r weight[g, r] |values[g, k, r]|²`` (values (G, K, M, M), weight (G, M, M)
+    float64) in double precision: the curvature of a line search over shifted copies."""
+    if backend.is_gpu:
+        power = (values.real.astype(np.float64) ** 2 + values.imag.astype(np.float64) ** 2)
+        return float((weight[:, None] * power).sum())
+    return float(cpu_kernels.weighted_power(_c(values), _c(weight)))
+
+
 def reduce_accumulators(backend: Backend, acc: Any, dtype: Any, out: Any = None,
                         spans: Any = None) -> Any:
     """``Σ_t acc[t]`` over per-thread accumulators (T, H, ...), in thread order, as ``dtype``

@@ -25,12 +25,12 @@ from ..physics import (
     EPS,
     dm_fourier_update,
     exit_waves,
-    modulus_project,
     object_terms,
     probe_terms,
     run_ramps,
     shifted_probe_residual,
     shifted_probes,
+    weighted_power,
 )
 from .base import Engine
 from .lsqml import LSQML
@@ -295,23 +295,26 @@ class DifferenceMap(Engine):
             return 0.0
         powers = [p for t in terms for p in t[2]]
         shifts, member = np.unique(ids, return_inverse=True)
-        weight = xp.zeros((len(shifts), *powers[0].shape), np.float64)
-        for run, power in zip(member.reshape(-1), powers, strict=True):  # per distinct shift
-            weight[run] += power
+        runs_of_shift: list[list[int]] = [[] for _ in shifts]
+        for run, shift in enumerate(member.reshape(-1)):
+            runs_of_shift[shift].append(run)
         d = direction.astype(be.complex_dtype)
         d_ft = be.fft2(d)
 
         def part(_: int, sl: slice) -> float:  # the distinct shifts over the worker threads
+            weight = xp.zeros((sl.stop - sl.start, *powers[0].shape), np.float64)
+            for i, runs in enumerate(runs_of_shift[sl]):  # Σ |O_j|² per distinct shift
+                for run in runs:
+                    weight[i] += powers[run]
             rows = xp.asarray(shifts[sl])
             shifted = shifted_probes(be, d_ft, (self._ramps[0][rows], self._ramps[1][rows]), d)
-            magnitude = (shifted.real ** 2 + shifted.imag ** 2).sum(axis=1)
-            return float((weight[sl] * magnitude).sum(dtype=np.float64))
+            return weighted_power(be, shifted, weight)
 
         return float(sum(self.map_chunks(part, len(shifts), self.per_thread(len(shifts)))))
 
     @property
     def refining(self) -> bool:
-        """Error reduction (strict projection, Ψ ← π_F Φ) instead of DM this iteration: from
+        """The maximum-likelihood refinement instead of DM this iteration: from
         ``dm_refine_from``, or earlier once DM has stalled (:func:`stall_iteration`)."""
         if self._refined:  # once it has taken over it stays
             return True
@@ -324,7 +327,6 @@ class DifferenceMap(Engine):
     def _fourier_update(self) -> float:
         be = self.backend
         prop = self.data.propagator
-        refine = self.refining
         bound = POISSON_FLOOR * BOUND_FRACTION * self.cfg.fourier_relax
         table, probe_ft = self._probe_table()
 
@@ -333,15 +335,10 @@ class DifferenceMap(Engine):
             if self.fused:  # exit wave, FFT and Fourier step in one compiled call
                 return fused_kernels.dm_fourier_chunk(
                     self.data.amplitudes[sl], self.rows[sl], self.cols[sl], self.object,
-                    probes, probe_of, self.waves[sl], bound, EPS, refine, prop.transfer)
+                    probes, probe_of, self.waves[sl], bound, EPS, prop.transfer)
             phi = exit_waves(be, probes, self.object, self.windows(sl), probe_of)
-            model = prop.forward(phi)
-            waves = self.waves[sl]
-            if refine:  # the projection's error is the misfit of the model
-                projected, batch_err = modulus_project(be, model, self.data.amplitudes[sl])
-                waves[...] = projected
-                return batch_err
-            return dm_fourier_update(be, model, waves, self.data.amplitudes[sl], bound)
+            return dm_fourier_update(be, prop.forward(phi), self.waves[sl],
+                                     self.data.amplitudes[sl], bound)
 
         return float(sum(self.map_chunks(update, len(self.rows))))
 

@@ -379,3 +379,12 @@ def test_kernels_compile_without_a_writable_cache(monkeypatch):
     kernel = ck._jit(ck._JIT)(twice)
     assert seen == [True, False]
     assert kernel(np.float32(3)) == 6
+
+
+def test_weighted_power_equals_the_numpy_expression():
+    rng = np.random.default_rng(5)
+    values = (rng.standard_normal((3, 2, 8, 8)) + 1j * rng.standard_normal((3, 2, 8, 8))
+              ).astype(np.complex64)
+    weight = rng.random((3, 8, 8))
+    expected = float((weight[:, None] * np.abs(values.astype(np.complex128)) ** 2).sum())
+    assert ck.weighted_power(values, weight) == pytest.approx(expected, rel=1e-12)

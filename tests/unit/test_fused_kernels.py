@@ -106,8 +106,7 @@ def test_lsqml_chunk_equals_the_chunked_path(with_probe, per_position, runs):
         assert np.array_equal(spectrum, physics.unshift_sum(be, terms, ramps, spectrum=True))
 
 
-@pytest.mark.parametrize("refine", [False, True])
-def test_dm_chunks_equal_the_chunked_path(refine):
+def test_dm_chunks_equal_the_chunked_path():
     be = select_backend("cpu", workers=1, fft="fftw")
     rng = np.random.default_rng(11)
     rows, cols = np.array([0, 10, 40, 70]), np.array([0, 20, 35, 80])
@@ -121,13 +120,9 @@ def test_dm_chunks_equal_the_chunked_path(refine):
 
     model = be.fft2(physics.exit_waves(be, probes, obj, win, probe_of))
     expected_waves = waves.copy()
-    if refine:
-        projected, expected_err = physics.modulus_project(be, model, amplitudes)
-        expected_waves[...] = projected
-    else:
-        expected_err = physics.dm_fourier_update(be, model, expected_waves, amplitudes, 0.05)
+    expected_err = physics.dm_fourier_update(be, model, expected_waves, amplitudes, 0.05)
     err = fused_kernels.dm_fourier_chunk(amplitudes, rows, cols, obj, probes, probe_of, waves,
-                                         0.05, physics.EPS, refine)
+                                         0.05, physics.EPS)
     assert np.array_equal(waves, expected_waves)
     assert err == pytest.approx(expected_err, rel=1e-12)
 
