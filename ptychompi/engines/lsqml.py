@@ -95,9 +95,15 @@ class LSQML(Engine):
 
     def _global_shifts(self) -> np.ndarray | None:
         """Every frame's rounded sub-pixel shift as one integer, the same on every rank (one
-        allgather at the start), or None when positions are exact or whole."""
+        allgather at the start), or None when positions are exact or whole on every rank.
+
+        Collective on every rank: whether shifts are in use is decided per rank (from its own
+        positions), so a tile whose positions are all whole still joins the others' gather
+        (its keys are those of shift zero) and every rank draws the same batches."""
         bins = self.cfg.subpixel_bins
-        if not self.use_subpixel or bins <= 0:
+        if bins <= 0 or not self.cfg.subpixel:
+            return None
+        if not self.exchange.allreduce(int(self.use_subpixel), op="max"):
             return None
         steps = np.rint(self.fractions * bins).astype(np.int64)
         key = steps[:, 0] * (bins + 1) + steps[:, 1]
