@@ -69,7 +69,9 @@ def best_since(errors: list[float], earliest: int) -> int:
 class DifferenceMap(Engine):
     name = "dm"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, waves: Any = None, **kwargs: Any) -> None:
+        """``waves``: the exit waves of this tile's first ``len(waves)`` positions, kept (a
+        scan grown by ``run --follow``); the others' are made from the probe and object."""
         super().__init__(*args, **kwargs)
         self._psi: Any = None  # sample-plane exit waves kept for the probe update
         self._table: tuple[Any, Any] | None = None  # (probe, its shifted probes)
@@ -81,25 +83,30 @@ class DifferenceMap(Engine):
         self._best: tuple[Any, Any] | None = None  # DM's object and probe of lowest error
         self._refined = False  # the maximum-likelihood refinement has taken over
         self._ml: LSQML | None = None  # the refinement's engine (on the same tile)
-        self._reset()
+        self._reset(waves)
 
-    def _reset(self) -> None:
-        """Exit waves of the current probe and object (or, once refining, the refinement's
-        engine started from them)."""
+    def _reset(self, known: Any = None) -> None:
+        """Exit waves of the current probe and object, those of the first ``len(known)``
+        positions copied from ``known`` (or, once refining, the refinement's engine started
+        from them)."""
         if self._refined:
             self._start_refinement()
             return
         n, k, m = len(self.rows), self.probe.shape[0], self.data.frame
         self.waves = self.backend.empty((n, k, m, m), self.backend.complex_dtype)
+        start = 0 if known is None else min(len(known), n)
+        if start:
+            self.waves[:start] = known[:start]
         prop = self.data.propagator
         table, probe_ft = self._probe_table()
 
         def fill(_: int, sl: slice) -> None:
+            sl = slice(sl.start + start, sl.stop + start)
             probes, probe_of = self._probes(sl, table, probe_ft)
             phi = exit_waves(self.backend, probes, self.object, self.windows(sl), probe_of)
             self.waves[sl] = prop.forward(phi)
 
-        self.map_chunks(fill, n)
+        self.map_chunks(fill, n - start)
 
     # ------------------------------------------------------------------ shifted probes
     def _probe_table(self) -> tuple[Any, Any]:

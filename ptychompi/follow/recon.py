@@ -283,9 +283,7 @@ class FollowReconstruction(Reconstruction):
             self.exchange = self.group.exchange
             self.exchange.stats = self._stats
         engine = collective(comm, self._engine, flags[self.rank], probe, obj, power, n_in,
-                            iteration, errors, seconds)
-        if waves is not None and hasattr(engine, "waves"):
-            engine.waves[: len(waves)] = waves  # DM: the positions it had keep their waves
+                            iteration, errors, seconds, waves)
         if old is not None:
             old.close()
         self.engine = engine
@@ -324,7 +322,10 @@ class FollowReconstruction(Reconstruction):
         return probe, np.where(np.isnan(box), own, box)
 
     def _engine(self, active: bool, probe: Any, obj: Any, power: float, n_in: int,
-                iteration: int, errors: list[float], seconds: float) -> Any:
+                iteration: int, errors: list[float], seconds: float,
+                waves: Any = None) -> Any:
+        """This rank's engine over its arrived positions (``waves``: DM's exit waves of the
+        positions it had, kept; only the new positions' are made)."""
         be, tile, layout = self.backend, self.tile, self.layout
         if not active:
             return IdleEngine(be, be.asarray(obj, be.complex_dtype),
@@ -337,9 +338,10 @@ class FollowReconstruction(Reconstruction):
             propagator=self.propagator)
         cfg = self.config
         schedule = Schedule(cfg.parallel.share_frequency, cfg.parallel.probe_share_frequency)
+        extra = {"waves": waves} if waves is not None and cfg.algorithm.name == "dm" else {}
         engine: Engine = ENGINES[cfg.algorithm.name](self._algorithm(), data,
                                                     self.group.exchange, be, probe, obj,
-                                                    schedule)
+                                                    schedule, **extra)
         engine.iteration = int(iteration)  # Engine.start_from without rebuilding its state
         engine.errors = [float(e) for e in errors]
         engine.rng = np.random.default_rng([cfg.algorithm.seed, engine.iteration])

@@ -66,6 +66,15 @@ def _writer(folder: Path, tmp: Path, *args: str) -> subprocess.Popen:
                              str(tmp / "writer.log"), *args])
 
 
+def _write_rows(s, tmp: Path) -> None:
+    """Every row file of the scan at once (for replayed schedules)."""
+    rows = tmp / "rows"
+    rows.mkdir(exist_ok=True)
+    for i in range(GRID):
+        with h5py.File(rows / f"scan_{i + 1:03d}.h5", "w") as f:
+            f.create_dataset("/entry/data/data", data=s.frames[i * GRID:(i + 1) * GRID])
+
+
 def _run_cli(cfg: dict, tmp: Path, timeout: float = 90,
              ranks: int = 1) -> subprocess.CompletedProcess:
     """``[mpiexec -n ranks] ptychompi run scan.yaml --follow``."""
@@ -308,11 +317,7 @@ def test_every_engine_grows_its_positions(sim, tmp_path, engine, bound):
     last rows get 21; the offline error itself varies by up to 1.2x with the seed of the
     position order on this scan)."""
     s, folder = sim
-    rows = tmp_path / "rows"
-    rows.mkdir()
-    for i in range(GRID):
-        with h5py.File(rows / f"scan_{i + 1:03d}.h5", "w") as f:
-            f.create_dataset("/entry/data/data", data=s.frames[i * GRID:(i + 1) * GRID])
+    _write_rows(s, tmp_path)
     cfg = _config(s, folder, tmp_path, schedule=[[0, 2], [3, 4], [6, 6], [9, 8]])
     cfg["algorithm"].update(name=engine, iterations=30)
     from ptychompi.follow import build_follow  # noqa: PLC0415
@@ -395,3 +400,23 @@ def test_cxi_frames_flushed_extent_first_are_never_read_half_written(sim, tmp_pa
         assert r.decision.rows == 2 and r.decision.aborted and r.frames_in == 2 * GRID
         assert np.all(np.isfinite(r.metrics["error"]))
     assert writer.wait(timeout=30) == 0
+
+
+def test_dm_grown_engine_keeps_the_waves_it_is_given(sim, tmp_path):
+    """A DM engine built with the exit waves of its first positions (a follow rebuild) keeps
+    those and makes only the others' from the probe and object, as a fresh engine would."""
+    from ptychompi.engines.dm import DifferenceMap  # noqa: PLC0415
+
+    s, folder = sim
+    cfg = _config(s, folder, tmp_path)
+    _write_rows(s, tmp_path)
+    offline = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "follow"}}
+    with Reconstruction(offline) as r:
+        e = r.engine
+        fresh = np.array(e.waves)
+        kept = fresh[:24] * (0.5 + 0.25j)
+        grown = DifferenceMap(e.cfg, e.data, e.exchange, e.backend, e.probe, e.object,
+                              e.schedule, waves=kept)
+        np.testing.assert_array_equal(np.asarray(grown.waves[:24]), kept)
+        np.testing.assert_array_equal(np.asarray(grown.waves[24:]), fresh[24:])
+        grown.close()
