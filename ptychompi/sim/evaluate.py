@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..api import Reconstruction
-from ..metrics import object_error
+from ..metrics import registered_object_error
 from .matrix import MatrixScan
 
 
@@ -21,9 +21,11 @@ def default_config(engine: str, iterations: int, **algorithm: Any) -> dict:
 
 def evaluate(scan: MatrixScan, engine: str, iterations: int, comm: Any | None = None,
              parallel: dict | None = None, **algorithm: Any) -> dict:
-    """Run ``engine`` on ``scan`` and return the object error (registered, global factor and
-    phase ramp removed, over the region lit at ≥ 10 %), the Fourier errors and whether every
-    value stayed finite. A run the engine stops as diverged scores ``inf``."""
+    """Run ``engine`` on ``scan`` and return the object error (registered to a fraction of a
+    pixel, global factor and phase ramp removed, over the region lit at ≥ 10 %), the Fourier
+    errors and whether every value stayed finite. A run the engine stops as diverged scores
+    ``inf``. Registration: blind ptychography may move object and probe together by a
+    fraction of a pixel, which is no error of the reconstruction."""
     cfg = default_config(engine, iterations, **algorithm)
     if parallel:
         cfg["parallel"].update(parallel)
@@ -47,6 +49,7 @@ def evaluate(scan: MatrixScan, engine: str, iterations: int, comm: Any | None = 
     finite = (diverged is None and bool(np.all(np.isfinite(obj)))
               and bool(np.all(np.isfinite(probe))) and all(map(math.isfinite, errors)))
     out["finite"] = finite
-    out["object_error"] = (object_error(obj, positions, scan.object, scan.positions_px,
-                                        scan.probe) if finite else math.inf)
+    out["object_error"] = (registered_object_error(obj, positions, scan.object,
+                                                   scan.positions_px, scan.probe)
+                           if finite else math.inf)
     return out
