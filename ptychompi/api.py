@@ -6,6 +6,7 @@ reconstructs its tile. ``object`` is assembled on rank 0; ``probe`` is the same 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 from .backend import Backend, select_backend
 from .config import Config, apply_environment, load_config
 from .dataset import load_amplitudes, open_source, plan_layout, plan_preprocessor
+from .engine_options import config_deprecations
 from .engines import ENGINES, Engine, Schedule, TileData
 from .engines.positions import margin_px, padded_tiles
 from .errors import ConfigError, PtychompiError
@@ -63,9 +65,12 @@ class Reconstruction:
 
     def __init__(self, config: str | dict | Config, comm: Any | None = None, *,
                  scan: ScanSource | None = None) -> None:
-        self.config = load_config(config)
+        with config_deprecations() as notes:
+            self.config = load_config(config)
         self.comm = comm
         self.rank = 0 if comm is None else comm.Get_rank()
+        for line in notes if self.rank == 0 else ():  # once, not from every rank
+            logging.getLogger("ptychompi").warning(line)
         self.size = 1 if comm is None else comm.Get_size()
         self.history: list[dict] = []
         self.started = time.perf_counter()

@@ -11,6 +11,7 @@ import difflib
 import os
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +19,16 @@ from typing import Any
 
 import yaml
 
+from .config_fields import opt
+from .engine_options import (
+    ENGINE_OPTIONS,
+    ConfigDeprecationWarning,
+    DMOptions,
+    EPIEOptions,
+    LSQMLOptions,
+    move_flat_keys,
+)
 from .errors import ConfigError
-
-
-def opt(default: Any, help: str, *, choices: tuple | None = None, low: float | None = None,
-        high: float | None = None, factory: Any = None) -> Any:
-    """A config field with its help text and constraints."""
-    meta = {"help": help, "choices": choices, "low": low, "high": high}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -122,12 +123,14 @@ class PositionCorrectionConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: str = opt("dm", "reconstruction engine", choices=("epie", "dm", "lsqml"))
+    name: str = opt("dm", "reconstruction engine (its options: the section of that name)",
+                    choices=tuple(ENGINE_OPTIONS))
     iterations: int = opt(100, "iterations to run", low=0)
     probe_modes: int = opt(1, "incoherent probe modes", low=1)
     probe_update_start: int = opt(0, "first iteration that updates the probe", low=0)
     batch_size: int | None = opt(None, "positions per batch (null = engine default: ePIE up to "
-                                 "64 non-overlapping windows, LSQML a tenth of the scan)", low=1)
+                                 "epie.batch non-overlapping windows, LSQML the scan split "
+                                 "into lsqml.batches)", low=1)
     seed: int = opt(0, "random seed (position order, batches)", low=0)
     probe_guess: str | None = opt(None, "starting probe: .npy, .h5 or ptychopy .csv")
     object_guess: str | None = opt(None, "starting object: .npy, .h5 or ptychopy .csv")
@@ -135,25 +138,6 @@ class AlgorithmConfig:
         None, "nominal beam diameter: the data's mean far-field amplitude is defocused to "
         "this size for the starting probe (null = the diameter the data show, far field)",
         low=0.0)
-    alpha: float = opt(1.0, "ePIE object step size", low=0.0)
-    beta: float = opt(1.0, "ePIE probe step size", low=0.0)
-    rpie_weight: float = opt(1.0, "ePIE: weight w of the peak power in rPIE's step "
-                             "denominator (1 - w)|P|² + w max|P|² (1 = classic ePIE; smaller "
-                             "steps further into the beam's tails, unstable at low doses)",
-                             low=0.0, high=1.0)
-    overlap_iterations: int = opt(1, "DM: overlap-projection sweeps per iteration (later "
-                                  "sweeps reuse the first one's sample-plane exit waves)",
-                                  low=1)
-    fourier_relax: float = opt(1.0, "DM: scale of the power bound where the modulus "
-                               "constraint stops (0.15 x the Poisson floor x this; 0 = strict)",
-                               low=0.0)
-    dm_refine_from: int | None = opt(50, "DM: from this iteration on, alternating projections "
-                                     "(strict modulus) refine DM's result (null = never)", low=0)
-    dm_refine_patience: int | None = opt(5, "DM: refine (as dm_refine_from) as soon as DM's "
-                                         "error has set no new low for this many iterations, "
-                                         "counted from iteration 20, starting from DM's best "
-                                         "(null = only from dm_refine_from)", low=1)
-    noise_model: str = opt("gaussian", "LSQML noise model", choices=("gaussian", "poisson"))
     object_amplitude_min: float | None = opt(None, "clip object amplitude below", low=0.0)
     object_amplitude_max: float | None = opt(None, "clip object amplitude above", low=0.0)
     subpixel: bool = opt(True, "sub-pixel positions by a Fourier phase ramp on the probe")
@@ -163,6 +147,9 @@ class AlgorithmConfig:
     precision: str = opt("single", "float precision", choices=("single", "double"))
     position_correction: PositionCorrectionConfig = opt(
         None, "position refinement", factory=PositionCorrectionConfig)
+    epie: EPIEOptions = opt(None, "ePIE's options", factory=EPIEOptions)
+    dm: DMOptions = opt(None, "difference map's options", factory=DMOptions)
+    lsqml: LSQMLOptions = opt(None, "LSQML's options", factory=LSQMLOptions)
 
 
 @dataclass
@@ -358,6 +345,11 @@ def config_from_dict(values: dict | None) -> Config:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError("a config must be a mapping of sections (data, geometry, ...)")
+    if isinstance(values.get("algorithm"), dict):  # the flat engine keys of older configs
+        algorithm, note = move_flat_keys(values["algorithm"])
+        if note is not None:
+            values = {**values, "algorithm": algorithm}
+            warnings.warn(note, ConfigDeprecationWarning, stacklevel=2)
     cfg = _build(Config, values, "")
     _check_combinations(cfg)
     return cfg

@@ -8,6 +8,7 @@ and the versions of numpy, scipy, numba, pyFFTW, h5py, mpi4py, the MPI library a
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import sys
 import time
@@ -93,6 +94,8 @@ def provenance(recon: Any) -> dict:
     cfg = recon.config
     prov = {"version": __version__, "ranks": recon.size, "grid": grid,
             "algorithm": cfg.algorithm.name, "iterations_done": recon.iteration,
+            # the engine's own section (algorithm.<name>): its tuning constants included
+            "engine_options": dataclasses.asdict(getattr(cfg.algorithm, cfg.algorithm.name)),
             "wall_time_s": time.perf_counter() - recon.started,
             "devices": [r["device"] for r in rows], **run_settings(recon)}
     for key in ("compute_s", "comm_s", "io_s", "bytes_sent", "positions_held",

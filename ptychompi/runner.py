@@ -21,6 +21,7 @@ import yaml
 from .api import Reconstruction, agree, collective
 from .checkpoint import resume, write_checkpoint
 from .config import Config, config_from_dict, load_config
+from .engine_options import FLAT_KEYS, config_deprecations, flat_key_note
 from .errors import ConfigError, PtychompiError, os_reason
 from .outlock import OutputLock, lock_output, remove_stale_temporaries
 
@@ -53,6 +54,9 @@ def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
                               "quote strings and close brackets, e.g. "
                               "data.scan_dims=[8,8]") from None
         *sections, last = key.split(".")
+        if sections == ["algorithm"] and last in FLAT_KEYS:  # a deprecated flat engine key
+            flat_key_note(last)
+            sections, last = ["algorithm", FLAT_KEYS[last][0]], FLAT_KEYS[last][1]
         node = values
         for s in sections:
             node = node.setdefault(s, {})
@@ -229,9 +233,11 @@ def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
     comm_arg = comm if size > 1 else None
     error: BaseException | None = None
     cfg: Config | None = None
+    notes: list[str] = []
     try:
         if not args.ptychopy:
-            cfg = _load(args)
+            with config_deprecations() as notes:
+                cfg = _load(args)
             if rank == 0:  # writable and ours before reading any data; space once sizes known
                 _claim(cfg.output.directory, held)
     except Exception as exc:
@@ -239,6 +245,8 @@ def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
     agree(comm_arg, error)
     setup_logging(cfg.output.directory if cfg else None, rank, quiet=args.quiet,
                   verbose=args.verbose)
+    for line in notes if rank == 0 else ():
+        log.warning(line)
     recon, ptychopy_options = _build(args, cfg, comm_arg)
     cfg = recon.config
     out = Path(cfg.output.directory)

@@ -7,7 +7,7 @@ gives the Fourier error): ``Ψ_j ← Ψ_j + π_F(2Φ_j − Ψ_j) − Φ_j`` with
 With noisy data DM has no fixed point and drifts (a strict projection, even with the true probe
 fixed, degrades the object), so π_F is the power-bound relaxed projection, with a bound well
 below the Poisson floor (a bound at the floor stops DM at the first consistent, biased object).
-DM does the global search; from iteration ``algorithm.dm_refine_from`` on (a fixed count, not
+DM does the global search; from iteration ``algorithm.dm.refine_from`` on (a fixed count, not
 a fraction of the iterations, so that a resumed run equals an uninterrupted one) the loop does
 error reduction, ``Ψ_j ← π_F(Φ_j)`` with the strict projection, which decreases the
 amplitude misfit monotonically (the Gaussian likelihood) and removes DM's bias, as ptypy users
@@ -35,16 +35,12 @@ from ..physics import (
 from .base import Engine
 from .lsqml import LSQML
 
-REGULARISATION = 1e-3  # δ relative to the largest illumination / object power
 POISSON_FLOOR = 0.25  # E[(sqrt(I_measured) - sqrt(I))²] for photon counts
 PSI_CACHE_BYTES = 2 << 30  # keep sample-plane exit waves between object and probe updates
 PROBE_TABLE_BYTES = 1 << 30  # keep every distinct shifted probe of an iteration up to this
-REFINE_EARLIEST = 20  # DM's error may rise for a while as it searches, early on
-BOUND_FRACTION = 0.15  # DM's bound: this fraction of the floor × fourier_relax (measured best)
 
 
-def stall_iteration(errors: list[float], patience: int,
-                    earliest: int = REFINE_EARLIEST) -> int | None:
+def stall_iteration(errors: list[float], patience: int, earliest: int) -> int | None:
     """The first iteration after which the error has set no new low for ``patience``
     iterations, counting from iteration ``earliest`` (DM's error may rise for a while as it
     searches, early on), or None. With noisy data DM has no fixed point: once it stops
@@ -165,8 +161,9 @@ class DifferenceMap(Engine):
                 self._best = None
             self._reset()
         metrics = super().step()
-        first = best_since(self.errors, REFINE_EARLIEST)
-        if (not self._refined and self.iteration >= REFINE_EARLIEST
+        earliest = self.cfg.dm.refine_earliest
+        first = best_since(self.errors, earliest)
+        if (not self._refined and self.iteration >= earliest
                 and metrics["error"] <= min(self.errors[first:])):
             self._best = (self.object.copy(), self.probe.copy())
         return metrics
@@ -178,7 +175,7 @@ class DifferenceMap(Engine):
             err = ml._iterate()
             self.object, self.probe = ml.object, ml.probe
             return err
-        for sweep in range(self.cfg.overlap_iterations):
+        for sweep in range(self.cfg.dm.overlap_iterations):
             self._overlap_projection(psi_ready=sweep > 0)
         return self._fourier_update()
 
@@ -236,8 +233,8 @@ class DifferenceMap(Engine):
         num, den = self.reduce((nums, np.complex128), (dens, np.float64))
         if share_obj:
             self.exchange.halo_sum(num, den)
-        delta = REGULARISATION * self.exchange.allreduce(float(den.max()) if den.size else 0.0,
-                                                         op="max")
+        delta = self.cfg.dm.regularisation * self.exchange.allreduce(
+            float(den.max()) if den.size else 0.0, op="max")
         self.object = ((num + delta * self.object) / (den + delta)).astype(be.complex_dtype)
 
         if not update_probe:
@@ -276,7 +273,7 @@ class DifferenceMap(Engine):
                                                              pden.reshape(-1)]))
             pnum = packed[:pnum.size].reshape(pnum.shape)
             pden = packed[pnum.size:].real.reshape(pden.shape)
-        pdelta = REGULARISATION * float(pden.max())
+        pdelta = self.cfg.dm.regularisation * float(pden.max())
         if self.use_subpixel:  # along the preconditioned residual, by the exact line search
             direction = pnum / (pden + pdelta)
             curvature = self._probe_curvature(direction, terms)
@@ -322,19 +319,21 @@ class DifferenceMap(Engine):
     @property
     def refining(self) -> bool:
         """The maximum-likelihood refinement instead of DM this iteration: from
-        ``dm_refine_from``, or earlier once DM has stalled (:func:`stall_iteration`)."""
+        ``algorithm.dm.refine_from``, or earlier once DM has stalled (:func:`stall_iteration`)."""
         if self._refined:  # once it has taken over it stays
             return True
-        start = self.cfg.dm_refine_from
+        opts = self.cfg.dm
+        start = opts.refine_from
         if start is not None and self.iteration >= start:
             return True
-        patience = self.cfg.dm_refine_patience
-        return bool(patience) and stall_iteration(self.errors, patience) is not None
+        patience = opts.refine_patience
+        return bool(patience) and stall_iteration(self.errors, patience,
+                                                  opts.refine_earliest) is not None
 
     def _fourier_update(self) -> float:
         be = self.backend
         prop = self.data.propagator
-        bound = POISSON_FLOOR * BOUND_FRACTION * self.cfg.fourier_relax
+        bound = POISSON_FLOOR * self.cfg.dm.bound_fraction * self.cfg.dm.fourier_relax
         table, probe_ft = self._probe_table()
 
         def update(_: int, sl: slice) -> float:

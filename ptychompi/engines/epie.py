@@ -15,8 +15,6 @@ from .. import cpu_kernels, fused_kernels
 from ..physics import EPS, epie_update, exit_waves, modulus_project, unshift_sum
 from .base import Engine
 
-DEFAULT_BATCH = 64
-
 
 def disjoint_batches(order: np.ndarray, rows: np.ndarray, cols: np.ndarray, frame: int,
                      limit: int) -> list[np.ndarray]:
@@ -40,10 +38,11 @@ class EPIE(Engine):
 
     def _iterate(self) -> float:
         n = len(self.rows)
-        limit = self.cfg.batch_size or DEFAULT_BATCH
+        opts = self.cfg.epie
+        limit = self.cfg.batch_size or opts.batch
         order = self.rng.permutation(n)
         batches = disjoint_batches(order, self.rows, self.cols, self.data.frame, limit)
-        steps, beta = (self.cfg.alpha, self.cfg.rpie_weight), self.cfg.beta
+        steps, beta = (opts.alpha, opts.rpie_weight), opts.beta
         update_probe = self.updates_probe
         # with sub-pixel shifts the probe lives as its spectrum during the iteration: the
         # batches shift it and add their back-shifted gradients there (no transform of the

@@ -26,24 +26,11 @@ from ..physics import (
 )
 from .base import Engine
 
-# batches per iteration when batch_size is not set: 10 reconstructs as well per iteration as 20
-# (20x20 test scan: object error 0.0388 vs 0.0378, final Fourier error 1.02x vs 1.05x the
-# Poisson floor; PETRA III near field: 0.0121 vs 0.0127) at half the synchronisation points
-# (30x30 scan, 2 threads, shifts on: 135 vs 174 ms/it); 5 falls behind (0.0444; 0.0151)
-DEFAULT_BATCHES = 10
-DELTA = 0.1  # object-direction preconditioner (δ)
-DAMPING = 0.1  # λ relative to the batch mean of each diagonal
-STEP_SCALE = 0.9
-# the probe's step along each batch's mean direction, relative to the mean of its positions'
-# optimal steps: successive sparse batches refine the probe in nearly the same direction, and
-# over-relaxed steps converge in fewer iterations on the scan matrix (BENCHMARKS.md,
-# robustness) with the same results on the PETRA III scan and the simulated star
-PROBE_RELAXATION = 2.0
-TRIM = 0.1  # fraction trimmed from each side for the object step mean
-POISSON_NEWTON_STEPS = 6
+# the tuning constants are options: algorithm.lsqml (ptychompi.engine_options.LSQMLOptions);
+# BENCHMARKS.md has the measurements behind their defaults
 
 
-def trimmed_mean(values: np.ndarray, trim: float = TRIM) -> float:
+def trimmed_mean(values: np.ndarray, trim: float) -> float:
     """Mean after dropping the lowest and highest ``trim`` fraction."""
     v = np.sort(np.asarray(values, dtype=np.float64))
     if v.size == 0:
@@ -53,21 +40,22 @@ def trimmed_mean(values: np.ndarray, trim: float = TRIM) -> float:
     return float(kept.mean())
 
 
-def step_lengths(terms: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def step_lengths(terms: np.ndarray, means: np.ndarray, damping: float,
+                 scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-position (α_O, α_P) from rows ``(a11, b1[, a22, a12, b2])`` of the 2x2 system
-    (α_P zero without the probe terms), damped by ``DAMPING`` times the batch means of the
-    diagonals, clipped at zero and scaled by ``STEP_SCALE``."""
-    a11 = terms[:, 0] + DAMPING * means[0] + EPS
+    (α_P zero without the probe terms), damped by ``damping`` times the batch means of the
+    diagonals, clipped at zero and scaled by ``scale``."""
+    a11 = terms[:, 0] + damping * means[0] + EPS
     b1 = terms[:, 1]
     if terms.shape[1] == 2:
         alpha_o, alpha_p = b1 / a11, np.zeros(len(terms))
     else:
-        a22 = terms[:, 2] + DAMPING * means[2] + EPS
+        a22 = terms[:, 2] + damping * means[2] + EPS
         a12, b2 = terms[:, 3], terms[:, 4]
         det = a11 * a22 - a12 ** 2
         alpha_o = (a22 * b1 - a12 * b2) / det
         alpha_p = (a11 * b2 - a12 * b1) / det
-    return STEP_SCALE * np.maximum(alpha_o, 0), STEP_SCALE * np.maximum(alpha_p, 0)
+    return scale * np.maximum(alpha_o, 0), scale * np.maximum(alpha_p, 0)
 
 
 class LSQML(Engine):
@@ -76,12 +64,12 @@ class LSQML(Engine):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         n_global = self.data.n_global
-        size = self.cfg.batch_size or max(1, -(-n_global // DEFAULT_BATCHES))
+        size = self.cfg.batch_size or max(1, -(-n_global // self.cfg.lsqml.batches))
         self.n_batches = max(1, -(-n_global // size))
         self._lookup = np.full(n_global, -1, dtype=np.int64)
         self._lookup[self.data.indices] = np.arange(len(self.data.indices))
         self._shift_of = self._global_shifts()
-        self.fused = self.fused and self.cfg.noise_model == "gaussian"
+        self.fused = self.fused and self.cfg.lsqml.noise_model == "gaussian"
         # per-batch halo sums move only the pixels the batch's windows touched (off: the full
         # halo, the same result); the global batch being updated and its built exchange
         self.touched_halo = True
@@ -169,7 +157,7 @@ class LSQML(Engine):
     def _exit_update(self, wave: Any, amplitude: Any) -> tuple[Any, float]:
         """Detector-space target Ψ' for the Gaussian or Poisson noise model."""
         be, xp = self.backend, self.backend.xp
-        if self.cfg.noise_model == "gaussian":
+        if self.cfg.lsqml.noise_model == "gaussian":
             return modulus_project(be, wave, amplitude)  # the wave is a fresh array
         model = model_intensity(wave)
         valid = amplitude >= 0
@@ -180,7 +168,7 @@ class LSQML(Engine):
         # Ψ(α) = Ψ (1 - α (1 - R)); minimise Σ Î(α) - I log Î(α) per position by Newton steps
         g = 1.0 - ratio
         alpha = xp.full((wave.shape[0], 1, 1), 0.5, dtype=be.real_dtype)
-        for _ in range(POISSON_NEWTON_STEPS):
+        for _ in range(self.cfg.lsqml.poisson_newton_steps):
             s = 1.0 - alpha * g
             s2 = xp.maximum(s * s, 1e-12)
             # L(α) = Σ Î s² - I log(Î s²);  L' = Σ -2 g s (Î - I/s²);  L'' = Σ 2 g² (Î + I/s²)
@@ -259,7 +247,7 @@ class LSQML(Engine):
         if share_obj:
             self._halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
-        damping = (DELTA * dmax) ** 2
+        damping = (self.cfg.lsqml.delta * dmax) ** 2
         d_obj = xp.empty_like(num)
         self.map_rows(lambda rows: lsqml_object_direction(be, num[rows], illum[rows], damping,
                                                           d_obj[rows]),
@@ -289,17 +277,19 @@ class LSQML(Engine):
         every = (ex.allgather(local.reshape(-1)).reshape(-1, local.shape[1]) if share_obj
                  else local)
         means = every.sum(axis=0) / max(len(every), 1)
-        alpha_o, alpha_p = step_lengths(every, means)
-        alpha_obj = trimmed_mean(alpha_o)
+        opts = self.cfg.lsqml
+        alpha_o, alpha_p = step_lengths(every, means, opts.damping, opts.step_scale)
+        alpha_obj = trimmed_mean(alpha_o, opts.trim)
 
         def add_step(rows: slice) -> None:  # in bands of rows over the worker threads
             self.object[rows] += alpha_obj * d_obj[rows]
 
         self.map_rows(add_step, self.object.shape[0])
         if update_probe:  # the probe's own sharing: all positions' steps, or this rank's
-            alphas = alpha_p if share_probe else step_lengths(local, means)[1]
+            alphas = (alpha_p if share_probe
+                      else step_lengths(local, means, opts.damping, opts.step_scale)[1])
             psum, pcount = float(np.sum(alphas, dtype=np.float64)), float(len(alphas))
             if share_probe and not share_obj:
                 psum, pcount = ex.allreduce(psum), ex.allreduce(pcount)
-            self.probe += PROBE_RELAXATION * (psum / max(pcount, 1.0)) * d_probe
+            self.probe += opts.probe_relaxation * (psum / max(pcount, 1.0)) * d_probe
         return err

@@ -199,11 +199,11 @@ class PositionRefiner:
         positions refined since then would meet an older object."""
         if getattr(engine, "_refined", True):  # not DM, or error reduction has taken over
             return
-        from .dm import REFINE_EARLIEST, best_since  # noqa: PLC0415 - dm imports base
+        from .dm import best_since  # noqa: PLC0415 - dm imports base
 
-        errors = engine.errors
-        if (engine.iteration >= REFINE_EARLIEST
-                and errors[-1] <= min(errors[best_since(errors, REFINE_EARLIEST):])):
+        errors, earliest = engine.errors, engine.cfg.dm.refine_earliest
+        if (engine.iteration >= earliest
+                and errors[-1] <= min(errors[best_since(errors, earliest):])):
             self.best = np.array(engine.data.positions, np.float64)
 
     def resync(self, engine: Engine) -> None:

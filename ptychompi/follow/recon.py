@@ -213,8 +213,9 @@ class FollowReconstruction(Reconstruction):
         refinement (its error history jumps as positions come in)."""
         if self.decision.ended:
             return self._final_algorithm()
-        return dataclasses.replace(self._settings(), dm_refine_from=None,
-                                   dm_refine_patience=None)
+        a = self._settings()
+        return dataclasses.replace(a, dm=dataclasses.replace(a.dm, refine_from=None,
+                                                             refine_patience=None))
 
     def _settings(self) -> Any:
         """``algorithm`` with LSQML's default batch size that of the planned scan (a tenth
@@ -222,10 +223,8 @@ class FollowReconstruction(Reconstruction):
         steps are noise)."""
         a = self.config.algorithm
         if a.name == "lsqml" and a.batch_size is None:
-            from ..engines.lsqml import DEFAULT_BATCHES  # noqa: PLC0415
-
             a = dataclasses.replace(a, batch_size=max(1, -(-self.layout.n_frames
-                                                           // DEFAULT_BATCHES)))
+                                                           // a.lsqml.batches)))
         return a
 
     def _final_algorithm(self) -> Any:
@@ -236,8 +235,8 @@ class FollowReconstruction(Reconstruction):
         if a.name != "dm" or not self.iteration:
             return a
         halfway = self.iteration + (a.iterations - self.iteration) // 2
-        start = halfway if a.dm_refine_from is None else min(a.dm_refine_from, halfway)
-        return dataclasses.replace(a, dm_refine_from=start)
+        start = halfway if a.dm.refine_from is None else min(a.dm.refine_from, halfway)
+        return dataclasses.replace(a, dm=dataclasses.replace(a.dm, refine_from=start))
 
     def _set_algorithm(self, cfg: Any) -> None:
         if not isinstance(self.engine, IdleEngine):

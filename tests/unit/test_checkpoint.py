@@ -48,8 +48,8 @@ def final(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return f["object"][()], f["probe"][()], f["error"][()]
 
 
-@pytest.mark.parametrize("ranks,algo", [(1, {}), (2, {}), (1, {"dm_refine_from": 8}),
-                                         (2, {"dm_refine_from": 8})])
+@pytest.mark.parametrize("ranks,algo", [(1, {}), (2, {}), (1, {"dm": {"refine_from": 8}}),
+                                         (2, {"dm": {"refine_from": 8}})])
 def test_resume_is_bit_for_bit_on_the_same_rank_count(tmp_path, scan, ranks, algo):
     """Also across DM's hand-over to its maximum-likelihood refinement (at iteration 8, the
     checkpoint at 10)."""
@@ -66,7 +66,7 @@ def test_resume_is_bit_for_bit_on_the_same_rank_count(tmp_path, scan, ranks, alg
         assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("algo", [{}, {"dm_refine_from": 8}])
+@pytest.mark.parametrize("algo", [{}, {"dm": {"refine_from": 8}}])
 def test_resume_on_another_rank_count_continues(tmp_path, scan, algo):
     full = write_config(tmp_path / "full.yaml", scan, tmp_path / "full", **algo)
     assert run([str(full)]).returncode == 0

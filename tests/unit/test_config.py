@@ -38,11 +38,11 @@ def test_valid_file_with_relative_data_path(tmp_path):
     (tmp_path / "scan.cxi").write_text("")
     path = tmp_path / "scan.yaml"
     path.write_text("data: {path: scan.cxi}\nalgorithm: {name: lsqml, iterations: 7, "
-                    "noise_model: poisson}\nparallel: {share_frequency: 3}\n")
+                    "lsqml: {noise_model: poisson}}\nparallel: {share_frequency: 3}\n")
     cfg = load_config(path)
     assert cfg.data.path == str(tmp_path / "scan.cxi")
     assert (cfg.algorithm.name, cfg.algorithm.iterations) == ("lsqml", 7)
-    assert cfg.algorithm.noise_model == "poisson" and cfg.parallel.share_frequency == 3
+    assert cfg.algorithm.lsqml.noise_model == "poisson" and cfg.parallel.share_frequency == 3
 
 
 @pytest.mark.parametrize("values,needle", [

@@ -168,7 +168,7 @@ def test_dm_probe_chunk_equals_the_chunked_path(shared):
 @pytest.mark.parametrize("subpixel", [True, False])
 def test_engine_fused_equals_chunked(name, subpixel):
     sim = simulate(frame=32, grid=8, step_px=5, probe_diameter_px=10, photons=1e5, seed=3)
-    cfg = config(name, 4, sim, probe_update_start=1, subpixel=subpixel, dm_refine_from=2)
+    cfg = config(name, 4, sim, probe_update_start=1, subpixel=subpixel, dm={"refine_from": 2})
     cfg["parallel"]["workers"] = 2
     results = []
     for fused in (True, False):
@@ -190,7 +190,7 @@ def test_engine_fused_equals_chunked_near_field(shared_data, name):
                                 / "PETRAIII_P25_Near_Field_Ptycho.cxi")},
            "geometry": {"propagation": "nearfield", "focus_to_sample_m": 3.65e-3},
            "algorithm": {"name": name, "iterations": 3, "probe_update_start": 1,
-                         "dm_refine_from": 2},
+                         "dm": {"refine_from": 2}},
            "parallel": {"device": "cpu", "workers": 2}}
     results = []
     for fused in (True, False):
@@ -205,7 +205,7 @@ def test_engine_fused_equals_chunked_near_field(shared_data, name):
 
 def test_fused_only_where_it_applies():
     sim = simulate(frame=32, grid=4, step_px=5, probe_diameter_px=10, photons=1e5, seed=3)
-    poisson = config("lsqml", 1, sim, noise_model="poisson")
+    poisson = config("lsqml", 1, sim, lsqml={"noise_model": "poisson"})
     double = config("epie", 1, sim, precision="double")
     scipy_fft = config("dm", 1, sim)
     scipy_fft["parallel"]["fft"] = "scipy"
