@@ -144,8 +144,6 @@ class Engine:
         """Run one iteration; return its metrics (global Fourier error, seconds)."""
         t0 = time.perf_counter()
         comm0 = self.exchange.stats.seconds
-        if self.refiner is not None:  # an engine that went back to earlier state
-            self.refiner.resync(self)
         err_num = self._iterate()
         if self.probe.shape[0] > 1:
             self.probe = orthogonalize_modes(self.backend, self.probe)
@@ -157,8 +155,6 @@ class Engine:
         self.backend.synchronize()
         self.iteration += 1
         self.errors.append(err)
-        if self.refiner is not None:
-            self.refiner.record(self)
         seconds = time.perf_counter() - t0
         self.seconds_compute += seconds - (self.exchange.stats.seconds - comm0)
         return {"iteration": self.iteration, "error": err, "seconds": seconds}

@@ -76,7 +76,8 @@ class DifferenceMap(Engine):
         # scan's order, whose neighbouring windows share the tile's cache lines
         shared = self.use_subpixel and self.cfg.subpixel_bins > 0
         self._by_shift = np.argsort(self.ramp_id, kind="stable") if shared else None
-        self._best: tuple[Any, Any] | None = None  # DM's object and probe of lowest error
+        # DM's object, probe and (with position refinement) positions of lowest error
+        self._best: tuple[Any, Any, np.ndarray | None] | None = None
         self._refined = False  # the maximum-likelihood refinement has taken over
         self._ml: LSQML | None = None  # the refinement's engine (on the same tile)
         self._reset(waves)
@@ -152,12 +153,15 @@ class DifferenceMap(Engine):
         super().close()
 
     def step(self) -> dict:
-        """One iteration. DM remembers its object and probe of lowest error; when the
-        refinement takes over it starts from them (DM may have drifted since)."""
+        """One iteration. DM remembers its object, probe and refined positions of lowest
+        error; when the refinement takes over it starts from them (DM may have drifted
+        since, and positions refined since then would meet an older object)."""
         if self.refining and not self._refined:
             self._refined = True
             if self._best is not None:
                 self.object, self.probe = self._best[0].copy(), self._best[1].copy()
+                if self._best[2] is not None:
+                    self.move_positions(self._best[2])
                 self._best = None
             self._reset()
         metrics = super().step()
@@ -165,7 +169,8 @@ class DifferenceMap(Engine):
         first = best_since(self.errors, earliest)
         if (not self._refined and self.iteration >= earliest
                 and metrics["error"] <= min(self.errors[first:])):
-            self._best = (self.object.copy(), self.probe.copy())
+            positions = None if self.refiner is None else self.data.positions.copy()
+            self._best = (self.object.copy(), self.probe.copy(), positions)
         return metrics
 
     def _iterate(self) -> float:
@@ -353,7 +358,9 @@ class DifferenceMap(Engine):
             return {"refined": np.array(True)}
         extra = {"waves": self.waves, "refined": np.array(self._refined)}
         if self._best is not None:
-            extra["best_object"], extra["best_probe"] = self._best
+            extra["best_object"], extra["best_probe"], positions = self._best
+            if positions is not None:
+                extra["best_positions"] = positions
         return extra
 
     def _restore_extra(self, state: dict[str, np.ndarray]) -> None:
@@ -364,8 +371,11 @@ class DifferenceMap(Engine):
             return
         if "best_object" in state:
             xp, dtype = self.backend.xp, self.backend.complex_dtype
+            positions = state.get("best_positions")
             self._best = (xp.asarray(state["best_object"], dtype=dtype),
-                          xp.asarray(state["best_probe"], dtype=dtype))
+                          xp.asarray(state["best_probe"], dtype=dtype),
+                          None if positions is None
+                          else np.asarray(positions, np.float64).reshape(-1, 2))
         waves = state["waves"]
         self.waves = self.backend.empty(waves.shape, self.backend.complex_dtype)  # aligned
         self.waves[...] = self.backend.xp.asarray(waves)

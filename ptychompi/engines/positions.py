@@ -103,7 +103,6 @@ class PositionRefiner:
         # a window's corner floor(p) stays in [0, box - frame]
         self.high = np.asarray(box_shape, np.float64) - frame + 1 - 1e-6
         self.transform: np.ndarray | None = None  # the last affine fit (3 x 2)
-        self.best: np.ndarray | None = None  # the positions of DM's best iteration
 
     def due(self, iteration: int) -> bool:
         """Whether the positions move after iteration ``iteration`` (0-based)."""
@@ -191,45 +190,15 @@ class PositionRefiner:
             limit = self.cfg.max_total
         return model + np.clip(moved - model, -limit, limit)
 
-    # ------------------------------------------------------------------ DM's best state
-    def record(self, engine: Engine) -> None:
-        """After an iteration: keep the positions whenever DM keeps its object and probe as
-        its best (the same rule, :meth:`DifferenceMap.step`), so that they go back together
-        when error reduction takes over from DM's best (:meth:`resync`). Without this the
-        positions refined since then would meet an older object."""
-        if getattr(engine, "_refined", True):  # not DM, or error reduction has taken over
-            return
-        from .dm import best_since  # noqa: PLC0415 - dm imports base
-
-        errors, earliest = engine.errors, engine.cfg.dm.refine_earliest
-        if (engine.iteration >= earliest
-                and errors[-1] <= min(errors[best_since(errors, earliest):])):
-            self.best = np.array(engine.data.positions, np.float64)
-
-    def resync(self, engine: Engine) -> None:
-        """Before an iteration: DM has gone back to its best object and probe, so the
-        positions go back to theirs (and DM's exit waves are made again from all three)."""
-        if self.best is not None and getattr(engine, "_refined", False):
-            engine.move_positions(self.best)
-            self.best = None
-            engine._reset()
-
     # ------------------------------------------------------------------ checkpoints
     def state(self, engine: Engine) -> dict[str, np.ndarray]:
-        """The current positions (tile-local) for a checkpoint, and DM's best ones."""
-        out = {"positions": np.array(engine.data.positions, np.float64)}
-        if self.best is not None:
-            out["best_positions"] = self.best.copy()
-        return out
+        """The current positions (tile-local) for a checkpoint."""
+        return {"positions": np.array(engine.data.positions, np.float64)}
 
     def restore(self, engine: Engine, state: dict[str, np.ndarray]) -> None:
         """Continue from :meth:`state`'s output."""
-        self.best = None
-        if "best_positions" in state:
-            self.best = np.asarray(state["best_positions"], np.float64).reshape(-1, 2)
         if "positions" in state:
             engine.move_positions(np.asarray(state["positions"], np.float64))
-
 
 def make_refiner(cfg: PositionCorrectionConfig, positions: np.ndarray, origin: tuple[int, int],
                  box_shape: tuple[int, int], frame: int) -> PositionRefiner | None:

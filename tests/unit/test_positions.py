@@ -229,3 +229,38 @@ def test_benchmark_script_runs(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())
     assert rows["quality"][0]["refined"]["position_rms_px"] >= 0
     assert rows["cost"][0]["ratio"] > 0 and rows["cost"][0]["ratio_every4"] > 0
+
+
+def test_dm_hands_over_with_its_best_positions(sim, tmp_path: Path) -> None:
+    """When LSQML's refinement takes over from DM's best object and probe, the positions go
+    back to those of that iteration (DM keeps them with its best state, also in checkpoints:
+    a run resumed before the hand-over equals an uninterrupted one bit for bit)."""
+    given = perturb(sim.positions_px, "random", np.random.default_rng(4), rms_px=RMS_PX)
+    scan = with_positions(sim.as_scan(), given, sim.pixel_size_m)
+    cfg = {"algorithm": {"name": "dm", "iterations": 9,
+                         "dm": {"refine_earliest": 2, "refine_from": 6,
+                                "refine_patience": None},
+                         "position_correction": {"enabled": True, "start": 1,
+                                                 "update_every": 1, "stop": 6}},
+           "parallel": {"device": "cpu"}}
+    with Reconstruction(cfg, scan=scan) as whole:
+        engine = whole.engine
+        seen = []
+        for _ in range(6):
+            whole.step(1)
+            seen.append(engine.data.positions.copy())
+        errors = engine.errors
+        best = min(range(1, 6), key=lambda i: (errors[i], -i))  # the last of equal lows
+        assert best < 5 and not np.array_equal(seen[best], seen[5])  # a later move to undo
+        whole.step(1)  # the hand-over: positions stay put from iteration 6 (stop)
+        np.testing.assert_array_equal(engine.data.positions, seen[best])
+        whole.step(2)
+        expected = (whole.object, whole.refined_positions())
+    with Reconstruction(cfg, scan=scan) as first:
+        first.step(5)
+        write_checkpoint(first, tmp_path)
+    with Reconstruction(cfg, scan=scan) as again:
+        assert resume(again, tmp_path) == 5
+        again.run()
+        np.testing.assert_array_equal(again.object, expected[0])
+        np.testing.assert_array_equal(again.refined_positions(), expected[1])
