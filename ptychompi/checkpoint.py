@@ -169,13 +169,16 @@ def _restore(recon: Any, out_dir: str | Path, data: Any, state: dict | None,
                    for i, e in enumerate(data.error)]
         recon.resume_from(data.object, data.probe, iteration, history,
                           data.refined_positions)
-        _adopt_exit_waves(recon, out_dir, int(data.provenance.get("ranks", 0)), iteration)
+        _adopt_position_state(recon, out_dir, int(data.provenance.get("ranks", 0)), iteration)
 
 
-def _adopt_exit_waves(recon: Any, out_dir: str | Path, old_size: int, iteration: int) -> None:
-    """DM on a new rank count: take each position's exit waves from the old ranks' states."""
+def _adopt_position_state(recon: Any, out_dir: str | Path, old_size: int,
+                          iteration: int) -> None:
+    """A new rank count: the engine's per-position state (:meth:`Engine.position_state`,
+    e.g. DM's exit waves) from the old ranks' states, else rebuilt from object and probe."""
     engine = recon.engine
-    if getattr(engine, "waves", None) is None or old_size < 1:  # none kept (refining)
+    held = engine.position_state()
+    if not held or old_size < 1:  # none kept (e.g. DM refining)
         return
     wanted = {int(g): i for i, g in enumerate(engine.data.indices)}
     found = 0
@@ -188,17 +191,17 @@ def _adopt_exit_waves(recon: Any, out_dir: str | Path, old_size: int, iteration:
         except OSError:  # damaged: keep the waves rebuilt from object and probe
             break
         with f:
-            if "waves" not in f or int(f["iteration"][()]) != iteration:
+            if any(k not in f for k in held) or int(f["iteration"][()]) != iteration:
                 return
             old = f["indices"][()]
             take = [(j, wanted[int(g)]) for j, g in enumerate(old) if int(g) in wanted]
             if not take:
                 continue
             src, dst = (np.asarray(t) for t in zip(*take, strict=True))
-            waves = f["waves"][()]
-            if waves.shape[1:] != tuple(engine.waves.shape[1:]):
+            arrays = {k: f[k][()] for k in held}
+            if any(a.shape[1:] != tuple(held[k].shape[1:]) for k, a in arrays.items()):
                 return
-            engine.waves[engine.backend.xp.asarray(dst)] = engine.backend.asarray(waves[src])
+            engine.adopt_positions(dst, {k: a[src] for k, a in arrays.items()})
             found += len(take)
-    if found != len(wanted):  # incomplete: keep the waves rebuilt from object and probe
-        engine._reset()
+    if found != len(wanted):  # incomplete: back to the state rebuilt from object and probe
+        engine.rebuild_state()

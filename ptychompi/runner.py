@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from .api import Reconstruction, agree, collective
@@ -97,14 +96,14 @@ def _check_space(recon: Reconstruction) -> None:
     from .io.results import check_output_dir, estimate_result_bytes  # noqa: PLC0415
 
     error = None
+    cfg = recon.config
+    # every rank's checkpoint state (the engine's own, e.g. DM's exit waves, included)
+    state = recon.engine.state_nbytes() if cfg.output.checkpoint_every else 0
+    if recon.comm is not None:  # not through the exchange: no run statistics
+        state = recon.comm.allreduce(state)
     if recon.rank == 0:
-        cfg, layout = recon.config, recon.layout
+        layout = recon.layout
         m, k = layout.frame, cfg.algorithm.probe_modes
-        state = 0
-        if cfg.output.checkpoint_every:
-            state = int(np.prod(layout.object_shape)) * 8
-            if cfg.algorithm.name == "dm":  # every position's exit waves
-                state += layout.n_frames * k * m * m * 8
         exports = estimate_export_bytes(layout.object_shape, (k, m, m), cfg.output.formats)
         try:  # twice the result and checkpoints (old and new coexist), once every export
             check_output_dir(cfg.output.directory, estimate_result_bytes(

@@ -417,3 +417,28 @@ class Engine:
 
     def _restore_extra(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027
         pass
+
+    # ------------------------------------------------------------------ state hooks
+    def state_nbytes(self) -> int:
+        """Bytes of this tile's checkpoint state as it stands (object, probe and the
+        engine's own state, e.g. DM's exit waves), without the small scalars."""
+        own = sum(int(v.nbytes) for v in self._extra_state().values() if v is not None)
+        return int(self.object.nbytes) + int(self.probe.nbytes) + own
+
+    def position_state(self) -> dict[str, Any]:
+        """The engine's own state arrays with one row per position of this tile (first
+        axis), which a run on another rank count takes over position by position
+        (:meth:`adopt_positions`); none by default."""
+        return {}
+
+    def adopt_positions(self, rows: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        """Rows ``rows`` (this tile's positions) of :meth:`position_state`'s arrays, taken
+        from another run's checkpoint."""
+        held, xp = self.position_state(), self.backend.xp
+        for key, values in arrays.items():
+            held[key][xp.asarray(rows)] = self.backend.asarray(values)
+
+    def rebuild_state(self) -> None:
+        """The engine's own state made again from the object and probe (an adoption by
+        :meth:`adopt_positions` that found only some positions is undone this way)."""
+        self._reset()

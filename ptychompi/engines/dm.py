@@ -353,6 +353,10 @@ class DifferenceMap(Engine):
 
         return float(sum(self.map_chunks(update, len(self.rows))))
 
+    def position_state(self) -> dict[str, Any]:
+        """DM's exit waves, one per position (none once the refinement has freed them)."""
+        return {} if self.waves is None else {"waves": self.waves}
+
     def _extra_state(self) -> dict[str, Any]:
         if self._refined:  # the refinement keeps no state beyond object, probe and generator
             return {"refined": np.array(True)}
