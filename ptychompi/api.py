@@ -263,8 +263,10 @@ class Reconstruction:
         prov = provenance(self)
         if self.rank != 0:
             return None
+        refiner = self.engine.refiner  # the affine fit: the same on every rank
         return ResultData(object=obj, probe=self.probe, positions=self.positions,
                           refined_positions=refined,
+                          position_transform=None if refiner is None else refiner.transform,
                           error=np.asarray(self.metrics["error"], np.float64),
                           pixel_size=self.layout.pixel_size_m,
                           config_yaml=self.config.to_yaml(), provenance=prov)

@@ -5,6 +5,8 @@ writes, into ``<output.directory>/live/``:
 
 * ``status.json``: ``{"iteration", "iterations", "error": [...], "eta_s", "state",
   "updated"}`` (state: running, done or failed);
+  With position refinement, ``"positions": {"rms_shift_px", "max_shift_px"}``: how far the
+  refined positions have moved from the input ones;
 * ``snapshot.npz``: ``amplitude`` and ``phase`` of the object (float32, block-averaged to at
   most :data:`MAX_SIDE` pixels a side, global phase removed), ``probe`` (K, M, M) mode
   amplitudes, ``pixel_size`` (metres, of the downsampled image) and ``iteration``.
@@ -68,7 +70,7 @@ class LiveWriter:
         return self.every > 0 and (iteration % self.every == 0 or iteration == self.total)
 
     def _status(self, iteration: int, history: list[dict], state: str,
-                follow: dict | None = None) -> None:
+                follow: dict | None = None, moved: dict | None = None) -> None:
         recent = [m["seconds"] for m in history[-10:] if "seconds" in m]
         eta = (self.total - iteration) * float(np.mean(recent)) if recent else None
         status = {"iteration": int(iteration), "iterations": self.total,
@@ -76,6 +78,8 @@ class LiveWriter:
                   "state": state, "updated": time.time()}
         if follow is not None:  # run --follow: rows arrived / planned
             status["follow"] = follow
+        if moved is not None:  # position refinement
+            status["positions"] = moved
         data = json.dumps(status).encode()
         _write_atomic(self.folder / "status.json", lambda fh: fh.write(data))
 
@@ -85,6 +89,7 @@ class LiveWriter:
             return
         t0 = time.perf_counter()
         obj = recon.object
+        moved = position_shifts(recon)  # collective, as the object
         if self.rank == 0 and obj is not None:
             small, f = downsample(obj)
             total = np.sum(small, dtype=np.complex128)
@@ -97,7 +102,7 @@ class LiveWriter:
                       "iteration": np.int64(recon.iteration)}
             _write_atomic(self.folder / "snapshot.npz", lambda fh: np.savez(fh, **arrays))
             self._status(recon.iteration, recon.history, "running",
-                         getattr(recon, "follow_status", None))
+                         getattr(recon, "follow_status", None), moved)
         self.seconds += time.perf_counter() - t0
 
     def finish(self, recon: Any, state: str) -> None:
@@ -109,6 +114,19 @@ class LiveWriter:
                          getattr(recon, "follow_status", None))
         except OSError:  # a failing disk must not hide the run's own error
             pass
+
+
+def position_shifts(recon: Any) -> dict | None:
+    """RMS and largest distance (px) of the refined positions from the input ones, or None
+    without position refinement. Collective."""
+    refined_positions = getattr(recon, "refined_positions", None)
+    refined = refined_positions() if refined_positions is not None else None
+    if refined is None:
+        return None
+    d = np.asarray(refined, np.float64) - np.asarray(recon.positions, np.float64)
+    dist = np.hypot(d[:, 0], d[:, 1]) if d.size else np.zeros(1)
+    return {"rms_shift_px": float(np.sqrt(np.mean(dist ** 2))),
+            "max_shift_px": float(dist.max())}
 
 
 def read_status(folder: str | os.PathLike) -> dict | None:

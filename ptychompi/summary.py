@@ -118,6 +118,7 @@ def _inspect_result(path: str, f: h5py.File) -> str:
     for name in ("object", "probe", "positions"):
         if isinstance(f.get(name), h5py.Dataset):
             lines.append(f"{name:<10} {_describe(f[name])}")
+    lines += _refinement_lines(f)
     if isinstance(f.get("error"), h5py.Dataset):
         err = np.asarray(f["error"][()], dtype=np.float64).reshape(-1)
         if err.size:
@@ -138,6 +139,29 @@ def _inspect_result(path: str, f: h5py.File) -> str:
     if isinstance(prov, h5py.Group):
         lines += _provenance_lines(prov, "")
     return "\n".join(lines)
+
+
+def _refinement_lines(f: h5py.File) -> list[str]:
+    """Position refinement: how far the positions moved, and the fitted affine transform
+    (scale, rotation, shear, offset) when there is one."""
+    lines = []
+    pos, ref = f.get("positions"), f.get("refined_positions")
+    if isinstance(pos, h5py.Dataset) and isinstance(ref, h5py.Dataset) and pos.shape == ref.shape:
+        d = np.asarray(ref[()], np.float64) - np.asarray(pos[()], np.float64)
+        dist = np.hypot(d[:, 0], d[:, 1]) if d.size else np.zeros(1)
+        lines.append(f"refined    positions moved by {np.sqrt(np.mean(dist ** 2)):.3f} px RMS, "
+                     f"{dist.max():.3f} px at most")
+    tr = f.get("position_transform")
+    if isinstance(tr, h5py.Dataset) and tr.shape == (3, 2):
+        t = np.asarray(tr[()], np.float64)
+        m = t[:2].T  # (row, col) -> (row, col)
+        scale = np.sqrt(abs(np.linalg.det(m)))
+        rotation = np.degrees(np.arctan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1]))
+        shear = (m[0, 1] + m[1, 0]) / 2
+        lines.append(f"affine     scale {scale:.5f}, rotation {rotation:.4f}°, shear {shear:.5f}, "
+                     f"offset ({t[2, 0]:.3f}, {t[2, 1]:.3f}) px; T = "
+                     + np.array2string(t, precision=5, separator=", ").replace("\n", ""))
+    return lines
 
 
 def _provenance_lines(group: h5py.Group, prefix: str) -> list[str]:

@@ -102,7 +102,8 @@ class PositionRefiner:
         self.origin = np.asarray(origin, np.float64)
         # a window's corner floor(p) stays in [0, box - frame]
         self.high = np.asarray(box_shape, np.float64) - frame + 1 - 1e-6
-        self.transform: np.ndarray | None = None  # the last affine fit (3 x 2)
+        # the last affine fit (3 x 2, global object pixels: refined ≈ [input, 1] @ T)
+        self.transform: np.ndarray | None = None
 
     def due(self, iteration: int) -> bool:
         """Whether the positions move after iteration ``iteration`` (0-based)."""
@@ -192,11 +193,17 @@ class PositionRefiner:
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, engine: Engine) -> dict[str, np.ndarray]:
-        """The current positions (tile-local) for a checkpoint."""
-        return {"positions": np.array(engine.data.positions, np.float64)}
+        """The current positions (tile-local) for a checkpoint, and the last affine fit."""
+        out = {"positions": np.array(engine.data.positions, np.float64)}
+        if self.transform is not None:
+            out["position_transform"] = self.transform.copy()
+        return out
 
     def restore(self, engine: Engine, state: dict[str, np.ndarray]) -> None:
         """Continue from :meth:`state`'s output."""
+        transform = state.get("position_transform")
+        self.transform = (None if transform is None
+                          else np.asarray(transform, np.float64).reshape(3, 2))
         if "positions" in state:
             engine.move_positions(np.asarray(state["positions"], np.float64))
 

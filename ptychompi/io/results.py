@@ -6,6 +6,7 @@ Layout (all at the root unless noted)::
     probe        (K, M, M) complex  the probe modes
     positions    (N, 2) float64     (row, col) top-left corners in object pixels
     refined_positions (N, 2) float64  with position refinement: the refined positions
+    position_transform (3, 2) float64  with the affine fit: refined ≈ [positions, 1] @ T
     error        (iterations,) float64
     pixel_size   () float64         object pixel size in metres
     config       () str             the full configuration as YAML
@@ -58,6 +59,7 @@ class ResultData:
     provenance: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] | None = None
     refined_positions: np.ndarray | None = None  # position refinement: (N, 2) as positions
+    position_transform: np.ndarray | None = None  # its last affine fit (3, 2)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -119,6 +121,11 @@ def write_result(path: str | os.PathLike, data: ResultData) -> None:
                                    data=np.asarray(data.refined_positions, np.float64))
             ref.attrs["units"] = "object pixels"
             ref.attrs["convention"] = "positions after position refinement"
+        if data.position_transform is not None:
+            tr = f.create_dataset("position_transform",
+                                  data=np.asarray(data.position_transform, np.float64))
+            tr.attrs["convention"] = ("refined_positions ≈ [positions, 1] @ T (rows: row and "
+                                      "col coefficients, then the offset, object pixels)")
         f.create_dataset("error", data=np.asarray(data.error, np.float64).reshape(-1))
         px = f.create_dataset("pixel_size", data=np.float64(data.pixel_size))
         px.attrs["units"] = "m"
@@ -206,6 +213,9 @@ def read_result(path: str | os.PathLike) -> ResultData:
             refined_positions=(np.asarray(f["refined_positions"][()], np.float64)
                                if isinstance(f.get("refined_positions"), h5py.Dataset)
                                else None),
+            position_transform=(np.asarray(f["position_transform"][()], np.float64)
+                                if isinstance(f.get("position_transform"), h5py.Dataset)
+                                else None),
         )
 
 

@@ -264,3 +264,42 @@ def test_dm_hands_over_with_its_best_positions(sim, tmp_path: Path) -> None:
         again.run()
         np.testing.assert_array_equal(again.object, expected[0])
         np.testing.assert_array_equal(again.refined_positions(), expected[1])
+
+
+def test_affine_fit_in_result_inspect_and_live(sim, tmp_path: Path) -> None:
+    """The last affine fit goes into result.h5 (next to the refined positions) and into
+    checkpoints, `ptychompi inspect` shows it with how far the positions moved, and the live
+    status carries the positions' RMS move."""
+    from ptychompi.live import LiveWriter, read_status  # noqa: PLC0415
+    from ptychompi.summary import inspect_file  # noqa: PLC0415
+
+    given = perturb(sim.positions_px, "affine", np.random.default_rng(4))
+    scan = with_positions(sim.as_scan(), given, sim.pixel_size_m)
+    cfg = {"algorithm": {"name": "lsqml", "iterations": 6,
+                         "position_correction": {"enabled": True, "start": 1,
+                                                 "update_every": 1, "affine": True}},
+           "parallel": {"device": "cpu"}}
+    with Reconstruction(cfg, scan=scan) as recon:
+        recon.step(4)
+        write_checkpoint(recon, tmp_path)
+        recon.run()
+        transform = recon.engine.refiner.transform.copy()
+        recon.save(str(tmp_path / "result.h5"))
+        live = LiveWriter(tmp_path, 1, 6, rank=0)
+        live.update(recon)
+        refined = recon.refined_positions()
+    saved = read_result(tmp_path / "result.h5")
+    np.testing.assert_array_equal(saved.position_transform, transform)
+    model = np.concatenate([saved.positions, np.ones((len(given), 1))], axis=1) @ transform
+    assert np.abs(model - saved.refined_positions).max() <= 4.0  # max_total
+    assert not np.allclose(transform, [[1, 0], [0, 1], [0, 0]])  # a fit, not the identity
+    text = inspect_file(tmp_path / "result.h5")
+    moved = np.hypot(*(refined - saved.positions).T)
+    assert f"moved by {np.sqrt(np.mean(moved ** 2)):.3f} px RMS" in text
+    assert "affine     scale" in text and "rotation" in text
+    status = read_status(tmp_path)
+    assert status["positions"]["rms_shift_px"] == pytest.approx(np.sqrt(np.mean(moved ** 2)))
+    with Reconstruction(cfg, scan=scan) as again:  # the checkpoint holds the fit
+        assert resume(again, tmp_path) == 4
+        assert again.engine.refiner.transform is not None
+        assert not np.array_equal(again.engine.refiner.transform, transform)  # iteration 4's

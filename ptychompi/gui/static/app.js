@@ -413,6 +413,12 @@ function onLive(p) {
     $("live-rows").textContent = `${follow.rows}/${follow.planned}` +
       (follow.aborted ? " (scan ended early)" : "");
   }
+  const moved = st.positions;  // position refinement: how far the positions moved
+  $("live-moved-box").classList.toggle("hidden", !moved);
+  if (moved) {
+    $("live-moved").textContent = `${moved.rms_shift_px.toFixed(2)} px RMS ` +
+      `(max ${moved.max_shift_px.toFixed(2)})`;
+  }
   drawCurve($("live-curve"), errs);
   if (st.iteration !== undefined && st.iteration !== liveIteration) {
     liveIteration = st.iteration;
