@@ -19,12 +19,11 @@ from ..physics import (
     lsqml_object_direction,
     lsqml_object_terms,
     lsqml_step_terms,
-    model_intensity,
-    modulus_project,
     run_ramps,
     unshift_sum,
 )
 from .base import Engine
+from .noise import noise_model
 
 # the tuning constants are options: algorithm.lsqml (ptychompi.engine_options.LSQMLOptions);
 # BENCHMARKS.md has the measurements behind their defaults
@@ -69,7 +68,9 @@ class LSQML(Engine):
         self._lookup = np.full(n_global, -1, dtype=np.int64)
         self._lookup[self.data.indices] = np.arange(len(self.data.indices))
         self._shift_of = self._global_shifts()
-        self.fused = self.fused and self.cfg.lsqml.noise_model == "gaussian"
+        opts = self.cfg.lsqml  # the noise model: its own object (noise.py)
+        self.noise = noise_model(opts.noise_model, opts.poisson_newton_steps)
+        self.fused = self.fused and self.noise.fused
         # per-batch halo sums move only the pixels the batch's windows touched (off: the full
         # halo, the same result); the global batch being updated and its built exchange
         self.touched_halo = True
@@ -154,30 +155,6 @@ class LSQML(Engine):
                                                     self.cols, self.data.n_global, frame))
         self._touched[1].sum(self._part, *arrays)
 
-    def _exit_update(self, wave: Any, amplitude: Any) -> tuple[Any, float]:
-        """Detector-space target Ψ' for the Gaussian or Poisson noise model."""
-        be, xp = self.backend, self.backend.xp
-        if self.cfg.lsqml.noise_model == "gaussian":
-            return modulus_project(be, wave, amplitude)  # the wave is a fresh array
-        model = model_intensity(wave)
-        valid = amplitude >= 0
-        meas = xp.where(valid, amplitude ** 2, 0)
-        err = float(xp.sum(xp.where(valid, (xp.sqrt(model) - amplitude) ** 2, 0),
-                           dtype=np.float64))
-        ratio = xp.where(valid, meas / (model + EPS), 1.0)
-        # Ψ(α) = Ψ (1 - α (1 - R)); minimise Σ Î(α) - I log Î(α) per position by Newton steps
-        g = 1.0 - ratio
-        alpha = xp.full((wave.shape[0], 1, 1), 0.5, dtype=be.real_dtype)
-        for _ in range(self.cfg.lsqml.poisson_newton_steps):
-            s = 1.0 - alpha * g
-            s2 = xp.maximum(s * s, 1e-12)
-            # L(α) = Σ Î s² - I log(Î s²);  L' = Σ -2 g s (Î - I/s²);  L'' = Σ 2 g² (Î + I/s²)
-            d1 = (-2 * g * s * (model - meas / s2)).sum(axis=(1, 2), keepdims=True)
-            d2 = (2 * g * g * (model + meas / s2)).sum(axis=(1, 2), keepdims=True)
-            alpha = xp.clip(alpha - d1 / (d2 + EPS), 0.0, 1.0).astype(be.real_dtype)
-        factor = xp.where(valid, 1.0 - alpha * g, 1.0).astype(be.real_dtype)
-        return wave * factor[:, None], err
-
     def _update(self, batch: np.ndarray) -> float:
         be, xp = self.backend, self.backend.xp
         ex = self.exchange
@@ -219,7 +196,7 @@ class LSQML(Engine):
                     shifts if shifted_back else None, prop.transfer)
             else:
                 psi = exit_waves(be, probes, self.object, win, probe_of)
-                target, err = self._exit_update(prop.forward(psi),
+                target, err = self.noise.target(be, prop.forward(psi),
                                                 self.data.amplitudes[xp.asarray(part)])
                 chi = prop.backward(target, overwrite=True)
                 d_probe = lsqml_object_terms(be, chi, psi, probes, self.object, win, nums[t],
