@@ -14,6 +14,7 @@ import numpy as np
 from .. import cpu_kernels, fused_kernels
 from ..physics import EPS, epie_update, exit_waves, modulus_project, unshift_sum
 from .base import Engine
+from .visits import extra_rounds
 
 
 def disjoint_batches(order: np.ndarray, rows: np.ndarray, cols: np.ndarray, frame: int,
@@ -35,6 +36,7 @@ def disjoint_batches(order: np.ndarray, rows: np.ndarray, cols: np.ndarray, fram
 
 class EPIE(Engine):
     name = "epie"
+    extra_visits: np.ndarray | None = None  # run --follow: local positions owed more visits
 
     def _iterate(self) -> float:
         n = len(self.rows)
@@ -42,6 +44,11 @@ class EPIE(Engine):
         limit = self.cfg.batch_size or opts.batch
         order = self.rng.permutation(n)
         batches = disjoint_batches(order, self.rows, self.cols, self.data.frame, limit)
+        regular = len(batches)  # then the catch-up visits (run --follow), if any
+        extra = extra_rounds(self.rng, self.extra_visits)
+        if extra:
+            batches += disjoint_batches(np.concatenate(extra), self.rows, self.cols,
+                                        self.data.frame, limit)
         steps, beta = (opts.alpha, opts.rpie_weight), opts.beta
         update_probe = self.updates_probe
         # with sub-pixel shifts the probe lives as its spectrum during the iteration: the
@@ -49,8 +56,9 @@ class EPIE(Engine):
         # whole probe per batch)
         probe_ft = self.backend.fft2(self.probe) if self.use_subpixel else None
         err = 0.0
-        for batch in batches:
-            err += self._update(batch, steps, beta, update_probe, probe_ft)
+        for i, batch in enumerate(batches):  # catch-up visits: no probe step, no error
+            e = self._update(batch, steps, beta, update_probe and i < regular, probe_ft)
+            err += e if i < regular else 0.0
         if probe_ft is not None and update_probe:
             self.probe = self.backend.ifft2(probe_ft, overwrite=True)
         if self.schedule.share_object(self.iteration):

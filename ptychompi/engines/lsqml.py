@@ -23,6 +23,7 @@ from ..physics import (
     unshift_sum,
 )
 from .base import Engine
+from .visits import extra_rounds
 from .noise import noise_model
 
 # the tuning constants are options: algorithm.lsqml (ptychompi.engine_options.LSQMLOptions);
@@ -59,12 +60,14 @@ def step_lengths(terms: np.ndarray, means: np.ndarray, damping: float,
 
 class LSQML(Engine):
     name = "lsqml"
+    extra_visits: np.ndarray | None = None  # run --follow: global positions owed more visits
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         n_global = self.data.n_global
         size = self.cfg.batch_size or max(1, -(-n_global // self.cfg.lsqml.batches))
         self.n_batches = max(1, -(-n_global // size))
+        self.batch_len = size
         self._lookup = np.full(n_global, -1, dtype=np.int64)
         self._lookup[self.data.indices] = np.arange(len(self.data.indices))
         self._shift_of = self._global_shifts()
@@ -118,6 +121,8 @@ class LSQML(Engine):
             perm = perm[np.argsort(group_rank[group.reshape(-1)], kind="stable")]
         out = []
         self._parts = np.array_split(perm, self.n_batches)  # global: the touched halo's plan
+        for extra in extra_rounds(self.rng, self.extra_visits):  # batches of their own
+            self._parts += np.array_split(extra, -(-len(extra) // self.batch_len))
         for part in self._parts:
             local = self._lookup[part]
             local = local[local >= 0]
@@ -131,7 +136,8 @@ class LSQML(Engine):
         err = 0.0
         for k, batch in enumerate(self._batches()):
             self._part = self._parts[k]
-            err += self._update(batch)
+            e = self._update(batch, k < self.n_batches)
+            err += e if k < self.n_batches else 0.0  # catch-up visits: not in the error
         self._part = None
         if self.exchange.size > 1:
             if self.schedule.share_frequency > 1 and self.schedule.share_object(self.iteration):
@@ -155,13 +161,15 @@ class LSQML(Engine):
                                                     self.cols, self.data.n_global, frame))
         self._touched[1].sum(self._part, *arrays)
 
-    def _update(self, batch: np.ndarray) -> float:
+    def _update(self, batch: np.ndarray, regular: bool = True) -> float:
+        """One sparse batch; the extra batches (not ``regular``: catch-up visits) leave the
+        probe alone (their positions' object is still far off)."""
         be, xp = self.backend, self.backend.xp
         ex = self.exchange
         prop = self.data.propagator
         share_obj = self.schedule.share_object(self.iteration)
         share_probe = self.schedule.share_probe(self.iteration)
-        update_probe = self.updates_probe
+        update_probe = self.updates_probe and regular
         nb = len(batch)
         size = self.per_thread(nb)  # one sub-batch per worker thread
         # the object sums in working precision: LSQML, unlike DM, does not amplify how their

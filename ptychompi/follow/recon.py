@@ -32,6 +32,7 @@ from ..physics import Propagator
 from ..validate import check_guess, check_photons, guess_errors
 from .active import ActiveGroup
 from .arrivals import Arrivals, Decision, quiet_bcast
+from .catchup import CatchUp
 
 log = logging.getLogger("ptychompi")
 
@@ -106,6 +107,7 @@ class FollowReconstruction(Reconstruction):
         self.group = ActiveGroup()
         self.engine = None  # type: ignore[assignment]
         self._decided_at = 0
+        self.catch_up = CatchUp(self.config.algorithm.iterations, arrivals.keep)
         self._stats = ExchangeStats()
         error: BaseException | None = None
         try:
@@ -194,6 +196,7 @@ class FollowReconstruction(Reconstruction):
     def _step_once(self) -> dict:
         metrics: dict | None = None
         if not isinstance(self.engine, IdleEngine):
+            self._owe_visits(self.engine)
             metrics = self.engine.step()
         if len(self.group.ranks) < self.size:  # the ranks sitting out learn the metrics
             metrics = quiet_bcast(self.comm, metrics, root=self.group.root)
@@ -207,6 +210,20 @@ class FollowReconstruction(Reconstruction):
                 f"{metrics['iteration']}; check the data and geometry or lower the steps")
         self.history.append(metrics)
         return metrics
+
+    def _owe_visits(self, engine: Any) -> None:
+        """Tell ePIE and LSQML (``extra_visits``) which positions catch up on missed
+        visits this iteration (:mod:`.catchup`; DM needs none: it sweeps every position's
+        exit wave each iteration)."""
+        if not hasattr(engine, "extra_visits"):
+            return
+        extra = self.catch_up.extra(engine.iteration)
+        if engine.name == "epie":  # ePIE's are this tile's positions, LSQML's global
+            lookup = np.full(self.frames_in, -1, np.int64)
+            lookup[engine.data.indices] = np.arange(len(engine.data.indices))
+            extra = lookup[extra]
+            extra = extra[extra >= 0]
+        engine.extra_visits = extra
 
     def _algorithm(self) -> Any:
         """The engine's settings: while rows still arrive DM does not switch to its
@@ -262,6 +279,8 @@ class FollowReconstruction(Reconstruction):
         self._local_power += float(np.sum(np.where(valid, amps.astype(np.float64) ** 2, 0.0)))
         self._local_amp += np.where(valid, amps, 0).sum(axis=0, dtype=np.float64)
         self._amplitudes = np.concatenate([self._amplitudes, amps])
+        self.catch_up.add(n_in - self.frames_in, 0 if self.engine is None
+                          else self.engine.iteration)
         self.frames_in = n_in
         comm = self.comm
         power = self._local_power if comm is None else comm.allreduce(self._local_power)

@@ -27,7 +27,7 @@ from ptychompi.errors import ConfigError
 from ptychompi.follow import Arrivals, RowWatcher, follow_config
 from ptychompi.io.results import read_result
 from ptychompi.live import read_status
-from ptychompi.metrics import object_error
+from ptychompi.metrics import object_error, registered_object_error
 from ptychompi.simulate import simulate
 
 HERE = Path(__file__).parent
@@ -309,25 +309,42 @@ def test_watcher_takes_rows_written_together_at_once(sim, tmp_path):
     assert watcher.poll() == 5
 
 
-@pytest.mark.parametrize("engine, bound", [("dm", 1.4), ("lsqml", 1.4), ("epie", 1.6)])
+SEEDS = 4  # ePIE and LSQML on this tiny scan: one seed's error varies by up to 1.2x
+
+
+@pytest.mark.parametrize("engine, bound", [("dm", 1.1), ("lsqml", 1.1), ("epie", 1.2)])
 def test_every_engine_grows_its_positions(sim, tmp_path, engine, bound):
     """ePIE, DM and LSQML on a replayed schedule (rows in at iterations 0, 3, 6, 9; all
-    files already there): every frame ends up used and the object is within 1.4x (ePIE, the
-    slowest to converge per iteration: 1.6x) of the offline one of the same 30 iterations (the
-    last rows get 21; the offline error itself varies by up to 1.2x with the seed of the
-    position order on this scan)."""
-    s, folder = sim
-    _write_rows(s, tmp_path)
-    cfg = _config(s, folder, tmp_path, schedule=[[0, 2], [3, 4], [6, 6], [9, 8]])
-    cfg["algorithm"].update(name=engine, iterations=30)
+    files already there): every frame ends up used, and over a few seeds of the position
+    order the object's mean error is within 1.1x of the offline one of the same 30
+    iterations (ePIE: 1.2x; it ends 1.10-1.12x here). ePIE and LSQML visit late positions
+    more often until they have had as many visits as offline. The errors are registered (a
+    sub-pixel shift of the whole object, the probe/object translation ambiguity, is no
+    reconstruction error; unregistered it dominates on this scan)."""
     from ptychompi.follow import build_follow  # noqa: PLC0415
 
-    with build_follow(config_from_dict(cfg), None) as r:
-        r.run()
-        assert r.frames_in == GRID * GRID and r.arrivals.schedule == [[0, 2], [3, 4], [6, 6],
-                                                                      [9, 8]]
-        err = _truth_error(s, r.object, r.positions)
-    assert err < bound * _offline_error(s, cfg), (engine, err)
+    s, folder = sim
+    _write_rows(s, tmp_path)
+    schedule = [[0, 2], [3, 4], [6, 6], [9, 8]]
+    cfg = _config(s, folder, tmp_path, schedule=schedule)
+    offline = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "follow"}}
+    follow_errors, offline_errors = [], []
+    for seed in range(SEEDS):
+        cfg["algorithm"].update(name=engine, iterations=30, seed=seed)
+        offline["algorithm"] = cfg["algorithm"]
+        with build_follow(config_from_dict(cfg), None) as r:
+            r.run()
+            assert r.frames_in == GRID * GRID and r.arrivals.schedule == schedule
+            follow_errors.append(_registered_error(s, r.object, r.positions))
+        with Reconstruction(offline) as r:
+            r.run()
+            offline_errors.append(_registered_error(s, r.object, r.positions))
+    ratio = np.mean(follow_errors) / np.mean(offline_errors)
+    assert ratio < bound, (engine, follow_errors, offline_errors)
+
+
+def _registered_error(s, obj: np.ndarray, positions: np.ndarray) -> float:
+    return registered_object_error(obj, positions, s.object, s.positions_px, s.probe)
 
 
 @pytest.mark.skipif(not PTYCHOMPI.exists(), reason="no ptychompi beside the interpreter")
@@ -420,3 +437,26 @@ def test_dm_grown_engine_keeps_the_waves_it_is_given(sim, tmp_path):
         np.testing.assert_array_equal(np.asarray(grown.waves[:24]), kept)
         np.testing.assert_array_equal(np.asarray(grown.waves[24:]), fresh[24:])
         grown.close()
+
+
+def test_catch_up_gives_late_positions_the_offline_visits():
+    """Positions that arrive late are visited up to ``rate`` times an iteration until they
+    have had as many visits as those there from the start: with the default rate even the
+    last row, arriving with the kept iterations left, ends with every iteration's visit."""
+    from ptychompi.engines.visits import extra_rounds  # noqa: PLC0415
+    from ptychompi.follow.catchup import CatchUp  # noqa: PLC0415
+
+    c = CatchUp(total=30, kept=10)
+    for start in (0, 3, 6, 20):
+        c.add(4, start)
+    visits = np.zeros(16, int)
+    for k in range(30):
+        extra = c.extra(k)
+        assert np.all(c.arrived[extra] <= k) and np.bincount(extra, minlength=16).max() < 3
+        visits += np.bincount(extra, minlength=16) + (c.arrived <= k)
+    assert np.all(visits == 30) and c.rate == 3
+    assert len(c.extra(0)) == 0 and len(c.extra(29)) == 4 * 2  # the last row: 3 a time
+    rng = np.random.default_rng(0)
+    assert extra_rounds(rng, None) == [] and extra_rounds(rng, np.zeros(0, int)) == []
+    rounds = extra_rounds(rng, np.array([5, 2, 5, 7, 5]))
+    assert [sorted(r) for r in rounds] == [[2, 5, 7], [5], [5]]
