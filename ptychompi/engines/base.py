@@ -4,14 +4,17 @@ An engine is built from the algorithm config, one rank's tile of data and an exc
 :meth:`Engine.step` runs one iteration and returns its metrics. Every cross-tile sum goes
 through the exchange (``halo_sum`` for object-shaped arrays, ``allreduce`` for the probe and
 scalars), so the same engine runs on one rank or on many.
+
+This module holds the contract and the state (:class:`Engine`, :class:`TileData`,
+:class:`Schedule`); the helpers are split by concern into :mod:`.shift_tables`,
+:mod:`.merging` and :mod:`.chunking`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,20 +23,11 @@ import numpy as np
 from .. import fused_kernels
 from ..backend import Backend
 from ..config import AlgorithmConfig
-from ..physics import (
-    Propagator,
-    Windows,
-    apply_amplitude_limits,
-    orthogonalize_modes,
-    reduce_accumulators,
-    runs_of,
-    scatter_add,
-    shifted_probes,
-    subpixel_grid,
-    subpixel_ramps,
-    window_index,
-)
+from ..physics import Propagator, apply_amplitude_limits, orthogonalize_modes
+from .chunking import ChunkRunner
+from .merging import TileMerging
 from .positions import make_refiner
+from .shift_tables import ShiftTables
 
 GPU_CHUNK = 128  # positions per chunk on a GPU (enough work per launch)
 CPU_CHUNK = 16  # on a CPU: a chunk's waves (2 MiB at 128²) stay in cache between passes
@@ -72,8 +66,11 @@ class Schedule:
         return (iteration + 1) % self.probe_share_frequency == 0
 
 
-class Engine:
-    """Shared state and helpers; subclasses implement :meth:`_iterate`."""
+class Engine(ShiftTables, TileMerging, ChunkRunner):
+    """The contract and the state; subclasses implement :meth:`_iterate`. The helpers live
+    by concern in mixins: window placement and sub-pixel shift tables
+    (:mod:`.shift_tables`), tile merging (:mod:`.merging`), chunks over the worker threads and
+    their reductions (:mod:`.chunking`)."""
 
     name = "engine"
 
@@ -103,24 +100,6 @@ class Engine:
         self._pool: ThreadPoolExecutor | None = None
         self._accumulators: dict[tuple, np.ndarray] = {}
         self._dirty: set[int] = set()
-
-    def _place(self, positions: np.ndarray) -> None:
-        """Window corners, sub-pixel shift table, ramps and window index of ``positions``."""
-        cfg, backend, frame = self.cfg, self.backend, self.data.frame
-        top, table, ramp_id = subpixel_grid(positions, cfg.subpixel_bins if cfg.subpixel else 0)
-        self.rows, self.cols = top[:, 0], top[:, 1]
-        self.ramp_id = ramp_id  # each position's row of the shift table
-        self._ramp_id_device = backend.xp.asarray(ramp_id)  # the same on the device (one copy)
-        self.fractions = table[ramp_id]
-        # flat window indices (B, M, M), 8 bytes a pixel a position: only the GPU kernels
-        # take them (the CPU ones take the corners), so a CPU engine does not build them
-        self.index = (backend.xp.asarray(window_index(self.rows, self.cols, frame,
-                                                      self.data.box_shape[1]))
-                      if backend.is_gpu else None)
-        use_ramps = cfg.subpixel and len(top) and np.abs(self.fractions).max() > 1e-3
-        self.use_subpixel = bool(use_ramps)
-        # the ramps (2 x G x M) of the shifts, computed once per placement
-        self._ramps = subpixel_ramps(backend, table, frame) if self.use_subpixel else None
 
     def move_positions(self, positions: np.ndarray) -> None:
         """Place this tile's positions anew (tile-local pixels; every window inside the tile)
@@ -165,207 +144,6 @@ class Engine:
     @property
     def updates_probe(self) -> bool:
         return self.iteration >= self.cfg.probe_update_start
-
-    # ------------------------------------------------------------------ helpers
-    def _device_sel(self, sel: Any) -> Any:
-        """A position selection (slice or host index array) usable on the device."""
-        return sel if isinstance(sel, slice) else self.backend.xp.asarray(sel)
-
-    def ramps(self, sel: Any = slice(None)) -> tuple[Any, Any] | None:
-        """Sub-pixel Fourier ramps (B, M) per axis of positions ``sel``, or None."""
-        if self._ramps is None:
-            return None
-        ids = self.shift_rows(sel)
-        return self._ramps[0][ids], self._ramps[1][ids]
-
-    def shift_rows(self, sel: Any) -> Any:
-        """Each position's row of the shift table (its ramps, its shifted probe), on the
-        device."""
-        return self._ramp_id_device[self._device_sel(sel)]
-
-    def runs(self, sel: Any) -> np.ndarray | None:
-        """Start offsets (within ``sel``) of the runs of positions that share one sub-pixel
-        shift (None without shifts, or with exact positions, which never share one). Runs
-        of one position count too: a run's terms are back-shifted in double precision
-        whatever its length, so the result does not depend on how the positions are split
-        over tiles."""
-        if self._ramps is None or self.cfg.subpixel_bins <= 0:
-            return None
-        return runs_of(self.ramp_id[sel])
-
-    def windows(self, sel: Any) -> Windows:
-        """The object windows of positions ``sel`` (flat indices only on a GPU)."""
-        index = self.index[self._device_sel(sel)] if self.backend.is_gpu else None
-        return Windows(self.rows[sel], self.cols[sel], index)
-
-    def probes_at(self, sel: Any, probe_ft: Any | None = None) -> Any:
-        """Probes (B, K, M, M) at positions ``sel`` (sub-pixel shifted) or (1, K, M, M).
-
-        Positions that share a shift share one inverse FFT (see :meth:`probe_set`).
-        """
-        distinct, member = self.probe_set(sel, probe_ft)
-        return distinct if member is None else distinct[member]
-
-    def probe_set(self, sel: Any, probe_ft: Any | None = None) -> tuple[Any, Any | None]:
-        """The distinct shifted probes (G, K, M, M) of positions ``sel`` and each position's
-        row in them (None: one row per position, or the unshifted probe (1, K, M, M))."""
-        if self._ramps is None:
-            return self.probe[None], None
-        if probe_ft is None:
-            probe_ft = self.backend.fft2(self.probe)
-        ids, member = np.unique(self.ramp_id[sel], return_inverse=True)
-        if len(ids) == len(member):
-            return shifted_probes(self.backend, probe_ft, self.ramps(sel), self.probe), None
-        dids = self.backend.xp.asarray(ids)
-        ramps = self._ramps[0][dids], self._ramps[1][dids]
-        return (shifted_probes(self.backend, probe_ft, ramps, self.probe),
-                self.backend.xp.asarray(member.reshape(-1)))
-
-    def illumination(self) -> Any:
-        """Σ_j S_jᵀ Σ_k |P_k|² over this tile's positions (the assembly weight)."""
-        xp = self.backend.xp
-        weight = xp.zeros(self.data.box_shape, dtype=self.backend.real_dtype)
-        power = (xp.abs(self.probe) ** 2).sum(axis=0).astype(self.backend.real_dtype)
-        n = len(self.rows)
-        values = xp.broadcast_to(power, (n, *power.shape))
-        scatter_add(self.backend, weight, values, self.rows, self.cols)
-        return weight
-
-    def merge_object(self) -> None:
-        """Illumination-weighted average of the tiles over their halos (halo sum of w·O, w)."""
-        if self.exchange.size == 1:
-            return
-        xp = self.backend.xp
-        w = self.illumination()
-        num = self.object * w
-        den = w.copy()
-        self.exchange.halo_sum(num, den)
-        lit = den > 0
-        self.object = xp.where(lit, num / xp.where(lit, den, 1), self.object).astype(
-            self.object.dtype)
-
-    def average_probe(self) -> None:
-        """Mean of the ranks' probes (for engines whose probe drifts between shares)."""
-        if self.exchange.size == 1:
-            return
-        self.probe = self.exchange.allreduce(self.probe) / self.exchange.size
-
-    def chunks(self, n: int, size: int | None = None) -> list[slice]:
-        """Consecutive slices of ``size`` positions (default :attr:`chunk_size`)."""
-        size = size or self.chunk_size
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-    def map_chunks(self, fn: Callable[[int, slice], Any], n: int,
-                   size: int | None = None) -> list[Any]:
-        """``fn(thread, chunk)`` for every chunk of ``n`` positions; results in chunk order.
-
-        On a CPU backend with several cores the chunks are spread over that many threads
-        (numpy and pocketfft release the GIL), thread t taking chunks t, t+T, ...; each FFT
-        inside uses one core. The static assignment keeps every sum deterministic: ``fn``
-        accumulates into per-thread buffers indexed by ``thread``, summed in thread order.
-        The calling thread does thread 0's share itself (one hand-off fewer per call: the
-        engines make hundreds of these calls per iteration).
-        """
-        chunks = self.chunks(n, size)
-        threads = min(self.backend.threads, len(chunks))
-        if threads <= 1:
-            return [fn(0, sl) for sl in chunks]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.backend.threads - 1,
-                                            thread_name_prefix="ptychompi")
-
-        def work(t: int) -> list[tuple[int, Any]]:
-            with self.backend.single_threaded():
-                return [(i, fn(t, sl)) for i, sl in enumerate(chunks) if i % threads == t]
-
-        others = [self._pool.submit(work, t) for t in range(1, threads)]
-        try:
-            parts = [work(0)]
-        except BaseException:
-            wait(others)  # no worker may still write into shared buffers
-            raise
-        parts += [f.result() for f in others]
-        out: list[Any] = [None] * len(chunks)
-        for part in parts:
-            for i, value in part:
-                out[i] = value
-        return out
-
-    def accumulators(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        """Zeroed accumulators (T, *shape), one per worker thread (see :meth:`map_chunks`).
-
-        On a CPU they are kept between calls and zeroed again by :meth:`reduce`, which must
-        follow; on a GPU they are fresh arrays.
-        """
-        xp = self.backend.xp
-        full = (max(1, self.backend.threads), *shape)
-        if self.backend.is_gpu:
-            return xp.zeros(full, dtype=dtype)
-        key = (full, np.dtype(dtype).str)
-        acc = self._accumulators.get(key)
-        if acc is None:
-            acc = self._accumulators[key] = np.zeros(full, dtype=dtype)
-        elif id(acc) in self._dirty:  # an earlier user did not reduce (an exception)
-            acc.fill(0)
-        self._dirty.add(id(acc))
-        return acc
-
-    def reduce(self, *pairs: tuple[Any, Any], spans: np.ndarray | None = None) -> list[Any]:
-        """The sums of :meth:`accumulators` in thread order, one per ``(acc, dtype)`` pair,
-        as ``dtype`` (on a CPU in bands of rows spread over the worker threads, all pairs
-        in one pass of the pool). ``spans`` (T, 2): the rows each thread's accumulators were
-        written in (:meth:`row_span`); the others are not read."""
-        if self.backend.is_gpu:
-            totals = [reduce_accumulators(self.backend, acc, dtype) for acc, dtype in pairs]
-        else:
-            totals = [np.empty(acc.shape[1:], dtype=dtype) for acc, dtype in pairs]
-
-            def band_sums(band: slice) -> None:
-                local = None
-                if spans is not None:  # the spans in the band's rows
-                    local = np.clip(np.asarray(spans) - band.start, 0, band.stop - band.start)
-                for (acc, dtype), total in zip(pairs, totals, strict=True):
-                    reduce_accumulators(self.backend, acc[:, band], dtype, total[band], local)
-
-            self.map_rows(band_sums, pairs[0][0].shape[1])
-        for acc, _ in pairs:
-            self._dirty.discard(id(acc))
-        return totals
-
-    def row_span(self, sel: Any, span: Any = (0, 0)) -> tuple[int, int]:
-        """The tile rows ``[lo, hi)`` the windows of positions ``sel`` cover, joined with
-        ``span`` (empty: ``lo == hi``)."""
-        rows = self.rows[sel]
-        if not len(rows):
-            return int(span[0]), int(span[1])
-        lo, hi = int(rows.min()), int(rows.max()) + self.data.frame
-        if span[1] > span[0]:
-            lo, hi = min(lo, int(span[0])), max(hi, int(span[1]))
-        return lo, hi
-
-    def per_thread(self, n: int) -> int:
-        """Chunk size that gives each worker thread one chunk of ``n`` items."""
-        return max(1, -(-n // max(1, self.backend.threads)))
-
-    def map_rows(self, fn: Callable[[slice], Any], rows: int) -> None:
-        """``fn(band)`` for one band of ``rows`` per worker thread (tile-sized passes; one
-        band on a GPU)."""
-        self.map_chunks(lambda _, band: fn(band), rows, self.per_thread(rows))
-
-    @staticmethod
-    def chunk_sum(values: list[Any]) -> Any:
-        """``values[0] + values[1] + ...`` in chunk order (a new array): per-chunk sums
-        combined in a fixed order, so the total does not depend on the threads."""
-        total = values[0].copy()
-        for extra in values[1:]:
-            total += extra
-        return total
-
-    def close(self) -> None:
-        """Stop the worker threads."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
 
     def start_from(self, obj: np.ndarray, probe: np.ndarray, iteration: int,
                    errors: list[float] | None = None,
