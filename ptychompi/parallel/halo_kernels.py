@@ -84,3 +84,25 @@ def scatter_runs(dst: np.ndarray, y0: int, x0: int, runs: np.ndarray, vals: np.n
             row[x] += vals[k]
             k += 1
     return k
+
+
+@_jit(_JIT)
+def window_power(out: np.ndarray, y0: int, x0: int, tops: np.ndarray, which: np.ndarray,
+                 powers: np.ndarray, r0: int, c0: int, h: int, w: int) -> None:
+    """Set the ``h x w`` block of ``out`` at (y0, x0) (global top-left (r0, c0)) to the sum,
+    in double precision and in the order of ``tops``, of ``powers[which[j]]`` ((G, fh, fw))
+    placed at the window corners ``tops[j]`` ((n, 2) global): the same value for a pixel
+    whichever block holds it."""
+    fh, fw = powers.shape[1], powers.shape[2]
+    acc = np.zeros((h, w), np.float64)
+    for j in range(tops.shape[0]):
+        a, b = max(tops[j, 0] - r0, 0), min(tops[j, 0] + fh - r0, h)
+        c, d = max(tops[j, 1] - c0, 0), min(tops[j, 1] + fw - c0, w)
+        p = powers[which[j]]
+        dy, dx = r0 - tops[j, 0], c0 - tops[j, 1]
+        for y in range(a, b):
+            for x in range(c, d):
+                acc[y, x] += p[y + dy, x + dx]
+    for y in range(h):
+        for x in range(w):
+            out[y0 + y, x0 + x] = acc[y, x]

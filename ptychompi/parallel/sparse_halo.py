@@ -113,6 +113,32 @@ class TouchedHalo:
                 offset += nbytes
 
 
+    def near(self, part: np.ndarray) -> np.ndarray:
+        """The frames of the global batch ``part`` whose windows reach into one of this
+        rank's halos, in ascending order (the order of :meth:`illumination`'s sums)."""
+        part = np.sort(np.asarray(part, dtype=np.int64))
+        tops, (fh, fw) = self.tops[part], self.frame
+        hit = np.zeros(len(part), dtype=bool)
+        for h in self.halos:
+            hit |= ((tops[:, 0] < h.r0 + h.shape[0]) & (tops[:, 0] + fh > h.r0)
+                    & (tops[:, 1] < h.c0 + h.shape[1]) & (tops[:, 1] + fw > h.c0))
+        return part[hit]
+
+    def illumination(self, frames: np.ndarray, which: np.ndarray, powers: np.ndarray,
+                     out: np.ndarray) -> None:
+        """Set ``out`` (the box's illumination) over every halo to the sum of the windows
+        of ``frames`` (:meth:`near`, all ranks' members) of ``powers[which]`` ((G, fh, fw),
+        each frame's Σ|P|²), summed in double precision in the order of ``frames``: every
+        rank that shares a halo pixel computes the same value, and no denominator travels.
+        """
+        tops = np.ascontiguousarray(self.tops[frames])
+        which = np.ascontiguousarray(which, dtype=np.int64)
+        powers = np.ascontiguousarray(powers, dtype=np.float64)
+        for h, (y0, x0) in zip(self.halos, self._corner, strict=True):
+            halo_kernels.window_power(out, y0, x0, tops, which, powers, h.r0, h.c0,
+                                      *h.shape)
+
+
 def _pixels(runs: np.ndarray) -> int:
     """The pixel count of row runs ``[y, x0, x1)``."""
     return int((runs[:, 2] - runs[:, 1]).sum())

@@ -89,6 +89,44 @@ def test_touched_sum_equals_full_halo_sum() -> None:
     ex.close()
 
 
+@pytest.mark.mpi
+def test_halo_illumination_recomputed_equals_summed_on_every_rank() -> None:
+    """The halos' illumination computed by each rank from every frame's corner and power
+    equals the halo sum of the ranks' own where its windows reach, and ranks sharing a
+    pixel hold the same bits."""
+    rng = np.random.default_rng(11)
+    pos = np.stack(np.meshgrid(np.arange(12) * 8.0, np.arange(12) * 8.0, indexing="ij"),
+                   -1).reshape(-1, 2) + rng.uniform(0, 1.5, (144, 2))
+    frame = (24, 24)
+    tiles = decompose(pos, frame, size)
+    tile = tiles[rank]
+    ex = make_exchange(comm if size > 1 else None, tiles, rank, Backend(np, "cpu"))
+    top = np.floor(pos).astype(np.int64)
+    local = top[tile.indices] - np.array(tile.origin)
+    part = rng.permutation(len(pos))[:40]
+    powers = rng.uniform(0.1, 1.0, (3, *frame))
+    which = rng.integers(0, 3, len(pos))  # each frame's power (its shift), on every rank
+    own = np.zeros(tile.box.shape)
+    for j in np.intersect1d(part, tile.indices):
+        r, c = top[j] - np.array(tile.origin)
+        own[r:r + frame[0], c:c + frame[1]] += powers[which[j]]
+    summed = own.copy()
+    ex.halo_sum(summed)
+    got = own.copy()
+    halo = TouchedHalo(ex, tile.indices, local[:, 0], local[:, 1], len(pos), frame)
+    frames = halo.near(part)
+    halo.illumination(frames, which[frames], powers, got)
+    # where this tile's windows reach (elsewhere in a halo a third rank's windows may
+    # add to the recomputed value, which the halo sum does not bring and no window reads)
+    mine = cover(top[tile.indices], tile.box, frame)
+    np.testing.assert_allclose(got[mine], summed[mine], rtol=1e-12, atol=1e-12)
+    assert (got >= summed - 1e-12).all()  # never less than the summed contributions
+    for n, box in tile.halos.items():  # the neighbour's copy of each shared pixel
+        theirs = comm.sendrecv(got[box.slices(tile.origin)], dest=n, source=n)
+        np.testing.assert_array_equal(got[box.slices(tile.origin)], theirs)
+    ex.close()
+
+
 def run(touched: bool) -> tuple[np.ndarray | None, np.ndarray, int, int]:
     r = ptychompi.Reconstruction(config(), comm, scan=scan())
     r.engine.touched_halo = touched
@@ -117,18 +155,18 @@ def test_lsqml_touched_equals_full_halo_and_one_rank() -> None:
         r.close()
     assert sums == sums_full
     figures = None
-    if rank == 0:
-        np.testing.assert_array_equal(obj, obj_full)
-        np.testing.assert_array_equal(probe, probe_full)
+    if rank == 0:  # the halos' illumination is recomputed, not summed: equal to rounding
 
         def rel(a: np.ndarray, b: np.ndarray) -> float:
             return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
-        figures = (rel(obj, ref[0]), rel(probe, ref[1]))
-        print(f"\n[touched halo] ranks={size} object={figures[0]:.2e} probe={figures[1]:.2e}"
-              f" halo bytes {sent} vs full {sent_full}", flush=True)
+        figures = (rel(obj, ref[0]), rel(probe, ref[1]), rel(obj, obj_full),
+                   rel(probe, probe_full))
+        print(f"\n[touched halo] ranks={size} vs one rank: object={figures[0]:.2e} "
+              f"probe={figures[1]:.2e}; vs full halo: object={figures[2]:.2e} "
+              f"probe={figures[3]:.2e}; halo bytes {sent} vs full {sent_full}", flush=True)
     figures = comm.bcast(figures, root=0)
-    assert figures[0] <= EXACT_SINGLE and figures[1] <= EXACT_SINGLE, figures
+    assert max(figures) <= EXACT_SINGLE, figures
     totals = comm.allgather((sent, sent_full))
     if size > 1:
         assert sum(t[0] for t in totals) < sum(t[1] for t in totals), totals
@@ -154,7 +192,8 @@ def test_reduction_in_flight_during_other_collectives() -> None:
 
 @pytest.mark.mpi
 def test_lsqml_sharing_every_few_iterations_runs_alike() -> None:
-    """Object shared every 2nd, probe every 3rd iteration: the touched halo changes nothing."""
+    """Object shared every 2nd, probe every 3rd iteration: the touched halo (with its
+    recomputed illumination) changes nothing beyond rounding."""
     cfg = config()
     cfg["parallel"].update(share_frequency=2, probe_share_frequency=3)
     out = []
@@ -166,5 +205,5 @@ def test_lsqml_sharing_every_few_iterations_runs_alike() -> None:
         r.close()
     if rank == 0:
         assert np.isfinite(out[0][0]).all()
-        np.testing.assert_array_equal(out[0][0], out[1][0])
-        np.testing.assert_array_equal(out[0][1], out[1][1])
+        for a, b in zip(out[0], out[1], strict=True):
+            assert np.linalg.norm(a - b) <= EXACT_SINGLE * np.linalg.norm(b)
