@@ -19,32 +19,19 @@ from ..physics import (
     lsqml_object_direction,
     lsqml_object_terms,
     lsqml_step_terms,
-    model_intensity,
-    modulus_project,
     run_ramps,
     unshift_sum,
 )
 from .base import Engine
 from .lsqml_halo import halo_illumination
+from .visits import extra_rounds
+from .noise import noise_model
 
-# batches per iteration when batch_size is not set: 10 reconstructs as well per iteration as 20
-# (20x20 test scan: object error 0.0388 vs 0.0378, final Fourier error 1.02x vs 1.05x the
-# Poisson floor; PETRA III near field: 0.0121 vs 0.0127) at half the synchronisation points
-# (30x30 scan, 2 threads, shifts on: 135 vs 174 ms/it); 5 falls behind (0.0444; 0.0151)
-DEFAULT_BATCHES = 10
-DELTA = 0.1  # object-direction preconditioner (δ)
-DAMPING = 0.1  # λ relative to the batch mean of each diagonal
-STEP_SCALE = 0.9
-# the probe's step along each batch's mean direction, relative to the mean of its positions'
-# optimal steps: successive sparse batches refine the probe in nearly the same direction, and
-# over-relaxed steps converge in fewer iterations on the scan matrix (BENCHMARKS.md,
-# robustness) with the same results on the PETRA III scan and the simulated star
-PROBE_RELAXATION = 2.0
-TRIM = 0.1  # fraction trimmed from each side for the object step mean
-POISSON_NEWTON_STEPS = 6
+# the tuning constants are options: algorithm.lsqml (ptychompi.engine_options.LSQMLOptions);
+# BENCHMARKS.md has the measurements behind their defaults
 
 
-def trimmed_mean(values: np.ndarray, trim: float = TRIM) -> float:
+def trimmed_mean(values: np.ndarray, trim: float) -> float:
     """Mean after dropping the lowest and highest ``trim`` fraction."""
     v = np.sort(np.asarray(values, dtype=np.float64))
     if v.size == 0:
@@ -54,35 +41,40 @@ def trimmed_mean(values: np.ndarray, trim: float = TRIM) -> float:
     return float(kept.mean())
 
 
-def step_lengths(terms: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def step_lengths(terms: np.ndarray, means: np.ndarray, damping: float,
+                 scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-position (α_O, α_P) from rows ``(a11, b1[, a22, a12, b2])`` of the 2x2 system
-    (α_P zero without the probe terms), damped by ``DAMPING`` times the batch means of the
-    diagonals, clipped at zero and scaled by ``STEP_SCALE``."""
-    a11 = terms[:, 0] + DAMPING * means[0] + EPS
+    (α_P zero without the probe terms), damped by ``damping`` times the batch means of the
+    diagonals, clipped at zero and scaled by ``scale``."""
+    a11 = terms[:, 0] + damping * means[0] + EPS
     b1 = terms[:, 1]
     if terms.shape[1] == 2:
         alpha_o, alpha_p = b1 / a11, np.zeros(len(terms))
     else:
-        a22 = terms[:, 2] + DAMPING * means[2] + EPS
+        a22 = terms[:, 2] + damping * means[2] + EPS
         a12, b2 = terms[:, 3], terms[:, 4]
         det = a11 * a22 - a12 ** 2
         alpha_o = (a22 * b1 - a12 * b2) / det
         alpha_p = (a11 * b2 - a12 * b1) / det
-    return STEP_SCALE * np.maximum(alpha_o, 0), STEP_SCALE * np.maximum(alpha_p, 0)
+    return scale * np.maximum(alpha_o, 0), scale * np.maximum(alpha_p, 0)
 
 
 class LSQML(Engine):
     name = "lsqml"
+    extra_visits: np.ndarray | None = None  # run --follow: global positions owed more visits
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         n_global = self.data.n_global
-        size = self.cfg.batch_size or max(1, -(-n_global // DEFAULT_BATCHES))
+        size = self.cfg.batch_size or max(1, -(-n_global // self.cfg.lsqml.batches))
         self.n_batches = max(1, -(-n_global // size))
+        self.batch_len = size
         self._lookup = np.full(n_global, -1, dtype=np.int64)
         self._lookup[self.data.indices] = np.arange(len(self.data.indices))
         self._shift_of = self._global_shifts()
-        self.fused = self.fused and self.cfg.noise_model == "gaussian"
+        opts = self.cfg.lsqml  # the noise model: its own object (noise.py)
+        self.noise = noise_model(opts.noise_model, opts.poisson_newton_steps)
+        self.fused = self.fused and self.noise.fused
         # per-batch halo sums move only the pixels the batch's windows touched (off: the full
         # halo, the same result); the global batch being updated and its built exchange
         self.touched_halo = True
@@ -133,6 +125,8 @@ class LSQML(Engine):
             perm = perm[np.argsort(group_rank[group.reshape(-1)], kind="stable")]
         out = []
         self._parts = np.array_split(perm, self.n_batches)  # global: the touched halo's plan
+        for extra in extra_rounds(self.rng, self.extra_visits):  # batches of their own
+            self._parts += np.array_split(extra, -(-len(extra) // self.batch_len))
         for part in self._parts:
             local = self._lookup[part]
             local = local[local >= 0]
@@ -146,7 +140,8 @@ class LSQML(Engine):
         err = 0.0
         for k, batch in enumerate(self._batches()):
             self._part = self._parts[k]
-            err += self._update(batch)
+            e = self._update(batch, k < self.n_batches)
+            err += e if k < self.n_batches else 0.0  # catch-up visits: not in the error
         self._part = None
         if self.exchange.size > 1:
             if self.schedule.share_frequency > 1 and self.schedule.share_object(self.iteration):
@@ -177,37 +172,15 @@ class LSQML(Engine):
         else:
             touched.sum(self._part, *arrays)
 
-    def _exit_update(self, wave: Any, amplitude: Any) -> tuple[Any, float]:
-        """Detector-space target Ψ' for the Gaussian or Poisson noise model."""
-        be, xp = self.backend, self.backend.xp
-        if self.cfg.noise_model == "gaussian":
-            return modulus_project(be, wave, amplitude)  # the wave is a fresh array
-        model = model_intensity(wave)
-        valid = amplitude >= 0
-        meas = xp.where(valid, amplitude ** 2, 0)
-        err = float(xp.sum(xp.where(valid, (xp.sqrt(model) - amplitude) ** 2, 0),
-                           dtype=np.float64))
-        ratio = xp.where(valid, meas / (model + EPS), 1.0)
-        # Ψ(α) = Ψ (1 - α (1 - R)); minimise Σ Î(α) - I log Î(α) per position by Newton steps
-        g = 1.0 - ratio
-        alpha = xp.full((wave.shape[0], 1, 1), 0.5, dtype=be.real_dtype)
-        for _ in range(POISSON_NEWTON_STEPS):
-            s = 1.0 - alpha * g
-            s2 = xp.maximum(s * s, 1e-12)
-            # L(α) = Σ Î s² - I log(Î s²);  L' = Σ -2 g s (Î - I/s²);  L'' = Σ 2 g² (Î + I/s²)
-            d1 = (-2 * g * s * (model - meas / s2)).sum(axis=(1, 2), keepdims=True)
-            d2 = (2 * g * g * (model + meas / s2)).sum(axis=(1, 2), keepdims=True)
-            alpha = xp.clip(alpha - d1 / (d2 + EPS), 0.0, 1.0).astype(be.real_dtype)
-        factor = xp.where(valid, 1.0 - alpha * g, 1.0).astype(be.real_dtype)
-        return wave * factor[:, None], err
-
-    def _update(self, batch: np.ndarray) -> float:
+    def _update(self, batch: np.ndarray, regular: bool = True) -> float:
+        """One sparse batch; the extra batches (not ``regular``: catch-up visits) leave the
+        probe alone (their positions' object is still far off)."""
         be, xp = self.backend, self.backend.xp
         ex = self.exchange
         prop = self.data.propagator
         share_obj = self.schedule.share_object(self.iteration)
         share_probe = self.schedule.share_probe(self.iteration)
-        update_probe = self.updates_probe
+        update_probe = self.updates_probe and regular
         nb = len(batch)
         size = self.per_thread(nb)  # one sub-batch per worker thread
         # the object sums in working precision: LSQML, unlike DM, does not amplify how their
@@ -242,7 +215,7 @@ class LSQML(Engine):
                     shifts if shifted_back else None, prop.transfer)
             else:
                 psi = exit_waves(be, probes, self.object, win, probe_of)
-                target, err = self._exit_update(prop.forward(psi),
+                target, err = self.noise.target(be, prop.forward(psi),
                                                 self.data.amplitudes[xp.asarray(part)])
                 chi = prop.backward(target, overwrite=True)
                 d_probe = lsqml_object_terms(be, chi, psi, probes, self.object, win, nums[t],
@@ -270,7 +243,7 @@ class LSQML(Engine):
         if share_obj:
             self._halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
-        damping = (DELTA * dmax) ** 2
+        damping = (self.cfg.lsqml.delta * dmax) ** 2
         d_obj = xp.empty_like(num)
         self.map_rows(lambda rows: lsqml_object_direction(be, num[rows], illum[rows], damping,
                                                           d_obj[rows]),
@@ -300,17 +273,19 @@ class LSQML(Engine):
         every = (ex.allgather(local.reshape(-1)).reshape(-1, local.shape[1]) if share_obj
                  else local)
         means = every.sum(axis=0) / max(len(every), 1)
-        alpha_o, alpha_p = step_lengths(every, means)
-        alpha_obj = trimmed_mean(alpha_o)
+        opts = self.cfg.lsqml
+        alpha_o, alpha_p = step_lengths(every, means, opts.damping, opts.step_scale)
+        alpha_obj = trimmed_mean(alpha_o, opts.trim)
 
         def add_step(rows: slice) -> None:  # in bands of rows over the worker threads
             self.object[rows] += alpha_obj * d_obj[rows]
 
         self.map_rows(add_step, self.object.shape[0])
         if update_probe:  # the probe's own sharing: all positions' steps, or this rank's
-            alphas = alpha_p if share_probe else step_lengths(local, means)[1]
+            alphas = (alpha_p if share_probe
+                      else step_lengths(local, means, opts.damping, opts.step_scale)[1])
             psum, pcount = float(np.sum(alphas, dtype=np.float64)), float(len(alphas))
             if share_probe and not share_obj:
                 psum, pcount = ex.allreduce(psum), ex.allreduce(pcount)
-            self.probe += PROBE_RELAXATION * (psum / max(pcount, 1.0)) * d_probe
+            self.probe += opts.probe_relaxation * (psum / max(pcount, 1.0)) * d_probe
         return err
