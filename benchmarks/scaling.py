@@ -60,7 +60,9 @@ def worker(args: argparse.Namespace) -> int:
     recon = ptychompi.Reconstruction(cfg, comm, scan=scan)
     setup = time.perf_counter() - t0
     if hasattr(recon.engine, "touched_halo"):  # LSQML: per-batch halo of what was touched
-        recon.engine.touched_halo = args.halo == "touched"
+        recon.engine.touched_halo = args.halo in ("touched", "touched-sent")
+        if args.halo == "touched-sent":  # the halos' illumination sent, not recomputed
+            recon.engine._halo_powers = False
     for _ in range(args.warmup):
         recon.step()
     m0 = recon.metrics
@@ -194,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--subpixel", default="on", choices=("on", "off"))
     ap.add_argument("--workers", type=int, default=None, help="FFT threads per rank")
-    ap.add_argument("--halo", default="touched", choices=("touched", "full"),
-                    help="LSQML's per-batch halo sums: the pixels touched, or the full halo")
+    ap.add_argument("--halo", default="touched", choices=("touched", "touched-sent", "full"),
+                    help="LSQML's per-batch halo sums: the pixels touched (the illumination "
+                         "recomputed; touched-sent: sent too), or the full halo")
     ap.add_argument("--mpiexec", default=os.path.join(os.path.dirname(sys.executable),
                                                       "mpiexec"))
     ap.add_argument("--timeout", type=float, default=600)
