@@ -4,7 +4,10 @@ Before iteration ``k`` rank 0 decides how many complete rows the engines use fro
 (:class:`Decision`); every rank receives the same decision, so all ranks agree on which rows
 are in at every iteration, and the decisions (the *schedule*, ``[[iteration, rows], ...]``,
 the last entry marking the end of the scan) are all a run's result depends on: replaying a
-schedule (``data.follow.schedule``) reproduces the run on any rank count.
+schedule (``data.follow.schedule``) reproduces the run on any rank count. Rows are used as
+soon as they are complete, in any order: an entry ``[iteration, rows]`` means the first
+``rows`` rows, ``[iteration, rows, r1, r2, ...]`` the ``rows`` rows ``r1, r2, ...`` (0-based)
+when they are not the first ones.
 
 Rank 0 waits (sleeping, the other ranks too) while no row has arrived, or while the scan is
 incomplete and the iterations its rows pay for are spent: with ``r`` of ``R`` rows in, the
@@ -47,6 +50,25 @@ class Decision:
     ended: bool
     aborted: bool = False
     planned: int = 0  # row files of the planned scan (known once the first row is in)
+    which: tuple[int, ...] | None = None  # the rows in (sorted), None: the first ``rows``
+
+    @property
+    def row_set(self) -> list[int]:
+        """The rows in, sorted."""
+        return list(range(self.rows)) if self.which is None else list(self.which)
+
+    @property
+    def entry(self) -> list[int]:
+        """This decision's schedule entry without its iteration."""
+        return [self.rows] + ([] if self.which is None else list(self.which))
+
+
+def rows_decision(rows: set[int] | list[int], ended: bool, aborted: bool,
+                  planned: int) -> Decision:
+    """The decision for the set ``rows`` (``which`` only when they are not the first)."""
+    ordered = tuple(sorted(rows))
+    prefix = ordered == tuple(range(len(ordered)))
+    return Decision(len(ordered), ended, aborted, planned, None if prefix else ordered)
 
 
 @dataclass
@@ -62,6 +84,7 @@ class Arrivals:
     schedule: list[list[int]] = field(default_factory=list)
     current: Decision = field(default_factory=lambda: Decision(0, False))
     last_arrival: float = 0.0
+    _polled: int = 0  # rank 0: complete rows at the last look
 
     def __post_init__(self) -> None:
         self.last_arrival = self.clock()
@@ -98,7 +121,7 @@ class Arrivals:
             raise decision
         assert isinstance(decision, Decision)
         if (decision.rows, decision.ended) != (self.current.rows, self.current.ended):
-            self.schedule.append([iteration, decision.rows])
+            self.schedule.append([iteration, *decision.entry])
         self.current = decision
         return decision
 
@@ -124,18 +147,25 @@ class Arrivals:
                     raise DataError(f"no complete row of {self.watcher.path} arrived "
                                     f"within data.follow.timeout_s = {self.cfg.timeout_s:g} s; "
                                     "check data.path and that the scan is running")
-                return Decision(rows, True, True, planned)
+                return rows_decision(self._done(), True, True, planned)
             waiting = rows == 0 or iteration >= self.paced(rows, planned)
             if not waiting:
-                return Decision(rows, False, False, planned)
+                return rows_decision(self._done(), False, False, planned)
             self.sleep(self.cfg.poll_s)
+
+    def _done(self) -> set[int]:
+        """Rank 0: the complete rows (a watcher without ``done`` counts the first ones)."""
+        assert self.watcher is not None
+        done = getattr(self.watcher, "done", None)
+        return set(done) if done is not None else set(range(self._polled))
 
     def _poll(self) -> int:
         assert self.watcher is not None
         rows = self.watcher.poll()
         if rows > self.current.rows:
             self.last_arrival = self.clock()
-        return max(rows, self.current.rows)
+        self._polled = max(rows, self.current.rows)
+        return self._polled
 
     def _replay(self, iteration: int, replay: list[list[int]]) -> Decision:
         """The recorded decision in force at ``iteration``; waits until its rows are there."""
@@ -143,12 +173,18 @@ class Arrivals:
         if not due:
             raise DataError(f"data.follow.schedule starts at iteration {replay[0][0]}; it "
                             "must start at 0")
-        rows = int(due[-1][1])
+        entry = [int(v) for v in due[-1][1:]]
+        needed = set(entry[1:]) if len(entry) > 1 else set(range(entry[0]))
         ended = len(due) == len(replay)
         t0 = self.clock()
-        while self._poll() < rows:
+        while True:
+            self._poll()
+            if needed <= self._done():
+                break
             if self.clock() - t0 > self.cfg.timeout_s:
-                raise DataError(f"data.follow.schedule: row {rows} did not arrive within "
-                                f"data.follow.timeout_s = {self.cfg.timeout_s:g} s")
+                raise DataError(f"data.follow.schedule: rows {sorted(needed - self._done())} "
+                                f"did not arrive within data.follow.timeout_s = "
+                                f"{self.cfg.timeout_s:g} s")
             self.sleep(self.cfg.poll_s)
-        return Decision(rows, ended, ended and rows < self.planned, self.planned)
+        rows = len(needed)
+        return rows_decision(needed, ended, ended and rows < self.planned, self.planned)

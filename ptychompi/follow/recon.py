@@ -64,6 +64,31 @@ def planned_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, data=dataclasses.replace(d, n_frames=int(n)))
 
 
+class FrameView:
+    """A scan source seen through some of its frames (``frames``): the rows in at the start
+    when they are not the first ones, for planning the preprocessing."""
+
+    def __init__(self, source: Any, frames: np.ndarray) -> None:
+        self._source, self._frames = source, np.asarray(frames, np.int64)
+        self.n_frames = len(self._frames)
+        self.positions_m = source.positions_m[self._frames]
+
+    def read(self, indices: Any) -> np.ndarray:
+        return self._source.read(self._frames[np.asarray(indices, np.int64)])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+
+def frame_view(source: Any, frames: np.ndarray) -> Any:
+    """``source`` seen through ``frames`` (a plain copy with fewer frames for the first
+    ones)."""
+    n = len(frames)
+    if np.array_equal(frames, np.arange(n)):
+        return dataclasses.replace(source, n_frames=n, positions_m=source.positions_m[:n])
+    return FrameView(source, frames)
+
+
 class IdleEngine:
     """Stands in on a rank whose tile has no arrived position: holds its box of the object
     and the probe, keeps the iteration count and errors, never iterates."""
@@ -119,9 +144,8 @@ class FollowReconstruction(Reconstruction):
             fpf = (int(cfg.data.scan_dims[1]) if is_cxi(cfg)
                    else int(getattr(self.source, "frames_per_file", 1)))
             self.frames_per_row = fpf
-            n_first = min(first.rows * fpf, self.source.n_frames)
-            view = dataclasses.replace(self.source, n_frames=n_first,
-                                       positions_m=self.source.positions_m[:n_first])
+            view = frame_view(self.source, self._frames_of(first.row_set,
+                                                           self.source.n_frames))
             self.preprocessor = plan_preprocessor(cfg, view)  # from the rows in at the start
             frame = int(self.preprocessor.frame_shape[0])
             self.layout = plan_layout(cfg, self.source, frame, self.preprocessor.pixel_scale)
@@ -141,8 +165,18 @@ class FollowReconstruction(Reconstruction):
         self._amplitudes = np.zeros((0, frame, frame), np.float32)
         self._local_power = 0.0
         self._local_amp = np.zeros((frame, frame), np.float64)
+        self._rows_in: set[int] = set()
+        self._order = np.zeros(0, np.int64)  # the frames in, in arrival order
+        self._local = np.zeros(0, np.int64)  # this rank's frames in, in arrival order
+        self._compact = np.full(self.layout.n_frames, -1, np.int64)  # frame -> arrival index
         self.decision = first
         self._grow(first)
+
+    def _frames_of(self, rows: list[int], n_frames: int) -> np.ndarray:
+        """The planned frames of ``rows`` (in that order), below ``n_frames``."""
+        fpf = self.frames_per_row
+        parts = [np.arange(r * fpf, min((r + 1) * fpf, n_frames)) for r in rows]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     @staticmethod
     def _open(cfg: Config) -> Any:
@@ -261,10 +295,17 @@ class FollowReconstruction(Reconstruction):
 
     # ------------------------------------------------------------------ growing
     def _grow(self, decision: Decision) -> None:
-        """Take in the frames of ``decision.rows`` rows and rebuild the engines. Collective."""
-        n_in = min(decision.rows * self.frames_per_row, self.layout.n_frames)
-        idx = np.asarray(self.tile.indices)
-        new = idx[(idx >= self.frames_in) & (idx < n_in)]
+        """Take in the frames of the decision's new rows and rebuild the engines. The
+        engines see the frames in arrival order (numbered so: :attr:`_compact`), so rows
+        that arrive out of order still only append positions. Collective."""
+        rows = [r for r in decision.row_set if r not in self._rows_in]
+        self._rows_in.update(rows)
+        arrived = self._frames_of(rows, self.layout.n_frames)
+        self._compact[arrived] = np.arange(len(self._order), len(self._order) + len(arrived))
+        self._order = np.concatenate([self._order, arrived])
+        n_in = len(self._order)
+        new = arrived[np.isin(arrived, np.asarray(self.tile.indices))]
+        self._local = np.concatenate([self._local, new])
 
         def read() -> np.ndarray:
             if not len(new):
@@ -315,7 +356,7 @@ class FollowReconstruction(Reconstruction):
         with guess_errors(cfg.algorithm, "probe"):
             probe = initial_probe(cfg.algorithm, layout.frame, self.source.illumination,
                                   mean_amp, power / n_in, self.propagator,
-                                  layout.pixel_size_m, layout.positions_px[:n_in])
+                                  layout.pixel_size_m, self.positions)
         check_guess(probe, "probe", cfg.algorithm.probe_guess)
         with guess_errors(cfg.algorithm, "object"):
             obj = initial_object(cfg.algorithm, layout.object_shape)[self.tile.box.slices()]
@@ -348,10 +389,10 @@ class FollowReconstruction(Reconstruction):
         if not active:
             return IdleEngine(be, be.asarray(obj, be.complex_dtype),
                               be.asarray(probe, be.complex_dtype), iteration, errors, seconds)
-        indices = np.asarray(tile.indices)[: len(self._amplitudes)]
+        indices = self._compact[self._local]  # numbered in arrival order
         data = TileData(
             amplitudes=be.asarray(self._amplitudes, be.real_dtype),
-            positions=layout.positions_px[indices] - np.asarray(tile.origin, np.float64),
+            positions=layout.positions_px[self._local] - np.asarray(tile.origin, np.float64),
             indices=indices, box_shape=tile.box.shape, n_global=n_in, power_global=power,
             propagator=self.propagator)
         cfg = self.config
@@ -369,8 +410,9 @@ class FollowReconstruction(Reconstruction):
     # ------------------------------------------------------------------ results
     @property
     def positions(self) -> np.ndarray:
-        """Positions (n, 2) of the frames that arrived, in the global object's pixels."""
-        return self.layout.positions_px[: self.frames_in]
+        """Positions (n, 2) of the frames that arrived (in frame order), in the global
+        object's pixels."""
+        return self.layout.positions_px[np.sort(self._order)]
 
     def refined_positions(self) -> None:
         """No position refinement in follow mode."""

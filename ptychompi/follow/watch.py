@@ -2,9 +2,9 @@
 
 A row file counts as complete once (a) its size and modification time have stayed the same
 between two looks at least ``poll_s`` apart, (b) it opens read-only (with HDF5's file locking
-a file still open for writing does not) and (c) its dataset holds the row's frames. Rows are
-used in order: :meth:`RowWatcher.poll` returns the number of complete rows from the first one
-on, so a row written out of order waits for the ones before it.
+a file still open for writing does not) and (c) its dataset holds the row's frames. Rows
+count as soon as they are complete, in any order (the planned positions are known, so a row
+written before those ahead of it need not wait): :attr:`RowWatcher.done` holds them.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class RowWatcher:
     frames_per_file: int | None = None
     clock: Callable[[], float] = time.monotonic
     pattern: str | None = None
-    complete: int = 0
+    complete: int = 0  # complete rows (in any order)
+    done: set[int] = field(default_factory=set)  # which rows are complete
     _seen: dict[int, _Seen] = field(default_factory=dict)
 
     @property
@@ -67,23 +68,23 @@ class RowWatcher:
         return _file_for(self.pattern, self.first_index + row)
 
     def poll(self) -> int:
-        """The number of complete rows from the first one (never decreases). Every row file
-        present is looked at, so rows written faster than the looks come in together."""
+        """The number of complete rows (never decreases; which ones: :attr:`done`). Every
+        row file present is looked at, so rows written faster than the looks come in
+        together (until the first row is complete the row count is unknown: at most one
+        row a frame is looked for)."""
         if not self._resolve():
             return 0
-        row, prefix = self.complete, True
-        while self.planned_rows is None or row < self.planned_rows:
-            stable = self._stable(row)
-            if stable is None:
-                break  # not written yet
-            if prefix and stable and self._holds_row(row):
-                self._seen.pop(row, None)
-                self.complete = row + 1
-            else:
-                prefix = False
+        row = 0
+        while row < (self.planned_rows or self.n_frames):
+            if row not in self.done:
+                stable = self._stable(row)
+                if stable and self._holds_row(row):
+                    self._seen.pop(row, None)
+                    self.done.add(row)
             if not _has_index(self.pattern or ""):
                 break  # one file holds the whole scan
             row += 1
+        self.complete = len(self.done)
         return self.complete
 
     def _expected(self, row: int) -> int:

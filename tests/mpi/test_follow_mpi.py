@@ -29,6 +29,7 @@ rank, size = comm.Get_rank(), comm.Get_size()
 FRAME, GRID, STEP, PROBE = 64, 8, 8, 20
 ITERATIONS = 16
 SCHEDULE = [[0, 1], [2, 2], [4, 3], [6, 5], [8, 8]]
+OUT_OF_ORDER = [[0, 2, 3, 6], [3, 5, 0, 1, 3, 6, 7], [6, 8]]  # rows used when complete
 EXACT_SINGLE = 1e-4  # complex64: n ranks vs one rank, as tests/mpi/test_invariance.py
 WRITER = Path(__file__).resolve().parents[1] / "unit" / "follow_writer.py"
 SIM = simulate(frame=FRAME, grid=GRID, step_px=STEP, probe_diameter_px=PROBE, seed=0)
@@ -76,10 +77,11 @@ def _write_all_rows(path: Path) -> None:
     comm.Barrier()
 
 
-@pytest.mark.parametrize("engine", ["dm", "lsqml"])
-def test_replayed_schedule_does_not_depend_on_the_rank_count(folder, engine):
+@pytest.mark.parametrize("engine, schedule", [("dm", SCHEDULE), ("lsqml", SCHEDULE),
+                                              ("lsqml", OUT_OF_ORDER)])
+def test_replayed_schedule_does_not_depend_on_the_rank_count(folder, engine, schedule):
     _write_all_rows(folder)
-    cfg = config_from_dict(_config(folder, engine, schedule=SCHEDULE))
+    cfg = config_from_dict(_config(folder, engine, schedule=schedule))
     reference = None
     if rank == 0:
         with build_follow(cfg, None) as one:
@@ -89,10 +91,10 @@ def test_replayed_schedule_does_not_depend_on_the_rank_count(folder, engine):
     with build_follow(cfg, comm) as many:
         many.run()
         obj, probe = many.object, many.probe
-        assert many.arrivals.schedule == SCHEDULE
+        assert many.arrivals.schedule == schedule
     if rank == 0:
         ref_obj, ref_probe, ref_schedule = reference
-        assert ref_schedule == SCHEDULE
+        assert ref_schedule == schedule
         assert np.linalg.norm(obj - ref_obj) <= EXACT_SINGLE * np.linalg.norm(ref_obj)
         assert np.linalg.norm(probe - ref_probe) <= EXACT_SINGLE * np.linalg.norm(ref_probe)
 
