@@ -103,7 +103,8 @@ class PreprocessConfig:
 @dataclass
 class PositionCorrectionConfig:
     enabled: bool = opt(False, "refine the scan positions from the data misfit (all engines)")
-    start: int = opt(10, "first iteration that moves positions", low=0)
+    start: int = opt(1, "first iteration that moves positions (early: what the object and "
+                     "probe learn from wrong positions stays with them for long)", low=0)
     stop: int | None = opt(None, "iteration from which positions stay where they are "
                            "(null = never)", low=0)
     update_every: int = opt(4, "iterations between position updates (each costs about an "
@@ -112,6 +113,8 @@ class PositionCorrectionConfig:
                       "object adapts to wrong positions, so the plain shift falls short)",
                       low=0.0)
     max_shift: float = opt(0.5, "largest move of a position in one update, px", low=0.0)
+    momentum: float = opt(0.8, "fraction of a position's previous move added to its next one "
+                          "while the two point the same way (0 = none)", low=0.0, high=0.99)
     max_total: float = opt(4.0, "largest distance of a position from its input, px per axis "
                            "(the tiles grow by this much so windows stay inside them)",
                            low=0.0, high=64.0)

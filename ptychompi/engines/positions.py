@@ -9,14 +9,18 @@ corrected wave ``ψ'_j``. A small move ``δ`` of position j changes the exit wav
     δ = Σ Re(conj(P_j ∂O_j) (ψ'_j − ψ_j)) / (Σ |P_j ∂O_j|² + λ),
 
 with central differences for ∂O and λ a small fraction of the scan's mean denominator. The
-moves are scaled by ``step``, limited to ``max_shift`` per update, and their global mean is
-removed (a common shift of all positions is an ambiguity of ptychography, taken up by the
-object). With ``affine`` the positions are then fitted by one global transform of the input
-positions (scale, rotation, shear, offset: 6 parameters whose normal equations are one small
-allreduce) and become that transform plus a residual limited to ``max_residual``. Every
-position stays within ``max_total`` (per axis) of its input; the tiles are grown by that
-margin (:func:`padded_tiles`), so windows never leave their tile and the halos hold every
-pixel two tiles' windows can share: with ``share_frequency: 1`` n ranks follow one rank.
+moves are scaled by ``step``; while a position's move points the way its previous one did,
+a ``momentum`` fraction of that one is added (the object adapts to the wrong positions, so
+each least-squares move falls short, consistently; a reversal drops the memory, as Pty-Chi's
+and Tike's accelerated position updates do). Moves are limited to ``max_shift`` per update
+and their global mean is removed (a common shift of all positions is an ambiguity of
+ptychography, taken up by the object). With ``affine`` the positions are then fitted by one
+global transform of the input positions (scale, rotation, shear, offset: 6 parameters whose
+normal equations are one small allreduce) and become that transform plus a residual limited
+to ``max_residual``. Every position stays within ``max_total`` (per axis) of its input; the
+tiles are grown by that margin (:func:`padded_tiles`), so windows never leave their tile and
+the halos hold every pixel two tiles' windows can share: with ``share_frequency: 1`` n ranks
+follow one rank.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ class PositionRefiner:
         self.high = np.asarray(box_shape, np.float64) - frame + 1 - 1e-6
         # the last affine fit (3 x 2, global object pixels: refined ≈ [input, 1] @ T)
         self.transform: np.ndarray | None = None
+        self.velocity = np.zeros_like(self.initial)  # each position's last move (momentum)
 
     def due(self, iteration: int) -> bool:
         """Whether the positions move after iteration ``iteration`` (0-based)."""
@@ -166,11 +171,15 @@ class PositionRefiner:
         sums = ex.allreduce(np.array([*den.sum(axis=0), float(n)]))
         damping = DAMPING * sums[:2] / max(sums[2], 1.0)
         move = c.step * num / (den + damping + 1e-30)
+        if c.momentum > 0:  # a steady direction speeds up; a reversal starts afresh
+            agree = (move * self.velocity).sum(axis=1) > 0
+            move[agree] += c.momentum * self.velocity[agree]
         length = np.hypot(move[:, 0], move[:, 1])
         too_far = length > c.max_shift
         move[too_far] *= (c.max_shift / length[too_far])[:, None]
         mean = ex.allreduce(np.array([*move.sum(axis=0), float(n)]))
         move -= mean[:2] / max(mean[2], 1.0)
+        self.velocity = move
         moved = current + move
         if c.affine:
             moved = self._affine(moved, ex)
@@ -194,7 +203,8 @@ class PositionRefiner:
     # ------------------------------------------------------------------ checkpoints
     def state(self, engine: Engine) -> dict[str, np.ndarray]:
         """The current positions (tile-local) for a checkpoint, and the last affine fit."""
-        out = {"positions": np.array(engine.data.positions, np.float64)}
+        out = {"positions": np.array(engine.data.positions, np.float64),
+               "position_velocity": self.velocity.copy()}
         if self.transform is not None:
             out["position_transform"] = self.transform.copy()
         return out
@@ -204,6 +214,9 @@ class PositionRefiner:
         transform = state.get("position_transform")
         self.transform = (None if transform is None
                           else np.asarray(transform, np.float64).reshape(3, 2))
+        velocity = state.get("position_velocity")
+        self.velocity = (np.zeros_like(self.initial) if velocity is None
+                         else np.asarray(velocity, np.float64).reshape(-1, 2))
         if "positions" in state:
             engine.move_positions(np.asarray(state["positions"], np.float64))
 
