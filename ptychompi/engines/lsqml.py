@@ -23,6 +23,7 @@ from ..physics import (
     unshift_sum,
 )
 from .base import Engine
+from .batch_layout import frame_cells, stratified_parts
 from .lsqml_halo import halo_illumination
 from .visits import extra_rounds
 from .noise import noise_model
@@ -62,6 +63,8 @@ def step_lengths(terms: np.ndarray, means: np.ndarray, damping: float,
 class LSQML(Engine):
     name = "lsqml"
     extra_visits: np.ndarray | None = None  # run --follow: global positions owed more visits
+    stratified = False  # batches spread evenly over the scan (engines/batch_layout.py)
+    _cells: np.ndarray | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -109,6 +112,16 @@ class LSQML(Engine):
         shift_of[pairs[:, 0]] = pairs[:, 1]
         return shift_of
 
+    def _stratified(self, perm: np.ndarray) -> list[np.ndarray]:
+        """``perm`` dealt into spatially even batches of whole shift groups (every frame's
+        cell gathered at first use: collective)."""
+        if self._cells is None:
+            pos = np.stack([self.rows, self.cols], 1) + np.asarray(self.data.origin)
+            self._cells = frame_cells(self.exchange, self.data.indices, pos,
+                                      self.data.n_global, self.n_batches)
+        groups = None if self._shift_of is None else self._shift_of[perm]
+        return stratified_parts(perm, groups, self._cells, self.n_batches)
+
     def _batches(self) -> list[np.ndarray]:
         """This rank's local indices in each global sparse batch (same count on all ranks).
 
@@ -124,7 +137,10 @@ class LSQML(Engine):
             group_rank = self.rng.permutation(int(group.max()) + 1)
             perm = perm[np.argsort(group_rank[group.reshape(-1)], kind="stable")]
         out = []
-        self._parts = np.array_split(perm, self.n_batches)  # global: the touched halo's plan
+        if self.stratified:  # each batch spread evenly over the scan
+            self._parts = self._stratified(perm)
+        else:
+            self._parts = np.array_split(perm, self.n_batches)  # global: the touched halo's plan
         for extra in extra_rounds(self.rng, self.extra_visits):  # batches of their own
             self._parts += np.array_split(extra, -(-len(extra) // self.batch_len))
         for part in self._parts:
