@@ -60,7 +60,7 @@ class DMOptions:
     regularisation: float = opt(1e-3, "δ of the overlap projection's object and probe "
                                 "quotients, relative to the largest illumination / object "
                                 "power", low=0.0)
-    refine_from: int | None = opt(50, "from this iteration on, LSQML's maximum-likelihood "
+    refine_from: int | None = opt(20, "from this iteration on, LSQML's maximum-likelihood "
                                   "updates refine DM's best result (null = never)", low=0)
     refine_patience: int | None = opt(5, "refine (as refine_from) as soon as DM's error has "
                                       "set no new low for this many iterations, counted from "
