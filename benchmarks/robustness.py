@@ -4,7 +4,7 @@ Prints a table of object errors (registered, global factor and phase ramp remove
 region lit at >= 10 %) and final Fourier errors; NaN or a stopped run shows as ``diverged``.
 
     python benchmarks/robustness.py --grid 20 --frame 128 --iterations 100
-    python benchmarks/robustness.py --cases pinhole-1e6 --engines dm --set dm_refine_from=30
+    python benchmarks/robustness.py --cases pinhole-1e6 --engines dm --set 'dm={refine_from: 30}'
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ n ranks with ``share_frequency: 1`` follow the one-rank trajectory.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,8 +26,8 @@ from ..physics import (
 from .base import Engine
 from .batch_layout import frame_cells, stratified_parts
 from .lsqml_halo import halo_illumination
-from .visits import extra_rounds
 from .noise import noise_model
+from .visits import extra_rounds
 
 # the tuning constants are options: algorithm.lsqml (ptychompi.engine_options.LSQMLOptions);
 # BENCHMARKS.md has the measurements behind their defaults
@@ -58,6 +59,28 @@ def step_lengths(terms: np.ndarray, means: np.ndarray, damping: float,
         alpha_o = (a22 * b1 - a12 * b2) / det
         alpha_p = (a11 * b2 - a12 * b1) / det
     return scale * np.maximum(alpha_o, 0), scale * np.maximum(alpha_p, 0)
+
+
+class _Batch(NamedTuple):
+    """One sparse batch: its members (local indices), the positions per chunk (one chunk per
+    worker thread; every pass over the batch uses this one split) and what it updates and
+    shares this iteration."""
+
+    members: np.ndarray
+    size: int
+    update_probe: bool
+    share_obj: bool
+    share_probe: bool
+
+
+class _Part(NamedTuple):
+    """One chunk's results of step 1 (:meth:`LSQML._exit_targets`)."""
+
+    probes: tuple[Any, Any]  # the distinct (shifted) probes and each position's row
+    win: Any  # the positions' object windows
+    chi: Any  # χ = Ψ' − ψ in the sample plane
+    err: float  # the chunk's amplitude misfit
+    d_probe: Any  # its probe direction terms (a spectrum with sub-pixel shifts), or None
 
 
 class LSQML(Engine):
@@ -189,29 +212,48 @@ class LSQML(Engine):
             touched.sum(self._part, *arrays)
 
     def _update(self, batch: np.ndarray, regular: bool = True) -> float:
-        """One sparse batch; the extra batches (not ``regular``: catch-up visits) leave the
-        probe alone (their positions' object is still far off)."""
-        be, xp = self.backend, self.backend.xp
-        ex = self.exchange
-        prop = self.data.propagator
-        share_obj = self.schedule.share_object(self.iteration)
-        share_probe = self.schedule.share_probe(self.iteration)
-        update_probe = self.updates_probe and regular
-        nb = len(batch)
-        size = self.per_thread(nb)  # one sub-batch per worker thread
+        """One sparse batch, in the steps of the paper (Odstrčil et al. 2018, section 2):
+        the exit-wave targets χ = Ψ' − ψ with each position's update terms
+        (:meth:`_exit_targets`), the probe's and the object's search directions
+        (:meth:`_probe_direction`, :meth:`_object_direction`), the per-position step lengths
+        of the 2x2 least-squares system (:meth:`_step_terms`, :func:`step_lengths`) and the
+        update (:meth:`_take_steps`). The extra batches (not ``regular``: catch-up visits)
+        leave the probe alone (their positions' object is still far off)."""
+        b = _Batch(members=batch, size=self.per_thread(len(batch)),
+                   update_probe=self.updates_probe and regular,
+                   share_obj=self.schedule.share_object(self.iteration),
+                   share_probe=self.schedule.share_probe(self.iteration))
+        be = self.backend
         # the object sums in working precision: LSQML, unlike DM, does not amplify how their
         # rounding depends on the split over threads and tiles (n ranks stay within 1e-5 of
         # one rank, as with double-precision sums), and the tile sums are memory-bound (half
         # the bytes: 9 % less time per iteration on the 30x30 scan)
         nums = self.accumulators(self.data.box_shape, be.complex_dtype)
         illums = self.accumulators(self.data.box_shape, be.real_dtype)
-
         # the rows each thread's windows cover (without shifts the members are sorted by
         # window row, so the threads' shares are bands of the tile): the reduction reads those
         spans = np.zeros((len(nums), 2), dtype=np.int64)
-        probe_ft = be.fft2(self.probe) if self.use_subpixel and nb else None  # once a batch
+        parts = self._exit_targets(b, nums, illums, spans)
+        err = float(sum(p.err for p in parts))
+        pending = self._probe_direction(b, parts)  # its reduction in flight during the next
+        d_obj = self._object_direction(b, nums, illums, spans)
+        d_probe = pending() if b.update_probe else None
+        local, every = self._step_terms(b, parts, d_obj, d_probe)
+        self._take_steps(b, local, every, d_obj, d_probe)
+        return err
 
-        def exit_part(t: int, sl: slice) -> tuple[Any, ...]:
+    def _exit_targets(self, b: _Batch, nums: Any, illums: Any, spans: np.ndarray) -> list[_Part]:
+        """Step 1, per chunk of the batch (one per worker thread): exit waves ψ = P O, their
+        detector-space targets Ψ' (the noise model), χ = Ψ' − ψ back in the sample plane,
+        the object sums Σ conj(P) χ and Σ |P|² into the thread's accumulators and the
+        probe's direction terms Σ conj(O) χ (back-shifted per run of equal sub-pixel
+        shift)."""
+        be, xp = self.backend, self.backend.xp
+        prop = self.data.propagator
+        batch, update_probe = b.members, b.update_probe
+        probe_ft = be.fft2(self.probe) if self.use_subpixel and len(batch) else None  # once
+
+        def exit_part(t: int, sl: slice) -> _Part:
             part = batch[sl]
             spans[t] = self.row_span(part, spans[t])
             win = self.windows(part)
@@ -239,24 +281,45 @@ class LSQML(Engine):
                                              per_position=per_position, runs=runs)
             if update_probe and ramps is not None and not shifted_back:
                 d_probe = unshift_sum(be, d_probe, shifts, spectrum=True, overwrite=True)
-            return (probes, probe_of), win, chi, err, d_probe
+            return _Part((probes, probe_of), win, chi, err, d_probe)
 
-        parts = self.map_chunks(exit_part, nb, size) if nb else []
-        err = float(sum(p[3] for p in parts))
-        if update_probe:  # summed in double precision, like every cross-position sum
-            d_probe = (self.chunk_sum([p[4] for p in parts]) if parts
-                       else xp.zeros(self.probe.shape, dtype=np.complex128))
-            if parts and self.use_subpixel:  # the chunks' back-shift spectra
-                d_probe = be.ifft2(d_probe, overwrite=True)
-            count = float(nb)
-            if share_probe:  # one reduction for the direction and the batch size, in flight
-                pending = ex.allreduce_start(xp.concatenate(  # during the object's halo sum
-                    [d_probe.reshape(-1), xp.full(1, count, np.complex128)]))
-        # object and probe search directions; the halos travel in working precision (LSQML,
-        # unlike DM, does not amplify that rounding: n ranks stay within 1e-5 of one rank)
+        return self.map_chunks(exit_part, len(batch), b.size) if len(batch) else []
+
+    def _probe_direction(self, b: _Batch, parts: list[_Part]) -> Callable[[], Any]:
+        """Step 2a: the probe's search direction ΔP, the batch mean of the positions'
+        back-shifted terms (summed in double precision, like every cross-position sum). With
+        ``share_probe`` its sum over the ranks starts here and is collected by the returned
+        call (after the object's halo sum)."""
+        be, xp, ex = self.backend, self.backend.xp, self.exchange
+        if not b.update_probe:
+            return lambda: None
+        d_probe = (self.chunk_sum([p.d_probe for p in parts]) if parts
+                   else xp.zeros(self.probe.shape, dtype=np.complex128))
+        if parts and self.use_subpixel:  # the chunks' back-shift spectra
+            d_probe = be.ifft2(d_probe, overwrite=True)
+        count = float(len(b.members))
+        pending = None
+        if b.share_probe:  # one reduction for the direction and the batch size, in flight
+            pending = ex.allreduce_start(xp.concatenate(  # during the object's halo sum
+                [d_probe.reshape(-1), xp.full(1, count, np.complex128)]))
+
+        def finish() -> Any:
+            total, n = d_probe, count
+            if pending is not None:
+                packed = pending.wait()
+                total, n = packed[:-1].reshape(self.probe.shape), float(packed[-1].real)
+            return (total / max(n, 1.0)).astype(be.complex_dtype)
+
+        return finish
+
+    def _object_direction(self, b: _Batch, nums: Any, illums: Any, spans: np.ndarray) -> Any:
+        """Step 2b: the object's search direction ΔO = Σ conj(P) χ / (Σ |P|² + λ) from the
+        threads' sums (over the halos: the touched pixels, in working precision; LSQML, unlike
+        DM, does not amplify that rounding), λ = (δ max Σ|P|²)²."""
+        be, xp, ex = self.backend, self.backend.xp, self.exchange
         num, illum = self.reduce((nums, be.complex_dtype), (illums, be.real_dtype),
                                  spans=spans)
-        if share_obj:
+        if b.share_obj:
             self._halo_sum(num, illum)
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
         damping = (self.cfg.lsqml.delta * dmax) ** 2
@@ -264,32 +327,41 @@ class LSQML(Engine):
         self.map_rows(lambda rows: lsqml_object_direction(be, num[rows], illum[rows], damping,
                                                           d_obj[rows]),
                       num.shape[0])
-        if update_probe:
-            if share_probe:
-                packed = pending.wait()
-                d_probe, count = packed[:-1].reshape(self.probe.shape), float(packed[-1].real)
-            d_probe = (d_probe / max(count, 1.0)).astype(be.complex_dtype)
+        return d_obj
 
-        # per-position step lengths: minimise ‖χ − α_O ΔO P − α_P ΔP O‖²
+    def _step_terms(self, b: _Batch, parts: list[_Part], d_obj: Any,
+                    d_probe: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Step 3: each position's terms ``(a11, b1[, a22, a12, b2])`` of the 2x2 system
+        that minimises ‖χ − α_O ΔO P − α_P ΔP O‖² (in the chunks of step 1: each reuses its
+        chunk's χ), this rank's and, with ``share_obj``, every rank's (one gather: each rank
+        solves all steps, whose damping needs the batch means)."""
+        be, xp, ex = self.backend, self.backend.xp, self.exchange
+        nb, update_probe = len(b.members), b.update_probe
+
         def step_terms(_: int, sl: slice) -> list[Any]:
-            (probes, probe_of), win, chi = parts[sl.start // size][:3]
+            (probes, probe_of), win, chi = parts[sl.start // b.size][:3]
             return lsqml_step_terms(be, chi, probes, self.object, d_obj,
                                     d_probe if update_probe else None, win, probe_of)
 
         if nb:
-            cols_ = list(zip(*self.map_chunks(step_terms, nb, size), strict=True))
+            cols_ = list(zip(*self.map_chunks(step_terms, nb, b.size), strict=True))
             a11, b1 = xp.concatenate(cols_[0]), xp.concatenate(cols_[1])
             if update_probe:
                 a22, a12, b2 = (xp.concatenate(c) for c in cols_[2:])
-        # one gather of every position's terms: each rank solves all steps (the damping needs
-        # the batch means) for the object's trimmed mean and the probe's mean
         local = (np.stack([be.asnumpy(c) for c in (a11, b1, *((a22, a12, b2) if update_probe
                                                                else ()))], axis=1)
                  if nb else np.zeros((0, 5 if update_probe else 2)))
-        every = (ex.allgather(local.reshape(-1)).reshape(-1, local.shape[1]) if share_obj
+        every = (ex.allgather(local.reshape(-1)).reshape(-1, local.shape[1]) if b.share_obj
                  else local)
+        return local, every
+
+    def _take_steps(self, b: _Batch, local: np.ndarray, every: np.ndarray, d_obj: Any,
+                    d_probe: Any) -> None:
+        """Step 4: the object moves by the trimmed mean of the positions' object steps along
+        ΔO, the probe by ``probe_relaxation`` times the mean of their probe steps along ΔP
+        (all positions' with the probe shared, else this rank's)."""
+        ex, opts = self.exchange, self.cfg.lsqml
         means = every.sum(axis=0) / max(len(every), 1)
-        opts = self.cfg.lsqml
         alpha_o, alpha_p = step_lengths(every, means, opts.damping, opts.step_scale)
         alpha_obj = trimmed_mean(alpha_o, opts.trim)
 
@@ -297,11 +369,10 @@ class LSQML(Engine):
             self.object[rows] += alpha_obj * d_obj[rows]
 
         self.map_rows(add_step, self.object.shape[0])
-        if update_probe:  # the probe's own sharing: all positions' steps, or this rank's
-            alphas = (alpha_p if share_probe
+        if b.update_probe:  # the probe's own sharing: all positions' steps, or this rank's
+            alphas = (alpha_p if b.share_probe
                       else step_lengths(local, means, opts.damping, opts.step_scale)[1])
             psum, pcount = float(np.sum(alphas, dtype=np.float64)), float(len(alphas))
-            if share_probe and not share_obj:
+            if b.share_probe and not b.share_obj:
                 psum, pcount = ex.allreduce(psum), ex.allreduce(pcount)
             self.probe += opts.probe_relaxation * (psum / max(pcount, 1.0)) * d_probe
-        return err
