@@ -64,9 +64,12 @@ def test_every_object_kind_with_dm(obj):
 
 @pytest.mark.parametrize("precision,modes", [("double", 1), ("single", 3)])
 def test_dm_stays_finite_in_double_precision_and_with_modes(precision, modes):
+    """50 iterations: with 3 modes on single-mode data the object error jumps for about 20
+    iterations after DM hands over to LSQML at 20 (0.31 at 30 and 40), then falls to LSQML's
+    level (0.035 at 50; BENCHMARKS.md, robustness)."""
     scan = make_scan(Case(seed=3).scaled(10, FRAME))
-    row = evaluate(scan, "dm", 30, precision=precision, probe_modes=modes)
-    assert row["finite"] and row["object_error"] <= 0.3, row
+    row = evaluate(scan, "dm", 50, precision=precision, probe_modes=modes)
+    assert row["finite"] and row["object_error"] <= 0.1, row
 
 
 def test_stall_iteration_is_the_first_plateau():
