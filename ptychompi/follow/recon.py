@@ -383,14 +383,17 @@ class FollowReconstruction(Reconstruction):
         be, engine = self.backend, self.engine
         own = be.asnumpy(engine.object)
         weight = be.asnumpy(engine.illumination())
-        glob = assemble(own * weight, weight, self.tile, self.layout.object_shape, self.comm,
-                        fill=complex("nan"))
+        wide = own.astype(np.complex128)  # in double: one rank's (O w) / w is exactly O again
+        glob = assemble(wide * weight, weight.astype(np.float64), self.tile,
+                        self.layout.object_shape, self.comm, fill=complex("nan"))
         probe = be.asnumpy(engine.probe)
         if self.comm is not None and self.size > 1:
             glob = self.comm.bcast(glob, root=0)
             probe = self.comm.bcast(probe, root=self.group.root)
         box = glob[self.tile.box.slices()]
-        return probe, np.where(np.isnan(box), own, box)
+        # where this tile is lit its own values are the scan's (the halo sums keep them equal
+        # on every rank): a weighted mean of equal values would add rounding that DM amplifies
+        return probe, np.where((weight > 0) | np.isnan(box), own, box).astype(own.dtype)
 
     def _engine(self, active: bool, probe: Any, obj: Any, power: float, n_in: int,
                 iteration: int, errors: list[float], seconds: float,
