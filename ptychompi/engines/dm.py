@@ -8,10 +8,9 @@ With noisy data DM has no fixed point and drifts (a strict projection, even with
 fixed, degrades the object), so π_F is the power-bound relaxed projection, with a bound well
 below the Poisson floor (a bound at the floor stops DM at the first consistent, biased object).
 DM does the global search; from iteration ``algorithm.dm.refine_from`` on (a fixed count, not
-a fraction of the iterations, so that a resumed run equals an uninterrupted one) the loop does
-error reduction, ``Ψ_j ← π_F(Φ_j)`` with the strict projection, which decreases the
-amplitude misfit monotonically (the Gaussian likelihood) and removes DM's bias, as ptypy users
-follow DM with ML.
+a fraction of the iterations, so that a resumed run equals an uninterrupted one) LSQML's
+maximum-likelihood updates refine DM's best object and probe on the same tile (DM's exit
+waves are freed), as ptypy users follow DM with ML.
 """
 
 from __future__ import annotations
