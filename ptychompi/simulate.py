@@ -24,6 +24,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import ConfigError
 from .geometry import farfield_pixel_size, joules_from_kev, object_shape, wavelength_from_kev
+from .scan import ArrayScan, ScanGeometry
 
 PAD_PX = 4  # smallest window corner in the truth object, in both axes
 _BATCH = 64  # frames per FFT batch
@@ -51,6 +52,16 @@ class Simulation:
     detector_pixel_m: float
     energy_kev: float
     photons: float = 0.0
+
+    def as_scan(self, positions_px: np.ndarray | None = None) -> ArrayScan:
+        """The scan in memory, as the engines read it; ``positions_px``: other positions
+        than the true ones (e.g. with errors), in pixels."""
+        px = self.positions_px if positions_px is None else np.asarray(positions_px)
+        return ArrayScan(path="sim", n_frames=len(self.frames),
+                         frame_shape=self.frames.shape[1:], dtype=np.dtype(np.float32),
+                         positions_m=px * self.pixel_size_m, frames=self.frames,
+                         geometry=ScanGeometry(self.wavelength_m, self.distance_m,
+                                               self.detector_pixel_m))
 
 
 def raster_positions(grid: int, step_px: float, jitter_px: float,

@@ -12,7 +12,7 @@ import pytest
 from mpi4py import MPI
 
 import ptychompi
-from ptychompi.scan import ArrayScan, ScanGeometry
+from ptychompi.scan import ArrayScan
 from ptychompi.simulate import simulate
 
 comm = MPI.COMM_WORLD
@@ -25,11 +25,7 @@ SIM = simulate(frame=FRAME, grid=GRID, step_px=STEP_PX, probe_diameter_px=PROBE_
 
 
 def scan() -> ArrayScan:
-    return ArrayScan(path="sim", n_frames=len(SIM.frames), frame_shape=(FRAME, FRAME),
-                     dtype=np.dtype(np.float32), positions_m=SIM.positions_m,
-                     geometry=ScanGeometry(SIM.wavelength_m, SIM.distance_m,
-                                           SIM.detector_pixel_m),
-                     frames=SIM.frames)
+    return SIM.as_scan()
 
 
 def config() -> dict:

@@ -13,7 +13,7 @@ import pytest
 from mpi4py import MPI
 
 import ptychompi
-from ptychompi.scan import ArrayScan, ScanGeometry
+from ptychompi.scan import ArrayScan
 from ptychompi.simulate import simulate
 
 comm = MPI.COMM_WORLD
@@ -30,11 +30,7 @@ def scan() -> ArrayScan:
     px = SIM.positions_px.copy()
     corner = (np.arange(len(px)) // GRID < 2) & (np.arange(len(px)) % GRID < 2)
     px[corner] += (0.375, 0.25)
-    return ArrayScan(path="sim", n_frames=len(SIM.frames), frame_shape=(FRAME, FRAME),
-                     dtype=np.dtype(np.float32), positions_m=px * SIM.pixel_size_m,
-                     geometry=ScanGeometry(SIM.wavelength_m, SIM.distance_m,
-                                           SIM.detector_pixel_m),
-                     frames=SIM.frames)
+    return SIM.as_scan(px)
 
 
 def config() -> dict:
