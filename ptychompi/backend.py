@@ -62,8 +62,13 @@ class Backend:
     workers: int = 1
     double: bool = False
     fft: str = "scipy"  # CPU FFT library: "fftw" or "scipy"
+    # the engines' operations (:mod:`ptychompi.ops`): "compiled" (numba kernels and fused
+    # FFTW pipelines on a CPU, the array expressions on a GPU) or "array" (the array-module
+    # expressions everywhere: numpy on a CPU is the reference the GPU path is checked against)
+    ops_kind: str = "compiled"
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _fftw: fftw.FftwTransforms | None = field(default=None, repr=False)
+    _ops: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.fft not in ("fftw", "scipy"):
@@ -74,6 +79,16 @@ class Backend:
     @property
     def is_gpu(self) -> bool:
         return self.name == "gpu"
+
+    @property
+    def ops(self) -> Any:
+        """The engines' per-position and element-wise operations on this backend
+        (:class:`ptychompi.ops.Operations`), made at first use."""
+        if self._ops is None:
+            from .ops import make_ops  # noqa: PLC0415 (ops imports the backend's users)
+
+            self._ops = make_ops(self)
+        return self._ops
 
     @property
     def real_dtype(self) -> np.dtype:
