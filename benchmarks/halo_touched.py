@@ -14,6 +14,14 @@ per pixel both sides touched: each side must learn the other's complex contribut
 before the batch's step), the object size, and the mean over batches of (most members on a
 rank) / (mean members per rank): the per-batch load imbalance every synchronisation point waits for.
 
+Two equivalent schemes are counted as well (not built): "routed", the numerator summed along
+the grid's rows first and then its columns, so a rank sends to its row and column neighbours
+only and the diagonal halos' pixels travel inside the column message; and "redundant", every
+rank computing all of a batch's windows that reach its own pixels (a pixel belongs to the rank
+of the nearest window centre) and receiving, per batch, the new object value of each pixel
+outside its own that such a window reads and a window it did not compute changed (the step
+terms travel as per-position partial sums in the gather LSQML makes anyway).
+
     python benchmarks/halo_touched.py --grid 30 --frame 128 --ranks 2,4
 
 ``--projection``: the same imbalance for the scaling model's 100k-frame raster of 256² frames
@@ -33,7 +41,7 @@ import numpy as np
 
 import ptychompi
 from ptychompi.parallel.sparse_halo import cover
-from ptychompi.parallel.tiling import decompose
+from ptychompi.parallel.tiling import Box, decompose
 
 
 def analyse(engine: object, ranks: int, iterations: int, frame: int) -> dict:
@@ -43,14 +51,25 @@ def analyse(engine: object, ranks: int, iterations: int, frame: int) -> dict:
     owner = np.empty(len(pos), np.int64)
     for t in tiles:
         owner[t.indices] = t.rank
-    own = both = area = deferred = 0
+    own = both = area = deferred = routed = refresh = computed = 0
     imbalance = []
     behind: dict[tuple[int, int], np.ndarray] = {}  # n's copy behind t's (t alone changed it)
+    whole = Box(0, 0, int(tops[:, 0].max()) + frame, int(tops[:, 1].max()) + frame)
+    pixel_owner = _pixel_owner(tops, owner, whole.shape, frame)
+    ghosts = [_cover(tops[_reaching(tops, pixel_owner == t.rank, frame)], whole, frame)
+              & (pixel_owner != t.rank) for t in tiles]
     for _ in range(iterations):
         engine._batches()  # the global batches of one iteration, as LSQML draws them
         for part in engine._parts:
             counts = np.bincount(owner[part], minlength=ranks)
             imbalance.append(counts.max() / counts.mean())
+            lit = [_cover(tops[part[owner[part] == t.rank]], whole, frame) for t in tiles]
+            routed += _routed(tiles, lit)
+            for t, ghost in zip(tiles, ghosts, strict=True):  # redundant windows
+                mine = part[_reaching(tops[part], pixel_owner == t.rank, frame)]
+                computed += len(mine)
+                others = np.setdiff1d(part, mine)
+                refresh += int((ghost & _cover(tops[others], whole, frame)).sum())
             for t in tiles:
                 mine = tops[part[owner[part] == t.rank]]
                 for n, halo in t.halos.items():
@@ -68,9 +87,63 @@ def analyse(engine: object, ranks: int, iterations: int, frame: int) -> dict:
     return {"ranks": ranks, "grid": list(tiles[0].grid),
             "full_MB": 12 * area / per / 1e6, "touched_MB": 12 * own / per / 1e6,
             "numerator_MB": 8 * own / per / 1e6, "deferred_MB": 8 * deferred / per / 1e6,
+            "routed_MB": 8 * routed / per / 1e6, "redundant_MB": 8 * refresh / per / 1e6,
+            "redundant_work": computed / (iterations * len(owner)),
             "floor_MB": 8 * both / per / 1e6, "touched_fraction": own / max(area, 1),
             "both_fraction": both / max(area, 1),
             "batch_imbalance": float(np.mean(imbalance))}
+
+
+def _cover(tops: np.ndarray, box: Box, frame: int) -> np.ndarray:
+    return cover(tops.reshape(-1, 2), box, (frame, frame))
+
+
+def _pixel_owner(tops: np.ndarray, owner: np.ndarray, shape: tuple[int, int],
+                 frame: int) -> np.ndarray:
+    """Each pixel's rank: the owner of the window whose centre is nearest."""
+    from scipy.spatial import cKDTree  # noqa: PLC0415
+
+    grid = np.indices(shape).reshape(2, -1).T
+    return owner[cKDTree(tops + frame / 2).query(grid)[1]].reshape(shape)
+
+
+def _reaching(tops: np.ndarray, mask: np.ndarray, frame: int) -> np.ndarray:
+    """Which windows at ``tops`` cover a pixel of ``mask`` (an integral image)."""
+    s = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+    s[1:, 1:] = mask.cumsum(0).cumsum(1)
+    r0, c0 = np.clip(tops[:, 0], 0, mask.shape[0]), np.clip(tops[:, 1], 0, mask.shape[1])
+    r1 = np.clip(tops[:, 0] + frame, 0, mask.shape[0])
+    c1 = np.clip(tops[:, 1] + frame, 0, mask.shape[1])
+    return (s[r1, c1] - s[r0, c1] - s[r1, c0] + s[r0, c0]) > 0
+
+
+def _routed(tiles: list, lit: list[np.ndarray]) -> int:
+    """Pixels sent in one batch's numerator sum along rows, then columns: to a row neighbour
+    what this rank's windows lit in their halo; to a column neighbour what is not zero after
+    the row step (its own or a row neighbour's windows lit); to a diagonal one nothing when
+    its halo lies in both the row and the column neighbour's boxes, else its lit pixels."""
+    at = {t.coords: t for t in tiles}
+    sent = 0
+    for t in tiles:
+        rows = [n for n in t.halos if tiles[n].coords[0] == t.coords[0]]
+        partial = lit[t.rank].copy()
+        for n in rows:
+            r = t.halos[n].slices()
+            sent += int(lit[t.rank][r].sum())
+            partial[r] |= lit[n][r]
+        for n, halo in t.halos.items():
+            dy, dx = (tiles[n].coords[k] - t.coords[k] for k in (0, 1))
+            if dy == 0:
+                continue
+            if dx == 0:
+                sent += int(partial[halo.slices()].sum())
+                continue
+            h, v = at.get((t.coords[0], t.coords[1] + dx)), at.get((t.coords[0] + dy,
+                                                                    t.coords[1]))
+            inside = (h is not None and v is not None and halo.intersect(h.box) == halo
+                      and halo.intersect(v.box) == halo)
+            sent += 0 if inside else int(lit[t.rank][halo.slices()].sum())
+    return sent
 
 
 def projection(iterations: int, batches: int = 10) -> None:
@@ -116,12 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.grid}x{args.grid} scan of {args.frame}², object {obj_mb:.2f} MB (complex64), "
           f"{recon.engine.n_batches} batches per iteration")
     print("| ranks | grid | full halo MB/rank/it | touched MB | touched, numerator only MB | "
-          "deferred MB | exact floor MB | touched | both touched | batch max/mean members |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "deferred MB | routed MB | redundant MB (windows computed) | exact floor MB | "
+          "touched | both touched | batch max/mean members |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k in (int(v) for v in args.ranks.split(",")):
         r = analyse(recon.engine, k, args.iterations, args.frame)
         print(f"| {k} | {r['grid'][0]}x{r['grid'][1]} | {r['full_MB']:.2f} | "
               f"{r['touched_MB']:.2f} | {r['numerator_MB']:.2f} | {r['deferred_MB']:.2f} | "
+              f"{r['routed_MB']:.2f} | {r['redundant_MB']:.2f} ({r['redundant_work']:.2f}x) | "
               f"{r['floor_MB']:.2f} | "
               f"{r['touched_fraction']:.2f} | "
               f"{r['both_fraction']:.2f} | {r['batch_imbalance']:.3f} |")

@@ -40,6 +40,11 @@ def test_halo_touched_orders_full_touched_floor(tmp_path: Path) -> None:
         assert r["touched_MB"] <= r["full_MB"]
         assert 0 < r["both_fraction"] <= r["touched_fraction"] <= 1
         assert r["batch_imbalance"] >= 1
+        assert r["redundant_MB"] >= 0 and r["redundant_work"] > 1  # windows computed twice
+    two, four = rows
+    # one row of tiles: the routed sum is the direct one; 2x2: diagonals ride the columns
+    assert abs(two["routed_MB"] - two["numerator_MB"]) < 1e-12
+    assert four["routed_MB"] < four["numerator_MB"]
     assert "| 2 |" in proc.stdout and "| 4 |" in proc.stdout
 
 
