@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import fused_kernels
 from ..backend import Backend
 from ..config import AlgorithmConfig
 from ..physics import Propagator, apply_amplitude_limits, orthogonalize_modes
@@ -92,11 +91,6 @@ class Engine(ShiftTables, TileMerging, ChunkRunner):
         self.object = backend.asarray(obj, backend.complex_dtype)
         self.seconds_compute = 0.0
         self.chunk_size = GPU_CHUNK if backend.is_gpu else CPU_CHUNK
-        # CPU, FFTW, single precision: an engine may run a chunk of positions in one compiled
-        # call (ptychompi.fused_kernels; the same result as the chunked path)
-        self.fused = (not backend.is_gpu and backend.fft == "fftw"
-                      and backend.complex_dtype == np.complex64
-                      and fused_kernels.available((frame, frame)))
         self._pool: ThreadPoolExecutor | None = None
         self._accumulators: dict[tuple, np.ndarray] = {}
         self._dirty: set[int] = set()
@@ -140,6 +134,13 @@ class Engine(ShiftTables, TileMerging, ChunkRunner):
 
     def _iterate(self) -> float:
         raise NotImplementedError
+
+    @property
+    def fused(self) -> bool:
+        """Whether this engine's per-position pipelines run as one compiled call per chunk
+        (recorded in the provenance; the backend's operations decide)."""
+        ops = self.backend.ops
+        return bool(ops.compiled and ops.fuses((self.data.frame, self.data.frame)))
 
     @property
     def updates_probe(self) -> bool:

@@ -19,18 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import fused_kernels
-from ..physics import (
-    EPS,
-    dm_fourier_update,
-    exit_waves,
-    object_terms,
-    probe_terms,
-    run_ramps,
-    shifted_probe_residual,
-    shifted_probes,
-    weighted_power,
-)
+from ..ops import DmFourierJob, DmObjectJob, DmProbeJob
 from .base import Engine
 from .lsqml import LSQML
 
@@ -99,7 +88,7 @@ class DifferenceMap(Engine):
         def fill(_: int, sl: slice) -> None:
             sl = slice(sl.start + start, sl.stop + start)
             probes, probe_of = self._probes(sl, table, probe_ft)
-            phi = exit_waves(self.backend, probes, self.object, self.windows(sl), probe_of)
+            phi = self.backend.ops.exit_waves(probes, self.object, self.windows(sl), probe_of)
             self.waves[sl] = prop.forward(phi)
 
         self.map_chunks(fill, n - start)
@@ -118,7 +107,7 @@ class DifferenceMap(Engine):
         if self._ramps[0].shape[0] * self.probe.nbytes > PROBE_TABLE_BYTES:
             self._table = None
             return None, probe_ft
-        table = shifted_probes(self.backend, probe_ft, self._ramps, self.probe)
+        table = self.backend.ops.shifted_probes(probe_ft, self._ramps, self.probe)
         self._table = (self.probe.copy(), table)
         return table, None
 
@@ -183,26 +172,19 @@ class DifferenceMap(Engine):
             self._overlap_projection(psi_ready=sweep > 0)
         return self._fourier_update()
 
-    def _exit_waves(self, sl: Any, keep: bool = False) -> Any:
-        """Sample-plane exit waves of positions ``sl``; with ``keep`` (a chunk) in the
-        engine's exit-wave buffer (:meth:`_overlap_projection` allocates it once, before the
-        threads start: 100 MB of fresh pages per iteration would cost as much time in page
-        faults as half the inverse FFTs)."""
-        if not keep:
-            return self.data.propagator.backward(self.waves[self._device_sel(sl)])
-        psi = self._psi[sl]
-        psi[...] = self.waves[sl]
-        out = self.data.propagator.backward(psi, overwrite=True)
-        if out is not psi:
-            psi[...] = out
-        return psi
+    def _exit_waves(self, sel: Any) -> Any:
+        """Sample-plane exit waves of positions ``sel`` (the kept ones are in ``_psi``:
+        :meth:`_overlap_projection` allocates that buffer once, before the threads start, as
+        100 MB of fresh pages per iteration would cost as much time in page faults as half
+        the inverse FFTs)."""
+        return self.data.propagator.backward(self.waves[self._device_sel(sel)])
 
     def _overlap_projection(self, psi_ready: bool = False) -> None:
         """One sweep of the overlap projection: the object from the exit waves and the
         probe, then the probe from them and the new object. ``psi_ready``: an earlier sweep
         of this iteration kept the sample-plane exit waves (the waves have not changed), so
         no inverse propagation is needed."""
-        be, xp = self.backend, self.backend.xp
+        be, xp, ops = self.backend, self.backend.xp, self.backend.ops
         share_obj = self.schedule.share_object(self.iteration)
         table, probe_ft = self._probe_table()
         # sums in double precision: their order (tiles, threads) then no longer matters, so n
@@ -221,17 +203,13 @@ class DifferenceMap(Engine):
         def object_sums(t: int, sl: slice) -> None:
             probes, probe_of = self._probes(sl, table, probe_ft)
             if cached:
-                object_terms(be, self._psi[sl], probes, self.windows(sl), nums[t], dens[t],
-                             probe_of)
+                ops.object_terms(self._psi[sl], probes, self.windows(sl), nums[t], dens[t],
+                                 probe_of)
                 return
-            if self.fused:  # inverse FFT and sums position by position in one compiled call
-                fused_kernels.dm_object_chunk(self.waves[sl], self.rows[sl], self.cols[sl],
-                                              probes, probe_of, nums[t], dens[t],
-                                              self._psi[sl] if keep else None,
-                                              self.data.propagator.transfer)
-                return
-            psi = self._exit_waves(sl, keep)
-            object_terms(be, psi, probes, self.windows(sl), nums[t], dens[t], probe_of)
+            ops.dm_object_chunk(DmObjectJob(
+                waves=self.waves[sl], win=self.windows(sl), probes=probes, probe_of=probe_of,
+                num=nums[t], den=dens[t], keep=self._psi[sl] if keep else None,
+                prop=self.data.propagator))
 
         self.map_chunks(object_sums, n)
         num, den = self.reduce((nums, np.complex128), (dens, np.float64))
@@ -250,7 +228,7 @@ class DifferenceMap(Engine):
             psi = self._psi[self._device_sel(sel)] if keep else self._exit_waves(sel)
             win = self.windows(sel)
             if not self.use_subpixel:
-                return probe_terms(be, psi, self.object, win)
+                return ops.probe_terms(psi, self.object, win)
             # with sub-pixel shifts the update is a step along the residual's back-shifted
             # gradient, Σ_j S_-j[conj(O_j)(ψ_j − S_j(P) O_j)] / (Σ_j |O_j|² + δ): a Fourier
             # back-shift of the real weight |O_j|² rings at sharp edges and at the frame's
@@ -258,13 +236,9 @@ class DifferenceMap(Engine):
             probes, probe_of = self._probes(sel, table, probe_ft)
             runs = self.runs(sel)
             shift_ids = self.ramp_id[sel] if runs is None else self.ramp_id[sel][runs]
-            if self.fused and runs is not None:  # run by run in one compiled call
-                return (*fused_kernels.dm_probe_chunk(psi, self.object, self.rows[sel],
-                                                      self.cols[sel],
-                                                      run_ramps(be, self.ramps(sel), runs),
-                                                      runs, probes, probe_of), shift_ids)
-            return (*shifted_probe_residual(be, psi, self.object, win, self.ramps(sel),
-                                            probes, probe_of, runs), shift_ids)
+            return (*ops.dm_probe_chunk(DmProbeJob(
+                psi=psi, obj=self.object, win=win, ramps=self.ramps(sel), runs=runs,
+                probes=probes, probe_of=probe_of)), shift_ids)
 
         terms = self.map_chunks(probe_sums, n)
         pnum = self.chunk_sum([t[0] for t in terms])
@@ -315,8 +289,9 @@ class DifferenceMap(Engine):
                 for run in runs:
                     weight[i] += powers[run]
             rows = xp.asarray(shifts[sl])
-            shifted = shifted_probes(be, d_ft, (self._ramps[0][rows], self._ramps[1][rows]), d)
-            return weighted_power(be, shifted, weight)
+            shifted = be.ops.shifted_probes(d_ft, (self._ramps[0][rows], self._ramps[1][rows]),
+                                            d)
+            return be.ops.weighted_power(shifted, weight)
 
         return float(sum(self.map_chunks(part, len(shifts), self.per_thread(len(shifts)))))
 
@@ -342,13 +317,10 @@ class DifferenceMap(Engine):
 
         def update(_: int, sl: slice) -> float:
             probes, probe_of = self._probes(sl, table, probe_ft)
-            if self.fused:  # exit wave, FFT and Fourier step in one compiled call
-                return fused_kernels.dm_fourier_chunk(
-                    self.data.amplitudes[sl], self.rows[sl], self.cols[sl], self.object,
-                    probes, probe_of, self.waves[sl], bound, EPS, prop.transfer)
-            phi = exit_waves(be, probes, self.object, self.windows(sl), probe_of)
-            return dm_fourier_update(be, prop.forward(phi), self.waves[sl],
-                                     self.data.amplitudes[sl], bound)
+            return be.ops.dm_fourier_chunk(DmFourierJob(
+                amplitudes=self.data.amplitudes[sl], win=self.windows(sl), obj=self.object,
+                probes=probes, probe_of=probe_of, waves=self.waves[sl], bound=bound,
+                prop=prop))
 
         return float(sum(self.map_chunks(update, len(self.rows))))
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import cpu_kernels, fused_kernels
-from ..physics import EPS, epie_update, exit_waves, modulus_project, unshift_sum
+from .. import cpu_kernels
+from ..ops import EpieJob
 from .base import Engine
 from .visits import extra_rounds
 
@@ -74,31 +74,17 @@ class EPIE(Engine):
         object update touches only its own window, which no other position of the batch
         reads). Each position's object step is ``alpha / max|P|²`` of the probe it sees (its
         sub-pixel-shifted copy, made by the thread, or the probe); with shifts the probe's
-        spectrum ``probe_ft`` is updated in place. With :attr:`fused` a thread's positions go
-        through the whole pipeline in one compiled call (:mod:`ptychompi.fused_kernels`, the
-        same result)."""
-        be, xp = self.backend, self.backend.xp
-        prop = self.data.propagator
+        spectrum ``probe_ft`` is updated in place (:meth:`Operations.epie_chunk`)."""
+        ops = self.backend.ops
         size = self.per_thread(len(batch))
         mode = "none" if not update_probe else ("sum" if probe_ft is None else "stack")
 
         def part_update(_: int, sl: slice) -> tuple[float, Any]:
             part = batch[sl]
-            if self.fused:
-                return fused_kernels.epie_chunk(self.data.amplitudes, part, self.rows[part],
-                                                self.cols[part], self.object, self.probe,
-                                                probe_ft, self.ramps(part), steps, EPS, mode,
-                                                prop.transfer)
-            win = self.windows(part)
-            probes = self.probes_at(part, probe_ft)
-            psi = exit_waves(be, probes, self.object, win)
-            projected, e = modulus_project(be, prop.forward(psi),
-                                          self.data.amplitudes[xp.asarray(part)])
-            chi = prop.backward(projected, overwrite=True)
-            grad = epie_update(be, chi, psi, probes, self.object, win, steps, mode)
-            if mode == "stack":  # the spectrum of the back-shifted gradients' sum
-                grad = unshift_sum(be, grad, self.ramps(part), spectrum=True, overwrite=True)
-            return e, grad
+            return ops.epie_chunk(EpieJob(
+                amplitudes=self.data.amplitudes, frames=part, win=self.windows(part),
+                obj=self.object, probe=self.probe, shifts=self.shifts(part, probe_ft),
+                steps=steps, grad=mode, prop=self.data.propagator))
 
         parts = self.map_chunks(part_update, len(batch), size)
         if update_probe:

@@ -12,17 +12,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import fused_kernels
+from ..ops import LsqmlJob
 from ..parallel.sparse_halo import TouchedHalo
-from ..physics import (
-    EPS,
-    exit_waves,
-    lsqml_object_direction,
-    lsqml_object_terms,
-    lsqml_step_terms,
-    run_ramps,
-    unshift_sum,
-)
+from ..physics import EPS, run_ramps
 from .base import Engine
 from .batch_layout import frame_cells, stratified_parts
 from .lsqml_halo import halo_illumination
@@ -100,7 +92,6 @@ class LSQML(Engine):
         self._shift_of = self._global_shifts()
         opts = self.cfg.lsqml  # the noise model: its own object (noise.py)
         self.noise = noise_model(opts.noise_model, opts.poisson_newton_steps)
-        self.fused = self.fused and self.noise.fused
         # per-batch halo sums move only the pixels the batch's windows touched (off: the full
         # halo, the same result); the global batch being updated and its built exchange
         self.touched_halo = True
@@ -190,6 +181,11 @@ class LSQML(Engine):
                 self.average_probe()
         return err
 
+    @property
+    def fused(self) -> bool:
+        """The compiled pipelines implement the Gaussian noise model only."""
+        return super().fused and self.noise.fused
+
     def _halo_sum(self, *arrays: Any) -> None:
         """The batch's halo sum: over the pixels its windows touched (:class:`TouchedHalo`,
         built collectively at first use and again after the positions moved), or the full
@@ -248,8 +244,7 @@ class LSQML(Engine):
         the object sums Σ conj(P) χ and Σ |P|² into the thread's accumulators and the
         probe's direction terms Σ conj(O) χ (back-shifted per run of equal sub-pixel
         shift)."""
-        be, xp = self.backend, self.backend.xp
-        prop = self.data.propagator
+        be = self.backend
         batch, update_probe = b.members, b.update_probe
         probe_ft = be.fft2(self.probe) if self.use_subpixel and len(batch) else None  # once
 
@@ -260,27 +255,15 @@ class LSQML(Engine):
             ramps = self.ramps(part)
             probes, probe_of = self.probe_set(part, probe_ft)  # one per distinct shift
             # χ = Ψ' − ψ, the object sums and the probe direction terms: summed, or with
-            # sub-pixel shifts per run of equal shift (per position when exact)
+            # sub-pixel shifts per run of equal shift (per position when exact), back-shifted
+            # once per run
             runs = self.runs(part) if ramps is not None else None
-            per_position = ramps is not None and runs is None
-            # one back-shift per run of equal shifts (the fused call does it for runs)
             shifts = run_ramps(be, ramps, runs) if update_probe and ramps is not None else None
-            shifted_back = self.fused and runs is not None
-            if self.fused:  # position by position in one compiled call
-                err, chi, d_probe = fused_kernels.lsqml_chunk(
-                    self.data.amplitudes, part, win.rows, win.cols, self.object, probes,
-                    probe_of, nums[t], illums[t], update_probe, per_position, runs, EPS,
-                    shifts if shifted_back else None, prop.transfer)
-            else:
-                psi = exit_waves(be, probes, self.object, win, probe_of)
-                target, err = self.noise.target(be, prop.forward(psi),
-                                                self.data.amplitudes[xp.asarray(part)])
-                chi = prop.backward(target, overwrite=True)
-                d_probe = lsqml_object_terms(be, chi, psi, probes, self.object, win, nums[t],
-                                             illums[t], update_probe, probe_of,
-                                             per_position=per_position, runs=runs)
-            if update_probe and ramps is not None and not shifted_back:
-                d_probe = unshift_sum(be, d_probe, shifts, spectrum=True, overwrite=True)
+            err, chi, d_probe = be.ops.lsqml_chunk(LsqmlJob(
+                amplitudes=self.data.amplitudes, frames=part, win=win, obj=self.object,
+                probes=probes, probe_of=probe_of, num=nums[t], den=illums[t],
+                with_probe=update_probe, per_position=ramps is not None and runs is None,
+                runs=runs, shifts=shifts, prop=self.data.propagator, noise=self.noise))
             return _Part((probes, probe_of), win, chi, err, d_probe)
 
         return self.map_chunks(exit_part, len(batch), b.size) if len(batch) else []
@@ -324,8 +307,8 @@ class LSQML(Engine):
         dmax = ex.allreduce(float(illum.max()) if illum.size else 0.0, op="max")
         damping = (self.cfg.lsqml.delta * dmax) ** 2
         d_obj = xp.empty_like(num)
-        self.map_rows(lambda rows: lsqml_object_direction(be, num[rows], illum[rows], damping,
-                                                          d_obj[rows]),
+        self.map_rows(lambda rows: be.ops.lsqml_object_direction(num[rows], illum[rows],
+                                                                 damping, d_obj[rows]),
                       num.shape[0])
         return d_obj
 
@@ -340,8 +323,8 @@ class LSQML(Engine):
 
         def step_terms(_: int, sl: slice) -> list[Any]:
             (probes, probe_of), win, chi = parts[sl.start // b.size][:3]
-            return lsqml_step_terms(be, chi, probes, self.object, d_obj,
-                                    d_probe if update_probe else None, win, probe_of)
+            return be.ops.lsqml_step_terms(chi, probes, self.object, d_obj,
+                                           d_probe if update_probe else None, win, probe_of)
 
         if nb:
             cols_ = list(zip(*self.map_chunks(step_terms, nb, b.size), strict=True))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..physics import shifted_probes, subpixel_ramps
+from ..physics import subpixel_ramps
 
 
 def probe_power(probe: Any) -> np.ndarray:
@@ -33,7 +33,7 @@ def shift_powers(backend: Any, probe: Any, keys: np.ndarray, bins: int) -> np.nd
     for g, key in enumerate(np.asarray(keys, dtype=np.int64)):
         fraction = np.array([[key // (bins + 1), key % (bins + 1)]], dtype=np.int64) / bins
         ramps = subpixel_ramps(backend, fraction, frame)
-        out[g] = probe_power(shifted_probes(backend, probe_ft, ramps, probe)[0])
+        out[g] = probe_power(backend.ops.shifted_probes(probe_ft, ramps, probe)[0])
     return out
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..physics import scatter_add
-
 
 class TileMerging:
     """Object and probe averages across ranks (an :class:`Engine` mixin: it reads
@@ -20,7 +18,7 @@ class TileMerging:
         power = (xp.abs(self.probe) ** 2).sum(axis=0).astype(self.backend.real_dtype)
         n = len(self.rows)
         values = xp.broadcast_to(power, (n, *power.shape))
-        scatter_add(self.backend, weight, values, self.rows, self.cols)
+        self.backend.ops.scatter_add(weight, values, self.rows, self.cols)
         return weight
 
     def merge_object(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Backend
-from ..physics import EPS, model_intensity, modulus_project
+from ..physics import EPS, model_intensity
 
 
 class GaussianNoise:
@@ -26,7 +26,7 @@ class GaussianNoise:
 
     def target(self, be: Backend, wave: Any, amplitude: Any) -> tuple[Any, float]:
         """Ψ' and the batch's misfit; ``wave`` is a fresh array (it may be overwritten)."""
-        return modulus_project(be, wave, amplitude)
+        return be.ops.modulus_project(wave, amplitude)
 
 
 class PoissonNoise:

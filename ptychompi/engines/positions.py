@@ -32,7 +32,7 @@ import numpy as np
 
 from ..config import PositionCorrectionConfig
 from ..parallel.tiling import Box, Tile, decompose
-from ..physics import EPS, exit_waves, modulus_project
+from ..physics import EPS
 from ..physics import probe_index as probe_index_of
 from .position_kernels import fused_chunk, position_sums
 
@@ -136,8 +136,8 @@ class PositionRefiner:
                                    probe_index_of(probes, len(win), probe_of), d_row, d_col,
                                    EPS, prop.transfer)
                 return sums[:, 0::2], sums[:, 1::2]
-            psi = exit_waves(be, probes, obj, win, probe_of)
-            projected, _ = modulus_project(be, prop.forward(psi), engine.data.amplitudes[sl])
+            psi = be.ops.exit_waves(probes, obj, win, probe_of)
+            projected, _ = be.ops.modulus_project(prop.forward(psi), engine.data.amplitudes[sl])
             back = prop.backward(projected, overwrite=True)
             if not be.is_gpu:  # one compiled pass: no gradient waves
                 sums = np.empty((len(win), 4))
@@ -149,7 +149,7 @@ class PositionRefiner:
             num = np.empty((len(win), 2))
             den = np.empty((len(win), 2))
             for axis, grad in enumerate((d_row, d_col)):
-                g = exit_waves(be, probes, grad, win, probe_of)
+                g = be.ops.exit_waves(probes, grad, win, probe_of)
                 num[:, axis] = be.asnumpy((g.conj() * chi).real.sum(axis=(1, 2, 3),
                                                                     dtype=np.float64))
                 den[:, axis] = be.asnumpy((g.real ** 2 + g.imag ** 2).sum(axis=(1, 2, 3),

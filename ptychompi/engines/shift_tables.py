@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..physics import Windows, runs_of, shifted_probes, subpixel_grid, subpixel_ramps, window_index
+from ..ops import ProbeShifts
+from ..physics import Windows, runs_of, subpixel_grid, subpixel_ramps, window_index
 
 
 class ShiftTables:
@@ -23,11 +24,11 @@ class ShiftTables:
         self.ramp_id = ramp_id  # each position's row of the shift table
         self._ramp_id_device = backend.xp.asarray(ramp_id)  # the same on the device (one copy)
         self.fractions = table[ramp_id]
-        # flat window indices (B, M, M), 8 bytes a pixel a position: only the GPU kernels
-        # take them (the CPU ones take the corners), so a CPU engine does not build them
-        self.index = (backend.xp.asarray(window_index(self.rows, self.cols, frame,
-                                                      self.data.box_shape[1]))
-                      if backend.is_gpu else None)
+        # flat window indices (B, M, M), 8 bytes a pixel a position: only the array-module
+        # operations take them (the compiled ones take the corners)
+        self.index = (None if backend.ops.compiled else
+                      backend.xp.asarray(window_index(self.rows, self.cols, frame,
+                                                      self.data.box_shape[1])))
         use_ramps = cfg.subpixel and len(top) and np.abs(self.fractions).max() > 1e-3
         self.use_subpixel = bool(use_ramps)
         # the ramps (2 x G x M) of the shifts, computed once per placement
@@ -61,8 +62,8 @@ class ShiftTables:
 
     def windows(self, sel: Any) -> Windows:
         """The object windows of positions ``sel`` (flat indices only on a GPU)."""
-        index = self.index[self._device_sel(sel)] if self.backend.is_gpu else None
-        return Windows(self.rows[sel], self.cols[sel], index)
+        index = None if self.index is None else self.index[self._device_sel(sel)]
+        return Windows(self.rows[sel], self.cols[sel], index, self.data.frame)
 
     def probes_at(self, sel: Any, probe_ft: Any | None = None) -> Any:
         """Probes (B, K, M, M) at positions ``sel`` (sub-pixel shifted) or (1, K, M, M).
@@ -75,14 +76,13 @@ class ShiftTables:
     def probe_set(self, sel: Any, probe_ft: Any | None = None) -> tuple[Any, Any | None]:
         """The distinct shifted probes (G, K, M, M) of positions ``sel`` and each position's
         row in them (None: one row per position, or the unshifted probe (1, K, M, M))."""
+        return self.backend.ops.shifted_set(self.probe, self.shifts(sel, probe_ft))
+
+    def shifts(self, sel: Any, probe_ft: Any | None = None) -> ProbeShifts | None:
+        """How positions ``sel`` see the probe (its spectrum ``probe_ft``, made here when not
+        given) with sub-pixel shifts, or None without them."""
         if self._ramps is None:
-            return self.probe[None], None
+            return None
         if probe_ft is None:
             probe_ft = self.backend.fft2(self.probe)
-        ids, member = np.unique(self.ramp_id[sel], return_inverse=True)
-        if len(ids) == len(member):
-            return shifted_probes(self.backend, probe_ft, self.ramps(sel), self.probe), None
-        dids = self.backend.xp.asarray(ids)
-        ramps = self._ramps[0][dids], self._ramps[1][dids]
-        return (shifted_probes(self.backend, probe_ft, ramps, self.probe),
-                self.backend.xp.asarray(member.reshape(-1)))
+        return ProbeShifts(spectrum=probe_ft, table=self._ramps, ids=self.ramp_id[sel])

@@ -10,7 +10,7 @@ import pytest
 from ptychompi import Reconstruction
 from ptychompi.errors import ConfigError, PtychompiError
 from ptychompi.metrics import object_error
-from ptychompi.physics import Propagator, fourier_error_terms, shifted_probes, subpixel_ramps
+from ptychompi.physics import Propagator, Windows, fourier_error_terms, subpixel_ramps
 from ptychompi.scan import ArrayScan, ScanGeometry
 from ptychompi.simulate import simulate
 
@@ -39,15 +39,14 @@ def sim20():
 def truth_floor(sim) -> float:
     """Fourier error of the true object and probe: the Poisson noise floor of the data."""
     from ptychompi.backend import select_backend  # noqa: PLC0415
-    from ptychompi.physics import extract, window_index  # noqa: PLC0415
-
     be = select_backend("cpu")
     pos = sim.positions_px
     top = np.floor(pos).astype(int)
-    idx = window_index(top[:, 0], top[:, 1], sim.frames.shape[-1], sim.object.shape[1])
-    ramps = subpixel_ramps(be, pos - top, sim.frames.shape[-1])
-    probes = shifted_probes(be, be.fft2(sim.probe), ramps, sim.probe)
-    wave = be.fft2(probes * extract(be, sim.object, idx)[:, None])
+    frame = sim.frames.shape[-1]
+    ramps = subpixel_ramps(be, pos - top, frame)
+    probes = be.ops.shifted_probes(be.fft2(sim.probe), ramps, sim.probe)
+    win = Windows(top[:, 0], top[:, 1], None, frame)
+    wave = be.fft2(probes * be.ops.extract(sim.object, win)[:, None])
     amp = np.fft.ifftshift(np.sqrt(sim.frames), axes=(-2, -1))
     return fourier_error_terms(be, wave, amp) / float(sim.frames.sum())
 

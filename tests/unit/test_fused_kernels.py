@@ -1,5 +1,6 @@
-"""The fused per-position pipelines (FFTW called from compiled kernels) against the chunked
-path they replace: identical objects and probes, position by position and in the engine."""
+"""The fused per-position pipelines (FFTW called from compiled kernels) against the composed
+pipelines of :class:`ptychompi.ops.Operations` they replace: identical objects and probes,
+chunk by chunk and in the engine."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from test_engines import as_scan, config
 
 from ptychompi import Reconstruction, fftw, fftw_native, fused_kernels, physics
 from ptychompi.backend import select_backend
-from ptychompi.physics import Windows
+from ptychompi.engines.noise import GaussianNoise
+from ptychompi.ops import DmFourierJob, DmObjectJob, DmProbeJob, EpieJob, LsqmlJob, ProbeShifts
+from ptychompi.physics import Propagator, Windows
 from ptychompi.simulate import simulate
 
 pytestmark = pytest.mark.skipif(not fftw_native.available(), reason="pyfftw is a dependency; "
@@ -35,10 +38,27 @@ def test_frame_plans_transform_like_the_chunked_path():
     assert fftw_native.frame_aligned((M, M))
 
 
+def both_ways(be, run):
+    """``run(ops)`` with the fused pipelines and with the composed ones (the same backend's
+    operations with ``fuse`` off)."""
+    ops = be.ops
+    assert ops.fuses((M, M))
+    fused = run(ops)
+    ops.fuse = False
+    try:
+        return fused, run(ops)
+    finally:
+        ops.fuse = True
+
+
+def farfield(be):
+    return Propagator.build(be, "farfield", M)
+
+
 @pytest.mark.parametrize("modes", [1, 2])
 @pytest.mark.parametrize("shifted,grad", [(False, "none"), (False, "sum"), (True, "none"),
                                           (True, "stack")])
-def test_epie_chunk_equals_the_chunked_path(modes, shifted, grad):
+def test_epie_chunk_equals_the_composed_pipeline(modes, shifted, grad):
     be = select_backend("cpu", workers=1, fft="fftw")
     rng = np.random.default_rng(modes)
     rows, cols = np.array([0, 0, 40, 80]), np.array([0, 40, 0, 80])  # disjoint windows
@@ -46,32 +66,31 @@ def test_epie_chunk_equals_the_chunked_path(modes, shifted, grad):
     amplitudes = rng.random((6, M, M)).astype(np.float32)
     amplitudes[0, :3] = -1  # masked pixels
     frames = np.array([3, 1, 0, 5])
-    ramps = physics.subpixel_ramps(be, rng.uniform(-0.5, 0.5, (4, 2)), M) if shifted else None
-    probe_ft = be.fft2(probe) if shifted else None
+    shifts = None
+    if shifted:  # positions 1 and 2 share a shift
+        table = physics.subpixel_ramps(be, rng.uniform(-0.5, 0.5, (3, 2)), M)
+        shifts = ProbeShifts(spectrum=be.fft2(probe), table=table, ids=np.array([2, 0, 0, 1]))
 
-    expected_obj = obj.copy()
-    probes = physics.shifted_probes(be, probe_ft, ramps, probe)
-    win = Windows(rows, cols, None)
-    psi = physics.exit_waves(be, probes, expected_obj, win)
-    projected, expected_err = physics.modulus_project(be, be.fft2(psi), amplitudes[frames])
-    expected_grad = physics.epie_update(be, be.ifft2(projected), psi, probes, expected_obj, win,
-                                        (0.7, 0.1), grad)
-    if grad == "stack":
-        expected_grad = physics.unshift_sum(be, expected_grad, ramps, spectrum=True)
+    def run(ops):
+        o = obj.copy()
+        err, g = ops.epie_chunk(EpieJob(amplitudes=amplitudes, frames=frames,
+                                        win=Windows(rows, cols, None, M), obj=o, probe=probe,
+                                        shifts=shifts, steps=(0.7, 0.1), grad=grad,
+                                        prop=farfield(be)))
+        return err, g, o
 
-    err, grad_sum = fused_kernels.epie_chunk(amplitudes, frames, rows, cols, obj, probe,
-                                             probe_ft, ramps, (0.7, 0.1), physics.EPS, grad)
-    assert np.array_equal(obj, expected_obj)
-    assert (grad_sum is None) == (expected_grad is None)
+    (err, grad_sum, got_obj), (expected_err, expected_grad, expected_obj) = both_ways(be, run)
+    assert np.array_equal(got_obj, expected_obj) and not np.array_equal(got_obj, obj)
+    assert (grad_sum is None) == (expected_grad is None) == (grad == "none")
     if grad_sum is not None:
         assert np.array_equal(grad_sum, expected_grad)
     assert err == pytest.approx(expected_err, rel=1e-12)  # summed in another order
 
 
-@pytest.mark.parametrize("with_probe,per_position,runs", [
-    (False, False, None), (True, False, None), (True, True, None),
-    (True, False, np.array([0, 1, 3]))])
-def test_lsqml_chunk_equals_the_chunked_path(with_probe, per_position, runs):
+@pytest.mark.parametrize("with_probe,per_position,runs,shifted", [
+    (False, False, None, False), (True, False, None, False), (True, True, None, True),
+    (True, False, np.array([0, 1, 3]), False), (True, False, np.array([0, 1, 3]), True)])
+def test_lsqml_chunk_equals_the_composed_pipeline(with_probe, per_position, runs, shifted):
     be = select_backend("cpu", workers=1, fft="fftw")
     rng = np.random.default_rng(7)
     rows, cols = np.array([0, 10, 40, 70]), np.array([0, 20, 35, 80])  # overlapping windows
@@ -80,33 +99,31 @@ def test_lsqml_chunk_equals_the_chunked_path(with_probe, per_position, runs):
     amplitudes = rng.random((6, M, M)).astype(np.float32)
     amplitudes[2, 5:9] = -1
     frames = np.array([3, 2, 0, 5])
-    sums = [np.zeros((H, W), np.complex64), np.zeros((H, W), np.float32)]
-    win = Windows(rows, cols, None)
-    psi = physics.exit_waves(be, probes, obj, win, probe_of)
-    projected, expected_err = physics.modulus_project(be, be.fft2(psi), amplitudes[frames])
-    expected_chi = be.ifft2(projected)
-    expected_terms = physics.lsqml_object_terms(be, expected_chi, psi, probes, obj, win, *sums,
-                                                with_probe, probe_of, per_position, runs)
-    fused_sums = [np.zeros_like(a) for a in sums]
-    err, chi, terms = fused_kernels.lsqml_chunk(amplitudes, frames, rows, cols, obj, probes,
-                                                probe_of, *fused_sums, with_probe, per_position,
-                                                runs, physics.EPS)
+    count = 4 if runs is None else len(runs)
+    shifts = physics.subpixel_ramps(be, rng.uniform(-0.5, 0.5, (count, 2)), M) if shifted \
+        else None
+
+    def run(ops):
+        sums = [np.zeros((H, W), np.complex64), np.zeros((H, W), np.float32)]
+        err, chi, terms = ops.lsqml_chunk(LsqmlJob(
+            amplitudes=amplitudes, frames=frames, win=Windows(rows, cols, None, M), obj=obj,
+            probes=probes, probe_of=probe_of, num=sums[0], den=sums[1], with_probe=with_probe,
+            per_position=per_position, runs=runs, shifts=shifts, prop=farfield(be),
+            noise=GaussianNoise()))
+        return err, chi, terms, sums
+
+    (err, chi, terms, sums), (expected_err, expected_chi, expected_terms, expected_sums) = \
+        both_ways(be, run)
     assert np.array_equal(chi, expected_chi)
-    assert all(np.array_equal(a, b) for a, b in zip(fused_sums, sums, strict=True))
-    assert (terms is None) == (expected_terms is None)
+    assert all(np.array_equal(a, b) for a, b in zip(sums, expected_sums, strict=True))
+    assert np.abs(sums[0]).max() > 0
+    assert (terms is None) == (expected_terms is None) == (not with_probe)
     if terms is not None:
         assert terms.dtype == expected_terms.dtype and np.array_equal(terms, expected_terms)
     assert err == pytest.approx(expected_err, rel=1e-12)
-    if runs is not None:  # with the runs' ramps the call also back-shifts their sums
-        ramps = physics.subpixel_ramps(be, rng.uniform(-0.5, 0.5, (len(runs), 2)), M)
-        _, _, spectrum = fused_kernels.lsqml_chunk(
-            amplitudes, frames, rows, cols, obj, probes, probe_of,
-            *[np.zeros_like(a) for a in sums], with_probe, per_position, runs, physics.EPS,
-            ramps)
-        assert np.array_equal(spectrum, physics.unshift_sum(be, terms, ramps, spectrum=True))
 
 
-def test_dm_chunks_equal_the_chunked_path():
+def test_dm_chunks_equal_the_composed_pipelines():
     be = select_backend("cpu", workers=1, fft="fftw")
     rng = np.random.default_rng(11)
     rows, cols = np.array([0, 10, 40, 70]), np.array([0, 20, 35, 80])
@@ -114,25 +131,32 @@ def test_dm_chunks_equal_the_chunked_path():
     probe_of = np.array([1, 0, 0, 1])
     amplitudes = rng.random((4, M, M)).astype(np.float32)
     amplitudes[1, :4] = -1
-    waves = fftw.empty_aligned((4, 2, M, M), np.complex64)
-    waves[...] = rand_complex(rng, waves.shape)
-    win = Windows(rows, cols, None)
+    start = fftw.empty_aligned((4, 2, M, M), np.complex64)
+    start[...] = rand_complex(rng, start.shape)
+    win = Windows(rows, cols, None, M)
 
-    model = be.fft2(physics.exit_waves(be, probes, obj, win, probe_of))
-    expected_waves = waves.copy()
-    expected_err = physics.dm_fourier_update(be, model, expected_waves, amplitudes, 0.05)
-    err = fused_kernels.dm_fourier_chunk(amplitudes, rows, cols, obj, probes, probe_of, waves,
-                                         0.05, physics.EPS)
-    assert np.array_equal(waves, expected_waves)
+    def fourier(ops):
+        waves = fftw.empty_aligned(start.shape, np.complex64)
+        waves[...] = start
+        err = ops.dm_fourier_chunk(DmFourierJob(amplitudes=amplitudes, win=win, obj=obj,
+                                                probes=probes, probe_of=probe_of, waves=waves,
+                                                bound=0.05, prop=farfield(be)))
+        return err, waves
+
+    (err, waves), (expected_err, expected_waves) = both_ways(be, fourier)
+    assert np.array_equal(waves, expected_waves) and not np.array_equal(waves, start)
     assert err == pytest.approx(expected_err, rel=1e-12)
 
-    expected = [np.zeros((H, W), np.complex128), np.zeros((H, W), np.float64)]
-    expected_psi = be.ifft2(waves)
-    physics.object_terms(be, expected_psi, probes, win, *expected, probe_of)
     for keep in (True, False):
-        sums = [np.zeros_like(a) for a in expected]
-        psi = fftw.empty_aligned(waves.shape, np.complex64) if keep else None
-        fused_kernels.dm_object_chunk(waves, rows, cols, probes, probe_of, *sums, psi)
+        def object_sums(ops, keep=keep):
+            sums = [np.zeros((H, W), np.complex128), np.zeros((H, W), np.float64)]
+            psi = fftw.empty_aligned(waves.shape, np.complex64) if keep else None
+            ops.dm_object_chunk(DmObjectJob(waves=waves, win=win, probes=probes,
+                                            probe_of=probe_of, num=sums[0], den=sums[1],
+                                            keep=psi, prop=farfield(be)))
+            return sums, psi
+
+        (sums, psi), (expected, expected_psi) = both_ways(be, object_sums)
         assert all(np.array_equal(a, b) for a, b in zip(sums, expected, strict=True))
         if keep:
             assert np.array_equal(psi, expected_psi)
@@ -142,7 +166,7 @@ def test_dm_chunks_equal_the_chunked_path():
 
 
 @pytest.mark.parametrize("shared", [True, False])
-def test_dm_probe_chunk_equals_the_chunked_path(shared):
+def test_dm_probe_chunk_equals_the_composed_pipeline(shared):
     be = select_backend("cpu", workers=1, fft="fftw")
     rng = np.random.default_rng(5)
     rows, cols = np.array([0, 10, 40, 70, 5]), np.array([0, 20, 35, 80, 60])
@@ -155,11 +179,13 @@ def test_dm_probe_chunk_equals_the_chunked_path(shared):
     probe_of = None if shared else np.array([0, 0, 1, 2, 2])
     if shared:
         probes = probes[:1]
-    expected = physics.shifted_probe_residual(be, values, obj, Windows(rows, cols, None),
-                                              ramps, probes, probe_of, runs)
-    got = fused_kernels.dm_probe_chunk(values, obj, rows, cols,
-                                       physics.run_ramps(be, ramps, runs), runs, probes,
-                                       probe_of)
+
+    def run(ops):
+        return ops.dm_probe_chunk(DmProbeJob(psi=values, obj=obj,
+                                             win=Windows(rows, cols, None, M), ramps=ramps,
+                                             runs=runs, probes=probes, probe_of=probe_of))
+
+    got, expected = both_ways(be, run)
     for a, b in zip(got, expected, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
 
@@ -174,7 +200,7 @@ def test_engine_fused_equals_chunked(name, subpixel):
     for fused in (True, False):
         with Reconstruction(cfg, scan=as_scan(sim)) as r:
             assert r.engine.fused  # CPU, FFTW, far field, single precision
-            r.engine.fused = fused
+            r.engine.backend.ops.fuse = fused
             r.run()
             results.append((r.object, r.probe, r.metrics["error"]))
     (obj_f, probe_f, err_f), (obj_c, probe_c, err_c) = results
@@ -196,7 +222,7 @@ def test_engine_fused_equals_chunked_near_field(shared_data, name):
     for fused in (True, False):
         with Reconstruction(cfg) as r:
             assert r.engine.fused and r.engine.data.propagator.kind == "nearfield"
-            r.engine.fused = fused
+            r.engine.backend.ops.fuse = fused
             r.run()
             results.append((r.object, r.probe))
     assert np.array_equal(results[0][0], results[1][0])

@@ -1,11 +1,13 @@
-"""The GPU branches of the engines, run here with numpy standing in for CuPy.
+"""The engines' GPU code, run here with numpy standing in for CuPy.
 
-No GPU is needed: an array module that forwards to numpy plays CuPy, and the two CUDA kernels
-are replaced by their numpy references (the kernels themselves are checked against those
-references in test_kernels.py on a GPU). This proves the ``backend.is_gpu`` code paths of
-physics and engines compute what the CPU paths compute. The CPU path runs fused numba kernels
-(:mod:`ptychompi.cpu_kernels`) whose float32 rounding differs from numpy's by an ulp, so the
-two agree to rounding as carried by each engine over four iterations (TOLERANCE).
+No GPU is needed: an array module that forwards to numpy plays CuPy, so the engines take their
+``backend.is_gpu`` branches and the array-module operations (:class:`ptychompi.ops.ArrayOps`,
+which use numpy's expressions where a GPU runs the two CUDA kernels; the kernels are checked
+against those expressions in test_kernels.py on a GPU). The numpy reference backend
+(``ops_kind="array"`` on a CPU) runs the same operations without the GPU branches of the
+engines. Both must compute what the compiled CPU operations compute; the numba kernels' float32
+rounding differs from numpy's by an ulp, so the paths agree to rounding as carried by each
+engine over four iterations (TOLERANCE).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import pytest
 import scipy.fft
 
 import ptychompi.api as api
-import ptychompi.kernels as kernels
-from ptychompi import Reconstruction, physics
+from ptychompi import Reconstruction
 from ptychompi.backend import Backend
+from ptychompi.ops import ArrayOps, CpuOps
 from ptychompi.scan import ArrayScan, ScanGeometry
 from ptychompi.simulate import simulate
 
@@ -47,23 +49,17 @@ class NumpyAsCupy(types.ModuleType):
         return np.asarray(a)
 
 
-@pytest.fixture
-def standin_gpu(monkeypatch):
-    cpu = Backend(np, "cpu", None, 1)
-
-    def scatter(target, values, rows, cols):
-        physics.scatter_add(cpu, target, np.ascontiguousarray(values).astype(target.dtype),
-                            rows, cols)
-
-    monkeypatch.setattr(kernels, "scatter_add_gpu", scatter)
-    monkeypatch.setattr(kernels, "modulus_project_gpu",
-                        lambda w, a, in_place=True: physics.modulus_project(cpu, w, a,
-                                                                            in_place=in_place))
+def standin_gpu() -> Backend:
     return Backend(NumpyAsCupy(), "gpu", 0, 1)
 
 
+def reference_cpu() -> Backend:
+    return Backend(np, "cpu", None, 1, ops_kind="array")
+
+
+@pytest.mark.parametrize("make", [standin_gpu, reference_cpu])
 @pytest.mark.parametrize("name", ["epie", "dm", "lsqml"])
-def test_gpu_branches_match_cpu(monkeypatch, standin_gpu, name):
+def test_array_operations_match_the_compiled_cpu_path(monkeypatch, make, name):
     sim = simulate(frame=64, grid=6, step_px=8, probe_diameter_px=20, photons=1e6, seed=0)
 
     def run(backend):
@@ -78,14 +74,18 @@ def test_gpu_branches_match_cpu(monkeypatch, standin_gpu, name):
             r.run()
             return r.object, r.probe, r.metrics["error"]
 
-    gpu = run(standin_gpu)
-    # the stand-in's FFT is numpy.fft; give the CPU path the same FFT (scipy.fft rounds
+    # the stand-in's FFT is numpy.fft; give the CPU paths the same FFT (scipy.fft rounds
     # differently and ePIE carries such differences), so only the kernels' rounding remains
     monkeypatch.setattr(scipy.fft, "fft2", lambda a, norm=None, workers=None,
                         overwrite_x=False: np.fft.fft2(a, norm=norm))
     monkeypatch.setattr(scipy.fft, "ifft2", lambda a, norm=None, workers=None,
                         overwrite_x=False: np.fft.ifft2(a, norm=norm))
-    cpu = run(Backend(np, "cpu", None, 1))
+    backend = make()
+    assert isinstance(backend.ops, ArrayOps)
+    gpu = run(backend)
+    compiled = Backend(np, "cpu", None, 1)
+    assert isinstance(compiled.ops, CpuOps)
+    cpu = run(compiled)
     assert gpu[2][-1] < gpu[2][0]
     err_tol, array_tol = TOLERANCE[name]
     np.testing.assert_allclose(gpu[2], cpu[2], rtol=err_tol)

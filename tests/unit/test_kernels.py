@@ -62,7 +62,7 @@ def masked_amplitude(rng: np.random.Generator, wave: np.ndarray,
 
 
 def reference_modulus(wave: np.ndarray, amp: np.ndarray) -> tuple[np.ndarray, float]:
-    return physics.modulus_project(CPU, wave.copy(), amp, in_place=True)
+    return CPU.ops.modulus_project(wave.copy(), amp, in_place=True)
 
 
 # --------------------------------------------------------------------------- sources, nvcc
@@ -118,21 +118,21 @@ def test_modulus_reference_masks_and_error() -> None:
     amp[0, 1, 2] = amp[1, 0, 0] = amp[1, 2, 2] = -1.0
     valid = amp >= 0
     before = wave.copy()
-    out, err = physics.modulus_project(CPU, wave, amp, in_place=False)
+    out, err = CPU.ops.modulus_project(wave, amp, in_place=False)
     np.testing.assert_array_equal(wave, before)  # not in place
     assert err == pytest.approx(valid.sum() * (5.0 - 2.0) ** 2, rel=1e-6)
     for k, value in enumerate((3.0, 4.0j)):
         np.testing.assert_array_equal(out[:, k][~valid], before[:, k][~valid])
         np.testing.assert_allclose(out[:, k][valid], value * 2.0 / 5.0, rtol=1e-6)
     np.testing.assert_allclose(np.sqrt(physics.model_intensity(out))[valid], 2.0, rtol=1e-6)
-    same, err2 = physics.modulus_project(CPU, wave, amp, in_place=True)
+    same, err2 = CPU.ops.modulus_project(wave, amp, in_place=True)
     assert same is wave and err2 == err
 
 
 def test_scatter_add_reference_overlaps() -> None:
     target = np.zeros((5, 6), np.complex64)
     values = np.ones((3, 2, 2), np.complex64) * np.array([1, 2j, 4], np.complex64)[:, None, None]
-    physics.scatter_add(CPU, target, values, np.array([0, 0, 1]), np.array([0, 1, 1]))
+    CPU.ops.scatter_add(target, values, np.array([0, 0, 1]), np.array([0, 1, 1]))
     expected = np.zeros((5, 6), np.complex64)
     expected[0:2, 0:2] += 1
     expected[0:2, 1:3] += 2j
@@ -220,7 +220,7 @@ def test_scatter_add_wrapper_with_fake_cupy(fake_cupy: Any, dtype: Any) -> None:
         rng.standard_normal((40, 5, 5))
     wide = np.zeros((12, 20), dtype)
     expected = np.zeros((12, 12), dtype)
-    physics.scatter_add(CPU, expected, values.astype(dtype), rows, cols)
+    CPU.ops.scatter_add(expected, values.astype(dtype), rows, cols)
     target = _fake(wide)[:, 3:15]  # contiguous rows, row stride 20
     kernels.scatter_add_gpu(target, _fake(values.astype(dtype)), rows, cols)
     np.testing.assert_allclose(wide[:, 3:15], expected, rtol=1e-6, atol=1e-6)
@@ -272,7 +272,7 @@ def test_scatter_add_gpu_matches_numpy(cp: Any, dtype: Any) -> None:
               else rng.standard_normal((n, frame, frame))).astype(dtype)
     start = np.zeros((size, size), dtype) + values[0, 0, 0]
     expected = start.copy()
-    physics.scatter_add(CPU, expected, values, rows, cols)
+    CPU.ops.scatter_add(expected, values, rows, cols)
     target = cp.asarray(start)
     kernels.scatter_add_gpu(target, cp.asarray(values), rows, cols)
     np.testing.assert_allclose(cp.asnumpy(target), expected, rtol=1e-5,
@@ -285,10 +285,10 @@ def test_scatter_add_gpu_broadcast_view_many_windows_and_dispatch(cp: Any) -> No
     rows, cols = overlapping_windows(rng, n, frame, size)
     probe = rand_complex(rng, (frame, frame))
     expected = np.zeros((size, size), np.complex64)
-    physics.scatter_add(CPU, expected, np.broadcast_to(probe, (n, frame, frame)), rows, cols)
+    CPU.ops.scatter_add(expected, np.broadcast_to(probe, (n, frame, frame)), rows, cols)
     target = cp.zeros((size, size), np.complex64)
     gpu = Backend(cp, "gpu", 0)
-    physics.scatter_add(gpu, target, cp.broadcast_to(cp.asarray(probe), (n, frame, frame)),
+    gpu.ops.scatter_add(target, cp.broadcast_to(cp.asarray(probe), (n, frame, frame)),
                         rows, cols)
     np.testing.assert_allclose(cp.asnumpy(target), expected, rtol=1e-5,
                                atol=1e-5 * np.abs(expected).max())
@@ -317,7 +317,7 @@ def test_modulus_project_gpu_not_in_place_and_dispatch(cp: Any) -> None:
     amp = masked_amplitude(rng, wave)
     ref, ref_err = reference_modulus(wave, amp)
     d_wave = cp.asarray(wave)
-    out, err = physics.modulus_project(Backend(cp, "gpu", 0), d_wave, cp.asarray(amp),
+    out, err = Backend(cp, "gpu", 0).ops.modulus_project(d_wave, cp.asarray(amp),
                                        in_place=False)
     np.testing.assert_array_equal(cp.asnumpy(d_wave), wave)
     np.testing.assert_allclose(cp.asnumpy(out), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())

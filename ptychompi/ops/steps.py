@@ -1,0 +1,325 @@
+"""The engines' operations: one interface, stated once, with the per-position pipelines composed
+from the element-wise steps.
+
+An engine states its algorithm once, in terms of these operations; a backend's implementation
+(:class:`~ptychompi.ops.cpu_ops.CpuOps`: numba kernels and, where it can, one compiled FFTW
+pipeline per chunk; :class:`~ptychompi.ops.array_ops.ArrayOps`: array-module expressions, CuPy
+on a GPU or numpy as the reference) decides how. The pipelines here (:meth:`Operations.epie_chunk`
+and the others) are the one statement of each per-position pipeline; a compiled implementation
+may replace one by a fused call that computes the same thing, and the tests hold the two to it.
+
+Arrays of exit waves have shape (B, K, M, M) (positions, probe modes, frame); measured
+amplitudes are ``sqrt(I)`` with masked pixels ``-1``. Pipeline arguments come as named records
+(:class:`EpieJob` and the others), built by keyword, so that two arrays cannot be swapped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from ..physics import EPS, Propagator, Windows, probe_index, run_ramps
+
+if TYPE_CHECKING:
+    from ..backend import Backend
+
+
+class ProbeShifts(NamedTuple):
+    """How a chunk's positions see the probe with sub-pixel shifts: the probe's spectrum
+    (K, M, M), the shift table's ramps (G, M) per axis and each position's row in it (host)."""
+
+    spectrum: Any
+    table: tuple[Any, Any]
+    ids: np.ndarray
+
+    def ramps(self, backend: Backend) -> tuple[Any, Any]:
+        """Each position's ramps (B, M) per axis."""
+        rows = backend.xp.asarray(self.ids)
+        return self.table[0][rows], self.table[1][rows]
+
+
+class EpieJob(NamedTuple):
+    """ePIE on a chunk of positions with disjoint windows (see :meth:`Operations.epie_chunk`)."""
+
+    amplitudes: Any  # (N, M, M), all measured amplitudes of the tile
+    frames: np.ndarray  # (B,) each position's row of ``amplitudes``
+    win: Windows
+    obj: Any  # updated in place
+    probe: Any  # (K, M, M)
+    shifts: ProbeShifts | None  # None: every position sees ``probe``
+    steps: tuple[float, float]  # (α, w) of :meth:`Operations.epie_update`
+    grad: str  # "none", "sum" or "stack" (the back-shifted sum's spectrum)
+    prop: Propagator
+
+
+class LsqmlJob(NamedTuple):
+    """LSQML's exit-wave targets and sums of a chunk (see :meth:`Operations.lsqml_chunk`)."""
+
+    amplitudes: Any
+    frames: np.ndarray
+    win: Windows
+    obj: Any
+    probes: Any  # (G, K, M, M) distinct probes
+    probe_of: Any  # each position's row in ``probes`` (None: see :func:`probe_index`)
+    num: Any  # object numerator accumulator, added to
+    den: Any  # illumination accumulator, added to
+    with_probe: bool  # also the probe direction terms
+    per_position: bool  # the terms per position (exact sub-pixel positions)
+    runs: np.ndarray | None  # start offsets of runs sharing a shift
+    shifts: tuple[Any, Any] | None  # ramps to back-shift the terms by (per run or position)
+    prop: Propagator
+    noise: Any  # the noise model (:mod:`ptychompi.engines.noise`)
+
+
+class DmFourierJob(NamedTuple):
+    """DM's Fourier step on a chunk (see :meth:`Operations.dm_fourier_chunk`)."""
+
+    amplitudes: Any  # (B, M, M), the chunk's own
+    win: Windows
+    obj: Any
+    probes: Any
+    probe_of: Any
+    waves: Any  # (B, K, M, M) detector-plane exit waves, updated in place
+    bound: float  # the relaxed projection's bound (0: strict)
+    prop: Propagator
+
+
+class DmObjectJob(NamedTuple):
+    """DM's object sums of a chunk (see :meth:`Operations.dm_object_chunk`)."""
+
+    waves: Any
+    win: Windows
+    probes: Any
+    probe_of: Any
+    num: Any
+    den: Any
+    keep: Any  # (B, K, M, M) buffer that receives the sample-plane exit waves, or None
+    prop: Propagator
+
+
+class DmProbeJob(NamedTuple):
+    """DM's probe residual with sub-pixel shifts (see :meth:`Operations.dm_probe_chunk`)."""
+
+    psi: Any  # (B, K, M, M) sample-plane exit waves
+    obj: Any
+    win: Windows
+    ramps: tuple[Any, Any]  # each position's
+    runs: np.ndarray | None
+    probes: Any
+    probe_of: Any
+
+
+class Operations:
+    """The element-wise steps (implemented by a backend) and the per-position pipelines
+    composed from them. ``probes`` and ``probe_of`` throughout: position j sees
+    ``probes[probe_of[j]]`` (default: ``probes[j]``, or ``probes[0]`` for one probe)."""
+
+    #: whether the operations run numba kernels on host arrays (the CPU implementation)
+    compiled = False
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    # ------------------------------------------------------------------ element-wise steps
+    def extract(self, obj: Any, win: Windows) -> Any:
+        """The object's windows (B, M, M)."""
+        raise NotImplementedError
+
+    def scatter_add(self, target: Any, values: Any, rows: np.ndarray, cols: np.ndarray) -> None:
+        """``target[r:r+M, c:c+M] += values[j]`` for every j (windows may overlap)."""
+        raise NotImplementedError
+
+    def scatter_add_disjoint(self, target: Any, values: Any, win: Windows) -> None:
+        """:meth:`scatter_add` of windows that do not overlap (ePIE's batches)."""
+        raise NotImplementedError
+
+    def exit_waves(self, probes: Any, obj: Any, win: Windows, probe_of: Any = None) -> Any:
+        """Exit waves ``P_j · O_j`` (B, K, M, M)."""
+        raise NotImplementedError
+
+    def shifted_probes(self, probe_ft: Any, ramps: tuple[Any, Any] | None, probe: Any) -> Any:
+        """Probes (B, K, M, M) shifted by each ramp pair; without ramps ``probe[None]``."""
+        raise NotImplementedError
+
+    def unshift_sum(self, values: Any, ramps: tuple[Any, Any] | None, spectrum: bool = False,
+                    overwrite: bool = False, real: bool = False) -> Any:
+        """``Σ_j shift_{-f_j}(values_j)`` over the batch axis, (B, K, M, M) -> (K, M, M), in
+        double precision (complex128; float64 with ``real`` frames, transformed by ``rfft2``).
+        Linear: one forward FFT per position and one inverse in total. ``spectrum``: the
+        sum's spectrum instead (callers add several and take one inverse FFT); ``overwrite``:
+        the FFT may reuse ``values``."""
+        raise NotImplementedError
+
+    def apply_transfer(self, spec: Any, transfer: Any, inverse: bool) -> Any:
+        """``spec · H`` (``inverse``: ``conj(H)``) in place: the near-field multiply."""
+        raise NotImplementedError
+
+    def modulus_project(self, wave: Any, amplitude: Any, *, in_place: bool = True
+                        ) -> tuple[Any, float]:
+        """Replace the modulus of ``wave`` by ``amplitude`` (masked pixels keep the model);
+        returns the wave and ``Σ_valid (sqrt(Î) − A)²``."""
+        raise NotImplementedError
+
+    def dm_fourier_update(self, model: Any, waves: Any, amplitude: Any, bound: float) -> float:
+        """DM's Fourier step in place: ``Ψ ← Ψ + π_F(2Φ − Ψ) − Φ`` (Φ = ``model``), π_F the
+        relaxed projection with ``bound`` (strict at 0); returns ``Σ_valid (|Φ| − A)²``."""
+        raise NotImplementedError
+
+    def object_terms(self, values: Any, probes: Any, win: Windows, num: Any, den: Any,
+                     probe_of: Any = None) -> None:
+        """Scatter-add ``Σ_k values_k conj(P_k)`` into ``num`` and ``Σ_k |P_k|²`` into
+        ``den`` at every window."""
+        raise NotImplementedError
+
+    def probe_terms(self, values: Any, obj: Any, win: Windows) -> tuple[Any, Any]:
+        """``(Σ_j conj(O_j) values_j, Σ_j |O_j|²)`` in double precision: (K, M, M)
+        complex128, (M, M) float64."""
+        raise NotImplementedError
+
+    def conj_object_products(self, values: Any, obj: Any, win: Windows,
+                             with_power: bool = False, runs: np.ndarray | None = None) -> Any:
+        """``conj(O_j) · values_j`` (B, K, M, M), with ``|O_j|²`` as mode K when
+        ``with_power``; with ``runs`` summed per run in double precision (R, K(+1), M, M)."""
+        raise NotImplementedError
+
+    def lsqml_object_terms(self, chi: Any, psi: Any, probes: Any, obj: Any, win: Windows,
+                           num: Any, den: Any, with_probe: bool, probe_of: Any = None,
+                           per_position: bool = False, runs: np.ndarray | None = None) -> Any:
+        """``chi -= psi`` in place, :meth:`object_terms` of ``chi`` and, with ``with_probe``,
+        the probe direction terms ``chi_j conj(O_j)``: summed (complex128 (K, M, M)), per
+        position (``per_position``: (B, K, M, M) working precision) or per run (``runs``:
+        (R, K, M, M) complex128); else None."""
+        raise NotImplementedError
+
+    def lsqml_step_terms(self, chi: Any, probes: Any, obj: Any, d_obj: Any, d_probe: Any,
+                         win: Windows, probe_of: Any = None) -> list[Any]:
+        """Per-position float64 sums (each (B,)) of LSQML's step-length system:
+        ``Re⟨dop, dop⟩, Re⟨dop, χ⟩`` and with ``d_probe`` ``Re⟨dpo, dpo⟩, Re⟨dop, dpo⟩,
+        Re⟨dpo, χ⟩``, ``dop = ΔO_j P_j``, ``dpo = ΔP O_j``."""
+        raise NotImplementedError
+
+    def epie_update(self, chi: Any, psi: Any, probes: Any, obj: Any, win: Windows,
+                    steps: tuple[float, float], probe_grad: str) -> Any:
+        """rPIE's object update in place for disjoint windows and its probe gradient.
+
+        ``steps = (α, w)``, ``Δ = chi − psi``; ``O_j += α Σ_k conj(P_jk) Δ_jk / ((1 − w)|P_j|²
+        + w max|P_j|²)`` (``w = 1``: ePIE's ``α / max|P_j|²``); the gradient ``Δ_k conj(O_j)
+        / ((1 − w)|O_j|² + w max|O_j|²)`` of the old object is returned summed
+        (``probe_grad="sum"``, complex128 (K, M, M)), per position (``"stack"``) or not at
+        all (``"none"``)."""
+        raise NotImplementedError
+
+    def weighted_power(self, values: Any, weight: Any) -> float:
+        """``Σ weight[g, r] |values[g, k, r]|²`` (values (G, K, M, M), weight (G, M, M)) in
+        double precision."""
+        raise NotImplementedError
+
+    def reduce_accumulators(self, acc: Any, dtype: Any, out: Any = None,
+                            spans: Any = None) -> Any:
+        """``Σ_t acc[t]`` over per-thread accumulators (T, H, ...) in thread order, as
+        ``dtype`` (into ``out``); ``spans`` (T, 2): the rows each may be non-zero in."""
+        raise NotImplementedError
+
+    def lsqml_object_direction(self, num: Any, illum: Any, damping: float,
+                               out: Any = None) -> Any:
+        """``num / sqrt(illum² + damping + EPS)`` in working precision."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared compositions
+    def shifted_set(self, probe: Any, shifts: ProbeShifts | None) -> tuple[Any, Any]:
+        """The distinct shifted probes (G, K, M, M) of a chunk's positions and each position's
+        row in them (None: one row per position, or the unshifted probe (1, K, M, M))."""
+        if shifts is None:
+            return probe[None], None
+        ids, member = np.unique(shifts.ids, return_inverse=True)
+        if len(ids) == len(member):
+            return self.shifted_probes(shifts.spectrum, shifts.ramps(self.backend), probe), None
+        rows = self.backend.xp.asarray(ids)
+        ramps = shifts.table[0][rows], shifts.table[1][rows]
+        return (self.shifted_probes(shifts.spectrum, ramps, probe),
+                self.backend.xp.asarray(member.reshape(-1)))
+
+    def shifted_probe_residual(self, psi: Any, obj: Any, win: Windows, ramps: tuple[Any, Any],
+                               probes: Any, probe_of: Any = None,
+                               runs: np.ndarray | None = None) -> tuple[Any, Any, Any]:
+        """DM's probe residual with sub-pixel shifts: the spectrum of
+        ``Σ_j S_-j[conj(O_j)(ψ_j − P_j O_j)]`` (K, M, M) complex128, ``Σ_j |O_j|²`` (M, M)
+        and each run's own ``Σ_{j∈run} |O_j|²`` (R, M, M), float64. A run shares ``P_j``,
+        so its residual is ``Σ conj(O_j) ψ_j − (Σ |O_j|²) P_run`` from the run's two sums in
+        double precision, back-shifted once; the result does not depend on how positions are
+        grouped into chunks or tiles."""
+        xp, b, k = self.backend.xp, psi.shape[0], psi.shape[1]
+        both = self.conj_object_products(psi, obj, win, with_power=True, runs=runs)
+        power = both[:, k].real
+        first = np.arange(b) if runs is None else np.asarray(runs)
+        rows = (probe_of[xp.asarray(first)] if probe_of is not None
+                else xp.asarray(probe_index(probes, b, None)[first]))
+        residual = both[:, :k] - power[:, None] * probes[rows]
+        num = self.unshift_sum(residual, run_ramps(self.backend, ramps, runs), spectrum=True,
+                               overwrite=True)
+        den = power.sum(axis=0, dtype=np.float64)  # in run order, as the fused kernel adds
+        return num, den, power.astype(np.float64)
+
+    # ------------------------------------------------------------------ per-position pipelines
+    def epie_chunk(self, job: EpieJob) -> tuple[float, Any]:
+        """ePIE on a chunk of disjoint windows: exit waves of the (shifted) probe, modulus
+        projection, object update in place and the probe gradient (as ``job.grad`` asks;
+        "stack": the spectrum of the back-shifted gradients' sum). Returns the chunk's
+        Fourier error numerator and the gradient (or None)."""
+        xp = self.backend.xp
+        distinct, member = self.shifted_set(job.probe, job.shifts)
+        probes = distinct if member is None else distinct[member]
+        psi = self.exit_waves(probes, job.obj, job.win)
+        projected, err = self.modulus_project(job.prop.forward(psi),
+                                              job.amplitudes[xp.asarray(job.frames)])
+        chi = job.prop.backward(projected, overwrite=True)
+        grad = self.epie_update(chi, psi, probes, job.obj, job.win, job.steps, job.grad)
+        if job.grad == "stack":
+            grad = self.unshift_sum(grad, job.shifts.ramps(self.backend), spectrum=True,
+                                    overwrite=True)
+        return err, grad
+
+    def lsqml_chunk(self, job: LsqmlJob) -> tuple[float, Any, Any]:
+        """LSQML's step 1 on a chunk: exit waves ψ, the noise model's targets Ψ', χ = Ψ' − ψ
+        back in the sample plane, the object sums into ``job.num``/``job.den`` and the probe
+        direction terms (back-shifted by ``job.shifts`` into a spectrum when given). Returns
+        ``(error, χ, terms)``."""
+        xp = self.backend.xp
+        psi = self.exit_waves(job.probes, job.obj, job.win, job.probe_of)
+        target, err = job.noise.target(self.backend, job.prop.forward(psi),
+                                       job.amplitudes[xp.asarray(job.frames)])
+        chi = job.prop.backward(target, overwrite=True)
+        terms = self.lsqml_object_terms(chi, psi, job.probes, job.obj, job.win, job.num,
+                                        job.den, job.with_probe, job.probe_of,
+                                        per_position=job.per_position, runs=job.runs)
+        if job.with_probe and job.shifts is not None:
+            terms = self.unshift_sum(terms, job.shifts, spectrum=True, overwrite=True)
+        return err, chi, terms
+
+    def dm_fourier_chunk(self, job: DmFourierJob) -> float:
+        """DM's Fourier step on a chunk's exit waves; returns the models' error."""
+        phi = self.exit_waves(job.probes, job.obj, job.win, job.probe_of)
+        return self.dm_fourier_update(job.prop.forward(phi), job.waves, job.amplitudes,
+                                      job.bound)
+
+    def dm_object_chunk(self, job: DmObjectJob) -> None:
+        """DM's object sums of a chunk's sample-plane exit waves (kept in ``job.keep``)."""
+        if job.keep is None:
+            psi = job.prop.backward(job.waves)
+        else:
+            job.keep[...] = job.waves
+            psi = job.prop.backward(job.keep, overwrite=True)
+            if psi is not job.keep:
+                job.keep[...] = psi
+                psi = job.keep
+        self.object_terms(psi, job.probes, job.win, job.num, job.den, job.probe_of)
+
+    def dm_probe_chunk(self, job: DmProbeJob) -> tuple[Any, Any, Any]:
+        """DM's probe residual of a chunk (:meth:`shifted_probe_residual`)."""
+        return self.shifted_probe_residual(job.psi, job.obj, job.win, job.ramps, job.probes,
+                                           job.probe_of, job.runs)
+
+
+__all__ = ["EPS", "DmFourierJob", "DmObjectJob", "DmProbeJob", "EpieJob", "LsqmlJob",
+           "Operations", "ProbeShifts"]
