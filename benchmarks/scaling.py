@@ -54,7 +54,8 @@ def worker(args: argparse.Namespace) -> int:
     grid = grid_for(args.mode, args.grid, size)
     scan, probe_m, info = common.make_scan(grid, args.frame)
     cfg = common.make_config(args.engine, args.iterations + args.warmup, probe_m,
-                             args.subpixel == "on", "cpu", args.workers)
+                             args.subpixel == "on", "cpu", args.workers,
+                             batch_size=args.batch_size)
     comm.Barrier()
     t0 = time.perf_counter()
     recon = ptychompi.Reconstruction(cfg, comm, scan=scan)
@@ -143,6 +144,8 @@ def launch(args: argparse.Namespace, k: int) -> dict:
            "--subpixel", args.subpixel, "--halo", args.halo]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
     if args.pingpong:
         cmd += ["--pingpong"]
     return common.run_mpi_worker(cmd, k, args.timeout, TAG)
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--subpixel", default="on", choices=("on", "off"))
     ap.add_argument("--workers", type=int, default=None, help="FFT threads per rank")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="LSQML's positions per batch (default: a tenth of the scan)")
     ap.add_argument("--halo", default="touched", choices=("touched", "touched-sent", "full"),
                     help="LSQML's per-batch halo sums: the pixels touched (the illumination "
                          "recomputed; touched-sent: sent too), or the full halo")

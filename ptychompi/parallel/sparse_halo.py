@@ -6,6 +6,14 @@ neighbour's batch windows cover. Both sides paint the same window rectangles (th
 window corners of every frame, shared once at the start) on the same halo box and list the
 covered pixels in row-major order, so the counts and the pixel order agree without a header.
 The result is bitwise the full halo sum's: the pixels left out would have added zeros.
+
+On a 2-D grid of tiles whose diagonal halos lie inside the boxes of the two tiles beside both
+corners (:func:`routable`) the sum is routed: along the grid's rows first, then its columns,
+each step sending what is not zero after the step before, so a diagonal neighbour's part
+rides inside its column neighbour's message and no diagonal message is sent (fewer bytes,
+one neighbour per message). A pixel four tiles share ends as ``(a + b) + (c + d)`` on all
+four, bitwise alike (the direct sum adds in each rank's neighbour order, which differs between
+ranks), equal to the direct sum to float rounding.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ class TouchedHalo:
         self.tops[table[:, 0]] = table[:, 2:]
         self.neighbours = list(exchange.neighbours)
         self.halos = [tile.halos[n] for n in self.neighbours]
+        # along rows, then columns (routable grids; off: each neighbour directly)
+        self._tiles = getattr(exchange, "tiles", None)
+        self.routed = self._tiles is not None and routable(self._tiles)
         # each halo's top-left corner in this rank's box
         self._corner = [(h.r0 - self.origin[0], h.c0 - self.origin[1]) for h in self.halos]
         self._buffers = [np.empty(ALIGN, np.uint8), np.empty(ALIGN, np.uint8)]
@@ -70,25 +81,67 @@ class TouchedHalo:
         to receive (the neighbour's cover them) for the global batch ``part``, as row runs
         ``[y, x0, x1)`` in the halo box (:func:`halo_kernels.row_runs`)."""
         part = np.asarray(part, dtype=np.int64)
-        owners = self.owner[part]
-        mine = self.tops[part[owners == self.rank]]
-        fh, fw = self.frame
-        return [(halo_kernels.row_runs(mine, halo.r0, halo.c0, *halo.shape, fh, fw),
-                 halo_kernels.row_runs(self.tops[part[owners == n]], halo.r0, halo.c0,
-                                       *halo.shape, fh, fw))
+        return [self._direct(part, n, halo)
                 for n, halo in zip(self.neighbours, self.halos, strict=True)]
+
+    def _direct(self, part: np.ndarray, n: int, halo: Box) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`plan`'s runs for neighbour ``n``."""
+        owners = self.owner[part]
+        fh, fw = self.frame
+        return (halo_kernels.row_runs(self.tops[part[owners == self.rank]], halo.r0,
+                                      halo.c0, *halo.shape, fh, fw),
+                halo_kernels.row_runs(self.tops[part[owners == n]], halo.r0, halo.c0,
+                                      *halo.shape, fh, fw))
+
+    def routed_plan(self, part: np.ndarray) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """The routed sum's two steps (rows, then columns), each as :meth:`plan`'s runs per
+        neighbour (empty for those a step skips): in the column step, the pixels not zero
+        after the row step (this rank's windows, or a row neighbour's within their halo)."""
+        part = np.asarray(part, dtype=np.int64)
+        tiles, empty = self._tiles, np.zeros((0, 3), np.int64)
+        me = tiles[self.rank].coords
+        rows, cols = [], []
+        for n, halo in zip(self.neighbours, self.halos, strict=True):
+            dy, dx = tiles[n].coords[0] - me[0], tiles[n].coords[1] - me[1]
+            rows.append(self._direct(part, n, halo) if dy == 0 else (empty, empty))
+            cols.append((halo_kernels.rect_runs(self._partial(part, self.rank), halo.r0,
+                                                halo.c0, *halo.shape),
+                         halo_kernels.rect_runs(self._partial(part, n), halo.r0, halo.c0,
+                                                *halo.shape))
+                        if dx == 0 else (empty, empty))
+        return [rows, cols]
+
+    def _partial(self, part: np.ndarray, rank: int) -> np.ndarray:
+        """(n, 4) global rectangles ``[y0, x0, y1, x1)`` where ``rank``'s sum is not zero
+        after the row step: its batch windows, and its row neighbours' within their halo."""
+        tiles, (fh, fw) = self._tiles, self.frame
+        owners = self.owner[part]
+        tops = self.tops[part[owners == rank]]
+        out = [np.concatenate([tops, tops + np.array([fh, fw])], axis=1)]
+        for n, halo in tiles[rank].halos.items():
+            if tiles[n].coords[0] == tiles[rank].coords[0]:
+                t = self.tops[part[owners == n]]
+                out.append(np.stack([np.maximum(t[:, 0], halo.r0),
+                                     np.maximum(t[:, 1], halo.c0),
+                                     np.minimum(t[:, 0] + fh, halo.r1),
+                                     np.minimum(t[:, 1] + fw, halo.c1)], axis=1))
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.int64)
 
     def sum(self, part: np.ndarray, *arrays: Any) -> None:
         """Add, in place, the neighbours' ``arrays`` ((..., H, W) of the box, zero outside
         their batch windows) over the halo pixels the batch ``part`` touched: the same
-        result as ``exchange.halo_sum(*arrays)``. Device (GPU) or non-contiguous arrays take
-        the full halo sum."""
-        ex = self.exchange
+        result as ``exchange.halo_sum(*arrays)`` (routed: to float rounding where four tiles
+        meet). Device (GPU) or non-contiguous arrays take the full halo sum."""
         if not arrays or any(hasattr(a, "__cuda_array_interface__") or a.ndim != 2
                              for a in arrays):
-            ex.halo_sum(*arrays)
+            self.exchange.halo_sum(*arrays)
             return
-        runs = self.plan(part)
+        for runs in (self.routed_plan(part) if self.routed else [self.plan(part)]):
+            self._step(runs, arrays)
+
+    def _step(self, runs: list[tuple[np.ndarray, np.ndarray]], arrays: tuple[Any, ...]
+              ) -> None:
+        """One neighbour message: gather the runs to send, exchange, add those received."""
         counts = [(_pixels(s), _pixels(r)) for s, r in runs]
         # within a segment, larger items first keeps every view aligned to its item size
         order = sorted(range(len(arrays)), key=lambda k: -arrays[k].dtype.itemsize)
@@ -103,7 +156,7 @@ class TouchedHalo:
                 halo_kernels.gather_runs(arrays[k], y0, x0, rows,
                                          send[offset:offset + nbytes].view(arrays[k].dtype))
                 offset += nbytes
-        ex.neighbour_bytes(send, send_spec[:2], recv, recv_spec[:2])
+        self.exchange.neighbour_bytes(send, send_spec[:2], recv, recv_spec[:2])
         for i, (_, rows) in enumerate(runs):
             offset, (y0, x0) = recv_spec[1][i], self._corner[i]
             for k in order:
@@ -111,7 +164,6 @@ class TouchedHalo:
                 halo_kernels.scatter_runs(arrays[k], y0, x0, rows,
                                           recv[offset:offset + nbytes].view(arrays[k].dtype))
                 offset += nbytes
-
 
     def near(self, part: np.ndarray) -> np.ndarray:
         """The frames of the global batch ``part`` whose windows reach into one of this
@@ -137,6 +189,28 @@ class TouchedHalo:
         for h, (y0, x0) in zip(self.halos, self._corner, strict=True):
             halo_kernels.window_power(out, y0, x0, tops, which, powers, h.r0, h.c0,
                                       *h.shape)
+
+
+def routable(tiles: list[Any]) -> bool:
+    """Whether a halo sum over ``tiles`` may go along rows, then columns: a 2-D grid with
+    diagonal halos, every neighbour at most one cell away, and each diagonal halo inside the
+    boxes of both tiles beside the corner (so its pixels reach the diagonal tile through
+    either, once)."""
+    at = {t.coords: t for t in tiles}
+    diagonal = False
+    for t in tiles:
+        for n, halo in t.halos.items():
+            dy, dx = (tiles[n].coords[k] - t.coords[k] for k in (0, 1))
+            if abs(dy) > 1 or abs(dx) > 1:
+                return False
+            if dy and dx:
+                h = at.get((t.coords[0], t.coords[1] + dx))
+                v = at.get((t.coords[0] + dy, t.coords[1]))
+                if (h is None or v is None or halo.intersect(h.box) != halo
+                        or halo.intersect(v.box) != halo):
+                    return False
+                diagonal = True
+    return diagonal
 
 
 def _pixels(runs: np.ndarray) -> int:
