@@ -7,13 +7,13 @@ window corners of every frame, shared once at the start) on the same halo box an
 covered pixels in row-major order, so the counts and the pixel order agree without a header.
 The result is bitwise the full halo sum's: the pixels left out would have added zeros.
 
-On a 2-D grid of tiles whose diagonal halos lie inside the boxes of the two tiles beside both
-corners (:func:`routable`) the sum is routed: along the grid's rows first, then its columns,
-each step sending what is not zero after the step before, so a diagonal neighbour's part
-rides inside its column neighbour's message and no diagonal message is sent (fewer bytes,
-one neighbour per message). A pixel four tiles share ends as ``(a + b) + (c + d)`` on all
-four, bitwise alike (the direct sum adds in each rank's neighbour order, which differs between
-ranks), equal to the direct sum to float rounding.
+On a 2-D grid of tiles whose neighbours are at most one cell away (:func:`routable`) the sum
+is routed: along the grid's rows first, then its columns, each step sending what is not zero
+after the step before, so a diagonal neighbour's part rides inside its column neighbour's
+message (fewer bytes); only pixels of a diagonal halo outside the box of the tile beside the
+corner travel directly, in the column step. A pixel four tiles share ends as
+``(a + b) + (c + d)`` on all four, bitwise alike (the direct sum adds in each rank's
+neighbour order, which differs between ranks), equal to the direct sum to float rounding.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class TouchedHalo:
         # along rows, then columns (routable grids; off: each neighbour directly)
         self._tiles = getattr(exchange, "tiles", None)
         self.routed = self._tiles is not None and routable(self._tiles)
+        self._at = {t.coords: t for t in self._tiles} if self.routed else {}
         # each halo's top-left corner in this rank's box
         self._corner = [(h.r0 - self.origin[0], h.c0 - self.origin[1]) for h in self.halos]
         self._buffers = [np.empty(ALIGN, np.uint8), np.empty(ALIGN, np.uint8)]
@@ -104,11 +105,18 @@ class TouchedHalo:
         for n, halo in zip(self.neighbours, self.halos, strict=True):
             dy, dx = tiles[n].coords[0] - me[0], tiles[n].coords[1] - me[1]
             rows.append(self._direct(part, n, halo) if dy == 0 else (empty, empty))
-            cols.append((halo_kernels.rect_runs(self._partial(part, self.rank), halo.r0,
-                                                halo.c0, *halo.shape),
-                         halo_kernels.rect_runs(self._partial(part, n), halo.r0, halo.c0,
-                                                *halo.shape))
-                        if dx == 0 else (empty, empty))
+            if dx == 0:
+                cols.append((halo_kernels.rect_runs(self._partial(part, self.rank), halo.r0,
+                                                    halo.c0, *halo.shape),
+                             halo_kernels.rect_runs(self._partial(part, n), halo.r0,
+                                                    halo.c0, *halo.shape)))
+            elif dy == 0:
+                cols.append((empty, empty))
+            else:  # diagonal: directly, only where the row (sending) or column (receiving)
+                # neighbour's box does not carry it
+                send, recv = self._direct(part, n, halo)
+                cols.append((_outside(send, halo, self._at.get((me[0], me[1] + dx))),
+                             _outside(recv, halo, self._at.get((me[0] + dy, me[1])))))
         return [rows, cols]
 
     def _partial(self, part: np.ndarray, rank: int) -> np.ndarray:
@@ -193,24 +201,30 @@ class TouchedHalo:
 
 def routable(tiles: list[Any]) -> bool:
     """Whether a halo sum over ``tiles`` may go along rows, then columns: a 2-D grid with
-    diagonal halos, every neighbour at most one cell away, and each diagonal halo inside the
-    boxes of both tiles beside the corner (so its pixels reach the diagonal tile through
-    either, once)."""
-    at = {t.coords: t for t in tiles}
+    diagonal halos and every neighbour at most one cell away."""
     diagonal = False
     for t in tiles:
-        for n, halo in t.halos.items():
+        for n in t.halos:
             dy, dx = (tiles[n].coords[k] - t.coords[k] for k in (0, 1))
             if abs(dy) > 1 or abs(dx) > 1:
                 return False
-            if dy and dx:
-                h = at.get((t.coords[0], t.coords[1] + dx))
-                v = at.get((t.coords[0] + dy, t.coords[1]))
-                if (h is None or v is None or halo.intersect(h.box) != halo
-                        or halo.intersect(v.box) != halo):
-                    return False
-                diagonal = True
+            diagonal = diagonal or bool(dy and dx)
     return diagonal
+
+
+def _outside(runs: np.ndarray, halo: Box, tile: Any) -> np.ndarray:
+    """The parts of ``runs`` (in ``halo``) outside ``tile``'s box, in the same order."""
+    if tile is None or tile.box.intersect(halo) is None:
+        return runs
+    r0, c0 = tile.box.r0 - halo.r0, tile.box.c0 - halo.c0
+    r1, c1 = tile.box.r1 - halo.r0, tile.box.c1 - halo.c0
+    inside = (runs[:, 0] >= r0) & (runs[:, 0] < r1)
+    left, right = runs.copy(), runs.copy()
+    left[inside, 2] = np.minimum(runs[inside, 2], c0)
+    right[inside, 1] = np.maximum(runs[inside, 1], c1)
+    right[~inside, 2] = right[~inside, 1]
+    out = np.stack([left, right], axis=1).reshape(-1, 3)
+    return np.ascontiguousarray(out[out[:, 2] > out[:, 1]])
 
 
 def _pixels(runs: np.ndarray) -> int:
