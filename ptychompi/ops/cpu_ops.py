@@ -196,44 +196,30 @@ class CpuOps(Operations):
     def epie_chunk(self, job: EpieJob) -> tuple[float, Any]:
         if not self.fuses(job.probe.shape):
             return super().epie_chunk(job)
-        shifts = job.shifts
-        return fused_kernels.epie_chunk(
-            job.amplitudes, job.frames, job.win.rows, job.win.cols, job.obj, job.probe,
-            None if shifts is None else shifts.spectrum,
-            None if shifts is None else shifts.ramps(self.backend), job.steps, EPS, job.grad,
-            job.prop.transfer)
+        ramps = None if job.shifts is None else job.shifts.ramps(self.backend)
+        return fused_kernels.epie_chunk(job, ramps)
 
     def lsqml_chunk(self, job: LsqmlJob) -> tuple[float, Any, Any]:
         if not (self.fuses(job.probes.shape) and job.noise.fused):
             return super().lsqml_chunk(job)
-        # with runs the compiled call back-shifts the runs' terms itself
-        shift_back = job.runs is not None and job.shifts is not None
-        err, chi, terms = fused_kernels.lsqml_chunk(
-            job.amplitudes, job.frames, job.win.rows, job.win.cols, job.obj, job.probes,
-            job.probe_of, job.num, job.den, job.with_probe, job.per_position, job.runs, EPS,
-            job.shifts if shift_back else None, job.prop.transfer)
-        if job.with_probe and job.shifts is not None and not shift_back:
+        err, chi, terms = fused_kernels.lsqml_chunk(job)
+        # with runs the compiled call back-shifted the runs' terms itself
+        if job.with_probe and job.shifts is not None and job.runs is None:
             terms = self.unshift_sum(terms, job.shifts, spectrum=True, overwrite=True)
         return err, chi, terms
 
     def dm_fourier_chunk(self, job: DmFourierJob) -> float:
         if not self.fuses(job.probes.shape):
             return super().dm_fourier_chunk(job)
-        return fused_kernels.dm_fourier_chunk(
-            job.amplitudes, job.win.rows, job.win.cols, job.obj, job.probes, job.probe_of,
-            job.waves, job.bound, EPS, job.prop.transfer)
+        return fused_kernels.dm_fourier_chunk(job)
 
     def dm_object_chunk(self, job: DmObjectJob) -> None:
         if not self.fuses(job.probes.shape):
             super().dm_object_chunk(job)
             return
-        fused_kernels.dm_object_chunk(job.waves, job.win.rows, job.win.cols, job.probes,
-                                      job.probe_of, job.num, job.den, job.keep,
-                                      job.prop.transfer)
+        fused_kernels.dm_object_chunk(job)
 
     def dm_probe_chunk(self, job: DmProbeJob) -> tuple[Any, Any, Any]:
         if not (self.fuses(job.probes.shape) and job.runs is not None):
             return super().dm_probe_chunk(job)
-        return fused_kernels.dm_probe_chunk(job.psi, job.obj, job.win.rows, job.win.cols,
-                                            run_ramps(self.backend, job.ramps, job.runs),
-                                            job.runs, job.probes, job.probe_of)
+        return fused_kernels.dm_probe_chunk(job, run_ramps(self.backend, job.ramps, job.runs))

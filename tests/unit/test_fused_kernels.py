@@ -161,8 +161,9 @@ def test_dm_chunks_equal_the_composed_pipelines():
         if keep:
             assert np.array_equal(psi, expected_psi)
     with pytest.raises(ValueError, match="aligned"):  # FFTW would crash on such frames
-        fused_kernels.dm_object_chunk(waves[:, :, :, :-1], rows, cols, probes, probe_of, *sums,
-                                      None)
+        be.ops.dm_object_chunk(DmObjectJob(waves=waves[:, :, :, :-1], win=win, probes=probes,
+                                           probe_of=probe_of, num=sums[0], den=sums[1],
+                                           keep=None, prop=farfield(be)))
 
 
 @pytest.mark.parametrize("shared", [True, False])
