@@ -31,10 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import PositionCorrectionConfig
+from ..ops import PositionJob
 from ..parallel.tiling import Box, Tile, decompose
-from ..physics import EPS
-from ..physics import probe_index as probe_index_of
-from .position_kernels import fused_chunk, position_sums
 
 if TYPE_CHECKING:
     from .base import Engine
@@ -122,39 +120,18 @@ class PositionRefiner:
         """Per position and axis, the numerator and denominator of the least-squares move
         (n, 2) each, from one pass over this rank's positions in chunks."""
         be, xp = engine.backend, engine.backend.xp
-        prop = engine.data.propagator
         obj = engine.object
         d_row, d_col = central_differences(xp, obj)
         probe_ft = be.fft2(engine.probe) if engine.use_subpixel else None
         n = len(engine.rows)
 
         def part(_: int, sl: slice) -> tuple[np.ndarray, np.ndarray]:
-            win = engine.windows(sl)
             probes, probe_of = engine.probe_set(sl, probe_ft)
-            if engine.fused:  # the whole pipeline position by position in one call
-                sums = fused_chunk(engine.data.amplitudes, sl, win.rows, win.cols, obj, probes,
-                                   probe_index_of(probes, len(win), probe_of), d_row, d_col,
-                                   EPS, prop.transfer)
-                return sums[:, 0::2], sums[:, 1::2]
-            psi = be.ops.exit_waves(probes, obj, win, probe_of)
-            projected, _ = be.ops.modulus_project(prop.forward(psi), engine.data.amplitudes[sl])
-            back = prop.backward(projected, overwrite=True)
-            if not be.is_gpu:  # one compiled pass: no gradient waves
-                sums = np.empty((len(win), 4))
-                probe_index = np.asarray(probe_index_of(probes, len(win), probe_of))
-                position_sums(probes, probe_index, back, psi, d_row, d_col, win.rows, win.cols,
-                              sums)
-                return sums[:, 0::2], sums[:, 1::2]
-            chi = back - psi
-            num = np.empty((len(win), 2))
-            den = np.empty((len(win), 2))
-            for axis, grad in enumerate((d_row, d_col)):
-                g = be.ops.exit_waves(probes, grad, win, probe_of)
-                num[:, axis] = be.asnumpy((g.conj() * chi).real.sum(axis=(1, 2, 3),
-                                                                    dtype=np.float64))
-                den[:, axis] = be.asnumpy((g.real ** 2 + g.imag ** 2).sum(axis=(1, 2, 3),
-                                                                          dtype=np.float64))
-            return num, den
+            sums = be.ops.position_chunk(PositionJob(
+                amplitudes=engine.data.amplitudes, frames=np.arange(sl.start, sl.stop),
+                win=engine.windows(sl), obj=obj, probes=probes, probe_of=probe_of,
+                d_row=d_row, d_col=d_col, prop=engine.data.propagator))
+            return sums[:, 0::2], sums[:, 1::2]
 
         parts = engine.map_chunks(part, n) if n else []
         if not parts:

@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING
 
 from .array_ops import ArrayOps
 from .cpu_ops import CpuOps
-from .steps import DmFourierJob, DmObjectJob, DmProbeJob, EpieJob, LsqmlJob, Operations, ProbeShifts
+from .steps import (
+    DmFourierJob,
+    DmObjectJob,
+    DmProbeJob,
+    EpieJob,
+    LsqmlJob,
+    Operations,
+    PositionJob,
+    ProbeShifts,
+)
 
 if TYPE_CHECKING:
     from ..backend import Backend
@@ -27,4 +36,4 @@ def make_ops(backend: Backend) -> Operations:
 
 
 __all__ = ["ArrayOps", "CpuOps", "DmFourierJob", "DmObjectJob", "DmProbeJob", "EpieJob",
-           "LsqmlJob", "Operations", "ProbeShifts", "make_ops"]
+           "LsqmlJob", "Operations", "PositionJob", "ProbeShifts", "make_ops"]

@@ -205,3 +205,15 @@ class ArrayOps(Operations):
         out = xp.empty(num.shape, dtype=num.dtype) if out is None else out
         out[...] = num / xp.sqrt(illum ** 2 + damping + EPS)
         return out
+
+    def position_sums(self, probes: Any, probe_of: Any, back: Any, psi: Any, d_row: Any,
+                      d_col: Any, win: Windows) -> np.ndarray:
+        chi = back - psi
+        out = np.empty((len(win), 4))
+        for axis, grad in enumerate((d_row, d_col)):
+            g = self.exit_waves(probes, grad, win, probe_of)
+            out[:, 2 * axis] = self.backend.asnumpy(
+                (g.conj() * chi).real.sum(axis=(1, 2, 3), dtype=np.float64))
+            out[:, 2 * axis + 1] = self.backend.asnumpy(
+                (g.real ** 2 + g.imag ** 2).sum(axis=(1, 2, 3), dtype=np.float64))
+        return out

@@ -19,7 +19,16 @@ from ..physics import (
     run_index,
     run_ramps,
 )
-from .steps import DmFourierJob, DmObjectJob, DmProbeJob, EpieJob, LsqmlJob, Operations
+from . import position_kernels
+from .steps import (
+    DmFourierJob,
+    DmObjectJob,
+    DmProbeJob,
+    EpieJob,
+    LsqmlJob,
+    Operations,
+    PositionJob,
+)
 
 
 def _c(a: Any) -> np.ndarray:
@@ -223,3 +232,16 @@ class CpuOps(Operations):
         if not (self.fuses(job.probes.shape) and job.runs is not None):
             return super().dm_probe_chunk(job)
         return fused_kernels.dm_probe_chunk(job, run_ramps(self.backend, job.ramps, job.runs))
+
+    def position_sums(self, probes: Any, probe_of: Any, back: Any, psi: Any, d_row: Any,
+                      d_col: Any, win: Windows) -> np.ndarray:
+        """One compiled pass: no gradient waves."""
+        out = np.empty((len(win), 4))
+        position_kernels.position_sums(probes, probe_index(probes, len(win), probe_of), back,
+                                       psi, d_row, d_col, win.rows, win.cols, out)
+        return out
+
+    def position_chunk(self, job: PositionJob) -> np.ndarray:
+        if not self.fuses(job.probes.shape):
+            return super().position_chunk(job)
+        return position_kernels.fused_chunk(job)

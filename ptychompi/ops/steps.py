@@ -110,6 +110,21 @@ class DmProbeJob(NamedTuple):
     probe_of: Any
 
 
+class PositionJob(NamedTuple):
+    """The position refinement's per-position sums of a chunk (see
+    :meth:`Operations.position_chunk`)."""
+
+    amplitudes: Any
+    frames: np.ndarray
+    win: Windows
+    obj: Any
+    probes: Any
+    probe_of: Any
+    d_row: Any  # the object's derivatives along rows and columns
+    d_col: Any
+    prop: Propagator
+
+
 class Operations:
     """The element-wise steps (implemented by a backend) and the per-position pipelines
     composed from them. ``probes`` and ``probe_of`` throughout: position j sees
@@ -226,6 +241,13 @@ class Operations:
         """``num / sqrt(illum² + damping + EPS)`` in working precision."""
         raise NotImplementedError
 
+    def position_sums(self, probes: Any, probe_of: Any, back: Any, psi: Any, d_row: Any,
+                      d_col: Any, win: Windows) -> np.ndarray:
+        """Per position (B, 4) float64 on the host: ``(Σ Re(conj(g_r) χ), Σ |g_r|²,
+        Σ Re(conj(g_c) χ), Σ |g_c|²)`` over modes and pixels, ``χ = back − psi``,
+        ``g = P_j · ∂O`` on the window."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ shared compositions
     def shifted_set(self, probe: Any, shifts: ProbeShifts | None) -> tuple[Any, Any]:
         """The distinct shifted probes (G, K, M, M) of a chunk's positions and each position's
@@ -321,5 +343,17 @@ class Operations:
                                            job.probe_of, job.runs)
 
 
+    def position_chunk(self, job: PositionJob) -> np.ndarray:
+        """The position gradient's sums of a chunk (:meth:`position_sums`) after a modulus
+        projection of its exit waves: (B, 4) float64."""
+        xp = self.backend.xp
+        psi = self.exit_waves(job.probes, job.obj, job.win, job.probe_of)
+        projected, _ = self.modulus_project(job.prop.forward(psi),
+                                            job.amplitudes[xp.asarray(job.frames)])
+        back = job.prop.backward(projected, overwrite=True)
+        return self.position_sums(job.probes, job.probe_of, back, psi, job.d_row, job.d_col,
+                                  job.win)
+
+
 __all__ = ["EPS", "DmFourierJob", "DmObjectJob", "DmProbeJob", "EpieJob", "LsqmlJob",
-           "Operations", "ProbeShifts"]
+           "Operations", "PositionJob", "ProbeShifts"]

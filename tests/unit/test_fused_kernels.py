@@ -9,10 +9,18 @@ import pytest
 from test_engines import as_scan, config
 
 from ptychompi import Reconstruction, fftw, fftw_native, fused_kernels, physics
-from ptychompi.backend import select_backend
+from ptychompi.backend import Backend, select_backend
 from ptychompi.engines.noise import GaussianNoise
-from ptychompi.ops import DmFourierJob, DmObjectJob, DmProbeJob, EpieJob, LsqmlJob, ProbeShifts
-from ptychompi.physics import Propagator, Windows
+from ptychompi.ops import (
+    DmFourierJob,
+    DmObjectJob,
+    DmProbeJob,
+    EpieJob,
+    LsqmlJob,
+    PositionJob,
+    ProbeShifts,
+)
+from ptychompi.physics import Propagator, Windows, window_index
 from ptychompi.simulate import simulate
 
 pytestmark = pytest.mark.skipif(not fftw_native.available(), reason="pyfftw is a dependency; "
@@ -239,3 +247,29 @@ def test_fused_only_where_it_applies():
     for cfg in (poisson, double, scipy_fft):
         with Reconstruction(cfg, scan=as_scan(sim)) as r:
             assert not r.engine.fused
+
+
+def test_position_chunk_equals_the_composed_and_array_pipelines():
+    """The position refinement's sums: fused, composed from the kernels, and in numpy's
+    array expressions (the GPU's code)."""
+    be = select_backend("cpu", workers=1, fft="fftw")
+    rng = np.random.default_rng(13)
+    rows, cols = np.array([0, 10, 40, 70]), np.array([0, 20, 35, 80])
+    obj, probes = rand_complex(rng, (H, W)), rand_complex(rng, (2, 2, M, M))
+    probe_of = np.array([1, 0, 0, 1])
+    amplitudes = rng.random((6, M, M)).astype(np.float32)
+    d_row, d_col = rand_complex(rng, (H, W)), rand_complex(rng, (H, W))
+    frames = np.array([5, 0, 2, 3])
+
+    def run(ops, index=None):
+        return ops.position_chunk(PositionJob(
+            amplitudes=amplitudes, frames=frames, win=Windows(rows, cols, index, M), obj=obj,
+            probes=probes, probe_of=probe_of, d_row=d_row, d_col=d_col,
+            prop=Propagator.build(ops.backend, "farfield", M)))
+
+    fused, composed = both_ways(be, run)
+    np.testing.assert_allclose(fused, composed, rtol=1e-12)
+    reference = Backend(np, "cpu", None, 1, ops_kind="array")
+    array = run(reference.ops, window_index(rows, cols, M, W))
+    np.testing.assert_allclose(array, composed, rtol=2e-4)
+    assert np.all(array[:, 1::2] > 0)

@@ -1,4 +1,5 @@
-"""Compiled per-position sums of the position refinement (CPU; :mod:`.positions`).
+"""Compiled per-position sums of the position refinement (CPU;
+:mod:`ptychompi.engines.positions`).
 
 The fused variant reuses the building blocks of :mod:`ptychompi.fused_kernels` and
 :mod:`ptychompi.cpu_kernels` (read only): the same exit wave, FFTW transforms and modulus
@@ -6,7 +7,7 @@ projection as the engines' fused paths, one position at a time with its frames i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from .. import cpu_kernels as ck
 from .. import fftw_native
 from .. import fused_kernels as fk
 from ..cpu_kernels import _JIT, _JIT_SUMS, _jit
+from ..physics import EPS, probe_index
 
 
 @_jit(_JIT_SUMS)
@@ -48,39 +50,52 @@ def position_sums(probes: np.ndarray, probe_of: np.ndarray, back: np.ndarray, ps
         out[j, 3] = den_c
 
 
+class PositionArgs(NamedTuple):
+    """:func:`fused_position_sums`' chunk: position j measured as ``amplitudes[frames[j]]``,
+    seeing ``probes[probe_of[j]]``; ``d_row``, ``d_col``: the object's derivatives; the sums
+    go to ``out`` (B, 4)."""
+
+    amplitudes: np.ndarray
+    frames: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    obj: np.ndarray
+    probes: np.ndarray
+    probe_of: np.ndarray
+    d_row: np.ndarray
+    d_col: np.ndarray
+    eps: float
+    out: np.ndarray
+
+
 @_jit(_JIT)
-def fused_position_sums(execute: Any, amplitudes: np.ndarray, frames: np.ndarray,
-                        rows: np.ndarray, cols: np.ndarray, obj: np.ndarray,
-                        probes: np.ndarray, probe_of: np.ndarray, d_row: np.ndarray,
-                        d_col: np.ndarray, eps: float, forward: int, backward: int,
-                        psi: np.ndarray, wave: np.ndarray, back: np.ndarray, tmp: np.ndarray,
-                        transfer: np.ndarray, out: np.ndarray) -> None:
+def fused_position_sums(execute: Any, a: PositionArgs, plans: fk.Plans, s: fk.Frames) -> None:
     """:func:`position_sums` of a chunk with the exit wave, propagation, modulus projection
     and back-propagation done position by position in the same call (FFTW's ``execute`` as
-    in :mod:`ptychompi.fused_kernels`; ``psi``, ``wave``, ``back``, ``tmp``: (1, K, M, M)
-    aligned scratch frames)."""
-    m0, m1 = psi.shape[2], psi.shape[3]
+    in :mod:`ptychompi.fused_kernels`)."""
+    m0, m1 = s.psi.shape[2], s.psi.shape[3]
     scale = np.complex64(1.0 / np.sqrt(m0 * m1))
-    for j in range(rows.shape[0]):
-        r, c, of = rows[j:j + 1], cols[j:j + 1], probe_of[j:j + 1]
-        ck.exit_waves(probes, of, obj, r, c, psi)
-        fk._propagate(execute, forward, backward, psi, wave, tmp, transfer, False, scale)
-        f = frames[j]
-        ck.modulus_project(wave, amplitudes[f:f + 1], wave, eps)
-        fk._propagate(execute, forward, backward, wave, back, tmp, transfer, True, scale)
-        position_sums(probes, of, back, psi, d_row, d_col, r, c, out[j:j + 1])
+    f, b, h = plans.forward, plans.backward, plans.transfer
+    for j in range(a.rows.shape[0]):
+        r, c, of = a.rows[j:j + 1], a.cols[j:j + 1], a.probe_of[j:j + 1]
+        ck.exit_waves(a.probes, of, a.obj, r, c, s.psi)
+        fk._propagate(execute, f, b, s.psi, s.wave, s.tmp, h, False, scale)
+        k = a.frames[j]
+        ck.modulus_project(s.wave, a.amplitudes[k:k + 1], s.wave, a.eps)
+        fk._propagate(execute, f, b, s.wave, s.chi, s.tmp, h, True, scale)
+        position_sums(a.probes, of, s.chi, s.psi, a.d_row, a.d_col, r, c, a.out[j:j + 1])
 
 
-def fused_chunk(amplitudes: np.ndarray, sl: slice, rows: np.ndarray, cols: np.ndarray,
-                obj: np.ndarray, probes: np.ndarray, probe_of: np.ndarray,
-                d_row: np.ndarray, d_col: np.ndarray, eps: float,
-                transfer: np.ndarray | None) -> np.ndarray:
-    """:func:`fused_position_sums` of the positions ``sl`` with its scratch: (B, 4)."""
-    kk, m0, m1 = probes.shape[1:]
-    out = np.empty((len(rows), 4))
-    fused_position_sums(fftw_native.execute_dft, amplitudes,
-                        np.arange(sl.start, sl.stop, dtype=np.int64), fk._int64(rows),
-                        fk._int64(cols), obj, np.ascontiguousarray(probes),
-                        fk._int64(probe_of), d_row, d_col, float(eps), *fk._plans((m0, m1)),
-                        *fk._scratch((kk, m0, m1), 4), fk._transfer(transfer), out)
+def fused_chunk(job: Any) -> np.ndarray:
+    """:func:`fused_position_sums` of a :class:`ptychompi.ops.PositionJob`: (B, 4)."""
+    kk, m0, m1 = job.probes.shape[1:]
+    out = np.empty((len(job.win), 4))
+    args = PositionArgs(amplitudes=job.amplitudes, frames=fk._int64(job.frames),
+                        rows=fk._int64(job.win.rows), cols=fk._int64(job.win.cols),
+                        obj=job.obj, probes=np.ascontiguousarray(job.probes),
+                        probe_of=fk._int64(probe_index(job.probes, len(job.win),
+                                                       job.probe_of)),
+                        d_row=job.d_row, d_col=job.d_col, eps=float(EPS), out=out)
+    fused_position_sums(fftw_native.execute_dft, args, fk._plans_for((m0, m1), job.prop),
+                        fk._frames((kk, m0, m1)))
     return out
