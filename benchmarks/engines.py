@@ -85,6 +85,8 @@ def run_engine(scan, probe_m: float, engine: str, subpixel: bool, args) -> dict:
         "iterations": len(seconds), "warmup": args.warmup,
     }
     recon.close()
+    backend.close()
+    ref.close()
     del recon
     gc.collect()
     return row

@@ -105,10 +105,14 @@ class Reconstruction:
             self.seconds_io = time.perf_counter() - t0
         except Exception as exc:  # reported collectively below
             error = exc
-        agree(comm, error)
-        self.exchange = _make_exchange(comm, self.tiles, self.rank, self.backend,
-                                       cfg.parallel.cuda_aware)
-        self.engine = self._build_engine(amplitudes)
+        try:
+            agree(comm, error)
+            self.exchange = _make_exchange(comm, self.tiles, self.rank, self.backend,
+                                           cfg.parallel.cuda_aware)
+            self.engine = self._build_engine(amplitudes)
+        except BaseException:
+            self._close_backend()  # nobody else can: the caller gets no Reconstruction
+            raise
 
     # ------------------------------------------------------------------ set-up
     def _validate(self) -> None:
@@ -297,7 +301,8 @@ class Reconstruction:
                           [h["error"] for h in self.history], local)
 
     def close(self) -> None:
-        """Release the scan file and device memory."""
+        """Release the scan file, device memory and the backend (its threads, FFT plans and
+        compiled kernels)."""
         source = getattr(self, "source", None)
         if source is not None:
             source.close()
@@ -305,6 +310,12 @@ class Reconstruction:
             self._final_metrics = self.metrics
             self.engine.close()
         self.engine = None  # type: ignore[assignment]
+        self._close_backend()
+
+    def _close_backend(self) -> None:
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            backend.close()
 
     def __enter__(self) -> Reconstruction:
         return self

@@ -1,6 +1,8 @@
 """Array backend: the array module (numpy or cupy), FFTs, transfers and device binding.
 
-One :class:`Backend` is built per MPI rank and passed explicitly to everything that computes;
+One :class:`Backend` is built per MPI rank and passed explicitly to everything that computes.
+It owns its resources (the CPU worker threads, the FFT plans, the compiled GPU kernels) and
+releases them in :meth:`Backend.close` (or at the end of ``with select_backend(...) as be:``);
 there is no module-level state.
 """
 
@@ -19,6 +21,8 @@ import scipy.fft
 
 from . import fftw
 from .errors import ConfigError
+from .kernels import KernelCache
+from .resources import ResourceClosed, WorkerPool
 
 DEVICE_ENV = "PTYCHOMPI_DEVICE"
 FFT_ENV = "PTYCHOMPI_FFT"
@@ -50,10 +54,15 @@ def local_rank(comm: Any | None) -> int:
 
 @dataclass
 class Backend:
-    """Array module, FFTs and transfers for one rank.
+    """Array module, FFTs and transfers for one rank, and the resources behind them.
 
     ``xp`` is numpy or cupy; ``fft2``/``ifft2`` are unitary over the last two axes. On a CPU
     they run on FFTW (``fft="fftw"``, :mod:`ptychompi.fftw`) or scipy.fft (``"scipy"``).
+    Owned, and released by :meth:`close` (also on leaving a ``with`` block): :attr:`pool`,
+    the worker threads (``threads - 1`` besides the caller's) of the chunk loops and of
+    multi-threaded FFTs; :attr:`fft_plans`, every FFTW plan (CPU with FFTW); :attr:`kernels`,
+    the compiled CUDA kernels (GPU). After :meth:`close` the FFTs and these raise
+    :class:`~ptychompi.resources.ResourceClosed`.
     """
 
     xp: ModuleType
@@ -66,15 +75,47 @@ class Backend:
     # FFTW pipelines on a CPU, the array expressions on a GPU) or "array" (the array-module
     # expressions everywhere: numpy on a CPU is the reference the GPU path is checked against)
     ops_kind: str = "compiled"
-    _local: threading.local = field(default_factory=threading.local, repr=False)
-    _fftw: fftw.FftwTransforms | None = field(default=None, repr=False)
-    _ops: Any = field(default=None, repr=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False,
+                                    compare=False)
+    _fftw: fftw.FftwTransforms | None = field(default=None, repr=False, compare=False)
+    _ops: Any = field(default=None, repr=False, compare=False)
+    pool: WorkerPool = field(init=False, repr=False, compare=False)
+    fft_plans: fftw.FftwPlans | None = field(default=None, init=False, repr=False,
+                                             compare=False)
+    kernels: KernelCache | None = field(default=None, init=False, repr=False, compare=False)
+    _closed: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.fft not in ("fftw", "scipy"):
             raise ConfigError(f"parallel.fft is {self.fft!r}; use one of auto, fftw, scipy")
-        if self.fft == "fftw" and not self.is_gpu:
-            self._fftw = fftw.FftwTransforms()
+        self.pool = WorkerPool(self.threads)
+        if self.is_gpu:
+            self.kernels = KernelCache()
+        elif self.fft == "fftw":
+            self.fft_plans = fftw.FftwPlans()
+            self._fftw = fftw.FftwTransforms(self.fft_plans, self.pool)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop the worker threads, destroy the FFT plans and drop the compiled kernels
+        (idempotent). Call it once the work is done: nothing may still run on them."""
+        if self._closed:
+            return
+        self._closed = True
+        self.pool.close()
+        if self.fft_plans is not None:
+            self.fft_plans.close()
+        if self.kernels is not None:
+            self.kernels.close()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def is_gpu(self) -> bool:
@@ -117,6 +158,8 @@ class Backend:
 
     def fft2(self, a: Any, overwrite: bool = False) -> Any:
         """Unitary 2-D FFT over the last two axes."""
+        if self._closed:
+            raise ResourceClosed("the backend")
         if self.is_gpu:
             return self.xp.fft.fft2(a, norm="ortho")
         if self._fftw is not None:
@@ -126,6 +169,8 @@ class Backend:
 
     def ifft2(self, a: Any, overwrite: bool = False) -> Any:
         """Unitary inverse 2-D FFT over the last two axes."""
+        if self._closed:
+            raise ResourceClosed("the backend")
         if self.is_gpu:
             return self.xp.fft.ifft2(a, norm="ortho")
         if self._fftw is not None:
@@ -135,6 +180,8 @@ class Backend:
 
     def rfft2(self, a: Any) -> Any:
         """Unitary 2-D FFT of real frames over the last two axes (half spectrum)."""
+        if self._closed:
+            raise ResourceClosed("the backend")
         if self.is_gpu:
             return self.xp.fft.rfft2(a, norm="ortho")
         if self._fftw is not None:
@@ -144,6 +191,8 @@ class Backend:
     def irfft2(self, a: Any, shape: tuple[int, int]) -> Any:
         """Inverse of :meth:`rfft2` back to real frames of ``shape`` (``a`` may be
         overwritten)."""
+        if self._closed:
+            raise ResourceClosed("the backend")
         if self.is_gpu:
             return self.xp.fft.irfft2(a, s=shape, norm="ortho")
         if self._fftw is not None:

@@ -3,7 +3,8 @@
 The sources are the ``.cu`` files of ``kernels/`` (shipped in the wheel as
 ``ptychompi/_kernels/``). Each file is compiled once per device with ``cupy.RawModule`` the first
 time one of its kernels is used; the entry points are ``extern "C"`` functions, one per dtype
-(see :data:`KERNELS`). Importing this module does not import cupy.
+(see :data:`KERNELS`); a GPU backend keeps them in its :class:`KernelCache`. Importing this
+module does not import cupy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .resources import ResourceClosed
 
 # source name -> the extern "C" kernels it defines
 KERNELS: dict[str, tuple[str, ...]] = {
@@ -54,13 +57,20 @@ def kernel_sources() -> dict[str, Path]:
     return found
 
 
-class _KernelCache:
-    """Compiled modules per (device, source) and kernel functions per (device, kernel)."""
+class KernelCache:
+    """Compiled modules per (device, source) and kernel functions per (device, kernel): a
+    GPU backend's (``Backend.kernels``), emptied by ``Backend.close()``. CuPy keeps the
+    compiled code itself too (per process, on disk), so a new cache does not recompile."""
 
     def __init__(self) -> None:
         self._modules: dict[tuple[int, str], Any] = {}
         self._functions: dict[tuple[int, str], Any] = {}
         self._lock = threading.Lock()
+        self._closed = False
+
+    def __len__(self) -> int:
+        """The number of kernel functions held."""
+        return len(self._functions)
 
     def get(self, source: str, kernel: str, device_id: int) -> Any:
         """The kernel ``kernel`` of ``source`` compiled for device ``device_id`` (current)."""
@@ -68,6 +78,8 @@ class _KernelCache:
         function = self._functions.get(key)
         if function is not None:
             return function
+        if self._closed:
+            raise ResourceClosed("the backend's GPU kernel cache")
         import cupy  # noqa: PLC0415
 
         with self._lock:
@@ -80,26 +92,39 @@ class _KernelCache:
             self._functions[key] = function
         return function
 
+    def close(self) -> None:
+        """Drop the compiled modules and functions (idempotent)."""
+        with self._lock:
+            self._closed = True
+            self._modules.clear()
+            self._functions.clear()
 
-@lru_cache(maxsize=1)
-def _cache() -> _KernelCache:
-    return _KernelCache()
 
-
-def _kernel(source: str, prefix: str, dtype: np.dtype, device_id: int) -> Any:
+def _kernel(source: str, prefix: str, dtype: np.dtype, device_id: int,
+            cache: KernelCache | None) -> Any:
     name = f"{prefix}_{np.dtype(dtype).name}"
     if name not in KERNELS[source]:
         raise TypeError(f"no {source} kernel for dtype {np.dtype(dtype)}")
-    return _cache().get(source, name, device_id)
+    return (cache if cache is not None else _transitional()).get(source, name, device_id)
 
 
-def scatter_add_gpu(target: Any, values: Any, rows: np.ndarray, cols: np.ndarray) -> None:
+@lru_cache(maxsize=1)
+def _transitional() -> KernelCache:
+    """Transitional: the cache of callers that do not pass a backend's yet (looking the
+    source up anew costs about a millisecond per call); goes once they all do."""
+    return KernelCache()
+
+
+def scatter_add_gpu(target: Any, values: Any, rows: np.ndarray, cols: np.ndarray,
+                    cache: KernelCache | None = None) -> None:
     """``target[r:r+M0, c:c+M1] += values[j]`` for every window j, on the GPU, in place.
 
     ``target``: cupy (H, W) float32/float64/complex64/complex128 with contiguous rows;
     ``values``: cupy (B, M0, M1) (any strides, e.g. a broadcast view; cast to target's dtype);
     ``rows``, ``cols``: host integer arrays (B,) of top-left corners. Overlapping windows are
     summed with atomic adds, so float results may differ from the CPU path in the last bits.
+    ``cache``: the backend's compiled kernels (``Backend.kernels``; without it a process-wide
+    transitional cache).
     """
     import cupy  # noqa: PLC0415
 
@@ -126,7 +151,7 @@ def scatter_add_gpu(target: Any, values: Any, rows: np.ndarray, cols: np.ndarray
         raise ValueError(f"scatter_add_gpu: a {m0}x{m1} window falls outside the "
                          f"{height}x{width} target")
     with target.device:
-        kernel = _kernel("scatter_add", "scatter_add", dtype, target.device.id)
+        kernel = _kernel("scatter_add", "scatter_add", dtype, target.device.id, cache)
         values = cupy.ascontiguousarray(values, dtype=dtype)
         d_rows = cupy.asarray(rows)
         d_cols = cupy.asarray(cols)
@@ -137,14 +162,16 @@ def scatter_add_gpu(target: Any, values: Any, rows: np.ndarray, cols: np.ndarray
                 np.int64(target.strides[0] // itemsize)))
 
 
-def modulus_project_gpu(wave: Any, amplitude: Any, in_place: bool = True) -> tuple[Any, float]:
+def modulus_project_gpu(wave: Any, amplitude: Any, in_place: bool = True,
+                        cache: KernelCache | None = None) -> tuple[Any, float]:
     """Fused modulus projection of ``wave`` (B, K, M, M) onto ``amplitude`` (B, M, M).
 
     Same semantics as :func:`ptychompi.physics.modulus_project`: ``model = sqrt(Σ_k |ψ_k|²)``;
     on valid pixels (amplitude >= 0) every mode is scaled by ``A / (model + 1e-9)``, invalid
     pixels (amplitude -1) are left unchanged. Returns the projected wave (``wave`` itself when
     ``in_place``) and ``Σ_valid (model - A)²`` accumulated in double, as a Python float.
-    ``amplitude`` is broadcast to (B, M, M) and cast to the wave's real dtype.
+    ``amplitude`` is broadcast to (B, M, M) and cast to the wave's real dtype; ``cache`` as
+    for :func:`scatter_add_gpu`.
     """
     import cupy  # noqa: PLC0415
 
@@ -153,7 +180,7 @@ def modulus_project_gpu(wave: Any, amplitude: Any, in_place: bool = True) -> tup
     b, k, m0, m1 = wave.shape
     real = np.dtype(np.float32 if wave.dtype == np.complex64 else np.float64)
     with wave.device:
-        kernel = _kernel("modulus", "modulus_project", wave.dtype, wave.device.id)
+        kernel = _kernel("modulus", "modulus_project", wave.dtype, wave.device.id, cache)
         amplitude = cupy.ascontiguousarray(
             cupy.broadcast_to(cupy.asarray(amplitude), (b, m0, m1)), dtype=real)
         if in_place:

@@ -291,6 +291,7 @@ def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
 
             notify_run_end(cfg.output, f"ptychompi run failed at iteration "
                            f"{recon.iteration}: {exc}", False)
+        recon.close()  # its backend's threads and FFT plans
         raise  # raised identically on every rank (errors are allreduced)
     except Exception as exc:  # noqa: BLE001 - one rank failed mid-collective
         progress.close()

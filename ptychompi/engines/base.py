@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +90,6 @@ class Engine(ShiftTables, TileMerging, ChunkRunner):
         self.object = backend.asarray(obj, backend.complex_dtype)
         self.seconds_compute = 0.0
         self.chunk_size = GPU_CHUNK if backend.is_gpu else CPU_CHUNK
-        self._pool: ThreadPoolExecutor | None = None
         self._accumulators: dict[tuple, np.ndarray] = {}
         self._dirty: set[int] = set()
 

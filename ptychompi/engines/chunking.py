@@ -1,11 +1,11 @@
 """Chunk running and reductions: positions in chunks over the worker threads, per-thread
 accumulators summed in a fixed order, so every sum is deterministic whatever the threads (the
-part of :class:`~ptychompi.engines.base.Engine` that knows the CPU thread pool)."""
+part of :class:`~ptychompi.engines.base.Engine` that uses the backend's CPU thread pool)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -15,8 +15,8 @@ from ..physics import reduce_accumulators
 
 class ChunkRunner:
     """Chunks over threads and their reductions (an :class:`Engine` mixin: it reads
-    ``backend``, ``chunk_size``, ``rows`` and ``data`` and owns ``_pool``, ``_accumulators``
-    and ``_dirty``)."""
+    ``backend``, ``chunk_size``, ``rows`` and ``data`` and owns ``_accumulators`` and
+    ``_dirty``; the threads are the backend's, :attr:`Backend.pool`)."""
 
     def chunks(self, n: int, size: int | None = None) -> list[slice]:
         """Consecutive slices of ``size`` positions (default :attr:`chunk_size`)."""
@@ -27,10 +27,11 @@ class ChunkRunner:
                    size: int | None = None) -> list[Any]:
         """``fn(thread, chunk)`` for every chunk of ``n`` positions; results in chunk order.
 
-        On a CPU backend with several cores the chunks are spread over that many threads
-        (numpy and pocketfft release the GIL), thread t taking chunks t, t+T, ...; each FFT
-        inside uses one core. The static assignment keeps every sum deterministic: ``fn``
-        accumulates into per-thread buffers indexed by ``thread``, summed in thread order.
+        On a CPU backend with several cores the chunks are spread over that many threads (the
+        backend's pool; numpy, numba and FFTW release the GIL), thread t taking chunks t,
+        t+T, ...; each FFT inside uses one core. The static assignment keeps every sum
+        deterministic: ``fn`` accumulates into per-thread buffers indexed by ``thread``,
+        summed in thread order.
         The calling thread does thread 0's share itself (one hand-off fewer per call: the
         engines make hundreds of these calls per iteration).
         """
@@ -38,21 +39,13 @@ class ChunkRunner:
         threads = min(self.backend.threads, len(chunks))
         if threads <= 1:
             return [fn(0, sl) for sl in chunks]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.backend.threads - 1,
-                                            thread_name_prefix="ptychompi")
 
         def work(t: int) -> list[tuple[int, Any]]:
             with self.backend.single_threaded():
                 return [(i, fn(t, sl)) for i, sl in enumerate(chunks) if i % threads == t]
 
-        others = [self._pool.submit(work, t) for t in range(1, threads)]
-        try:
-            parts = [work(0)]
-        except BaseException:
-            wait(others)  # no worker may still write into shared buffers
-            raise
-        parts += [f.result() for f in others]
+        # a failure is raised once no worker still writes into shared buffers
+        parts = self.backend.pool.run([partial(work, t) for t in range(threads)])
         out: list[Any] = [None] * len(chunks)
         for part in parts:
             for i, value in part:
@@ -130,7 +123,6 @@ class ChunkRunner:
         return total
 
     def close(self) -> None:
-        """Stop the worker threads."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        """Drop the per-thread accumulators (the threads are the backend's: it stops them)."""
+        self._accumulators.clear()
+        self._dirty.clear()

@@ -163,7 +163,11 @@ class FollowReconstruction(Reconstruction):
                                                layout.pixel_size_m)
         except Exception as exc:  # reported collectively below
             error = exc
-        agree(comm, error)
+        try:
+            agree(comm, error)
+        except BaseException:
+            self._close_backend()
+            raise
         self.exchange = SerialExchange(self.tile, self.backend)
         self.exchange.stats = self._stats
         self._amplitudes = np.zeros((0, frame, frame), np.float32)

@@ -251,14 +251,14 @@ def test_map_chunks_orders_results_and_raises_a_chunks_error(failing_chunk):
     from ptychompi.engines.base import Engine  # noqa: PLC0415
 
     engine = Engine.__new__(Engine)
-    engine.backend, engine._pool, engine.chunk_size = Backend(np, "cpu", None, 2), None, 3
-    out = engine.map_chunks(lambda t, sl: (t, sl.start), 10)
-    assert out == [(0, 0), (1, 3), (0, 6), (1, 9)]
+    engine.chunk_size = 3
+    with Backend(np, "cpu", None, 2) as engine.backend:
+        out = engine.map_chunks(lambda t, sl: (t, sl.start), 10)
+        assert out == [(0, 0), (1, 3), (0, 6), (1, 9)]
 
-    def fail(t: int, sl: slice) -> None:
-        if sl.start == 3 * failing_chunk:
-            raise ValueError("chunk failed")
+        def fail(t: int, sl: slice) -> None:
+            if sl.start == 3 * failing_chunk:
+                raise ValueError("chunk failed")
 
-    with pytest.raises(ValueError, match="chunk failed"):
-        engine.map_chunks(fail, 10)
-    engine.close()
+        with pytest.raises(ValueError, match="chunk failed"):
+            engine.map_chunks(fail, 10)

@@ -208,7 +208,7 @@ def fake_cupy(monkeypatch: Any) -> types.ModuleType:
 
     mod.RawModule = RawModule
     monkeypatch.setitem(sys.modules, "cupy", mod)
-    monkeypatch.setattr(kernels, "_cache", kernels._cache.__wrapped__)  # fresh, uncached
+    monkeypatch.setattr(kernels, "_transitional", kernels._transitional.__wrapped__)  # fresh
     return mod
 
 
