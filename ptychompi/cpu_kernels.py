@@ -112,7 +112,7 @@ def modulus_project(wave: np.ndarray, amplitude: np.ndarray, out: np.ndarray,
     """Modulus projection and Fourier error in one pass; ``out`` may be ``wave``.
 
     Replaces ``model = sqrt(Σ_k |Ψ_k|²)``, ``err = Σ_valid (model - A)²`` and
-    ``out = Ψ · where(A >= 0, A / (model + eps), 1)`` (:func:`physics.modulus_project`).
+    ``out = Ψ · where(A >= 0, A / (model + eps), 1)`` (:meth:`Operations.modulus_project`).
     Returns ``err`` (double).
     """
     b, kk, m0, m1 = wave.shape
@@ -323,7 +323,7 @@ def window_power(obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
 def conj_window_products(values: np.ndarray, obj: np.ndarray, rows: np.ndarray,
                          cols: np.ndarray, slot: np.ndarray, out: np.ndarray) -> None:
     """``out[slot[j], k] += conj(O_j) · values[j, k]`` for k < K and, when ``out`` has
-    K + 1 modes, ``out[slot[j], K] += |O_j|²`` (the stack that :func:`physics.unshift_sum`
+    K + 1 modes, ``out[slot[j], K] += |O_j|²`` (the stack that :meth:`Operations.unshift_sum`
     back-shifts), each product formed in the values' precision and added in ``out``'s.
 
     With ``slot = arange(B)`` and a zeroed ``out`` this replaces
@@ -372,7 +372,7 @@ def ramp_sum(spec: np.ndarray, ramp_r: np.ndarray, ramp_c: np.ndarray,
     into a complex128 ``out``.
 
     Replaces ``spec *= rr.conj()[:, None, :, None]; spec *= rc.conj()[:, None, None, :];
-    spec.sum(axis=0, dtype=complex128)`` (:func:`physics.unshift_sum`).
+    spec.sum(axis=0, dtype=complex128)`` (:meth:`Operations.unshift_sum`).
     """
     b, kk, m0, m1 = spec.shape
     for j in range(b):

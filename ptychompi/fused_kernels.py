@@ -242,7 +242,7 @@ def unshift_runs(execute: Any, plan: int, sums: np.ndarray, ramp_r: np.ndarray,
                  ramp_c: np.ndarray, total: np.ndarray, spec: np.ndarray) -> None:
     """``total += Σ_q conj(ramps_q) · F sums_q``: the spectrum of the back-shifted sum of run
     sums (R, K, M, M) complex128, transformed one run at a time through the aligned scratch
-    ``spec`` (1, K, M, M) (:func:`physics.unshift_sum` with ``spectrum=True``)."""
+    ``spec`` (1, K, M, M) (:meth:`Operations.unshift_sum` with ``spectrum=True``)."""
     m0, m1 = sums.shape[2], sums.shape[3]
     scale = np.complex128(1.0 / np.sqrt(m0 * m1))
     for q in range(sums.shape[0]):

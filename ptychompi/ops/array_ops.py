@@ -53,32 +53,15 @@ class ArrayOps(Operations):
         return probes * self.extract(obj, win)[:, None]
 
     # ------------------------------------------------------------------ shifts
-    def shifted_probes(self, probe_ft: Any, ramps: tuple[Any, Any] | None, probe: Any) -> Any:
-        if ramps is None:
-            return probe[None]
+    def ramp_fill(self, probe_ft: Any, ramps: tuple[Any, Any]) -> Any:
         rr, rc = ramps
-        spec = probe_ft[None] * rr[:, None, :, None] * rc[:, None, None, :]
-        return self.backend.ifft2(spec, overwrite=True)
+        return probe_ft[None] * rr[:, None, :, None] * rc[:, None, None, :]
 
-    def unshift_sum(self, values: Any, ramps: tuple[Any, Any] | None, spectrum: bool = False,
-                    overwrite: bool = False, real: bool = False) -> Any:
-        be = self.backend
-        if ramps is None:
-            return values.sum(axis=0, dtype=np.complex128 if not real else np.float64)
+    def ramp_sum(self, spec: Any, ramps: tuple[Any, Any]) -> Any:
         rr, rc = ramps
-        if real:
-            spec = be.rfft2(values)
-            rc = rc[:, :spec.shape[-1]]
-        else:
-            spec = be.fft2(values, overwrite=overwrite)
         spec *= rr.conj()[:, None, :, None]
         spec *= rc.conj()[:, None, None, :]
-        total = spec.sum(axis=0, dtype=np.complex128)
-        if spectrum:
-            return total
-        if real:
-            return be.irfft2(total, values.shape[-2:])
-        return be.ifft2(total, overwrite=True)
+        return spec.sum(axis=0, dtype=np.complex128)
 
     def apply_transfer(self, spec: Any, transfer: Any, inverse: bool) -> Any:
         spec *= transfer.conj() if inverse else transfer

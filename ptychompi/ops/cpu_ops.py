@@ -79,32 +79,16 @@ class CpuOps(Operations):
         return out
 
     # ------------------------------------------------------------------ shifts
-    def shifted_probes(self, probe_ft: Any, ramps: tuple[Any, Any] | None, probe: Any) -> Any:
-        if ramps is None:
-            return probe[None]
+    def ramp_fill(self, probe_ft: Any, ramps: tuple[Any, Any]) -> Any:
         rr, rc = ramps
         spec = self.backend.empty((rr.shape[0], *probe_ft.shape), probe_ft.dtype)
         cpu_kernels.ramp_fill(_c(probe_ft), rr, rc, spec)
-        return self.backend.ifft2(spec, overwrite=True)
+        return spec
 
-    def unshift_sum(self, values: Any, ramps: tuple[Any, Any] | None, spectrum: bool = False,
-                    overwrite: bool = False, real: bool = False) -> Any:
-        be = self.backend
-        if ramps is None:
-            return values.sum(axis=0, dtype=np.complex128 if not real else np.float64)
-        rr, rc = ramps
-        if real:
-            spec = be.rfft2(values)
-            rc = rc[:, :spec.shape[-1]]
-        else:
-            spec = be.fft2(values, overwrite=overwrite)
+    def ramp_sum(self, spec: Any, ramps: tuple[Any, Any]) -> Any:
         total = np.zeros(spec.shape[1:], dtype=np.complex128)
-        cpu_kernels.ramp_sum(_c(spec), rr, rc, total)
-        if spectrum:
-            return total
-        if real:
-            return be.irfft2(total, values.shape[-2:])
-        return be.ifft2(total, overwrite=True)
+        cpu_kernels.ramp_sum(_c(spec), ramps[0], ramps[1], total)
+        return total
 
     def apply_transfer(self, spec: Any, transfer: Any, inverse: bool) -> Any:
         """The kernel the fused pipelines use, so that both round alike."""

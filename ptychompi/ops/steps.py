@@ -153,9 +153,21 @@ class Operations:
         """Exit waves ``P_j · O_j`` (B, K, M, M)."""
         raise NotImplementedError
 
+    def ramp_fill(self, probe_ft: Any, ramps: tuple[Any, Any]) -> Any:
+        """Spectra (B, K, M, M) ``probe_ft · ramp_r[b] ⊗ ramp_c[b]``: the probe's spectrum
+        shifted by each ramp pair (in the backend's memory for its FFTs)."""
+        raise NotImplementedError
+
+    def ramp_sum(self, spec: Any, ramps: tuple[Any, Any]) -> Any:
+        """``Σ_b spec_b · conj(ramp_r[b] ⊗ ramp_c[b])`` over the batch axis, (B, K, M, N) ->
+        (K, M, N) complex128 (``N``: the ramps' columns, a half spectrum's too)."""
+        raise NotImplementedError
+
     def shifted_probes(self, probe_ft: Any, ramps: tuple[Any, Any] | None, probe: Any) -> Any:
         """Probes (B, K, M, M) shifted by each ramp pair; without ramps ``probe[None]``."""
-        raise NotImplementedError
+        if ramps is None:
+            return probe[None]
+        return self.backend.ifft2(self.ramp_fill(probe_ft, ramps), overwrite=True)
 
     def unshift_sum(self, values: Any, ramps: tuple[Any, Any] | None, spectrum: bool = False,
                     overwrite: bool = False, real: bool = False) -> Any:
@@ -164,7 +176,21 @@ class Operations:
         Linear: one forward FFT per position and one inverse in total. ``spectrum``: the
         sum's spectrum instead (callers add several and take one inverse FFT); ``overwrite``:
         the FFT may reuse ``values``."""
-        raise NotImplementedError
+        be = self.backend
+        if ramps is None:
+            return values.sum(axis=0, dtype=np.complex128 if not real else np.float64)
+        rr, rc = ramps
+        if real:
+            spec = be.rfft2(values)
+            rc = rc[:, :spec.shape[-1]]
+        else:
+            spec = be.fft2(values, overwrite=overwrite)
+        total = self.ramp_sum(spec, (rr, rc))
+        if spectrum:
+            return total
+        if real:
+            return be.irfft2(total, values.shape[-2:])
+        return be.ifft2(total, overwrite=True)
 
     def apply_transfer(self, spec: Any, transfer: Any, inverse: bool) -> Any:
         """``spec · H`` (``inverse``: ``conj(H)``) in place: the near-field multiply."""
