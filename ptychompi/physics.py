@@ -285,9 +285,3 @@ def apply_amplitude_limits(backend: Backend, obj: Any, low: float | None,
     unit = xp.where(amp > 0, obj / xp.maximum(amp, EPS), 1.0)
     obj[...] = (unit * target).astype(obj.dtype)
 
-
-# --------------------------------------------------------------------------- transitional
-def reduce_accumulators(backend: Backend, acc: Any, dtype: Any, out: Any = None,
-                        spans: Any = None) -> Any:
-    """``backend.ops.reduce_accumulators`` (kept for callers not yet moved to ``ops``)."""
-    return backend.ops.reduce_accumulators(acc, dtype, out, spans)

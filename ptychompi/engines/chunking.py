@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from ..physics import reduce_accumulators
-
 
 class ChunkRunner:
     """Chunks over threads and their reductions (an :class:`Engine` mixin: it reads
@@ -77,7 +75,7 @@ class ChunkRunner:
         in one pass of the pool). ``spans`` (T, 2): the rows each thread's accumulators were
         written in (:meth:`row_span`); the others are not read."""
         if self.backend.is_gpu:
-            totals = [reduce_accumulators(self.backend, acc, dtype) for acc, dtype in pairs]
+            totals = [self.backend.ops.reduce_accumulators(acc, dtype) for acc, dtype in pairs]
         else:
             totals = [np.empty(acc.shape[1:], dtype=dtype) for acc, dtype in pairs]
 
@@ -86,7 +84,8 @@ class ChunkRunner:
                 if spans is not None:  # the spans in the band's rows
                     local = np.clip(np.asarray(spans) - band.start, 0, band.stop - band.start)
                 for (acc, dtype), total in zip(pairs, totals, strict=True):
-                    reduce_accumulators(self.backend, acc[:, band], dtype, total[band], local)
+                    self.backend.ops.reduce_accumulators(acc[:, band], dtype, total[band],
+                                                         local)
 
             self.map_rows(band_sums, pairs[0][0].shape[1])
         for acc, _ in pairs:

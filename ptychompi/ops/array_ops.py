@@ -36,7 +36,7 @@ class ArrayOps(Operations):
         if self.cuda:  # one kernel with atomic adds (kernels/scatter_add.cu)
             from ..kernels import scatter_add_gpu  # noqa: PLC0415
 
-            scatter_add_gpu(target, values, rows, cols)
+            scatter_add_gpu(target, values, rows, cols, cache=self.backend.kernels)
             return
         m0, m1 = values.shape[-2:]
         values = values.astype(target.dtype, copy=False)
@@ -73,7 +73,8 @@ class ArrayOps(Operations):
         if self.cuda:  # one fused kernel (kernels/modulus.cu)
             from ..kernels import modulus_project_gpu  # noqa: PLC0415
 
-            return modulus_project_gpu(wave, amplitude, in_place=in_place)
+            return modulus_project_gpu(wave, amplitude, in_place=in_place,
+                                       cache=self.backend.kernels)
         xp = self.backend.xp
         model = xp.sqrt((wave.real ** 2 + wave.imag ** 2).sum(axis=1))
         valid = amplitude >= 0
