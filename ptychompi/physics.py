@@ -284,4 +284,3 @@ def apply_amplitude_limits(backend: Backend, obj: Any, low: float | None,
     target = xp.clip(amp, low if low is not None else 0.0, high if high is not None else np.inf)
     unit = xp.where(amp > 0, obj / xp.maximum(amp, EPS), 1.0)
     obj[...] = (unit * target).astype(obj.dtype)
-
