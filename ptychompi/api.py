@@ -82,7 +82,8 @@ class Reconstruction:
             self.backend = select_backend(cfg.parallel.device, comm,
                                           double=cfg.algorithm.precision == "double",
                                           workers=cfg.parallel.workers,
-                                          fft=cfg.parallel.fft)
+                                          fft=cfg.parallel.fft,
+                                          operations=cfg.parallel.operations)
             self.source = scan if scan is not None else open_source(cfg)
             if scan is not None:
                 scan.validate()

@@ -260,6 +260,7 @@ def select_backend(
     double: bool = False,
     workers: int | None = None,
     fft: str = "auto",
+    operations: str = "compiled",
 ) -> Backend:
     """Build the backend for this rank.
 
@@ -267,7 +268,9 @@ def select_backend(
     environment variable ``PTYCHOMPI_DEVICE``. The GPU is the node-local rank modulo the
     visible GPUs. Asking for a GPU where there is none is an error, never a fallback.
     ``fft`` is the CPU FFT library: ``fftw`` (pyFFTW), ``scipy`` or ``auto`` (FFTW when
-    pyFFTW imports), overridden by ``PTYCHOMPI_FFT``.
+    pyFFTW imports), overridden by ``PTYCHOMPI_FFT``. ``operations``: the engines' operations
+    on a CPU, ``compiled`` or ``array`` (numpy's expressions, the GPU's code; see
+    :mod:`ptychompi.ops`).
     """
     fft = cpu_fft_library(fft)
     device = os.environ.get(DEVICE_ENV, device or "auto").strip().lower()
@@ -276,7 +279,7 @@ def select_backend(
             f"parallel.device (or ${DEVICE_ENV}) is {device!r}; use one of cpu, gpu, auto"
         )
     if device == "cpu":
-        return Backend(np, "cpu", None, workers or cpu_workers(comm), double, fft)
+        return Backend(np, "cpu", None, workers or cpu_workers(comm), double, fft, operations)
     cupy = _import_cupy()
     if cupy is None:
         if device == "gpu":
@@ -285,7 +288,7 @@ def select_backend(
                 "usable: install ptychompi[gpu] (cupy) on a machine with a CUDA GPU, or use "
                 "device: cpu"
             )
-        return Backend(np, "cpu", None, workers or cpu_workers(comm), double, fft)
+        return Backend(np, "cpu", None, workers or cpu_workers(comm), double, fft, operations)
     gpu = local_rank(comm) % cupy.cuda.runtime.getDeviceCount()
     cupy.cuda.Device(gpu).use()
     return Backend(cupy, "gpu", gpu, 1, double)

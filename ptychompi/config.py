@@ -167,6 +167,10 @@ class ParallelConfig:
     workers: int | None = opt(None, "CPU FFT threads per rank (null = cores / ranks)", low=1)
     fft: str = opt("auto", "CPU FFT library: fftw (pyFFTW), scipy, or auto = fftw when "
                    "installed ($PTYCHOMPI_FFT overrides)", choices=("auto", "fftw", "scipy"))
+    operations: str = opt("compiled", "how the engines' steps run on a CPU: compiled (numba "
+                          "kernels, fused FFTW pipelines) or array (numpy expressions, the "
+                          "code a GPU runs: a slower reference to check results against)",
+                          choices=("compiled", "array"))
 
 
 @dataclass

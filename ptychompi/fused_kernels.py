@@ -5,7 +5,7 @@ pass of its chunk: a dozen hand-overs of the GIL per chunk, which two threads on
 contend for (ePIE's small disjoint batches spent more time on that than on arithmetic). Here
 a chunk's positions go through shift, exit wave, FFT, modulus projection, inverse FFT and
 update one position at a time, in one ``nogil`` call that calls FFTW itself
-(:mod:`ptychompi.fftw_native`), with the frames in cache between the steps. Far field: one
+(:mod:`ptychompi.fftw`), with the frames in cache between the steps. Far field: one
 FFT per propagation; near field: two and the transfer function, as
 :class:`physics.Propagator` (both multiply by it with :func:`cpu_kernels.apply_transfer`).
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from . import cpu_kernels as ck
-from . import fftw, fftw_native
+from . import fftw
 from .physics import EPS, Propagator, probe_index, probe_term_slots, probe_terms_result
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 def available(frame: tuple[int, int]) -> bool:
     """Whether the fused kernels can run frames of this shape here."""
-    return fftw_native.frame_aligned(frame)
+    return fftw.frame_aligned(frame)
 
 
 @ck._jit(ck._JIT)
@@ -313,11 +313,11 @@ def _frames(frames: tuple[int, ...]) -> Frames:
     return Frames(*_scratch(frames, len(Frames._fields)))
 
 
-def _plans(frame: tuple[int, ...]) -> tuple[int, int]:
-    """The forward and backward complex64 plans of one frame."""
+def _plans(plans: fftw.FftwPlans, frame: tuple[int, ...]) -> tuple[int, int]:
+    """The forward and backward complex64 plans of one frame (the backend's ``plans``)."""
     shape = (int(frame[0]), int(frame[1]))
-    return (fftw_native.frame_plan(shape, fftw_native.FFTW_FORWARD),
-            fftw_native.frame_plan(shape, fftw_native.FFTW_BACKWARD))
+    return (plans.frame_plan(shape, fftw.FFTW_FORWARD),
+            plans.frame_plan(shape, fftw.FFTW_BACKWARD))
 
 
 def _transfer(transfer: np.ndarray | None) -> np.ndarray:
@@ -331,19 +331,20 @@ def _int64(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
-def _plans_for(frame: tuple[int, ...], prop: Propagator) -> Plans:
-    forward, backward = _plans(frame)
+def _plans_for(plans: fftw.FftwPlans, frame: tuple[int, ...], prop: Propagator) -> Plans:
+    forward, backward = _plans(plans, frame)
     return Plans(forward=forward, backward=backward, transfer=_transfer(prop.transfer))
 
 
-def _double_plan(frame: tuple[int, ...]) -> int:
+def _double_plan(plans: fftw.FftwPlans, frame: tuple[int, ...]) -> int:
     shape = (int(frame[0]), int(frame[1]))
-    return fftw_native.frame_plan(shape, fftw_native.FFTW_FORWARD, "c128")
+    return plans.frame_plan(shape, fftw.FFTW_FORWARD, "c128")
 
 
-def epie_chunk(job: EpieJob, ramps: tuple[np.ndarray, np.ndarray] | None
-               ) -> tuple[float, np.ndarray | None]:
-    """:func:`epie_positions` on ``job`` (each position's ``ramps`` with shifts):
+def epie_chunk(job: EpieJob, ramps: tuple[np.ndarray, np.ndarray] | None,
+               plans: fftw.FftwPlans) -> tuple[float, np.ndarray | None]:
+    """:func:`epie_positions` on ``job`` (each position's ``ramps`` with shifts; the
+    backend's FFTW ``plans``):
     ``(error, gradient sum or None)``, the gradient as ``job.grad`` asks ("stack": the
     back-shifted sum's spectrum)."""
     kk, m0, m1 = job.probe.shape
@@ -358,12 +359,12 @@ def epie_chunk(job: EpieJob, ramps: tuple[np.ndarray, np.ndarray] | None
                     probe_ft=np.ascontiguousarray(spectrum), ramp_r=rr, ramp_c=rc,
                     shifted=shifted, steps=np.asarray(job.steps, np.float64), eps=float(EPS),
                     grad=code, psum=psum)
-    err = epie_positions(fftw_native.execute_dft, args, _plans_for((m0, m1), job.prop),
+    err = epie_positions(fftw.execute_dft, args, _plans_for(plans, (m0, m1), job.prop),
                          _frames((kk, m0, m1)))
     return float(err), (psum if code else None)
 
 
-def lsqml_chunk(job: LsqmlJob) -> tuple[float, np.ndarray, Any]:
+def lsqml_chunk(job: LsqmlJob, plans: fftw.FftwPlans) -> tuple[float, np.ndarray, Any]:
     """:func:`lsqml_positions` on ``job``: ``(error, χ (B, K, M, M), probe direction terms as
     :meth:`Operations.lsqml_object_terms` returns them)``; with runs and ``job.shifts`` (the
     runs' ramps) the terms' back-shifted sum as a spectrum instead (:func:`unshift_runs`)."""
@@ -379,36 +380,36 @@ def lsqml_chunk(job: LsqmlJob) -> tuple[float, np.ndarray, Any]:
                      probes=np.ascontiguousarray(job.probes),
                      probe_of=probe_index(job.probes, b, job.probe_of), eps=float(EPS),
                      num=job.num, den=job.den, pnum=pnum, slot=slot, chi=chi)
-    err = lsqml_positions(fftw_native.execute_dft, args, _plans_for((m0, m1), job.prop),
+    err = lsqml_positions(fftw.execute_dft, args, _plans_for(plans, (m0, m1), job.prop),
                           _frames((kk, m0, m1)))
     if not (job.with_probe and job.runs is not None and job.shifts is not None):
         return float(err), chi, probe_terms_result(pnum, job.with_probe, job.per_position,
                                                    job.runs)
     total = np.zeros((kk, m0, m1), np.complex128)
-    unshift_runs(fftw_native.execute_dft_double, _double_plan((m0, m1)), pnum,
+    unshift_runs(fftw.execute_dft_double, _double_plan(plans, (m0, m1)), pnum,
                  np.ascontiguousarray(job.shifts[0]), np.ascontiguousarray(job.shifts[1]),
                  total, fftw.empty_aligned((1, kk, m0, m1), np.complex128))
     return float(err), chi, total
 
 
-def dm_fourier_chunk(job: DmFourierJob) -> float:
+def dm_fourier_chunk(job: DmFourierJob, plans: fftw.FftwPlans) -> float:
     """:func:`dm_fourier_positions` on ``job`` (its exit waves aligned for FFTW)."""
-    fftw_native.require_aligned(job.waves)
+    fftw.require_aligned(job.waves)
     kk, m0, m1 = job.probes.shape[1:]
     args = DmFourierArgs(amplitudes=job.amplitudes, rows=_int64(job.win.rows),
                          cols=_int64(job.win.cols), obj=job.obj,
                          probes=np.ascontiguousarray(job.probes),
                          probe_of=probe_index(job.probes, len(job.win), job.probe_of),
                          waves=job.waves, bound=float(job.bound), eps=float(EPS))
-    return float(dm_fourier_positions(fftw_native.execute_dft, args,
-                                      _plans_for((m0, m1), job.prop), _frames((kk, m0, m1))))
+    return float(dm_fourier_positions(fftw.execute_dft, args,
+                                      _plans_for(plans, (m0, m1), job.prop), _frames((kk, m0, m1))))
 
 
-def dm_object_chunk(job: DmObjectJob) -> None:
+def dm_object_chunk(job: DmObjectJob, plans: fftw.FftwPlans) -> None:
     """:func:`dm_object_positions` on ``job``; the exit waves go to ``job.keep`` (aligned,
     like the waves) when given."""
     keep = job.keep is not None
-    fftw_native.require_aligned(job.waves, *([job.keep] if keep else []))
+    fftw.require_aligned(job.waves, *([job.keep] if keep else []))
     kk, m0, m1 = job.probes.shape[1:]
     scratch = _frames((kk, m0, m1))
     args = DmObjectArgs(waves=job.waves, rows=_int64(job.win.rows), cols=_int64(job.win.cols),
@@ -416,11 +417,11 @@ def dm_object_chunk(job: DmObjectJob) -> None:
                         probe_of=probe_index(job.probes, len(job.win), job.probe_of),
                         num=job.num, den=job.den, psi=job.keep if keep else scratch.psi,
                         keep=keep)
-    dm_object_positions(fftw_native.execute_dft, args, _plans_for((m0, m1), job.prop), scratch)
+    dm_object_positions(fftw.execute_dft, args, _plans_for(plans, (m0, m1), job.prop), scratch)
 
 
-def dm_probe_chunk(job: DmProbeJob, run_ramps: tuple[np.ndarray, np.ndarray]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def dm_probe_chunk(job: DmProbeJob, run_ramps: tuple[np.ndarray, np.ndarray],
+                   plans: fftw.FftwPlans) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`dm_probe_runs` on ``job`` (``run_ramps``: each run's): what
     :meth:`Operations.shifted_probe_residual` returns."""
     b, kk, m0, m1 = job.psi.shape
@@ -435,7 +436,7 @@ def dm_probe_chunk(job: DmProbeJob, run_ramps: tuple[np.ndarray, np.ndarray]
                        ramp_r=np.ascontiguousarray(run_ramps[0]),
                        ramp_c=np.ascontiguousarray(run_ramps[1]), num=num, den=den,
                        run_power=run_power)
-    dm_probe_runs(fftw_native.execute_dft_double, _double_plan((m0, m1)), args,
+    dm_probe_runs(fftw.execute_dft_double, _double_plan(plans, (m0, m1)), args,
                   fftw.empty_aligned((1, kk + 1, m0, m1), np.complex128),
                   fftw.empty_aligned((1, kk, m0, m1), np.complex128))
     return num, den, run_power

@@ -10,7 +10,6 @@ module does not import cupy.
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -101,30 +100,22 @@ class KernelCache:
 
 
 def _kernel(source: str, prefix: str, dtype: np.dtype, device_id: int,
-            cache: KernelCache | None) -> Any:
+            cache: KernelCache) -> Any:
     name = f"{prefix}_{np.dtype(dtype).name}"
     if name not in KERNELS[source]:
         raise TypeError(f"no {source} kernel for dtype {np.dtype(dtype)}")
-    return (cache if cache is not None else _transitional()).get(source, name, device_id)
+    return cache.get(source, name, device_id)
 
 
-@lru_cache(maxsize=1)
-def _transitional() -> KernelCache:
-    """Transitional: the cache of callers that do not pass a backend's yet (looking the
-    source up anew costs about a millisecond per call); goes once they all do."""
-    return KernelCache()
-
-
-def scatter_add_gpu(target: Any, values: Any, rows: np.ndarray, cols: np.ndarray,
-                    cache: KernelCache | None = None) -> None:
+def scatter_add_gpu(target: Any, values: Any, rows: np.ndarray, cols: np.ndarray, *,
+                    cache: KernelCache) -> None:
     """``target[r:r+M0, c:c+M1] += values[j]`` for every window j, on the GPU, in place.
 
     ``target``: cupy (H, W) float32/float64/complex64/complex128 with contiguous rows;
     ``values``: cupy (B, M0, M1) (any strides, e.g. a broadcast view; cast to target's dtype);
     ``rows``, ``cols``: host integer arrays (B,) of top-left corners. Overlapping windows are
     summed with atomic adds, so float results may differ from the CPU path in the last bits.
-    ``cache``: the backend's compiled kernels (``Backend.kernels``; without it a process-wide
-    transitional cache).
+    ``cache``: the backend's compiled kernels (``Backend.kernels``).
     """
     import cupy  # noqa: PLC0415
 
@@ -162,14 +153,15 @@ def scatter_add_gpu(target: Any, values: Any, rows: np.ndarray, cols: np.ndarray
                 np.int64(target.strides[0] // itemsize)))
 
 
-def modulus_project_gpu(wave: Any, amplitude: Any, in_place: bool = True,
-                        cache: KernelCache | None = None) -> tuple[Any, float]:
+def modulus_project_gpu(wave: Any, amplitude: Any, in_place: bool = True, *,
+                        cache: KernelCache) -> tuple[Any, float]:
     """Fused modulus projection of ``wave`` (B, K, M, M) onto ``amplitude`` (B, M, M).
 
-    Same semantics as :func:`ptychompi.physics.modulus_project`: ``model = sqrt(Σ_k |ψ_k|²)``;
-    on valid pixels (amplitude >= 0) every mode is scaled by ``A / (model + 1e-9)``, invalid
-    pixels (amplitude -1) are left unchanged. Returns the projected wave (``wave`` itself when
-    ``in_place``) and ``Σ_valid (model - A)²`` accumulated in double, as a Python float.
+    Same semantics as :meth:`ptychompi.ops.Operations.modulus_project`:
+    ``model = sqrt(Σ_k |ψ_k|²)``; on valid pixels (amplitude >= 0) every mode is scaled by
+    ``A / (model + 1e-9)``, invalid pixels (amplitude -1) are left unchanged. Returns the
+    projected wave (``wave`` itself when ``in_place``) and ``Σ_valid (model - A)²``
+    accumulated in double, as a Python float.
     ``amplitude`` is broadcast to (B, M, M) and cast to the wave's real dtype; ``cache`` as
     for :func:`scatter_add_gpu`.
     """

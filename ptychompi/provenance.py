@@ -73,7 +73,7 @@ def fft_library(backend: Any) -> str:
 def run_settings(recon: Any) -> dict:
     """The settings every rank shares that change a result's numbers (no communication)."""
     return {"fft": fft_library(recon.backend), "precision": recon.config.algorithm.precision,
-            "versions": library_versions()}
+            "operations": recon.backend.ops_kind, "versions": library_versions()}
 
 
 def provenance(recon: Any) -> dict:

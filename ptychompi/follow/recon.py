@@ -143,7 +143,8 @@ class FollowReconstruction(Reconstruction):
             cfg = self.config = planned_config(apply_environment(self.config))
             self.backend = select_backend(cfg.parallel.device, comm,
                                           double=cfg.algorithm.precision == "double",
-                                          workers=cfg.parallel.workers, fft=cfg.parallel.fft)
+                                          workers=cfg.parallel.workers, fft=cfg.parallel.fft,
+                                          operations=cfg.parallel.operations)
             self.source = self._open(cfg)
             fpf = (int(cfg.data.scan_dims[1]) if is_cxi(cfg)
                    else int(getattr(self.source, "frames_per_file", 1)))

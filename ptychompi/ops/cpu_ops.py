@@ -46,7 +46,8 @@ class CpuOps(Operations):
     def __init__(self, backend: Any) -> None:
         super().__init__(backend)
         self.fuse = True
-        self._can_fuse = backend.fft == "fftw" and backend.complex_dtype == np.complex64
+        self._can_fuse = (backend.fft_plans is not None
+                          and backend.complex_dtype == np.complex64)
         self._frames: dict[tuple[int, int], bool] = {}
 
     def fuses(self, frame: tuple[int, ...]) -> bool:
@@ -190,12 +191,12 @@ class CpuOps(Operations):
         if not self.fuses(job.probe.shape):
             return super().epie_chunk(job)
         ramps = None if job.shifts is None else job.shifts.ramps(self.backend)
-        return fused_kernels.epie_chunk(job, ramps)
+        return fused_kernels.epie_chunk(job, ramps, self.backend.fft_plans)
 
     def lsqml_chunk(self, job: LsqmlJob) -> tuple[float, Any, Any]:
         if not (self.fuses(job.probes.shape) and job.noise.fused):
             return super().lsqml_chunk(job)
-        err, chi, terms = fused_kernels.lsqml_chunk(job)
+        err, chi, terms = fused_kernels.lsqml_chunk(job, self.backend.fft_plans)
         # with runs the compiled call back-shifted the runs' terms itself
         if job.with_probe and job.shifts is not None and job.runs is None:
             terms = self.unshift_sum(terms, job.shifts, spectrum=True, overwrite=True)
@@ -204,18 +205,19 @@ class CpuOps(Operations):
     def dm_fourier_chunk(self, job: DmFourierJob) -> float:
         if not self.fuses(job.probes.shape):
             return super().dm_fourier_chunk(job)
-        return fused_kernels.dm_fourier_chunk(job)
+        return fused_kernels.dm_fourier_chunk(job, self.backend.fft_plans)
 
     def dm_object_chunk(self, job: DmObjectJob) -> None:
         if not self.fuses(job.probes.shape):
             super().dm_object_chunk(job)
             return
-        fused_kernels.dm_object_chunk(job)
+        fused_kernels.dm_object_chunk(job, self.backend.fft_plans)
 
     def dm_probe_chunk(self, job: DmProbeJob) -> tuple[Any, Any, Any]:
         if not (self.fuses(job.probes.shape) and job.runs is not None):
             return super().dm_probe_chunk(job)
-        return fused_kernels.dm_probe_chunk(job, run_ramps(self.backend, job.ramps, job.runs))
+        return fused_kernels.dm_probe_chunk(job, run_ramps(self.backend, job.ramps, job.runs),
+                                            self.backend.fft_plans)
 
     def position_sums(self, probes: Any, probe_of: Any, back: Any, psi: Any, d_row: Any,
                       d_col: Any, win: Windows) -> np.ndarray:
@@ -228,4 +230,4 @@ class CpuOps(Operations):
     def position_chunk(self, job: PositionJob) -> np.ndarray:
         if not self.fuses(job.probes.shape):
             return super().position_chunk(job)
-        return position_kernels.fused_chunk(job)
+        return position_kernels.fused_chunk(job, self.backend.fft_plans)

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import cpu_kernels as ck
-from .. import fftw_native
+from .. import fftw
 from .. import fused_kernels as fk
 from ..cpu_kernels import _JIT, _JIT_SUMS, _jit
 from ..physics import EPS, probe_index
@@ -86,8 +86,9 @@ def fused_position_sums(execute: Any, a: PositionArgs, plans: fk.Plans, s: fk.Fr
         position_sums(a.probes, of, s.chi, s.psi, a.d_row, a.d_col, r, c, a.out[j:j + 1])
 
 
-def fused_chunk(job: Any) -> np.ndarray:
-    """:func:`fused_position_sums` of a :class:`ptychompi.ops.PositionJob`: (B, 4)."""
+def fused_chunk(job: Any, plans: fftw.FftwPlans) -> np.ndarray:
+    """:func:`fused_position_sums` of a :class:`ptychompi.ops.PositionJob` (the backend's
+    FFTW ``plans``): (B, 4)."""
     kk, m0, m1 = job.probes.shape[1:]
     out = np.empty((len(job.win), 4))
     args = PositionArgs(amplitudes=job.amplitudes, frames=fk._int64(job.frames),
@@ -96,6 +97,6 @@ def fused_chunk(job: Any) -> np.ndarray:
                         probe_of=fk._int64(probe_index(job.probes, len(job.win),
                                                        job.probe_of)),
                         d_row=job.d_row, d_col=job.d_col, eps=float(EPS), out=out)
-    fused_position_sums(fftw_native.execute_dft, args, fk._plans_for((m0, m1), job.prop),
+    fused_position_sums(fftw.execute_dft, args, fk._plans_for(plans, (m0, m1), job.prop),
                         fk._frames((kk, m0, m1)))
     return out

@@ -208,7 +208,6 @@ def fake_cupy(monkeypatch: Any) -> types.ModuleType:
 
     mod.RawModule = RawModule
     monkeypatch.setitem(sys.modules, "cupy", mod)
-    monkeypatch.setattr(kernels, "_transitional", kernels._transitional.__wrapped__)  # fresh
     return mod
 
 
@@ -222,14 +221,17 @@ def test_scatter_add_wrapper_with_fake_cupy(fake_cupy: Any, dtype: Any) -> None:
     expected = np.zeros((12, 12), dtype)
     CPU.ops.scatter_add(expected, values.astype(dtype), rows, cols)
     target = _fake(wide)[:, 3:15]  # contiguous rows, row stride 20
-    kernels.scatter_add_gpu(target, _fake(values.astype(dtype)), rows, cols)
+    cache = kernels.KernelCache()
+    kernels.scatter_add_gpu(target, _fake(values.astype(dtype)), rows, cols, cache=cache)
     np.testing.assert_allclose(wide[:, 3:15], expected, rtol=1e-6, atol=1e-6)
     assert not wide[:, :3].any() and not wide[:, 15:].any()
     with pytest.raises(ValueError, match="outside"):
-        kernels.scatter_add_gpu(target, _fake(values.astype(dtype)), rows + 8, cols)
+        kernels.scatter_add_gpu(target, _fake(values.astype(dtype)), rows + 8, cols,
+                                cache=cache)
     if np.dtype(dtype).kind == "f":
         with pytest.raises(TypeError):
-            kernels.scatter_add_gpu(target, _fake(rand_complex(rng, (40, 5, 5))), rows, cols)
+            kernels.scatter_add_gpu(target, _fake(rand_complex(rng, (40, 5, 5))), rows, cols,
+                                    cache=cache)
 
 
 @pytest.mark.parametrize("in_place", [True, False])
@@ -241,7 +243,8 @@ def test_modulus_wrapper_with_fake_cupy(fake_cupy: Any, in_place: bool) -> None:
     strided = np.zeros((3, 2, 6, 12), np.complex64)
     strided[..., ::2] = wave
     arg = _fake(strided)[..., ::2]  # not contiguous: the wrapper must copy (and copy back)
-    out, err = kernels.modulus_project_gpu(arg, _fake(amp), in_place=in_place)
+    out, err = kernels.modulus_project_gpu(arg, _fake(amp), in_place=in_place,
+                                           cache=kernels.KernelCache())
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-6, atol=1e-7)
     assert err == pytest.approx(ref_err, rel=1e-6) and isinstance(err, float)
     if in_place:
@@ -274,7 +277,7 @@ def test_scatter_add_gpu_matches_numpy(cp: Any, dtype: Any) -> None:
     expected = start.copy()
     CPU.ops.scatter_add(expected, values, rows, cols)
     target = cp.asarray(start)
-    kernels.scatter_add_gpu(target, cp.asarray(values), rows, cols)
+    kernels.scatter_add_gpu(target, cp.asarray(values), rows, cols, cache=kernels.KernelCache())
     np.testing.assert_allclose(cp.asnumpy(target), expected, rtol=1e-5,
                                atol=1e-5 * np.abs(expected).max())
 
@@ -302,7 +305,8 @@ def test_modulus_project_gpu_matches_numpy(cp: Any, modes: int, dtype: Any) -> N
     amp = masked_amplitude(rng, wave)
     ref, ref_err = reference_modulus(wave, amp)
     d_wave = cp.asarray(wave)
-    out, err = kernels.modulus_project_gpu(d_wave, cp.asarray(amp), in_place=True)
+    out, err = kernels.modulus_project_gpu(d_wave, cp.asarray(amp), in_place=True,
+                                           cache=kernels.KernelCache())
     assert out is d_wave and isinstance(err, float)
     got = cp.asnumpy(out)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
