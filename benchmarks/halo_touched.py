@@ -118,10 +118,10 @@ def _reaching(tops: np.ndarray, mask: np.ndarray, frame: int) -> np.ndarray:
 
 
 def _routed(tiles: list, lit: list[np.ndarray]) -> int:
-    """Pixels sent in one batch's numerator sum along rows, then columns: to a row neighbour
-    what this rank's windows lit in their halo; to a column neighbour what is not zero after
-    the row step (its own or a row neighbour's windows lit); to a diagonal one nothing when
-    its halo lies in both the row and the column neighbour's boxes, else its lit pixels."""
+    """Pixels sent in one batch's numerator sum along rows, then columns (``sparse_halo``'s
+    routed sum): to a row neighbour what this rank's windows lit in their halo; to a column
+    neighbour what is not zero after the row step (its own or a row neighbour's windows lit);
+    to a diagonal one what its windows lit outside the box of the row neighbour beside it."""
     at = {t.coords: t for t in tiles}
     sent = 0
     for t in tiles:
@@ -138,11 +138,13 @@ def _routed(tiles: list, lit: list[np.ndarray]) -> int:
             if dx == 0:
                 sent += int(partial[halo.slices()].sum())
                 continue
-            h, v = at.get((t.coords[0], t.coords[1] + dx)), at.get((t.coords[0] + dy,
-                                                                    t.coords[1]))
-            inside = (h is not None and v is not None and halo.intersect(h.box) == halo
-                      and halo.intersect(v.box) == halo)
-            sent += 0 if inside else int(lit[t.rank][halo.slices()].sum())
+            direct = lit[t.rank][halo.slices()].copy()  # but where the row neighbour carries it
+            h = at.get((t.coords[0], t.coords[1] + dx))
+            inner = None if h is None else h.box.intersect(halo)
+            if inner is not None:
+                direct[inner.r0 - halo.r0:inner.r1 - halo.r0,
+                       inner.c0 - halo.c0:inner.c1 - halo.c0] = False
+            sent += int(direct.sum())
     return sent
 
 
