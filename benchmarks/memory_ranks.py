@@ -19,6 +19,10 @@ import sys
 import tempfile
 
 import common
+import numpy as np
+
+import ptychompi
+from ptychompi.simulate import simulate, simulate_to_files
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "RESULT "
@@ -36,10 +40,7 @@ def peak_rss_bytes() -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    import numpy as np
-    from mpi4py import MPI
-
-    import ptychompi
+    from mpi4py import MPI  # noqa: PLC0415 - MPI starts at import: workers only
 
     comm = MPI.COMM_WORLD
     cfg = {"data": {"path": args.cxi},
@@ -86,8 +87,6 @@ def table(rows: list[dict]) -> str:
 
 
 def drive(args: argparse.Namespace) -> int:
-    from ptychompi.simulate import simulate_to_files
-
     p = common.scan_params(args.frame)
     ranks = [int(k) for k in args.ranks.split(",")]
     rows = []
@@ -95,8 +94,6 @@ def drive(args: argparse.Namespace) -> int:
         full, empty = os.path.join(tmp, "full.cxi"), os.path.join(tmp, "empty.cxi")
         simulate_to_files(full, frame=args.frame, grid=args.grid, seed=0, photons=1e6, **p)
         simulate_to_files(empty, frame=args.frame, grid=2, seed=0, photons=1e6, **p)
-        from ptychompi.simulate import simulate
-
         pixel_m = simulate(frame=args.frame, grid=2, seed=0, **p).pixel_size_m
         probe_m = float(pixel_m) * p["probe_diameter_px"]
         for engine in args.engines.split(","):

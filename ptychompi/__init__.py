@@ -4,13 +4,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import Reconstruction  # noqa: E402
-from .config import Config, default_yaml, load_config  # noqa: E402
-from .errors import ConfigError, DataError, PtychompiError  # noqa: E402
-from .simulate import simulate, simulate_to_files  # noqa: E402
+from .api import Reconstruction
+from .config import Config, default_yaml, load_config
+from .errors import ConfigError, DataError, PtychompiError
+from .simulate import simulate, simulate_to_files
 
 
-def read_scan(path: str):  # noqa: ANN201 - ScanSource
+def read_scan(path: str):  # -> ScanSource
     """Open a scan file (CXI, or APS row files with their config keys) lazily."""
     from .dataset import open_source  # noqa: PLC0415
 

@@ -104,7 +104,7 @@ class Reconstruction:
             amplitudes = load_amplitudes(self.source, preprocessor, self.tile.indices,
                                          self.layout)
             self.seconds_io = time.perf_counter() - t0
-        except Exception as exc:  # reported collectively below
+        except Exception as exc:  # noqa: BLE001 - any failure is reported collectively below
             error = exc
         try:
             agree(comm, error)

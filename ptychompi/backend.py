@@ -35,7 +35,7 @@ def _import_cupy() -> ModuleType | None:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return None
         return cupy
-    except Exception:  # no cupy, no driver, no device
+    except Exception:  # noqa: BLE001 - no cupy, no driver, no device: each raises its own
         return None
 
 

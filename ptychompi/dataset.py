@@ -73,7 +73,7 @@ def _is_cxi(path: Path) -> bool:
         return False
 
 
-def plan_preprocessor(cfg: Config, source: ScanSource):  # noqa: ANN201 - Preprocessor
+def plan_preprocessor(cfg: Config, source: ScanSource):  # -> Preprocessor
     from .preprocess import plan_preprocess  # noqa: PLC0415
 
     return plan_preprocess(cfg.preprocess, source)
@@ -112,7 +112,7 @@ def plan_layout(cfg: Config, source: ScanSource, frame: int, pixel_scale: int = 
     return ScanLayout(n, frame, pos, shape, dx, wavelength, g.propagation, z, source.path)
 
 
-def load_amplitudes(source: ScanSource, preprocessor, indices: np.ndarray,  # noqa: ANN001
+def load_amplitudes(source: ScanSource, preprocessor, indices: np.ndarray,
                     layout: ScanLayout) -> np.ndarray:
     """This rank's frames as amplitudes sqrt(I), float32 (k, M, M), invalid pixels = -1.
 

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from .config import PreprocessConfig
@@ -88,8 +89,6 @@ def load_beamstop(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _read_h5_mask(path: Path, name: str | None) -> np.ndarray:
-    import h5py
-
     with h5py.File(path, "r") as f:
         if name is None:
             found: list[str] = []

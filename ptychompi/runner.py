@@ -109,7 +109,7 @@ def _check_space(recon: Reconstruction) -> None:
             check_output_dir(cfg.output.directory, estimate_result_bytes(
                 layout.object_shape, (k, m, m), layout.n_frames, cfg.algorithm.iterations,
                 state) + (exports + 1) // 2, _replaced_bytes(Path(cfg.output.directory)))
-        except Exception as exc:  # reported by every rank below
+        except Exception as exc:  # noqa: BLE001 - any failure is reported by every rank below
             error = exc
     agree(recon.comm, error)
 
@@ -239,7 +239,7 @@ def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
                 cfg = _load(args)
             if rank == 0:  # writable and ours before reading any data; space once sizes known
                 _claim(cfg.output.directory, held)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure is reported by every rank below
         error = exc
     agree(comm_arg, error)
     setup_logging(cfg.output.directory if cfg else None, rank, quiet=args.quiet,
@@ -293,7 +293,7 @@ def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
                            f"{recon.iteration}: {exc}", False)
         recon.close()  # its backend's threads and FFT plans
         raise  # raised identically on every rank (errors are allreduced)
-    except Exception as exc:  # noqa: BLE001 - one rank failed mid-collective
+    except Exception as exc:  # one rank failed mid-collective (logged with its traceback)
         progress.close()
         log.debug("unexpected error at iteration %d", recon.iteration, exc_info=True)
         abort_on_error(comm_arg, exc)  # one line; MPI_Abort on several ranks

@@ -26,7 +26,7 @@ OTHER_RANK_DELAY_S = 1.5
 ABORT_GRACE_S = 0.3
 
 
-class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt
+class Interrupted(BaseException):  # named like KeyboardInterrupt
     """A run stopped by a signal (one rank)."""
 
     def __init__(self, signum: int) -> None:
@@ -50,7 +50,7 @@ def install(comm: Any | None) -> Callable[[], None]:
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     several = comm is not None and comm.Get_size() > 1
 
-    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal API
+    def handler(signum: int, frame: Any) -> None:  # the signal API's arguments
         if not several:
             raise Interrupted(signum)
         rank = comm.Get_rank()

@@ -733,7 +733,7 @@ def _build(cfg: Config, opts: PtychopyOptions, comm: Any | None,
         guess_file = _object_guess_file(cfg, source, object_np, frame)
         if guess_file is not None:
             cfg.algorithm.object_guess = guess_file
-    except Exception as exc:  # reported on every rank below
+    except Exception as exc:  # noqa: BLE001 - any failure is reported on every rank below
         error = exc
         if source is not None:
             source.close()
@@ -823,7 +823,7 @@ def write_outputs(recon: Reconstruction, opts: PtychopyOptions, index: int = 0, 
     if recon.rank == 0:
         try:
             written = _write_files(recon, opts, obj, probe, index, final, Path(directory))
-        except Exception as exc:  # reported on every rank below
+        except Exception as exc:  # noqa: BLE001 - any failure is reported on every rank below
             error = exc
     agree(recon.comm, error)
     return written

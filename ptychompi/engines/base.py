@@ -160,7 +160,7 @@ class Engine(ShiftTables, TileMerging, ChunkRunner):
         self.rng = np.random.default_rng([self.cfg.seed, self.iteration])
         self._reset()
 
-    def _reset(self) -> None:  # noqa: B027 - engines with extra state override
+    def _reset(self) -> None:  # engines with extra state override
         """Rebuild engine-specific state from the current object and probe."""
 
     # ------------------------------------------------------------------ state
@@ -192,7 +192,7 @@ class Engine(ShiftTables, TileMerging, ChunkRunner):
     def _extra_state(self) -> dict[str, Any]:
         return {}
 
-    def _restore_extra(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027
+    def _restore_extra(self, state: dict[str, np.ndarray]) -> None:
         pass
 
     # ------------------------------------------------------------------ state hooks

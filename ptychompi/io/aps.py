@@ -41,6 +41,7 @@ from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from ..geometry import HC_KEV_M, length_scale
 from ..scan import ScanGeometry, ScanSource
+from . import mda as mda_module
 
 __all__ = [
     "APSScan",
@@ -239,8 +240,6 @@ def mda_positions(path: str | Path, pv_map: dict | None = None) -> tuple[np.ndar
     Each axis is converted by its unit (m, mm, um, nm); an axis without a unit takes the other
     axis' unit (2-ID-E fly scans record "mm" on the slow axis only).
     """
-    from . import mda as mda_module  # lazy: optional reader
-
     params = mda_module.scan_parameters(mda_module.read_mda(str(path)), pv_map)
     fast = params.get("fast_positions")
     slow = params.get("slow_positions")

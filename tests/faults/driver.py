@@ -28,6 +28,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from mpi4py import MPI
+
+from ptychompi import api, checkpoint
+from ptychompi.cli import main as cli_main
+from ptychompi.io import atomic, export, results
 
 
 def fill_disk(path: str) -> None:
@@ -47,8 +52,6 @@ def _suicide() -> None:
 
 
 def _at_iteration(spec: dict, action: Callable[[], None]) -> None:
-    from ptychompi import api
-
     original = api.Reconstruction.step
 
     def step(self: Any, n: int = 1) -> dict:
@@ -61,9 +64,6 @@ def _at_iteration(spec: dict, action: Callable[[], None]) -> None:
 
 
 def _kill_writing(spec: dict) -> None:
-    from ptychompi import checkpoint
-    from ptychompi.io import atomic, results
-
     if spec["where"] == "state":
         real_state = checkpoint._write_state
 
@@ -96,9 +96,6 @@ def _kill_writing(spec: dict) -> None:
 
 
 def _disk_faults(spec: dict) -> None:
-    from ptychompi import checkpoint
-    from ptychompi.io import atomic, export, results
-
     count = [0]
 
     def wrap(real: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -124,10 +121,6 @@ def _disk_faults(spec: dict) -> None:
 
 
 def main() -> int:
-    from mpi4py import MPI
-
-    from ptychompi.cli import main as cli_main
-
     spec = json.loads(os.environ.get("PTYCHOMPI_FAULT") or "{}")
     kind = spec.get("kind")
     if kind and MPI.COMM_WORLD.Get_rank() == spec.get("rank", 0):

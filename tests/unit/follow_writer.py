@@ -43,7 +43,7 @@ def write_cxi_swmr(out: str, npz: dict, rows: int, per: int, delay: float,
                    slow: float, log: object) -> None:
     from ptychompi.io import cxi  # noqa: PLC0415
 
-    DATA_LINKS, DETECTOR, SOURCE, TRANSLATION = (  # noqa: N806
+    DATA_LINKS, DETECTOR, SOURCE, TRANSLATION = (
         cxi.DATA_LINKS, cxi.DETECTOR, cxi.SOURCE, cxi.TRANSLATION)
     _default_basis, positions_to_translation = cxi._default_basis, cxi.positions_to_translation
 
@@ -100,7 +100,7 @@ def main() -> int:
     frames = npz["frames"]
     per = len(frames) // a.rows
     rows = a.rows if a.stop is None else a.stop
-    log = open(a.log, "w") if a.log else sys.stdout  # noqa: SIM115
+    log = open(a.log, "w") if a.log else sys.stdout
     if a.cxi:
         write_cxi_swmr(a.out, npz, rows, per, a.delay, a.slow, log)
         return 0

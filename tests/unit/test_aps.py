@@ -13,6 +13,7 @@ from ptychompi.config import DataConfig
 from ptychompi.errors import ConfigError, DataError
 from ptychompi.io.aps import (
     APSScan,
+    mda_positions,
     open_aps,
     raster_positions,
     read_position_file,
@@ -271,7 +272,6 @@ def test_mda_positions(tmp_path, frames):
     pytest.importorskip("ptychompi.io.mda")
     if not XFM.is_file():
         pytest.skip(f"no MDA test file at {XFM}")
-    from ptychompi.io.aps import mda_positions
 
     pos, params = mda_positions(XFM)
     assert pos.shape == (121, 2)

@@ -10,7 +10,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from ptychompi.backend import Backend
+from ptychompi.errors import ConfigError
+from ptychompi.parallel.exchange import SerialExchange, abort_on_error, make_exchange
+from ptychompi.parallel.tiling import decompose
 
 SCRIPT = textwrap.dedent("""
     import time
@@ -50,8 +56,6 @@ def test_abort_on_error_ends_every_rank() -> None:
 
 
 def test_abort_on_error_without_mpi(capsys: pytest.CaptureFixture[str]) -> None:
-    from ptychompi.parallel.exchange import abort_on_error
-
     with pytest.raises(SystemExit) as info:
         abort_on_error(None, ValueError("bad\nvalue"))
     assert info.value.code == 1
@@ -59,13 +63,6 @@ def test_abort_on_error_without_mpi(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_make_exchange_serial_and_bad_option() -> None:
-    import numpy as np
-
-    from ptychompi.backend import Backend
-    from ptychompi.errors import ConfigError
-    from ptychompi.parallel.exchange import SerialExchange, make_exchange
-    from ptychompi.parallel.tiling import decompose
-
     tiles = decompose(np.array([[0.0, 0.0], [4.0, 4.0]]), (8, 8), 1)
     ex = make_exchange(None, tiles, 0, Backend(np, "cpu"))
     assert isinstance(ex, SerialExchange)

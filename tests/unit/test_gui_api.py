@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +25,8 @@ from starlette.testclient import TestClient
 from ptychompi.cli import main
 from ptychompi.compat.ptychopy import parse
 from ptychompi.config import Config, EmailConfig
-from ptychompi.gui.app import make_app
+from ptychompi.gui import routes_results
+from ptychompi.gui.app import GuiSettings, make_app
 from ptychompi.gui.devices import devices, parse_nvidia_smi
 from ptychompi.gui.schema import fields
 from ptychompi.io.aps import mda_positions
@@ -420,8 +422,6 @@ def test_results_tree_info_images_downloads(client: TestClient, root: Path) -> N
 
 
 def test_gui_command_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import socket
-
     assert main(["gui", "--root", str(tmp_path / "missing"), "--port", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ptychompi: error: --root")
@@ -451,9 +451,6 @@ def test_queue_in_one_allocation(client: TestClient, root: Path) -> None:
 
 def test_large_objects_are_shown_block_averaged(root: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from ptychompi.gui import routes_results
-    from ptychompi.gui.app import GuiSettings
-
     monkeypatch.setattr(routes_results, "DISPLAY_MAX", 32)
     s = GuiSettings(root=root.resolve(), queue=root.resolve() / "queue", token=TOKEN)
     path = root / "runs" / "first" / "result.h5"

@@ -7,6 +7,9 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +19,8 @@ import yaml
 from ptychompi.cli import main
 from ptychompi.queue.inbox import scan_inbox
 from ptychompi.queue.jobs import fill_pattern, job_from_ptychopy, job_from_yaml
-from ptychompi.queue.store import QueueError, QueueStore, sanitise_name
+from ptychompi.queue.store import QueueError, QueueStore, journal_mode, sanitise_name
+from ptychompi.simulate import simulate_to_files
 
 MDA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mda"
 MDA_FILES = sorted(MDA_DIR.glob("*.mda"))
@@ -286,12 +290,6 @@ def test_list_table_and_json(tmp_path: Path, capsys) -> None:
 
 def test_submit_renders_one_allocation_that_runs_the_queue(tmp_path: Path, capsys,
                                                           monkeypatch) -> None:
-    import shutil
-    import subprocess
-    import sys
-
-    from ptychompi.simulate import simulate_to_files
-
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "q"
     simulate_to_files(tmp_path / "scan.cxi", frame=64, grid=6, step_px=8,
@@ -343,8 +341,6 @@ def test_submit_renders_one_allocation_that_runs_the_queue(tmp_path: Path, capsy
 
 
 def test_journal_mode_follows_the_file_system(tmp_path: Path) -> None:
-    from ptychompi.queue.store import journal_mode
-
     info = ("22 1 0:1 / / rw - ext4 /dev/vda rw\n"
             "40 22 0:40 / /gpfs/home rw,relatime - gpfs home rw\n"
             "41 22 0:41 / /scratch rw - lustre 10.0.0.1@o2ib:/scratch rw,flock\n"

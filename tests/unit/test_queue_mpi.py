@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import yaml
 from ptychompi.errors import PtychompiError
 from ptychompi.io.cxi import write_cxi
 from ptychompi.io.results import read_result
+from ptychompi.outlock import lock_output
 from ptychompi.queue.store import QueueStore
 from ptychompi.simulate import simulate
 
@@ -284,8 +286,6 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path: Path, scans: dict) ->
         lines = _errors(proc.stderr)
         assert proc.returncode == 2 and len(lines) == 1 and text in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr
-    from ptychompi.outlock import lock_output
-
     held = lock_output(folder)  # another queue run holds the folder
     try:
         proc = _run(["queue", "run", str(folder)], tmp_path, 60, n=2)
@@ -327,7 +327,6 @@ def test_coordinator_on_its_own_rank(tmp_path: Path, scans: dict) -> None:
 
 def test_email_per_job_and_summary(tmp_path: Path, scans: dict) -> None:
     aiosmtpd = pytest.importorskip("aiosmtpd.controller")
-    import socket
 
     class Collector:
         def __init__(self) -> None:

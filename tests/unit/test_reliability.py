@@ -15,6 +15,12 @@ import numpy as np
 import pytest
 import yaml
 
+from ptychompi.api import Reconstruction
+from ptychompi.errors import DataError, PtychompiError
+from ptychompi.io.cxi import write_cxi
+from ptychompi.simulate import simulate
+from ptychompi.validate import check_object_size, outlying_positions
+
 BIN = Path(sys.executable).parent
 PIXEL = 1.17e-6 / 20  # the simulated scan's object pixel (probe 20 px = 1.17 µm)
 
@@ -45,7 +51,7 @@ def config(tmp: Path, scan: Path, name: str = "c.yaml", **sections: dict) -> Pat
     return path
 
 
-def edited_scan(scan: Path, dest: Path, edit) -> Path:  # noqa: ANN001 - edit(h5py.File)
+def edited_scan(scan: Path, dest: Path, edit) -> Path:  # edit(h5py.File)
     dest.write_bytes(scan.read_bytes())
     with h5py.File(dest, "r+") as f:
         edit(f)
@@ -84,9 +90,6 @@ def test_all_zero_frames_are_one_line(tmp_path, scan, engine):
 
 # --------------------------------------------------------------- 8: one rank, one line
 def test_corrupt_gzip_chunk_is_one_line(tmp_path):
-    from ptychompi.io.cxi import write_cxi
-    from ptychompi.simulate import simulate
-
     sim = simulate(frame=64, grid=4, step_px=8, probe_diameter_px=20, photons=1e6, seed=0)
     path = tmp_path / "gz.cxi"
     write_cxi(path, sim.frames.astype(np.float32), sim.positions_m, distance_m=sim.distance_m,
@@ -138,9 +141,6 @@ def test_far_position_names_the_position_before_allocating(tmp_path, scan):
 
 
 def test_object_size_check_names_outliers():
-    from ptychompi.errors import DataError
-    from ptychompi.validate import check_object_size, outlying_positions
-
     pos = np.stack(np.meshgrid(np.arange(8.0), np.arange(8.0)), -1).reshape(-1, 2) * 1e-7
     assert outlying_positions(pos, 64 * 5e-9) == []
     pos[5] = (3.0, 0.0)
@@ -153,8 +153,6 @@ def test_object_size_check_names_outliers():
 # --------------------------------------------------------------- 10: guesses of bad dtype
 @pytest.mark.parametrize("dtype", ["U5", "structured"])
 def test_object_guess_of_non_numbers_is_one_line(tmp_path, scan, dtype):
-    from ptychompi.api import Reconstruction
-
     with Reconstruction(yaml.safe_load(config(tmp_path, scan).read_text())) as recon:
         shape = recon.layout.object_shape
     guess = (np.full(shape, "abc", dtype="U5") if dtype == "U5"
@@ -221,9 +219,6 @@ def test_folder_as_config_and_empty_config(tmp_path):
 
 
 def test_api_after_close_is_a_clear_error(tmp_path, scan):
-    from ptychompi.api import Reconstruction
-    from ptychompi.errors import PtychompiError
-
     recon = Reconstruction(yaml.safe_load(config(tmp_path, scan).read_text()))
     recon.step()
     recon.close()
@@ -235,9 +230,6 @@ def test_api_after_close_is_a_clear_error(tmp_path, scan):
 
 
 def test_api_save_that_fails_is_one_line(tmp_path, scan):
-    from ptychompi.api import Reconstruction
-    from ptychompi.errors import PtychompiError
-
     with Reconstruction(yaml.safe_load(config(tmp_path, scan).read_text())) as recon:
         recon.step()
         with pytest.raises(PtychompiError, match="r.h5") as info:
