@@ -17,12 +17,22 @@ the Fourier error is summed in another order). FFTW's ``execute`` comes in as an
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import cpu_kernels as ck
 from . import fftw
+from .fused_records import (
+    DmFourierArgs,
+    DmObjectArgs,
+    DmProbeArgs,
+    EpieArgs,
+    Frames,
+    LsqmlArgs,
+    Plans,
+)
+from .jit import JIT, jit
 from .physics import EPS, Propagator, probe_index, probe_term_slots, probe_terms_result
 
 if TYPE_CHECKING:
@@ -34,7 +44,7 @@ def available(frame: tuple[int, int]) -> bool:
     return fftw.frame_aligned(frame)
 
 
-@ck._jit(ck._JIT)
+@jit(JIT)
 def _transform(execute: Any, plan: int, src: np.ndarray, dst: np.ndarray,
                scale: Any) -> None:
     """``dst[k] = FFTW(src[k]) · scale`` for every mode frame of (1, K, M, M) stacks."""
@@ -47,7 +57,7 @@ def _transform(execute: Any, plan: int, src: np.ndarray, dst: np.ndarray,
                 row[x] = row[x] * scale
 
 
-@ck._jit(ck._JIT)
+@jit(JIT)
 def _propagate(execute: Any, forward: int, backward: int, src: np.ndarray, dst: np.ndarray,
                tmp: np.ndarray, transfer: np.ndarray, inverse: bool, scale: Any) -> None:
     """:class:`physics.Propagator` on (1, K, M, M) stacks: far field (``transfer`` empty) the
@@ -61,102 +71,7 @@ def _propagate(execute: Any, forward: int, backward: int, src: np.ndarray, dst: 
     _transform(execute, backward, tmp, dst, scale)
 
 
-class Plans(NamedTuple):
-    """FFTW's complex64 plans of one frame and the near-field transfer function (empty in the
-    far field: one FFT per propagation)."""
-
-    forward: int
-    backward: int
-    transfer: np.ndarray
-
-
-class Frames(NamedTuple):
-    """Aligned (1, K, M, M) complex64 scratch frames of a pipeline."""
-
-    psi: np.ndarray
-    wave: np.ndarray
-    chi: np.ndarray
-    tmp: np.ndarray
-    spec: np.ndarray
-    probe: np.ndarray
-
-
-class EpieArgs(NamedTuple):
-    """:func:`epie_positions`' chunk: ``amplitudes[frames[j]]`` is position j's measured
-    amplitude; ``probe`` (1, K, M, M), or with ``shifted`` its spectrum ``probe_ft``
-    (K, M, M) and the positions' ``ramp_r``, ``ramp_c`` (B, M); ``steps``:
-    :func:`cpu_kernels.epie_update`'s ``(α, w)``; ``grad``: 0 no probe gradient, 1 summed
-    into ``psum`` (K, M, M) complex128, 2 its back-shifted spectrum summed there."""
-
-    amplitudes: np.ndarray
-    frames: np.ndarray
-    rows: np.ndarray
-    cols: np.ndarray
-    obj: np.ndarray
-    probe: np.ndarray
-    probe_ft: np.ndarray
-    ramp_r: np.ndarray
-    ramp_c: np.ndarray
-    shifted: bool
-    steps: np.ndarray
-    eps: float
-    grad: int
-    psum: np.ndarray
-
-
-class LsqmlArgs(NamedTuple):
-    """:func:`lsqml_positions`' chunk: measured amplitudes as in :class:`EpieArgs`; position j
-    sees ``probes[probe_of[j]]``; the sums go to ``num``, ``den`` and the probe terms to
-    ``pnum[slot[j]]`` (:func:`cpu_kernels.lsqml_object_terms`); ``chi`` (B, K, M, M)
-    receives χ."""
-
-    amplitudes: np.ndarray
-    frames: np.ndarray
-    rows: np.ndarray
-    cols: np.ndarray
-    obj: np.ndarray
-    probes: np.ndarray
-    probe_of: np.ndarray
-    eps: float
-    num: np.ndarray
-    den: np.ndarray
-    pnum: np.ndarray
-    slot: np.ndarray
-    chi: np.ndarray
-
-
-class DmFourierArgs(NamedTuple):
-    """:func:`dm_fourier_positions`' chunk: position j measured as ``amplitudes[j]``, its
-    detector-plane exit wave ``waves[j]`` (updated in place); ``bound``: the relaxed
-    projection's."""
-
-    amplitudes: np.ndarray
-    rows: np.ndarray
-    cols: np.ndarray
-    obj: np.ndarray
-    probes: np.ndarray
-    probe_of: np.ndarray
-    waves: np.ndarray
-    bound: float
-    eps: float
-
-
-class DmObjectArgs(NamedTuple):
-    """:func:`dm_object_positions`' chunk: the object sums go to ``num``, ``den``; the
-    sample-plane exit waves to ``psi`` (B, K, M, M) with ``keep``, else through ``psi[0:1]``."""
-
-    waves: np.ndarray
-    rows: np.ndarray
-    cols: np.ndarray
-    probes: np.ndarray
-    probe_of: np.ndarray
-    num: np.ndarray
-    den: np.ndarray
-    psi: np.ndarray
-    keep: bool
-
-
-@ck._jit(ck._JIT)
+@jit(JIT)
 def epie_positions(execute: Any, a: EpieArgs, plans: Plans, s: Frames) -> float:
     """ePIE for a chunk of positions with disjoint windows; returns the chunk's Fourier error
     numerator."""
@@ -186,7 +101,7 @@ def epie_positions(execute: Any, a: EpieArgs, plans: Plans, s: Frames) -> float:
     return err
 
 
-@ck._jit(ck._JIT)
+@jit(JIT)
 def lsqml_positions(execute: Any, a: LsqmlArgs, plans: Plans, s: Frames) -> float:
     """LSQML's exit-wave update (Gaussian noise) and its sums for a chunk of positions,
     ``χ_j = prop⁻¹ Ψ'_j − ψ_j``; returns the chunk's Fourier error numerator."""
@@ -206,7 +121,7 @@ def lsqml_positions(execute: Any, a: LsqmlArgs, plans: Plans, s: Frames) -> floa
     return err
 
 
-@ck._jit(ck._JIT)
+@jit(JIT)
 def dm_fourier_positions(execute: Any, a: DmFourierArgs, plans: Plans, s: Frames) -> float:
     """DM's Fourier step (:func:`cpu_kernels.dm_fourier_update`) on a chunk's exit waves;
     returns the models' error."""
@@ -223,7 +138,7 @@ def dm_fourier_positions(execute: Any, a: DmFourierArgs, plans: Plans, s: Frames
     return err
 
 
-@ck._jit(ck._JIT)
+@jit(JIT)
 def dm_object_positions(execute: Any, a: DmObjectArgs, plans: Plans, s: Frames) -> None:
     """DM's object sums (:func:`cpu_kernels.object_terms`) of the sample-plane exit waves
     ``prop⁻¹ waves_j``."""
@@ -237,7 +152,7 @@ def dm_object_positions(execute: Any, a: DmObjectArgs, plans: Plans, s: Frames) 
                         a.num, a.den)
 
 
-@ck._jit(ck._JIT)
+@jit(JIT)
 def unshift_runs(execute: Any, plan: int, sums: np.ndarray, ramp_r: np.ndarray,
                  ramp_c: np.ndarray, total: np.ndarray, spec: np.ndarray) -> None:
     """``total += Σ_q conj(ramps_q) · F sums_q``: the spectrum of the back-shifted sum of run
@@ -250,27 +165,7 @@ def unshift_runs(execute: Any, plan: int, sums: np.ndarray, ramp_r: np.ndarray,
         ck.ramp_sum(spec, ramp_r[q:q + 1], ramp_c[q:q + 1], total)
 
 
-class DmProbeArgs(NamedTuple):
-    """:func:`dm_probe_runs`' chunk: run q starts at ``runs[q]``, sees the shifted probe
-    ``probes[run_probe[q]]`` and has the ramps ``ramp_r[q]``, ``ramp_c[q]``; the residual's
-    back-shifted spectrum is added to ``num`` (K, M, M) complex128, ``Σ |O_j|²`` to ``den``
-    (M, M) and written to ``run_power[q]`` (R, M, M), float64."""
-
-    values: np.ndarray
-    obj: np.ndarray
-    rows: np.ndarray
-    cols: np.ndarray
-    runs: np.ndarray
-    probes: np.ndarray
-    run_probe: np.ndarray
-    ramp_r: np.ndarray
-    ramp_c: np.ndarray
-    num: np.ndarray
-    den: np.ndarray
-    run_power: np.ndarray
-
-
-@ck._jit(ck._JIT)
+@jit(JIT)
 def dm_probe_runs(execute: Any, plan: int, a: DmProbeArgs, acc: np.ndarray,
                   spec: np.ndarray) -> None:
     """DM's probe residual with sub-pixel shifts, run by run of positions sharing a shift:

@@ -14,7 +14,9 @@ import numpy as np
 from .. import cpu_kernels as ck
 from .. import fftw
 from .. import fused_kernels as fk
-from ..cpu_kernels import _JIT, _JIT_SUMS, _jit
+from ..jit import JIT as _JIT
+from ..jit import JIT_SUMS as _JIT_SUMS
+from ..jit import jit as _jit
 from ..physics import EPS, probe_index
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cpu_kernels import _JIT, _jit
+from ..jit import JIT as _JIT
+from ..jit import jit as _jit
 
 
 @_jit(_JIT)

@@ -8,6 +8,7 @@ import pytest
 from ptychompi import cpu_kernels as ck
 from ptychompi import physics
 from ptychompi.backend import Backend
+from ptychompi.jit import JIT, jit
 
 CPU = Backend(np, "cpu", None, 1)
 RTOL = 1e-5
@@ -376,7 +377,7 @@ def test_kernels_compile_without_a_writable_cache(monkeypatch):
     def twice(a):
         return 2 * a
 
-    kernel = ck._jit(ck._JIT)(twice)
+    kernel = jit(JIT)(twice)
     assert seen == [True, False]
     assert kernel(np.float32(3)) == 6
 
