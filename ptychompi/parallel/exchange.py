@@ -331,12 +331,14 @@ class MPIExchange:
             arrays[k][..., rs, cs] += recv_view
 
     def neighbour_bytes(self, send: np.ndarray, send_spec: tuple[list[int], list[int]],
-                        recv: np.ndarray, recv_spec: tuple[list[int], list[int]]) -> None:
+                        recv: np.ndarray, recv_spec: tuple[list[int], list[int]],
+                        new_sum: bool = True) -> None:
         """One ``Neighbor_alltoallv`` of host byte buffers, ``(counts, displacements)`` per
-        neighbour on each side, counted as a halo sum (:mod:`.sparse_halo` packs them)."""
+        neighbour on each side, counted as a halo sum (:mod:`.sparse_halo` packs them), or
+        as a further step of the current one (not ``new_sum``: a routed sum's column step)."""
         from mpi4py import MPI  # noqa: PLC0415
 
-        self.stats.halo_sums += 1
+        self.stats.halo_sums += int(new_sum)
         t0 = time.perf_counter()
         self._graph.Neighbor_alltoallv([send, send_spec, MPI.BYTE],
                                        [recv, recv_spec, MPI.BYTE])

@@ -144,11 +144,12 @@ class TouchedHalo:
                              for a in arrays):
             self.exchange.halo_sum(*arrays)
             return
-        for runs in (self.routed_plan(part) if self.routed else [self.plan(part)]):
-            self._step(runs, arrays)
+        steps = self.routed_plan(part) if self.routed else [self.plan(part)]
+        for k, runs in enumerate(steps):
+            self._step(runs, arrays, new_sum=k == 0)  # one halo sum (ExchangeStats.halo_sums)
 
-    def _step(self, runs: list[tuple[np.ndarray, np.ndarray]], arrays: tuple[Any, ...]
-              ) -> None:
+    def _step(self, runs: list[tuple[np.ndarray, np.ndarray]], arrays: tuple[Any, ...],
+              new_sum: bool = True) -> None:
         """One neighbour message: gather the runs to send, exchange, add those received."""
         counts = [(_pixels(s), _pixels(r)) for s, r in runs]
         # within a segment, larger items first keeps every view aligned to its item size
@@ -164,7 +165,7 @@ class TouchedHalo:
                 halo_kernels.gather_runs(arrays[k], y0, x0, rows,
                                          send[offset:offset + nbytes].view(arrays[k].dtype))
                 offset += nbytes
-        self.exchange.neighbour_bytes(send, send_spec[:2], recv, recv_spec[:2])
+        self.exchange.neighbour_bytes(send, send_spec[:2], recv, recv_spec[:2], new_sum)
         for i, (_, rows) in enumerate(runs):
             offset, (y0, x0) = recv_spec[1][i], self._corner[i]
             for k in order:
