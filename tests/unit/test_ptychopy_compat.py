@@ -30,7 +30,7 @@ def _no_open_sessions():
         s = ptychopy.step_session(name)
         if s is not None:
             s.reconstruction.close()
-            ptychopy._SESSIONS.pop(name, None)
+            ptychopy.steps._SESSIONS.pop(name, None)
 
 
 def _value(cfg, opts, path: str):
