@@ -12,196 +12,38 @@ job's config names its own ``output.directory``.
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import PtychompiError, squash
+from ..errors import squash
+from .records import (
+    Job,
+    QueueError,
+    _iterations_of,
+    _job_id,
+    _row_to_job,
+    sanitise_name,
+    validate_config,
+)
+from .schema import (
+    _ORDER,
+    _SCHEMA,
+    BUSY_TIMEOUT_MS,
+    DB_NAME,
+    SCHEMA_VERSION,
+    SOURCES,
+    STATES,
+    journal_mode,
+)
 
 __all__ = ["QueueStore", "Job", "STATES", "DB_NAME", "sanitise_name", "validate_config",
            "journal_mode", "QueueError"]
-
-DB_NAME = "queue.sqlite"
-STATES = ("queued", "running", "done", "failed", "cancelled")
-SOURCES = ("yaml", "ptychopy", "mda", "dict")
-BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'queued',
-    priority INTEGER NOT NULL DEFAULT 0,
-    config TEXT NOT NULL,
-    source TEXT NOT NULL,
-    email TEXT,
-    grp INTEGER,
-    submitted REAL NOT NULL,
-    started REAL,
-    ended REAL,
-    output_dir TEXT NOT NULL DEFAULT '',
-    result_path TEXT,
-    error TEXT,
-    iteration INTEGER NOT NULL DEFAULT 0,
-    iterations INTEGER NOT NULL DEFAULT 0,
-    final_error REAL,
-    wall_s REAL,
-    bytes_exchanged INTEGER,
-    device TEXT,
-    ranks INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    resumed_from INTEGER,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_order ON jobs (state, priority DESC, id);
-CREATE TABLE IF NOT EXISTS groups (
-    grp INTEGER PRIMARY KEY,
-    ranks TEXT NOT NULL,
-    devices TEXT,
-    jobs_done INTEGER NOT NULL DEFAULT 0,
-    jobs_failed INTEGER NOT NULL DEFAULT 0,
-    jobs_cancelled INTEGER NOT NULL DEFAULT 0,
-    iterations INTEGER NOT NULL DEFAULT 0,
-    busy_s REAL NOT NULL DEFAULT 0,
-    bytes_exchanged INTEGER NOT NULL DEFAULT 0,
-    updated REAL
-);
-"""
-_ORDER = "ORDER BY priority DESC, id ASC"
-
-
-NETWORK_FS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph",
-              "fuse.sshfs", "glusterfs", "fuse.glusterfs", "panfs", "afs", "9p", "wekafs")
-
-
-def journal_mode(folder: str | os.PathLike, mountinfo: str | None = None) -> str:
-    """``WAL`` on a local file system; ``DELETE`` (rollback journal) on a network one, where
-    processes on different hosts (a login node adding jobs, a compute node running them)
-    cannot share WAL's memory-mapped index. ``mountinfo``: the text of /proc/self/mountinfo."""
-    if mountinfo is None:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "WAL"
-    target = os.path.realpath(folder)
-    best, fstype = "", ""
-    for line in mountinfo.splitlines():
-        fields = line.split(" - ", 1)
-        left = fields[0].split()
-        if len(fields) != 2 or len(left) < 5 or not fields[1].split():
-            continue
-        point = left[4].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, fstype = point, fields[1].split()[0]
-    return "DELETE" if fstype.lower() in NETWORK_FS else "WAL"
-
-
-class QueueError(PtychompiError):
-    """The queue folder or a queue operation is not usable as asked."""
-
-
-def sanitise_name(name: str | None, default: str = "job") -> str:
-    """Letters, digits and ``- _ .`` only (at most 64 characters), usable in a path."""
-    text = re.sub(r"[^A-Za-z0-9_.-]+", "_", name or "").strip("._")[:64]
-    return text or default
-
-
-@dataclass(frozen=True)
-class Job:
-    """One row of the queue (a snapshot; re-read with :meth:`QueueStore.get`)."""
-
-    id: int
-    name: str
-    state: str
-    priority: int
-    config: dict
-    source: str
-    email: str | None
-    group: int | None
-    submitted: float
-    started: float | None
-    ended: float | None
-    output_dir: str
-    result_path: str | None
-    error: str | None
-    iteration: int
-    iterations: int
-    final_error: float | None
-    wall_s: float | None
-    bytes_exchanged: int | None
-    device: str | None = None
-    ranks: int | None = None
-    attempts: int = 0
-    resumed_from: int | None = None
-    cancel_requested: bool = False
-
-    def to_dict(self) -> dict:
-        """JSON-safe dict (non-finite floats become ``None``)."""
-        out = asdict(self)
-        for key, value in out.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                out[key] = None
-        return out
-
-
-def _row_to_job(row: sqlite3.Row) -> Job:
-    return Job(id=row["id"], name=row["name"], state=row["state"], priority=row["priority"],
-               config=json.loads(row["config"]), source=row["source"], email=row["email"],
-               group=row["grp"], submitted=row["submitted"], started=row["started"],
-               ended=row["ended"], output_dir=row["output_dir"],
-               result_path=row["result_path"], error=row["error"],
-               iteration=row["iteration"], iterations=row["iterations"],
-               final_error=row["final_error"], wall_s=row["wall_s"],
-               bytes_exchanged=row["bytes_exchanged"], device=row["device"],
-               ranks=row["ranks"], attempts=row["attempts"],
-               resumed_from=row["resumed_from"],
-               cancel_requested=bool(row["cancel_requested"]))
-
-
-def _job_id(value: object) -> int:
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise QueueError(f"job id {value!r} is not a whole number") from None
-
-
-def validate_config(config: dict) -> dict:
-    """A job config as stored: a validated config dict (all keys), or ``{"ptychopy": CMDSTR}``
-    (plus an optional ``output`` section) checked by the ptychopy parser."""
-    from ..config import config_from_dict  # noqa: PLC0415
-
-    if not isinstance(config, dict):
-        raise QueueError("a job's config must be a mapping of sections")
-    if "ptychopy" in config:
-        from ..compat.ptychopy import parse  # noqa: PLC0415
-
-        extra = set(config) - {"ptychopy", "output"}
-        if extra or not isinstance(config["ptychopy"], str):
-            raise QueueError("a ptychopy job is {'ptychopy': '<command string>'} plus an "
-                             f"optional output section; not {sorted(extra)}")
-        cfg = parse(config["ptychopy"])
-        out = {"ptychopy": config["ptychopy"], "output": dict(config.get("output") or {})}
-        out["output"].setdefault("directory", None)
-        out["algorithm"] = {"iterations": cfg.algorithm.iterations}
-        return out
-    return config_from_dict(config).to_dict()
-
-
-def _iterations_of(config: dict) -> int:
-    algo = config.get("algorithm") if isinstance(config, dict) else None
-    value = algo.get("iterations") if isinstance(algo, dict) else None
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 class QueueStore:
