@@ -44,13 +44,19 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--kept", type=int, default=None, help="default: iterations // 3")
     p.add_argument("--engines", default="epie,lsqml,dm")
+    p.add_argument("--step", type=float, default=None, help="scan step, px (frame * 15/128)")
+    p.add_argument("--probe", type=float, default=None, help="probe diameter, px (frame / 3.2)")
+    p.add_argument("--schedule", default="", help="JSON [[iteration, rows], ...] to replay "
+                   "instead of the paced one")
     p.add_argument("--seeds", type=int, default=1, help="seeds of the position order")
     p.add_argument("--skip-offline", default="", help="JSON {engine: [errors]} known")
     p.add_argument("--bands", type=int, default=0,
                    help="also the error over each of this many bands of scan rows")
+    p.add_argument("--save", default="", help="folder for the objects (ENGINE_SEED_MODE.npz)")
     a = p.parse_args()
     kept = a.kept if a.kept is not None else max(1, a.iterations // 3)
-    step, probe = a.frame * 15 / 128, a.frame * 40 / 128
+    step = a.step if a.step is not None else a.frame * 15 / 128
+    probe = a.probe if a.probe is not None else a.frame * 40 / 128
     sim = simulate(frame=a.frame, grid=a.grid, step_px=step, probe_diameter_px=probe, seed=0)
     tmp = Path(tempfile.mkdtemp(prefix="follow_quality_"))
     (tmp / "rows").mkdir()
@@ -58,7 +64,8 @@ def main() -> int:
         with h5py.File(tmp / "rows" / f"scan_{i + 1:03d}.h5", "w") as f:
             f.create_dataset("/entry/data/data", data=sim.frames[i * a.grid:(i + 1) * a.grid])
     np.savetxt(tmp / "pos.csv", sim.positions_m, delimiter=",")
-    schedule = paced_schedule(a.grid, a.iterations, kept)
+    schedule = (json.loads(a.schedule) if a.schedule
+                else paced_schedule(a.grid, a.iterations, kept))
     known = json.loads(a.skip_offline) if a.skip_offline else {}
 
     def config(engine: str, seed: int, follow: bool) -> dict:
@@ -80,6 +87,12 @@ def main() -> int:
         return registered_object_error(r.object, r.positions, sim.object, sim.positions_px,
                                        sim.probe)
 
+    def save(r: Reconstruction, engine: str, seed: int, mode: str) -> None:
+        if a.save:
+            Path(a.save).mkdir(parents=True, exist_ok=True)
+            np.savez(Path(a.save) / f"{engine}_{seed}_{mode}.npz", object=r.object,
+                     probe=r.probe, positions=r.positions)
+
     def band_errors(r: Reconstruction) -> list[float]:
         """The error over the frames of each band of scan rows (first rows first)."""
         out = []
@@ -100,6 +113,7 @@ def main() -> int:
             with build_follow(config_from_dict(config(engine, seed, True)), None) as r:
                 r.run()
                 fol.append(round(error(r), 5))
+                save(r, engine, seed, "follow")
                 if a.bands:
                     print(json.dumps({engine: {"follow_bands": band_errors(r)}}), flush=True)
             if engine in known:
@@ -107,6 +121,7 @@ def main() -> int:
             with Reconstruction(config(engine, seed, False)) as r:
                 r.run()
                 off.append(round(error(r), 5))
+                save(r, engine, seed, "offline")
                 if a.bands:
                     print(json.dumps({engine: {"offline_bands": band_errors(r)}}), flush=True)
         off = known.get(engine, off)

@@ -33,6 +33,7 @@ from ..validate import check_guess, check_photons, guess_errors
 from .active import ActiveGroup
 from .arrivals import Arrivals, Decision, quiet_bcast
 from .catchup import CatchUp
+from .extend import LEVEL, continued, illumination
 
 log = logging.getLogger("ptychompi")
 # DM's share of the iterations after the last row before its refinement (8x8 test scan, rows
@@ -398,7 +399,19 @@ class FollowReconstruction(Reconstruction):
         box = glob[self.tile.box.slices()]
         # where this tile is lit its own values are the scan's (the halo sums keep them equal
         # on every rank): a weighted mean of equal values would add rounding that DM amplifies
-        return probe, np.where((weight > 0) | np.isnan(box), own, box).astype(own.dtype)
+        model = np.where((weight > 0) | np.isnan(box), own, box)
+        return probe, self._continued(glob, probe, model).astype(own.dtype)
+
+    def _continued(self, glob: np.ndarray, probe: np.ndarray, model: np.ndarray) -> np.ndarray:
+        """``model`` (this tile's box) where it is lit well; elsewhere blended towards the
+        smooth continuation of the lit object (:mod:`.extend`), computed alike on every rank
+        from the assembled object ``glob`` (NaN where unlit) and the probe."""
+        power = (np.abs(probe.reshape(-1, *probe.shape[-2:])) ** 2).sum(axis=0)
+        weight = illumination(power, self.layout.positions_px[self._order], glob.shape)
+        top = float(weight.max())
+        full = continued(glob, weight, sigma=self.layout.frame / 4)[self.tile.box.slices()]
+        lit = weight[self.tile.box.slices()] >= LEVEL * top
+        return np.where(lit, model, full)
 
     def _engine(self, active: bool, probe: Any, obj: Any, power: float, n_in: int,
                 iteration: int, errors: list[float], seconds: float,
