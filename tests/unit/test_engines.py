@@ -39,16 +39,16 @@ def sim20():
 def truth_floor(sim) -> float:
     """Fourier error of the true object and probe: the Poisson noise floor of the data."""
     from ptychompi.backend import select_backend  # noqa: PLC0415
-    be = select_backend("cpu")
     pos = sim.positions_px
     top = np.floor(pos).astype(int)
     frame = sim.frames.shape[-1]
-    ramps = subpixel_ramps(be, pos - top, frame)
-    probes = be.ops.shifted_probes(be.fft2(sim.probe), ramps, sim.probe)
-    win = Windows(top[:, 0], top[:, 1], None, frame)
-    wave = be.fft2(probes * be.ops.extract(sim.object, win)[:, None])
-    amp = np.fft.ifftshift(np.sqrt(sim.frames), axes=(-2, -1))
-    return fourier_error_terms(be, wave, amp) / float(sim.frames.sum())
+    with select_backend("cpu") as be:
+        ramps = subpixel_ramps(be, pos - top, frame)
+        probes = be.ops.shifted_probes(be.fft2(sim.probe), ramps, sim.probe)
+        win = Windows(top[:, 0], top[:, 1], None, frame)
+        wave = be.fft2(probes * be.ops.extract(sim.object, win)[:, None])
+        amp = np.fft.ifftshift(np.sqrt(sim.frames), axes=(-2, -1))
+        return fourier_error_terms(be, wave, amp) / float(sim.frames.sum())
 
 
 # (object error bar, final error / noise floor, first / final Fourier error) after 100
@@ -126,13 +126,13 @@ def test_step_mode_equals_whole_mode_and_state_restores(name):
 def test_nearfield_propagator_is_unitary_and_inverts():
     from ptychompi.backend import select_backend  # noqa: PLC0415
 
-    be = select_backend("cpu", double=True)
-    prop = Propagator.build(be, "nearfield", 64, 1e-10, 3.6e-3, 1.8e-7)
     rng = np.random.default_rng(0)
     psi = rng.standard_normal((2, 1, 64, 64)) + 1j * rng.standard_normal((2, 1, 64, 64))
-    out = prop.forward(psi)
-    assert np.isclose(np.linalg.norm(out), np.linalg.norm(psi))
-    assert np.allclose(prop.backward(out), psi)
+    with select_backend("cpu", double=True) as be:
+        prop = Propagator.build(be, "nearfield", 64, 1e-10, 3.6e-3, 1.8e-7)
+        out = prop.forward(psi)
+        assert np.isclose(np.linalg.norm(out), np.linalg.norm(psi))
+        assert np.allclose(prop.backward(out), psi)
 
 
 @pytest.mark.parametrize("algo,message", [

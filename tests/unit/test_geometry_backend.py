@@ -56,11 +56,11 @@ def test_positions_to_pixels_flips_transposes_and_margins():
 
 
 def test_backend_cpu_fft_is_unitary_and_env_overrides(monkeypatch):
-    be = select_backend("cpu", workers=2)
     a = np.random.default_rng(0).standard_normal((3, 16, 16)).astype(np.complex64)
-    assert np.isclose(np.linalg.norm(be.fft2(a)), np.linalg.norm(a), rtol=1e-5)
-    assert np.allclose(be.ifft2(be.fft2(a)), a, atol=1e-5)
-    assert be.complex_dtype == np.complex64 and select_backend("cpu", double=True).double
+    with select_backend("cpu", workers=2) as be, select_backend("cpu", double=True) as double:
+        assert np.isclose(np.linalg.norm(be.fft2(a)), np.linalg.norm(a), rtol=1e-5)
+        assert np.allclose(be.ifft2(be.fft2(a)), a, atol=1e-5)
+        assert be.complex_dtype == np.complex64 and double.double
     monkeypatch.setenv("PTYCHOMPI_DEVICE", "cpu")
     assert select_backend("gpu").name == "cpu"
     monkeypatch.setenv("PTYCHOMPI_DEVICE", "tpu")

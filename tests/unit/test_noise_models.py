@@ -11,7 +11,8 @@ from ptychompi.engines.noise import GaussianNoise, PoissonNoise, noise_model
 
 @pytest.fixture(scope="module")
 def be():
-    return select_backend("cpu", workers=1)
+    with select_backend("cpu", workers=1) as backend:
+        yield backend
 
 
 def waves(seed: int) -> np.ndarray:
