@@ -27,6 +27,8 @@ import time
 
 import common
 
+import ptychompi
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "RESULT "
 
@@ -64,9 +66,7 @@ def phase_ms(prof: cProfile.Profile, iterations: int) -> dict[str, float]:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from mpi4py import MPI
-
-    import ptychompi
+    from mpi4py import MPI  # noqa: PLC0415 - importing mpi4py starts MPI: workers only
 
     comm = MPI.COMM_WORLD
     scan, probe_m, _ = common.make_scan(args.grid, args.frame)

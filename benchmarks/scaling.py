@@ -33,7 +33,10 @@ import sys
 import time
 
 import common
+import numpy as np
 import scaling_model
+
+import ptychompi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "RESULT "
@@ -44,10 +47,7 @@ def grid_for(mode: str, grid: int, ranks: int) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    import numpy as np
-    from mpi4py import MPI
-
-    import ptychompi
+    from mpi4py import MPI  # noqa: PLC0415 - importing mpi4py starts MPI: workers only
 
     comm = MPI.COMM_WORLD
     size, rank = comm.Get_size(), comm.Get_rank()
@@ -114,8 +114,6 @@ def worker(args: argparse.Namespace) -> int:
 
 def common_network(comm: object) -> dict | None:
     """Latency and bandwidth between ranks 0 and 1 by ping-pong (``None`` on one rank)."""
-    import numpy as np
-
     if comm.Get_size() < 2:
         return None
     out = {}
