@@ -14,13 +14,11 @@ import numpy as np
 from .. import cpu_kernels as ck
 from .. import fftw
 from .. import fused_kernels as fk
-from ..jit import JIT as _JIT
-from ..jit import JIT_SUMS as _JIT_SUMS
-from ..jit import jit as _jit
+from ..jit import JIT, JIT_SUMS, jit
 from ..physics import EPS, probe_index
 
 
-@_jit(_JIT_SUMS)
+@jit(JIT_SUMS)
 def position_sums(probes: np.ndarray, probe_of: np.ndarray, back: np.ndarray, psi: np.ndarray,
                   d_row: np.ndarray, d_col: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                   out: np.ndarray) -> None:
@@ -70,7 +68,7 @@ class PositionArgs(NamedTuple):
     out: np.ndarray
 
 
-@_jit(_JIT)
+@jit(JIT)
 def fused_position_sums(execute: Any, a: PositionArgs, plans: fk.Plans, s: fk.Frames) -> None:
     """:func:`position_sums` of a chunk with the exit wave, propagation, modulus projection
     and back-propagation done position by position in the same call (FFTW's ``execute`` as

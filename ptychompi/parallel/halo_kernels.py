@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import JIT as _JIT
-from ..jit import jit as _jit
+from ..jit import JIT, jit
 
 
-@_jit(_JIT)
+@jit(JIT)
 def paint(mask: np.ndarray, tops: np.ndarray, r0: int, c0: int, fh: int, fw: int) -> None:
     """Set ``mask`` (a box whose [0, 0] is global pixel (r0, c0)) where the ``fh x fw``
     windows with top-left corners ``tops`` ((n, 2) global) cover it."""
@@ -23,7 +22,7 @@ def paint(mask: np.ndarray, tops: np.ndarray, r0: int, c0: int, fh: int, fw: int
                 mask[y, x] = True
 
 
-@_jit(_JIT)
+@jit(JIT)
 def row_runs(tops: np.ndarray, r0: int, c0: int, h: int, w: int, fh: int,
              fw: int) -> np.ndarray:
     """The pixels of an ``h x w`` box (top-left at global (r0, c0)) that ``fh x fw`` windows
@@ -62,7 +61,7 @@ def row_runs(tops: np.ndarray, r0: int, c0: int, h: int, w: int, fh: int,
     return out[:m]
 
 
-@_jit(_JIT)
+@jit(JIT)
 def gather_runs(src: np.ndarray, y0: int, x0: int, runs: np.ndarray, out: np.ndarray) -> int:
     """``out`` = the pixels of ``runs`` (:func:`row_runs`, offset by (y0, x0) in ``src``) in
     order; the count."""
@@ -75,7 +74,7 @@ def gather_runs(src: np.ndarray, y0: int, x0: int, runs: np.ndarray, out: np.nda
     return k
 
 
-@_jit(_JIT)
+@jit(JIT)
 def scatter_runs(dst: np.ndarray, y0: int, x0: int, runs: np.ndarray, vals: np.ndarray) -> int:
     """Add ``vals`` to the pixels of ``runs`` in ``dst``, in :func:`gather_runs`' order."""
     k = 0
@@ -87,7 +86,7 @@ def scatter_runs(dst: np.ndarray, y0: int, x0: int, runs: np.ndarray, vals: np.n
     return k
 
 
-@_jit(_JIT)
+@jit(JIT)
 def window_power(out: np.ndarray, y0: int, x0: int, tops: np.ndarray, which: np.ndarray,
                  powers: np.ndarray, r0: int, c0: int, h: int, w: int) -> None:
     """Set the ``h x w`` block of ``out`` at (y0, x0) (global top-left (r0, c0)) to the sum,
@@ -109,7 +108,7 @@ def window_power(out: np.ndarray, y0: int, x0: int, tops: np.ndarray, which: np.
             out[y0 + y, x0 + x] = acc[y, x]
 
 
-@_jit(_JIT)
+@jit(JIT)
 def rect_runs(rects: np.ndarray, r0: int, c0: int, h: int, w: int) -> np.ndarray:
     """As :func:`row_runs` for rectangles of any size: the pixels of an ``h x w`` box
     (top-left at global (r0, c0)) that ``rects`` ((n, 4) global ``[y0, x0, y1, x1)``) cover,
