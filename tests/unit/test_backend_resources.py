@@ -185,3 +185,19 @@ def test_a_failed_set_up_closes_its_backend(monkeypatch):
     with pytest.raises(PtychompiError, match="batch_size"):
         Reconstruction(cfg, scan=scan)
     assert len(made) == 1 and made[0].closed
+
+
+@needs_fftw
+def test_the_backends_frame_plans_transform_like_its_batches():
+    """The compiled kernels' plans (what they execute on one frame) give the batch FFT's
+    frames bit for bit, so the fused and chunked paths may take them from one cache."""
+    with select_backend("cpu", workers=1, fft="fftw") as be:
+        a = fftw.empty_aligned((5, 1, 32, 32), np.complex64)
+        a[...] = frames(5)
+        for direction, batch in ((fftw.FFTW_FORWARD, be.fft2), (fftw.FFTW_BACKWARD, be.ifft2)):
+            plan = be.fft_plans.frame_plan((32, 32), direction)
+            out = fftw.empty_aligned(a.shape, np.complex64)
+            for j in range(len(a)):
+                fftw.execute_dft(plan, a[j, 0].ctypes.data, out[j, 0].ctypes.data)
+            out *= np.complex64(1 / np.sqrt(32 * 32))
+            np.testing.assert_array_equal(out, batch(a))
