@@ -53,9 +53,11 @@ def best_since(errors: list[float], earliest: int) -> int:
 class DifferenceMap(Engine):
     name = "dm"
 
-    def __init__(self, *args: Any, waves: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, waves: Any = None, refined: bool = False,
+                 **kwargs: Any) -> None:
         """``waves``: the exit waves of this tile's first ``len(waves)`` positions, kept (a
-        scan grown by ``run --follow``); the others' are made from the probe and object."""
+        scan grown by ``run --follow``); the others' are made from the probe and object.
+        ``refined``: start in the refinement (a grown scan whose DM had handed over)."""
         super().__init__(*args, **kwargs)
         self._psi: Any = None  # sample-plane exit waves kept for the probe update
         self._table: tuple[Any, Any] | None = None  # (probe, its shifted probes)
@@ -66,7 +68,7 @@ class DifferenceMap(Engine):
         self._by_shift = np.argsort(self.ramp_id, kind="stable") if shared else None
         # DM's object, probe and (with position refinement) positions of lowest error
         self._best: tuple[Any, Any, np.ndarray | None] | None = None
-        self._refined = False  # the maximum-likelihood refinement has taken over
+        self._refined = refined  # the maximum-likelihood refinement has taken over
         self._ml: LSQML | None = None  # the refinement's engine (on the same tile)
         self._reset(waves)
 

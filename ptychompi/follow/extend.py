@@ -22,10 +22,11 @@ EPS = 1e-3  # far from the lit area the continuation tends to the lit object's m
 
 def illumination(power: np.ndarray, positions_px: np.ndarray,
                  shape: tuple[int, int]) -> np.ndarray:
-    """Σ_j |P|² of the windows at ``positions_px`` (corners, rounded) on a ``shape`` grid."""
+    """Σ_j |P|² of the windows at ``positions_px`` (corners: their whole pixels, as the
+    engines place them) on a ``shape`` grid."""
     weight = np.zeros(shape, np.float64)
     m0, m1 = power.shape
-    for r, c in np.rint(positions_px).astype(np.int64):
+    for r, c in np.floor(positions_px).astype(np.int64):
         r, c = min(max(r, 0), shape[0] - m0), min(max(c, 0), shape[1] - m1)
         weight[r:r + m0, c:c + m1] += power
     return weight

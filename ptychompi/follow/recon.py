@@ -272,13 +272,14 @@ class FollowReconstruction(Reconstruction):
         engine.extra_visits = extra
 
     def _algorithm(self) -> Any:
-        """The engine's settings: while rows still arrive DM does not switch to its
-        refinement (its error history jumps as positions come in)."""
+        """The engine's settings: while rows still arrive DM hands over to its refinement
+        only at ``algorithm.dm.refine_from`` (as offline; the refinement's LSQML then takes
+        in the rows still to come), not on a stall (its error history jumps as positions
+        come in)."""
         if self.decision.ended:
             return self._final_algorithm()
         a = self._settings()
-        return dataclasses.replace(a, dm=dataclasses.replace(a.dm, refine_from=None,
-                                                             refine_patience=None))
+        return dataclasses.replace(a, dm=dataclasses.replace(a.dm, refine_patience=None))
 
     def _settings(self) -> Any:
         """``algorithm`` with LSQML's default batch size that of the planned scan (a tenth
@@ -291,19 +292,21 @@ class FollowReconstruction(Reconstruction):
         return a
 
     def _final_algorithm(self) -> Any:
-        """The settings once the scan has ended: DM runs ``DM_AFTER_SCAN`` of the remaining
-        iterations on the whole scan before its refinement takes over (instead of at
-        ``algorithm.dm.refine_from``; the stall rule stays off: the error history jumps as
-        rows came in). The late rows' positions had few DM iterations; handing over as soon
-        as the scan ends, as ``refine_from`` would offline, started the refinement from a
-        worse object."""
+        """The settings once the scan has ended. DM that has handed over to its refinement
+        (at ``algorithm.dm.refine_from`` while rows arrived) goes on; one that has not runs
+        ``DM_AFTER_SCAN`` of the remaining iterations on the whole scan first, or up to
+        ``refine_from`` if that is later (the late rows' positions had few DM iterations;
+        the stall rule stays off: the error history jumped as rows came in)."""
         a = self._settings()
         opts = getattr(a, "dm", None)
         if a.name != "dm" or not self.iteration or opts is None:
             return a
         if opts.refine_from is None and opts.refine_patience is None:
             return a  # no refinement asked for
+        if opts.refine_from is not None and self.iteration >= opts.refine_from:
+            return dataclasses.replace(a, dm=dataclasses.replace(opts, refine_patience=None))
         start = self.iteration + int((a.iterations - self.iteration) * DM_AFTER_SCAN)
+        start = max(start, opts.refine_from or 0)
         return dataclasses.replace(a, dm=dataclasses.replace(opts, refine_from=start,
                                                              refine_patience=None))
 
@@ -430,17 +433,35 @@ class FollowReconstruction(Reconstruction):
             propagator=self.propagator)
         cfg = self.config
         schedule = Schedule(cfg.parallel.share_frequency, cfg.parallel.probe_share_frequency)
-        extra = {"waves": waves} if waves is not None and cfg.algorithm.name == "dm" else {}
-        engine: Engine = ENGINES[cfg.algorithm.name](self._algorithm(), data,
-                                                    self.group.exchange, be, probe, obj,
-                                                    schedule, **extra)
+        settings = self._algorithm()
+        extra: dict[str, Any] = {}
+        if cfg.algorithm.name == "dm":
+            start = settings.dm.refine_from  # once DM has handed over, no exit waves
+            refined = start is not None and iteration >= start
+            extra = {"refined": True} if refined else {"waves": waves}
+        engine: Engine = ENGINES[cfg.algorithm.name](settings, data, self.group.exchange, be,
+                                                    probe, obj, schedule, **extra)
         engine.iteration = int(iteration)  # Engine.start_from without rebuilding its state
         engine.errors = [float(e) for e in errors]
         engine.rng = np.random.default_rng([cfg.algorithm.seed, engine.iteration])
+        if getattr(engine, "_ml", None) is not None:  # DM's refinement draws from it too
+            engine._ml.rng = engine.rng
         engine.seconds_compute = seconds
         return engine
 
     # ------------------------------------------------------------------ results
+    @property
+    def object(self) -> np.ndarray | None:
+        """The global object on rank 0 (None elsewhere), its unlit pixels 1 on any rank
+        count (one rank's tile holds the continuation there, :meth:`_continued`).
+        Collective."""
+        obj = super().object
+        if obj is not None and self.size == 1:
+            lit = np.zeros(obj.shape, bool)
+            lit[self.tile.box.slices()] = self.backend.asnumpy(self.engine.illumination()) > 0
+            obj[~lit] = 1.0
+        return obj
+
     @property
     def positions(self) -> np.ndarray:
         """Positions (n, 2) of the frames that arrived (in frame order), in the global

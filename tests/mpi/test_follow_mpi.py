@@ -77,11 +77,17 @@ def _write_all_rows(path: Path) -> None:
     comm.Barrier()
 
 
-@pytest.mark.parametrize("engine, schedule", [("dm", SCHEDULE), ("lsqml", SCHEDULE),
-                                              ("lsqml", OUT_OF_ORDER)])
-def test_replayed_schedule_does_not_depend_on_the_rank_count(folder, engine, schedule):
+@pytest.mark.parametrize("engine, schedule, refine_from",
+                         [("dm", SCHEDULE, 20), ("dm", SCHEDULE, 3), ("lsqml", SCHEDULE, 20),
+                          ("lsqml", OUT_OF_ORDER, 20)])
+def test_replayed_schedule_does_not_depend_on_the_rank_count(folder, engine, schedule,
+                                                             refine_from):
+    """DM with ``refine_from`` 3 hands over to its refinement while rows still arrive (the
+    engines rebuilt after that start in the refinement); with 20, never in 16 iterations."""
     _write_all_rows(folder)
-    cfg = config_from_dict(_config(folder, engine, schedule=schedule))
+    raw = _config(folder, engine, schedule=schedule)
+    raw["algorithm"]["dm"] = {"refine_from": refine_from}
+    cfg = config_from_dict(raw)
     reference = None
     if rank == 0:
         with build_follow(cfg, None) as one:
