@@ -8,7 +8,7 @@ without refinement, and from the wrong ones with refinement. Prints the RMS posi
 Cost: seconds per iteration of each engine with refinement in every iteration against the same
 engine without it (the ratio is the issue's target, at most 1.3).
 
-    python benchmarks/positions.py --grid 10 --frame 64 --iterations 100
+    python benchmarks/positions.py --grid 8 --iterations 100 --runs 3 --skip-cost
     python benchmarks/positions.py --skip-quality --cost-grid 20 --cost-frame 128
 """
 
@@ -30,9 +30,10 @@ from ptychompi.sim.matrix import Case, make_scan
 
 
 def reconstruct(scan: Any, positions: np.ndarray, engine: str, iterations: int,
-                correction: dict) -> dict:
-    """One run from ``positions``; the position and object errors against the truth."""
-    cfg = {"algorithm": {"name": engine, "iterations": iterations,
+                correction: dict, seed: int = 0) -> dict:
+    """One run from ``positions`` (``seed``: the engine's random order); the position and
+    object errors against the truth."""
+    cfg = {"algorithm": {"name": engine, "iterations": iterations, "seed": seed,
                          "position_correction": correction},
            "parallel": {"device": "cpu"}}
     t0 = time.perf_counter()
@@ -49,28 +50,40 @@ def reconstruct(scan: Any, positions: np.ndarray, engine: str, iterations: int,
 
 
 def quality(args: argparse.Namespace) -> list[dict]:
+    """The table of the first run (errors drawn with ``seed + 1``, engine seed 0) and, with
+    ``--runs R``, each case's ratio refined / true positions over R runs (errors drawn with
+    ``seed + 1 + i``, engine seed ``i``: a run's final error depends on the basin it ends in)."""
     case = Case(grid=args.grid, frame=args.frame, diameter_px=args.frame * 0.375,
                 overlap=0.7, photons=1e7, seed=args.seed)
     scan = make_scan(case)
     rows = []
     print(f"quality: {case.name}, {args.iterations} iterations (position RMS px / object "
-          "error)")
-    print("| engine | errors | true positions | not refined | refined |")
-    print("|---|---|---|---|---|")
+          f"error; ratio: refined / true positions, {args.runs} run(s))")
+    print("| engine | errors | true positions | not refined | refined | ratio (median) |")
+    print("|---|---|---|---|---|---|")
     for engine in args.engines.split(","):
-        truth = reconstruct(scan, scan.positions_px, engine, args.iterations, {})
+        truths = [reconstruct(scan, scan.positions_px, engine, args.iterations, {}, i)
+                  for i in range(args.runs)]
         for kind in args.kinds.split(","):
+            runs = []
+            for i in range(args.runs):
+                given = perturb(scan.positions_px, kind,
+                                np.random.default_rng(args.seed + 1 + i), rms_px=args.rms)
+                runs.append(reconstruct(scan, given, engine, args.iterations,
+                                        {"enabled": True, "affine": kind != "random"}, i))
+                runs[-1]["ratio"] = runs[-1]["object_error"] / truths[i]["object_error"]
             given = perturb(scan.positions_px, kind, np.random.default_rng(args.seed + 1),
                             rms_px=args.rms)
             plain = reconstruct(scan, given, engine, args.iterations, {})
-            refined = reconstruct(scan, given, engine, args.iterations,
-                                  {"enabled": True, "affine": kind != "random"})
-            row = {"engine": engine, "kind": kind, "true": truth, "not_refined": plain,
-                   "refined": refined}
+            ratios = [r["ratio"] for r in runs]
+            row = {"engine": engine, "kind": kind, "true": truths[0], "not_refined": plain,
+                   "refined": runs[0], "runs": runs, "median_ratio": statistics.median(ratios)}
             rows.append(row)
             cells = [f"{r['position_rms_px']:.3f} / {r['object_error']:.4f}"
-                     for r in (truth, plain, refined)]
-            print(f"| {engine} | {kind} | {' | '.join(cells)} |", flush=True)
+                     for r in (truths[0], plain, runs[0])]
+            listed = ", ".join(f"{r:.2f}" for r in ratios)
+            print(f"| {engine} | {kind} | {' | '.join(cells)} | {listed} "
+                  f"({row['median_ratio']:.2f}×) |", flush=True)
     return rows
 
 
@@ -126,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", default="epie,dm,lsqml")
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=1,
+                    help="quality: runs per case (error draws and engine seeds)")
     ap.add_argument("--cost-grid", type=int, default=20)
     ap.add_argument("--cost-frame", type=int, default=128)
     ap.add_argument("--cost-iterations", type=int, default=8)

@@ -24,7 +24,7 @@ from ..config import AlgorithmConfig
 from ..physics import Propagator, apply_amplitude_limits, orthogonalize_modes
 from .chunking import ChunkRunner
 from .merging import TileMerging
-from .positions import make_refiner
+from .positions import make_refiner, placement_config
 from .shift_tables import ShiftTables
 
 GPU_CHUNK = 128  # positions per chunk on a GPU (enough work per launch)
@@ -74,7 +74,7 @@ class Engine(ShiftTables, TileMerging, ChunkRunner):
 
     def __init__(self, cfg: AlgorithmConfig, data: TileData, exchange: Any, backend: Backend,
                  probe: np.ndarray, obj: np.ndarray, schedule: Schedule | None = None) -> None:
-        self.cfg = cfg
+        self.cfg = cfg = placement_config(cfg, self.name)
         self.exchange = exchange
         self.backend = backend
         self.schedule = schedule or Schedule()

@@ -25,12 +25,13 @@ follow one rank.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import PositionCorrectionConfig
+from ..config import AlgorithmConfig, PositionCorrectionConfig
 from ..ops import PositionJob
 from ..parallel.tiling import Box, Tile, decompose
 
@@ -38,6 +39,19 @@ if TYPE_CHECKING:
     from .base import Engine
 
 DAMPING = 0.05  # λ relative to the scan's mean denominator per axis
+
+
+def placement_config(cfg: AlgorithmConfig, engine: str) -> AlgorithmConfig:
+    """``cfg`` with ``position_correction.subpixel_bins`` as ``subpixel_bins`` when positions
+    are refined (not for DM, whose exact placement is slower): refined positions rounded to
+    bins dither between them, and the object follows."""
+    pc = cfg.position_correction
+    if not pc.enabled or pc.subpixel_bins is None:
+        return cfg
+    if engine == "dm":  # and so for the LSQML refinement DM builds from its configuration
+        return dataclasses.replace(cfg, position_correction=dataclasses.replace(
+            pc, subpixel_bins=None))
+    return dataclasses.replace(cfg, subpixel_bins=pc.subpixel_bins)
 
 
 def margin_px(cfg: PositionCorrectionConfig) -> int:
