@@ -100,6 +100,10 @@ class Engine(ShiftTables, TileMerging, ChunkRunner):
         self._place(self.data.positions)
         self._positions_moved()
 
+    def refined_by(self) -> Engine:
+        """The engine whose placement, object and probe the position refinement evaluates."""
+        return self
+
     def _positions_moved(self) -> None:
         """Drop state cached for the old positions; engines with more extend this. DM's
         table of shifted probes and its shift-sorted order are handled here by name, so

@@ -137,6 +137,10 @@ class DifferenceMap(Engine):
         if self._ml is not None:
             self._ml.move_positions(self.data.positions)
 
+    def refined_by(self) -> Engine:
+        """Once LSQML refines, its placement (exact while positions are refined) and state."""
+        return self._ml or self
+
     def close(self) -> None:
         if self._ml is not None:
             self._ml.close()

@@ -43,14 +43,12 @@ DAMPING = 0.05  # λ relative to the scan's mean denominator per axis
 
 def placement_config(cfg: AlgorithmConfig, engine: str) -> AlgorithmConfig:
     """``cfg`` with ``position_correction.subpixel_bins`` as ``subpixel_bins`` when positions
-    are refined (not for DM, whose exact placement is slower): refined positions rounded to
-    bins dither between them, and the object follows."""
+    are refined: refined positions rounded to bins dither between them, and the object
+    follows. Not for DM's own iterations (its exact placement is slower), but for the LSQML
+    refinement it hands over to (built from DM's configuration)."""
     pc = cfg.position_correction
-    if not pc.enabled or pc.subpixel_bins is None:
+    if not pc.enabled or pc.subpixel_bins is None or engine == "dm":
         return cfg
-    if engine == "dm":  # and so for the LSQML refinement DM builds from its configuration
-        return dataclasses.replace(cfg, position_correction=dataclasses.replace(
-            pc, subpixel_bins=None))
     return dataclasses.replace(cfg, subpixel_bins=pc.subpixel_bins)
 
 
@@ -133,6 +131,7 @@ class PositionRefiner:
     def misfit_terms(self, engine: Engine) -> tuple[np.ndarray, np.ndarray]:
         """Per position and axis, the numerator and denominator of the least-squares move
         (n, 2) each, from one pass over this rank's positions in chunks."""
+        engine = engine.refined_by()
         be, xp = engine.backend, engine.backend.xp
         obj = engine.object
         d_row, d_col = central_differences(xp, obj)

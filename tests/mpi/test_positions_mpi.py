@@ -31,12 +31,15 @@ GIVEN = perturb(SIM.positions_px, "both", np.random.default_rng(2), rms_px=1.5)
 def config(engine: str) -> dict:
     # LSQML in batches of 16: with its default (a tenth of these 64 frames) some batch has no
     # frame on one rank, and n ranks then leave one rank's trajectory with or without
-    # refinement (a separate LSQML problem, see the README's position refinement section)
-    return {"algorithm": {"name": engine, "iterations": ITERATIONS, "seed": 0,
-                          "batch_size": 16 if engine == "lsqml" else None,
-                          "position_correction": {"enabled": True, "start": 2,
-                                                  "affine": True}},
-            "parallel": {"device": "cpu", "share_frequency": 1}}
+    # refinement (a separate LSQML problem, see the README's position refinement section).
+    # "dm-lsqml": DM handing over to its LSQML refinement (exact placement) at iteration 7
+    name = engine.split("-")[0]
+    algorithm = {"name": name, "iterations": ITERATIONS, "seed": 0,
+                 "batch_size": 16 if engine != "dm" else None,
+                 "position_correction": {"enabled": True, "start": 2, "affine": True}}
+    if engine == "dm-lsqml":
+        algorithm["dm"] = {"refine_from": 7, "refine_patience": None}
+    return {"algorithm": algorithm, "parallel": {"device": "cpu", "share_frequency": 1}}
 
 
 def run(engine: str, here: MPI.Comm | None) -> tuple:
@@ -60,7 +63,7 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("engine", ["dm", "lsqml"])
+@pytest.mark.parametrize("engine", ["dm", "lsqml", "dm-lsqml"])
 def test_refinement_on_n_ranks_equals_one_rank(engine: str) -> None:
     ref = run(engine, None) if rank == 0 else None
     sleeping_barrier()
