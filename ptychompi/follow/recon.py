@@ -36,9 +36,9 @@ from .catchup import CatchUp
 from .extend import LEVEL, continued, illumination
 
 log = logging.getLogger("ptychompi")
-# DM's share of the iterations after the last row before its refinement (8x8 test scan, rows
-# in by iteration 9 of 30: handing over at once 1.31x offline's registered error, at 4/5 1.06x;
-# 30x30 of 128², rows in by 38 of 60: 1.24x and 1.23x)
+# DM's share of the iterations after the last row before its refinement when the scan ended
+# before algorithm.dm.refine_from (8x8 test scan, rows in by iteration 9 of 30, refine_from
+# 20: handing over at 20 1.25x offline's registered error, at 4/5 of the rest (25) 1.04x)
 DM_AFTER_SCAN = 0.8
 
 
@@ -386,7 +386,8 @@ class FollowReconstruction(Reconstruction):
 
     def _current_model(self) -> tuple[np.ndarray, np.ndarray]:
         """The probe (from the group's speaker) and this tile's box of the assembled object,
-        this rank's own values where no tile is lit. Collective."""
+        this rank's own values where no tile is lit, continued where the positions in light
+        it weakly or not at all (:meth:`_continued`). Collective."""
         from ..parallel.assemble import assemble  # noqa: PLC0415
 
         be, engine = self.backend, self.engine
@@ -406,15 +407,15 @@ class FollowReconstruction(Reconstruction):
         return probe, self._continued(glob, probe, model).astype(own.dtype)
 
     def _continued(self, glob: np.ndarray, probe: np.ndarray, model: np.ndarray) -> np.ndarray:
-        """``model`` (this tile's box) where it is lit well; elsewhere blended towards the
-        smooth continuation of the lit object (:mod:`.extend`), computed alike on every rank
-        from the assembled object ``glob`` (NaN where unlit) and the probe."""
+        """``model`` (this tile's box) where the positions in light it well; elsewhere
+        blended towards the smooth continuation of the lit object (:mod:`.extend`), so the
+        rows to come start from it rather than from the starting guess. Computed alike on
+        every rank from the assembled object ``glob`` (NaN where unlit) and the probe."""
         power = (np.abs(probe.reshape(-1, *probe.shape[-2:])) ** 2).sum(axis=0)
         weight = illumination(power, self.layout.positions_px[self._order], glob.shape)
-        top = float(weight.max())
-        full = continued(glob, weight, sigma=self.layout.frame / 4)[self.tile.box.slices()]
-        lit = weight[self.tile.box.slices()] >= LEVEL * top
-        return np.where(lit, model, full)
+        box = self.tile.box.slices()
+        full = continued(glob, weight, sigma=self.layout.frame / 4)[box]
+        return np.where(weight[box] >= LEVEL * weight.max(), model, full)
 
     def _engine(self, active: bool, probe: Any, obj: Any, power: float, n_in: int,
                 iteration: int, errors: list[float], seconds: float,
