@@ -8,7 +8,7 @@ without refinement, and from the wrong ones with refinement. Prints the RMS posi
 Cost: seconds per iteration of each engine with refinement in every iteration against the same
 engine without it (the ratio is the issue's target, at most 1.3).
 
-    python benchmarks/positions.py --grid 8 --iterations 100 --runs 3 --skip-cost
+    python benchmarks/positions.py --grid 8 --iterations 100 --runs 3 --skip-cost [--bins 0]
     python benchmarks/positions.py --skip-quality --cost-grid 20 --cost-frame 128
 """
 
@@ -70,7 +70,8 @@ def quality(args: argparse.Namespace) -> list[dict]:
                 given = perturb(scan.positions_px, kind,
                                 np.random.default_rng(args.seed + 1 + i), rms_px=args.rms)
                 runs.append(reconstruct(scan, given, engine, args.iterations,
-                                        {"enabled": True, "affine": kind != "random"}, i))
+                                        {"enabled": True, "affine": kind != "random",
+                                         "subpixel_bins": args.bins}, i))
                 runs[-1]["ratio"] = runs[-1]["object_error"] / truths[i]["object_error"]
             given = perturb(scan.positions_px, kind, np.random.default_rng(args.seed + 1),
                             rms_px=args.rms)
@@ -117,10 +118,10 @@ def cost(args: argparse.Namespace) -> list[dict]:
                                                        args.warmup, {}))
             runs["every"].append(seconds_per_iteration(
                 scan, engine, args.cost_iterations, args.warmup,
-                {"enabled": True, "start": 0, "update_every": 1}))
+                {"enabled": True, "start": 0, "update_every": 1, "subpixel_bins": args.bins}))
             runs["fourth"].append(seconds_per_iteration(
                 scan, engine, 4 * args.cost_iterations, args.warmup,
-                {"enabled": True, "start": 0, "update_every": 4}))
+                {"enabled": True, "start": 0, "update_every": 4, "subpixel_bins": args.bins}))
         plain, every, fourth = (min(runs[k]) for k in ("plain", "every", "fourth"))
         row = {"engine": engine, "without_s": plain, "every_s": every, "ratio": every / plain,
                "every4_s": fourth, "ratio_every4": fourth / plain}
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", default="epie,dm,lsqml")
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--bins", type=int, default=None,
+                    help="position_correction.subpixel_bins of the refined runs (0 = exact)")
     ap.add_argument("--runs", type=int, default=1,
                     help="quality: runs per case (error draws and engine seeds)")
     ap.add_argument("--cost-grid", type=int, default=20)

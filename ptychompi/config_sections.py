@@ -108,11 +108,11 @@ class PositionCorrectionConfig:
                        "update; positions = the fitted transform of the input + a residual")
     max_residual: float | None = opt(None, "affine: largest residual from the fitted "
                                      "transform, px per axis (null = max_total)", low=0.0)
-    subpixel_bins: int | None = opt(0, "algorithm.subpixel_bins while positions are refined "
-                                    "(0 = exact: positions rounded to bins dither between "
-                                    "them); DM keeps algorithm.subpixel_bins (its exact "
-                                    "placement is slower); null = algorithm.subpixel_bins",
-                                    low=0)
+    subpixel_bins: int | None = opt(None, "algorithm.subpixel_bins while positions are "
+                                    "refined (0 = exact: refined positions rounded to bins "
+                                    "dither between them, and the object follows; LSQML "
+                                    "costs more, DM's own iterations keep their bins); null "
+                                    "= algorithm.subpixel_bins", low=0)
 
 
 @dataclass

@@ -32,13 +32,15 @@ def config(engine: str) -> dict:
     # LSQML in batches of 16: with its default (a tenth of these 64 frames) some batch has no
     # frame on one rank, and n ranks then leave one rank's trajectory with or without
     # refinement (a separate LSQML problem, see the README's position refinement section).
-    # "dm-lsqml": DM handing over to its LSQML refinement (exact placement) at iteration 7
+    # "dm-lsqml": DM handing over at iteration 7 to its LSQML refinement, which places the
+    # positions exactly (position_correction.subpixel_bins: 0)
     name = engine.split("-")[0]
     algorithm = {"name": name, "iterations": ITERATIONS, "seed": 0,
                  "batch_size": 16 if engine != "dm" else None,
                  "position_correction": {"enabled": True, "start": 2, "affine": True}}
     if engine == "dm-lsqml":
         algorithm["dm"] = {"refine_from": 7, "refine_patience": None}
+        algorithm["position_correction"]["subpixel_bins"] = 0
     return {"algorithm": algorithm, "parallel": {"device": "cpu", "share_frequency": 1}}
 
 
