@@ -8,7 +8,9 @@ out only slowly (a low-frequency error, the slowest mode to converge), and whose
 pull the probe. So at each rebuild the pixels lit weakly or not at all take a smooth
 continuation of the lit object: the illumination-weighted object blurred by a Gaussian over
 the blurred illumination (a normalised convolution), which tends to the lit object's weighted
-mean far from it, blended with their own values in proportion to their illumination.
+mean far from it, blended with their own values in proportion to their illumination
+(while rows are still to come: once the scan has ended, its weakly lit fringe keeps what was
+learnt there).
 A function of the assembled object, the probe and the positions in: the same on every rank.
 """
 

@@ -404,7 +404,9 @@ class FollowReconstruction(Reconstruction):
         # where this tile is lit its own values are the scan's (the halo sums keep them equal
         # on every rank): a weighted mean of equal values would add rounding that DM amplifies
         model = np.where((weight > 0) | np.isnan(box), own, box)
-        return probe, self._continued(glob, probe, model).astype(own.dtype)
+        if not self.decision.ended:  # for the rows still to come
+            model = self._continued(glob, probe, model)
+        return probe, model.astype(own.dtype)
 
     def _continued(self, glob: np.ndarray, probe: np.ndarray, model: np.ndarray) -> np.ndarray:
         """``model`` (this tile's box) where the positions in light it well; elsewhere
