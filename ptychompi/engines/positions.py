@@ -20,7 +20,9 @@ normal equations are one small allreduce) and become that transform plus a resid
 to ``max_residual``. Every position stays within ``max_total`` (per axis) of its input; the
 tiles are grown by that margin (:func:`padded_tiles`), so windows never leave their tile and
 the halos hold every pixel two tiles' windows can share: with ``share_frequency: 1`` n ranks
-follow one rank.
+follow one rank. With ``subpixel_bins`` (0) the engines place the refined positions exactly
+(:func:`placement_config`): rounded to the engines' sub-pixel bins, positions that cross a
+bin edge at every update move the model by a whole bin, and the object does not settle.
 """
 
 from __future__ import annotations
