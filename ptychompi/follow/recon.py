@@ -259,11 +259,12 @@ class FollowReconstruction(Reconstruction):
         """Tell ePIE and LSQML (``extra_visits``) which positions catch up on missed
         visits this iteration (:mod:`.catchup`; DM needs none: it sweeps every position's
         exit wave each iteration; once it has handed over to its LSQML refinement, that
-        one's)."""
+        one's, counting DM's iterations: the refinement's own count is set as it runs)."""
+        iteration = engine.iteration
         engine = getattr(engine, "_ml", None) or engine
         if not hasattr(engine, "extra_visits"):
             return
-        extra = self.catch_up.extra(engine.iteration)
+        extra = self.catch_up.extra(iteration)
         if engine.name == "epie":  # ePIE's are this tile's positions, LSQML's global
             lookup = np.full(self.frames_in, -1, np.int64)
             lookup[engine.data.indices] = np.arange(len(engine.data.indices))

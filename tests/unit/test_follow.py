@@ -444,6 +444,27 @@ def test_dm_grown_engine_keeps_the_waves_it_is_given(sim, tmp_path):
         grown.close()
 
 
+def test_dm_hands_over_at_refine_from_while_rows_arrive(sim, tmp_path):
+    """DM's refinement starts at ``refine_from`` as offline even with rows still to come;
+    the engines rebuilt after that start in the refinement (no exit waves made) and its
+    LSQML gives the late positions their catch-up visits."""
+    from ptychompi.follow import build_follow  # noqa: PLC0415
+
+    s, folder = sim
+    _write_rows(s, tmp_path)
+    cfg = _config(s, folder, tmp_path, schedule=[[0, 2], [2, 4], [5, 6], [7, 8]])
+    cfg["algorithm"].update(iterations=10, dm={"refine_from": 3})
+    with build_follow(config_from_dict(cfg), None) as r:
+        r.step(3)
+        assert not r.engine._refined and r.engine.waves is not None
+        r.step(3)  # iteration 3: the hand-over; 5: rows come in, a rebuilt engine
+        assert r.iteration == 6 and r.frames_in == 6 * GRID
+        assert r.engine._refined and r.engine.waves is None and r.engine._ml is not None
+        assert len(r.engine._ml.extra_visits) > 0  # the rows in at 5 catch up
+        r.run()
+        assert r.frames_in == GRID * GRID and np.all(np.isfinite(r.metrics["error"]))
+
+
 def test_catch_up_gives_late_positions_the_offline_visits():
     """Positions that arrive late are visited up to ``rate`` times an iteration until they
     have had as many visits as those there from the start: with the default rate even the
