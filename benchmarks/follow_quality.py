@@ -49,6 +49,7 @@ def main() -> int:
     p.add_argument("--schedule", default="", help="JSON [[iteration, rows], ...] to replay "
                    "instead of the paced one")
     p.add_argument("--seeds", type=int, default=1, help="seeds of the position order")
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--skip-offline", default="", help="JSON {engine: [errors]} known")
     p.add_argument("--bands", type=int, default=0,
                    help="also the error over each of this many bands of scan rows")
@@ -109,7 +110,7 @@ def main() -> int:
     for engine in a.engines.split(","):
         fol, off = [], []
         t0 = time.perf_counter()
-        for seed in range(a.seeds):
+        for seed in range(a.first_seed, a.first_seed + a.seeds):
             with build_follow(config_from_dict(config(engine, seed, True)), None) as r:
                 r.run()
                 fol.append(round(error(r), 5))
