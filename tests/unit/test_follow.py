@@ -364,6 +364,21 @@ def test_follow_benchmark_reports_latency_and_offline_wall_time(tmp_path):
     assert 0 < out["follow_error"] < 1 and 0 < out["offline_error"] < 1
 
 
+def test_follow_quality_benchmark_replays_a_paced_schedule(tmp_path):
+    """``benchmarks/follow_quality.py`` at a tiny size: rows paced over the iterations before
+    the kept ones, a follow and an offline error per engine and their ratio."""
+    bench = HERE.parents[1] / "benchmarks" / "follow_quality.py"
+    proc = subprocess.run([sys.executable, str(bench), "--grid", "4", "--frame", "32",
+                           "--iterations", "6", "--kept", "2", "--engines", "dm,lsqml"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["all_rows_at_iteration"] == 3 and set(out["engines"]) == {"dm", "lsqml"}
+    for row in out["engines"].values():
+        assert 0 < row["follow"][0] < 1 and 0 < row["offline"][0] < 1
+        assert row["ratio"] == round(row["follow"][0] / row["offline"][0], 3)
+
+
 def _cxi_writer(sim_folder: tuple, tmp: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     from ptychompi.geometry import joules_from_kev  # noqa: PLC0415
 
