@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ptychompi.scan import ArrayScan, ScanGeometry
-from ptychompi.simulate import simulate
+from ptychompi.data.scan import ArrayScan, ScanGeometry
+from ptychompi.sim.simulate import simulate
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:

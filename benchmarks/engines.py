@@ -25,7 +25,7 @@ import time
 import common
 
 import ptychompi
-from ptychompi.backend import Backend, select_backend
+from ptychompi.backends import Backend, select_backend
 
 
 def run_engine(scan, probe_m: float, engine: str, subpixel: bool, args) -> dict:

@@ -24,8 +24,8 @@ import numpy as np
 import yaml
 
 from ptychompi.io.results import read_result
-from ptychompi.metrics import object_error, registered_object_error
-from ptychompi.simulate import simulate
+from ptychompi.model.metrics import object_error, registered_object_error
+from ptychompi.sim.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = ROOT / "tests" / "unit" / "follow_writer.py"

@@ -25,8 +25,8 @@ import numpy as np
 
 from ptychompi import Reconstruction
 from ptychompi.config import config_from_dict
-from ptychompi.metrics import registered_object_error
-from ptychompi.simulate import simulate
+from ptychompi.model.metrics import registered_object_error
+from ptychompi.sim.simulate import simulate
 
 
 def paced_schedule(rows: int, iterations: int, kept: int) -> list[list[int]]:
@@ -103,7 +103,7 @@ def main() -> int:
                                                      sim.positions_px[sel], sim.probe), 4))
         return out
 
-    from ptychompi.follow import build_follow  # noqa: PLC0415
+    from ptychompi.app.follow import build_follow  # noqa: PLC0415
 
     out: dict = {"grid": a.grid, "frame": a.frame, "iterations": a.iterations, "kept": kept,
                  "all_rows_at_iteration": schedule[-1][0], "engines": {}}

@@ -36,7 +36,7 @@ from common import parse_sizes
 from gpu_scan import Device, Memory, open_device, simulate
 
 import ptychompi
-from ptychompi.scan import ArrayScan
+from ptychompi.data.scan import ArrayScan
 
 FLOOR_BATCH_BYTES = 1 << 30
 SMALL_SIZES = "4x32,6x16"

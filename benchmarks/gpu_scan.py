@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ptychompi.geometry import HC_KEV_M
-from ptychompi.scan import ArrayScan, ScanGeometry
+from ptychompi.data.scan import ArrayScan, ScanGeometry
+from ptychompi.model.geometry import HC_KEV_M
 
 ENERGY_KEV = 8.8
 DISTANCE_M = 2.0

@@ -1,4 +1,4 @@
-"""Cost of the GUI's live snapshots (ptychompi.live) relative to the iterations.
+"""Cost of the GUI's live snapshots (ptychompi.app.live) relative to the iterations.
 
 Builds the 30x30 benchmark scan (128² frames, common.make_scan), runs ``--iterations``
 iterations of an engine and, exactly as the runner does, a :class:`LiveWriter` update every
@@ -20,9 +20,9 @@ import time
 
 import common
 
-from ptychompi.api import Reconstruction
+from ptychompi.app.api import Reconstruction
+from ptychompi.app.live import LiveWriter
 from ptychompi.config import OutputConfig
-from ptychompi.live import LiveWriter
 
 
 def main(argv: list[str] | None = None) -> int:

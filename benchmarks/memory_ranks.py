@@ -22,7 +22,7 @@ import common
 import numpy as np
 
 import ptychompi
-from ptychompi.simulate import simulate, simulate_to_files
+from ptychompi.sim.simulate import simulate, simulate_to_files
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "RESULT "

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ptychompi.api import Reconstruction
-from ptychompi.metrics import registered_object_error
-from ptychompi.position_errors import KINDS, perturb, rms_error, with_positions
+from ptychompi.app.api import Reconstruction
+from ptychompi.model.metrics import registered_object_error
 from ptychompi.sim.matrix import Case, make_scan
+from ptychompi.sim.position_errors import KINDS, perturb, rms_error, with_positions
 
 
 def reconstruct(scan: Any, positions: np.ndarray, engine: str, iterations: int,

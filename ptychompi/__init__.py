@@ -4,15 +4,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import Reconstruction
+from .app.api import Reconstruction
 from .config import Config, default_yaml, load_config
 from .errors import ConfigError, DataError, PtychompiError
-from .simulate import simulate, simulate_to_files
+from .sim.simulate import simulate, simulate_to_files
 
 
 def read_scan(path: str):  # -> ScanSource
     """Open a scan file (CXI, or APS row files with their config keys) lazily."""
-    from .dataset import open_source  # noqa: PLC0415
+    from .data.dataset import open_source  # noqa: PLC0415
 
     return open_source(load_config({"data": {"path": str(path)}}))
 

@@ -26,7 +26,7 @@ def shared_data() -> Path:
 def scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small simulated CXI scan (64² frames, 8 x 8 raster), once per test module; a module
     that defines its own ``scan`` fixture uses that instead."""
-    from ptychompi.simulate import simulate_to_files  # noqa: PLC0415
+    from ptychompi.sim.simulate import simulate_to_files  # noqa: PLC0415
 
     folder = tmp_path_factory.mktemp("scan")
     simulate_to_files(str(folder / "scan.cxi"), frame=64, grid=8, step_px=8,
@@ -36,8 +36,8 @@ def scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def as_array_scan():
-    """``as_array_scan(sim)``: a :class:`ptychompi.simulate.Simulation` as an in-memory scan."""
-    from ptychompi.scan import ArrayScan, ScanGeometry  # noqa: PLC0415
+    """``as_array_scan(sim)``: a :class:`ptychompi.sim.simulate.Simulation` as an in-memory scan."""
+    from ptychompi.data.scan import ArrayScan, ScanGeometry  # noqa: PLC0415
 
     def convert(sim) -> ArrayScan:
         return ArrayScan(path="sim", n_frames=len(sim.frames), frame_shape=sim.frames.shape[1:],

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Backend
+from ..backends import Backend
 from ..config import AlgorithmConfig
-from ..physics import Propagator, apply_amplitude_limits, orthogonalize_modes
+from ..model.physics import Propagator, apply_amplitude_limits, orthogonalize_modes
 from .chunking import ChunkRunner
 from .merging import TileMerging
 from .positions import make_refiner, placement_config

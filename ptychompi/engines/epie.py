@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import cpu_kernels
+from ..backends.cpu import kernels as cpu_kernels
 from ..ops import EpieJob
 from .base import Engine
 from .visits import extra_rounds

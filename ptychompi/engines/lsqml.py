@@ -12,16 +12,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..model.physics import EPS, run_ramps
 from ..ops import LsqmlJob
 from ..parallel.sparse_halo import TouchedHalo
-from ..physics import EPS, run_ramps
 from .base import Engine
 from .batch_layout import frame_cells, stratified_parts
 from .lsqml_halo import halo_illumination
 from .noise import noise_model
 from .visits import extra_rounds
 
-# the tuning constants are options: algorithm.lsqml (ptychompi.engine_options.LSQMLOptions);
+# the tuning constants are options: algorithm.lsqml (ptychompi.config.engines.LSQMLOptions);
 # BENCHMARKS.md has the measurements behind their defaults
 
 

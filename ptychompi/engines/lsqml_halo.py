@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..physics import subpixel_ramps
+from ..model.physics import subpixel_ramps
 
 
 def probe_power(probe: Any) -> np.ndarray:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Backend
-from ..physics import EPS, model_intensity
+from ..backends import Backend
+from ..model.physics import EPS, model_intensity
 
 
 class GaussianNoise:

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..model.physics import Windows, runs_of, subpixel_grid, subpixel_ramps, window_index
 from ..ops import ProbeShifts
-from ..physics import Windows, runs_of, subpixel_grid, subpixel_ramps, window_index
 
 
 class ShiftTables:

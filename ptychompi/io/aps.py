@@ -27,8 +27,8 @@ import h5py
 import numpy as np
 
 from ..config import DataConfig
+from ..data.scan import ScanGeometry, ScanSource
 from ..errors import ConfigError, DataError
-from ..scan import ScanGeometry, ScanSource
 from .aps_patterns import (
     _count_conversions,
     _file_for,

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
+from ..data.scan import ScanGeometry
 from ..errors import ConfigError, DataError
-from ..geometry import HC_KEV_M, length_scale
-from ..scan import ScanGeometry
+from ..model.geometry import HC_KEV_M, length_scale
 from . import mda as mda_module
 
 # --------------------------------------------------------------------------- positions

@@ -25,9 +25,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..data.scan import ScanGeometry, ScanSource
 from ..errors import DataError, squash
-from ..geometry import ELECTRON_VOLT_J, HC_KEV_M
-from ..scan import ScanGeometry, ScanSource
+from ..model.geometry import ELECTRON_VOLT_J, HC_KEV_M
 from . import filters
 from .atomic import atomic_h5
 

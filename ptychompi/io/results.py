@@ -34,8 +34,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..app.monitor import format_bytes
 from ..errors import DataError, PtychompiError
-from ..monitor import format_bytes
 from .atomic import atomic_h5
 
 __all__ = ["ResultData", "write_result", "read_result", "check_output_dir",

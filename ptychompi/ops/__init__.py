@@ -20,7 +20,7 @@ from .steps import (
 )
 
 if TYPE_CHECKING:
-    from ..backend import Backend
+    from ..backends import Backend
 
 KINDS = ("compiled", "array")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..physics import (
+from ..model.physics import (
     EPS,
     Windows,
     fourier_error_terms,
@@ -34,7 +34,7 @@ class ArrayOps(Operations):
 
     def scatter_add(self, target: Any, values: Any, rows: np.ndarray, cols: np.ndarray) -> None:
         if self.cuda:  # one kernel with atomic adds (kernels/scatter_add.cu)
-            from ..kernels import scatter_add_gpu  # noqa: PLC0415
+            from ..backends.gpu.kernels import scatter_add_gpu  # noqa: PLC0415
 
             scatter_add_gpu(target, values, rows, cols, cache=self.backend.kernels)
             return
@@ -71,7 +71,7 @@ class ArrayOps(Operations):
     def modulus_project(self, wave: Any, amplitude: Any, *, in_place: bool = True
                         ) -> tuple[Any, float]:
         if self.cuda:  # one fused kernel (kernels/modulus.cu)
-            from ..kernels import modulus_project_gpu  # noqa: PLC0415
+            from ..backends.gpu.kernels import modulus_project_gpu  # noqa: PLC0415
 
             return modulus_project_gpu(wave, amplitude, in_place=in_place,
                                        cache=self.backend.kernels)

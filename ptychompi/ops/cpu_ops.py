@@ -1,6 +1,6 @@
-"""The engines' operations on a CPU: numba kernels (:mod:`ptychompi.cpu_kernels`) on host
+"""The engines' operations on a CPU: numba kernels (:mod:`ptychompi.backends.cpu.kernels`) on host
 arrays and, where FFTW's C interface can run the frames, each per-position pipeline as one
-compiled call (:mod:`ptychompi.fused_kernels`) that computes what the composed pipeline of
+compiled call (:mod:`ptychompi.backends.cpu.fused`) that computes what the composed pipeline of
 :class:`~ptychompi.ops.steps.Operations` computes (tests hold the two to the bit)."""
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import cpu_kernels, fused_kernels
-from ..physics import (
+from ..backends.cpu import fused as fused_kernels
+from ..backends.cpu import kernels as cpu_kernels
+from ..backends.cpu import position_kernels
+from ..model.physics import (
     EPS,
     Windows,
     probe_index,
@@ -19,7 +21,6 @@ from ..physics import (
     run_index,
     run_ramps,
 )
-from . import position_kernels
 from .steps import (
     DmFourierJob,
     DmObjectJob,

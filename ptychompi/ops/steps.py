@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ..physics import EPS, Propagator, Windows, probe_index, run_ramps
+from ..model.physics import EPS, Propagator, Windows, probe_index, run_ramps
 
 if TYPE_CHECKING:
-    from ..backend import Backend
+    from ..backends import Backend
 
 
 class ProbeShifts(NamedTuple):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import JIT, jit
+from ..backends.cpu.jit import JIT, jit
 
 
 @jit(JIT)

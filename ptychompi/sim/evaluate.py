@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..api import Reconstruction
-from ..metrics import registered_object_error
+from ..app.api import Reconstruction
+from ..model.metrics import registered_object_error
 from .matrix import MatrixScan
 
 

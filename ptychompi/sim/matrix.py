@@ -1,6 +1,6 @@
 """A matrix of unlike far-field scans for robustness tests and benchmarks.
 
-The engines were first tuned on :mod:`ptychompi.simulate`'s scans (a band-limited Siemens
+The engines were first tuned on :mod:`ptychompi.sim.simulate`'s scans (a band-limited Siemens
 star, a defocused zone-plate probe, a jittered raster). This module makes scans that differ
 in every respect, with its own forward model (numpy's FFT, the probe shifted by a Fourier
 phase ramp): objects with sharp edges everywhere (not band-limited), weak phase objects,
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import farfield_pixel_size, wavelength_from_kev
-from ..scan import ArrayScan, ScanGeometry
-from ..simulate import make_object
+from ..data.scan import ArrayScan, ScanGeometry
+from ..model.geometry import farfield_pixel_size, wavelength_from_kev
+from .simulate import make_object
 
 OBJECTS = ("star", "texture", "photo", "weak_phase", "absorber")
 PROBES = ("pinhole", "focused", "gaussian")

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from ptychompi import api, checkpoint
-from ptychompi.cli import main as cli_main
+from ptychompi.app import api, checkpoint
+from ptychompi.app.cli import main as cli_main
 from ptychompi.io import atomic, export, results
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from ptychompi.backend import Backend
+from ptychompi.backends import Backend
 from ptychompi.errors import DataError, PtychompiError
 from ptychompi.parallel.assemble import assemble
 from ptychompi.parallel.exchange import (

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
+from ptychompi.app.follow import build_follow
 from ptychompi.config import config_from_dict
-from ptychompi.follow import build_follow
-from ptychompi.simulate import simulate
+from ptychompi.sim.simulate import simulate
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()

@@ -18,9 +18,9 @@ import pytest
 from mpi4py import MPI
 
 import ptychompi
-from ptychompi.metrics import object_error
-from ptychompi.scan import ArrayScan, ScanGeometry
-from ptychompi.simulate import simulate
+from ptychompi.data.scan import ArrayScan, ScanGeometry
+from ptychompi.model.metrics import object_error
+from ptychompi.sim.simulate import simulate
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()

@@ -12,8 +12,8 @@ import pytest
 from mpi4py import MPI
 
 import ptychompi
-from ptychompi.scan import ArrayScan
-from ptychompi.simulate import simulate
+from ptychompi.data.scan import ArrayScan
+from ptychompi.sim.simulate import simulate
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()

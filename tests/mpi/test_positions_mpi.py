@@ -15,8 +15,8 @@ import pytest
 from mpi4py import MPI
 
 import ptychompi
-from ptychompi.position_errors import perturb, rms_error, with_positions
 from ptychompi.sim.matrix import Case, make_scan
+from ptychompi.sim.position_errors import perturb, rms_error, with_positions
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()

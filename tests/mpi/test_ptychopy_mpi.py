@@ -14,11 +14,11 @@ import pytest
 from mpi4py import MPI
 
 import ptychompi.compat.ptychopy as ptychopy
-from ptychompi.api import Reconstruction
+from ptychompi.app.api import Reconstruction
 from ptychompi.config import config_from_dict
-from ptychompi.geometry import farfield_pixel_size, kev_from_wavelength
-from ptychompi.scan import ArrayScan, ScanGeometry
-from ptychompi.simulate import simulate
+from ptychompi.data.scan import ArrayScan, ScanGeometry
+from ptychompi.model.geometry import farfield_pixel_size, kev_from_wavelength
+from ptychompi.sim.simulate import simulate
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()

@@ -12,13 +12,13 @@ import pytest
 from mpi4py import MPI
 
 import ptychompi
-from ptychompi.backend import Backend
+from ptychompi.backends import Backend
+from ptychompi.data.scan import ArrayScan
 from ptychompi.parallel import halo_kernels
 from ptychompi.parallel.exchange import make_exchange
 from ptychompi.parallel.sparse_halo import TouchedHalo, cover, routable
 from ptychompi.parallel.tiling import Box, decompose
-from ptychompi.scan import ArrayScan
-from ptychompi.simulate import simulate
+from ptychompi.sim.simulate import simulate
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()

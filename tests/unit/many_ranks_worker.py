@@ -13,8 +13,8 @@ import numpy as np
 from mpi4py import MPI
 
 import ptychompi
-from ptychompi.scan import ArrayScan, ScanGeometry
-from ptychompi.simulate import simulate
+from ptychompi.data.scan import ArrayScan, ScanGeometry
+from ptychompi.sim.simulate import simulate
 
 FRAME, STEP_PX, PROBE_PX = 64, 8, 20
 

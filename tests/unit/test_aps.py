@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ptychompi.config import DataConfig
+from ptychompi.data.scan import ScanGeometry
 from ptychompi.errors import ConfigError, DataError
 from ptychompi.io.aps import (
     APSScan,
@@ -21,7 +22,6 @@ from ptychompi.io.aps import (
     spiral_positions,
     write_aps,
 )
-from ptychompi.scan import ScanGeometry
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SCAN235 = DATA / "aps-scan235-truncated" / "test235_truncated.npz"

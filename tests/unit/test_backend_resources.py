@@ -11,13 +11,14 @@ import weakref
 import numpy as np
 import pytest
 
-import ptychompi.api as api
-from ptychompi import Reconstruction, fftw
-from ptychompi.backend import Backend, select_backend
+import ptychompi.app.api as api
+from ptychompi import Reconstruction
+from ptychompi.backends import Backend, select_backend
+from ptychompi.backends.cpu import fftw
+from ptychompi.backends.gpu.kernels import KernelCache
+from ptychompi.backends.resources import THREAD_PREFIX, ResourceClosed, WorkerPool
 from ptychompi.errors import PtychompiError
-from ptychompi.kernels import KernelCache
-from ptychompi.resources import THREAD_PREFIX, ResourceClosed, WorkerPool
-from ptychompi.simulate import simulate
+from ptychompi.sim.simulate import simulate
 
 needs_fftw = pytest.mark.skipif(not fftw.native_available(),
                                 reason="pyfftw (with FFTW's C libraries) is a dependency")

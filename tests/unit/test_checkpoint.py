@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ptychompi.simulate import simulate_to_files
+from ptychompi.sim.simulate import simulate_to_files
 
 BIN = Path(sys.executable).parent
 

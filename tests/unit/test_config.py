@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ptychompi.app.runner import apply_overrides
 from ptychompi.config import Config, config_from_dict, default_yaml, load_config
 from ptychompi.errors import ConfigError
-from ptychompi.runner import apply_overrides
 
 
 def test_defaults_round_trip_through_the_commented_yaml():

@@ -1,14 +1,15 @@
-"""Each fused CPU kernel (ptychompi.cpu_kernels) against the numpy expression it replaces."""
+"""Each fused CPU kernel (ptychompi.backends.cpu.kernels) against the numpy expression it
+replaces."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ptychompi import cpu_kernels as ck
-from ptychompi import physics
-from ptychompi.backend import Backend
-from ptychompi.jit import JIT, jit
+from ptychompi.backends import Backend
+from ptychompi.backends.cpu import kernels as ck
+from ptychompi.backends.cpu.jit import JIT, jit
+from ptychompi.model import physics
 
 CPU = Backend(np, "cpu", None, 1)
 RTOL = 1e-5

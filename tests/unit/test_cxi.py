@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from ptychompi.errors import DataError
-from ptychompi.geometry import joules_from_kev, wavelength_from_kev
 from ptychompi.io.cxi import CXIScan, _runs, read_cxi, write_cxi
+from ptychompi.model.geometry import joules_from_kev, wavelength_from_kev
 
 BAD_PIXELS = {(17, 39), (21, 76), (62, 9), (76, 23), (85, 81)}
 

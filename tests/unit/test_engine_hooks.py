@@ -9,7 +9,7 @@ import pytest
 from test_engines import as_scan, config
 
 from ptychompi import Reconstruction
-from ptychompi.simulate import simulate
+from ptychompi.sim.simulate import simulate
 
 SCALARS = ("iteration", "errors", "rng")
 

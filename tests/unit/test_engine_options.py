@@ -16,8 +16,11 @@ import yaml
 from test_engines import as_scan, config
 
 from ptychompi import Reconstruction
+from ptychompi.app.gui.schema import fields
+from ptychompi.app.provenance import provenance
+from ptychompi.app.runner import apply_overrides
 from ptychompi.config import AlgorithmConfig, config_from_dict
-from ptychompi.engine_options import (
+from ptychompi.config.engines import (
     ENGINE_OPTIONS,
     FLAT_KEYS,
     ConfigDeprecationWarning,
@@ -25,11 +28,8 @@ from ptychompi.engine_options import (
 )
 from ptychompi.engines import ENGINES
 from ptychompi.errors import ConfigError
-from ptychompi.gui.schema import fields
 from ptychompi.io.cxi import write_cxi
-from ptychompi.provenance import provenance
-from ptychompi.runner import apply_overrides
-from ptychompi.simulate import simulate
+from ptychompi.sim.simulate import simulate
 
 BIN = Path(sys.executable).parent
 

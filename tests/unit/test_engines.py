@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from ptychompi import Reconstruction
+from ptychompi.data.scan import ArrayScan, ScanGeometry
 from ptychompi.errors import ConfigError, PtychompiError
-from ptychompi.metrics import object_error
-from ptychompi.physics import Propagator, Windows, fourier_error_terms, subpixel_ramps
-from ptychompi.scan import ArrayScan, ScanGeometry
-from ptychompi.simulate import simulate
+from ptychompi.model.metrics import object_error
+from ptychompi.model.physics import Propagator, Windows, fourier_error_terms, subpixel_ramps
+from ptychompi.sim.simulate import simulate
 
 P25 = "petra3-p25-nearfield/PETRAIII_P25_Near_Field_Ptycho.cxi"
 
@@ -38,7 +38,7 @@ def sim20():
 
 def truth_floor(sim) -> float:
     """Fourier error of the true object and probe: the Poisson noise floor of the data."""
-    from ptychompi.backend import select_backend  # noqa: PLC0415
+    from ptychompi.backends import select_backend  # noqa: PLC0415
     pos = sim.positions_px
     top = np.floor(pos).astype(int)
     frame = sim.frames.shape[-1]
@@ -124,7 +124,7 @@ def test_step_mode_equals_whole_mode_and_state_restores(name):
 
 
 def test_nearfield_propagator_is_unitary_and_inverts():
-    from ptychompi.backend import select_backend  # noqa: PLC0415
+    from ptychompi.backends import select_backend  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     psi = rng.standard_normal((2, 1, 64, 64)) + 1j * rng.standard_normal((2, 1, 64, 64))
@@ -180,7 +180,7 @@ def test_probe_guess_from_file_is_used(tmp_path):
 def test_subpixel_grid_rounds_fractions_and_keeps_corners():
     """Fractions round to 1/bins px (at most 1/(2 bins) away); corners stay floor(position),
     so windows never leave the tile; equal fractions share one table row."""
-    from ptychompi.physics import subpixel_grid  # noqa: PLC0415
+    from ptychompi.model.physics import subpixel_grid  # noqa: PLC0415
 
     pos = np.array([[3.0, 4.99], [3.02, 7.5], [10.51, 0.0], [2.0, 1.97]])
     top, table, ids = subpixel_grid(pos, 16)
@@ -247,7 +247,7 @@ def test_map_chunks_orders_results_and_raises_a_chunks_error(failing_chunk):
     """Chunks are spread over the calling thread and the pool (thread t takes chunks t,
     t + T, ...), results come back in chunk order, and an error in any chunk (the caller's
     or a worker's) reaches the caller."""
-    from ptychompi.backend import Backend  # noqa: PLC0415
+    from ptychompi.backends import Backend  # noqa: PLC0415
     from ptychompi.engines.base import Engine  # noqa: PLC0415
 
     engine = Engine.__new__(Engine)

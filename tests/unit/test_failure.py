@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptychompi.backend import Backend
+from ptychompi.backends import Backend
 from ptychompi.errors import ConfigError
 from ptychompi.parallel.exchange import SerialExchange, abort_on_error, make_exchange
 from ptychompi.parallel.tiling import decompose

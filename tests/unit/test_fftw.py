@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import scipy.fft
 
-import ptychompi.backend as backend_module
-from ptychompi import fftw
-from ptychompi.backend import cpu_fft_library, select_backend
+import ptychompi.backends as backend_module
+from ptychompi.backends import cpu_fft_library, select_backend
+from ptychompi.backends.cpu import fftw
 from ptychompi.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(not fftw.available(), reason="pyfftw is a dependency; "

@@ -30,7 +30,7 @@ def _scan(path: Path, compression: str | None) -> Path:
 
 def test_imports_and_reads_gzip_without_hdf5plugin(tmp_path: Path) -> None:
     gz = _scan(tmp_path / "gz.cxi", "gzip")
-    proc = _run("import ptychompi, ptychompi.cli, ptychompi.io.cxi, ptychompi.io.aps\n"
+    proc = _run("import ptychompi, ptychompi.app.cli, ptychompi.io.cxi, ptychompi.io.aps\n"
                 "from ptychompi.io.cxi import read_cxi\n"
                 f"s = read_cxi({str(gz)!r}); print(s.compression, s.read([3]).sum())\n"
                 "assert 'hdf5plugin' not in sys.modules or sys.modules['hdf5plugin'] is None")

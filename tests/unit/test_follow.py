@@ -22,13 +22,13 @@ import pytest
 import yaml
 
 from ptychompi import Reconstruction
+from ptychompi.app.follow import Arrivals, RowWatcher, follow_config
+from ptychompi.app.live import read_status
 from ptychompi.config import FollowConfig, config_from_dict
 from ptychompi.errors import ConfigError
-from ptychompi.follow import Arrivals, RowWatcher, follow_config
 from ptychompi.io.results import read_result
-from ptychompi.live import read_status
-from ptychompi.metrics import object_error, registered_object_error
-from ptychompi.simulate import simulate
+from ptychompi.model.metrics import object_error, registered_object_error
+from ptychompi.sim.simulate import simulate
 
 HERE = Path(__file__).parent
 WRITER = HERE / "follow_writer.py"
@@ -259,7 +259,7 @@ def test_real_aps_frames_followed(shared_data, tmp_path):
     writer = subprocess.Popen([sys.executable, str(WRITER), str(folder / "frames.npz"),
                                str(tmp_path / "rows"), "--rows", "4", "--delay", "0.3"],
                               stdout=subprocess.DEVNULL)
-    from ptychompi.follow import build_follow  # noqa: PLC0415
+    from ptychompi.app.follow import build_follow  # noqa: PLC0415
 
     with build_follow(config_from_dict(cfg), None) as r:
         r.run()
@@ -280,7 +280,7 @@ def test_progress_note():
     """The progress line carries the follow note (rows arrived / planned)."""
     import io  # noqa: PLC0415
 
-    from ptychompi.monitor import Progress  # noqa: PLC0415
+    from ptychompi.app.monitor import Progress  # noqa: PLC0415
 
     out = io.StringIO()
     p = Progress(10, stream=out, every=1)
@@ -326,7 +326,7 @@ def test_every_engine_grows_its_positions(sim, tmp_path, engine, bound):
     more often until they have had as many visits as offline. The errors are registered (a
     sub-pixel shift of the whole object, the probe/object translation ambiguity, is no
     reconstruction error; unregistered it dominates on this scan)."""
-    from ptychompi.follow import build_follow  # noqa: PLC0415
+    from ptychompi.app.follow import build_follow  # noqa: PLC0415
 
     s, folder = sim
     _write_rows(s, tmp_path)
@@ -380,7 +380,7 @@ def test_follow_quality_benchmark_replays_a_paced_schedule(tmp_path):
 
 
 def _cxi_writer(sim_folder: tuple, tmp: Path, *args: str) -> tuple[subprocess.Popen, Path]:
-    from ptychompi.geometry import joules_from_kev  # noqa: PLC0415
+    from ptychompi.model.geometry import joules_from_kev  # noqa: PLC0415
 
     s, _ = sim_folder
     npz = tmp / "cxi.npz"
@@ -404,7 +404,7 @@ def test_cxi_written_under_swmr_is_followed(sim, tmp_path):
     """One CXI file written under HDF5 SWMR (translations first, then a row of frames at a
     time): every row comes in while it iterates, and the result is within 1.1x of the
     finished file reconstructed offline."""
-    from ptychompi.follow import build_follow  # noqa: PLC0415
+    from ptychompi.app.follow import build_follow  # noqa: PLC0415
 
     s, _ = sim
     writer, path = _cxi_writer(sim, tmp_path, "--delay", "0.3")
@@ -426,7 +426,7 @@ def test_cxi_frames_flushed_extent_first_are_never_read_half_written(sim, tmp_pa
     frame meanwhile); frames count only once a look ``poll_s`` earlier saw them, so no NaN
     is read (``preprocess.invalid: error`` would stop the run). The scan stops after two rows
     and ends at the timeout."""
-    from ptychompi.follow import build_follow  # noqa: PLC0415
+    from ptychompi.app.follow import build_follow  # noqa: PLC0415
 
     s, _ = sim
     writer, path = _cxi_writer(sim, tmp_path, "--slow", "0.05", "--stop", "2", "--delay", "0")
@@ -463,7 +463,7 @@ def test_dm_hands_over_at_refine_from_while_rows_arrive(sim, tmp_path):
     """DM's refinement starts at ``refine_from`` as offline even with rows still to come;
     the engines rebuilt after that start in the refinement (no exit waves made) and its
     LSQML gives the late positions their catch-up visits."""
-    from ptychompi.follow import build_follow  # noqa: PLC0415
+    from ptychompi.app.follow import build_follow  # noqa: PLC0415
 
     s, folder = sim
     _write_rows(s, tmp_path)
@@ -484,8 +484,8 @@ def test_catch_up_gives_late_positions_the_offline_visits():
     """Positions that arrive late are visited up to ``rate`` times an iteration until they
     have had as many visits as those there from the start: with the default rate even the
     last row, arriving with the kept iterations left, ends with every iteration's visit."""
+    from ptychompi.app.follow.catchup import CatchUp  # noqa: PLC0415
     from ptychompi.engines.visits import extra_rounds  # noqa: PLC0415
-    from ptychompi.follow.catchup import CatchUp  # noqa: PLC0415
 
     c = CatchUp(total=30, kept=10)
     for start in (0, 3, 6, 20):
@@ -507,7 +507,7 @@ def test_rows_out_of_order_are_used_when_complete(sim, tmp_path):
     """Rows 1, 2 and 5 of 8 are written first (0-based: the first row is missing): the run
     starts on them and iterates; the schedule names the rows; once the others come the
     result uses every frame and a replay of the schedule gives the same object."""
-    from ptychompi.follow import build_follow  # noqa: PLC0415
+    from ptychompi.app.follow import build_follow  # noqa: PLC0415
 
     s, folder = sim
     _write_rows(s, tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptychompi.follow.extend import LEVEL, continued, illumination
+from ptychompi.app.follow.extend import LEVEL, continued, illumination
 
 
 def _lit_object() -> tuple[np.ndarray, np.ndarray]:

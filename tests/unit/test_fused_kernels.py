@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 from test_engines import as_scan, config
 
-from ptychompi import Reconstruction, fftw, fused_kernels, physics
-from ptychompi.backend import Backend, select_backend
+from ptychompi import Reconstruction
+from ptychompi.backends import Backend, select_backend
+from ptychompi.backends.cpu import fftw
+from ptychompi.backends.cpu import fused as fused_kernels
 from ptychompi.engines.noise import GaussianNoise
+from ptychompi.model import physics
+from ptychompi.model.physics import Propagator, Windows, window_index
 from ptychompi.ops import (
     DmFourierJob,
     DmObjectJob,
@@ -20,8 +24,7 @@ from ptychompi.ops import (
     PositionJob,
     ProbeShifts,
 )
-from ptychompi.physics import Propagator, Windows, window_index
-from ptychompi.simulate import simulate
+from ptychompi.sim.simulate import simulate
 
 pytestmark = pytest.mark.skipif(not fftw.native_available(), reason="pyfftw is a dependency; "
                                 "missing only where its wheel is not built")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptychompi.backend import select_backend
+from ptychompi.backends import select_backend
 from ptychompi.errors import ConfigError
-from ptychompi.geometry import (
+from ptychompi.model.geometry import (
     farfield_pixel_size,
     fresnel_scaling,
     joules_from_kev,
@@ -69,7 +69,7 @@ def test_backend_cpu_fft_is_unitary_and_env_overrides(monkeypatch):
 
 
 def test_asking_for_a_gpu_where_there_is_none_is_an_error(monkeypatch):
-    import ptychompi.backend as backend  # noqa: PLC0415
+    import ptychompi.backends as backend  # noqa: PLC0415
 
     monkeypatch.delenv("PTYCHOMPI_DEVICE", raising=False)
     monkeypatch.setattr(backend, "_import_cupy", lambda: None)

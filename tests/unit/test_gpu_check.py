@@ -88,8 +88,8 @@ def test_engine_benchmark_gpu_branches_with_a_numpy_cupy(monkeypatch, tmp_path: 
     with numpy playing CuPy and the engines' GPU branches on it, as in test_gpu_paths."""
     import gpu_engines  # noqa: PLC0415
 
-    import ptychompi.api as api  # noqa: PLC0415
-    from ptychompi.backend import Backend  # noqa: PLC0415
+    import ptychompi.app.api as api  # noqa: PLC0415
+    from ptychompi.backends import Backend  # noqa: PLC0415
 
     fake = _FakeCupy()  # the array operations then take numpy's expressions for the kernels
     monkeypatch.setattr(api, "select_backend", lambda *a, **k: Backend(fake, "gpu", 0, 1))

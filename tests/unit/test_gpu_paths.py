@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import scipy.fft
 
-import ptychompi.api as api
+import ptychompi.app.api as api
 from ptychompi import Reconstruction
-from ptychompi.backend import Backend
+from ptychompi.backends import Backend
+from ptychompi.data.scan import ArrayScan, ScanGeometry
 from ptychompi.ops import ArrayOps, CpuOps
-from ptychompi.scan import ArrayScan, ScanGeometry
-from ptychompi.simulate import simulate
+from ptychompi.sim.simulate import simulate
 
 MODES = 2  # probe modes: exercises the mode orthogonalisation too
 # (error, object/probe) relative tolerances. DM and LSQML carry an ulp of difference as a few

@@ -22,16 +22,16 @@ import yaml
 from PIL import Image
 from starlette.testclient import TestClient
 
-from ptychompi.cli import main
+from ptychompi.app.cli import main
+from ptychompi.app.gui import routes_results
+from ptychompi.app.gui.app import GuiSettings, make_app
+from ptychompi.app.gui.devices import devices, parse_nvidia_smi
+from ptychompi.app.gui.schema import fields
+from ptychompi.app.queue.store import QueueStore
 from ptychompi.compat.ptychopy import parse
 from ptychompi.config import Config, EmailConfig
-from ptychompi.gui import routes_results
-from ptychompi.gui.app import GuiSettings, make_app
-from ptychompi.gui.devices import devices, parse_nvidia_smi
-from ptychompi.gui.schema import fields
 from ptychompi.io.aps import mda_positions
 from ptychompi.io.results import read_result
-from ptychompi.queue.store import QueueStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

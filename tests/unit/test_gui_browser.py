@@ -27,8 +27,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from ptychompi.cli import main
-from ptychompi.queue.store import QueueStore
+from ptychompi.app.cli import main
+from ptychompi.app.queue.store import QueueStore
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -62,7 +62,7 @@ def gui(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     assert main(["simulate", "--out", str(root / "scan.cxi"), "--frame", "64", "--grid", "12",
                  "--step-px", "8", "--probe-diameter-px", "20"]) == 0
     shutil.copy(_shared_mda(), root / MDA_FILE)
-    proc = subprocess.Popen([sys.executable, "-m", "ptychompi.cli", "gui", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "ptychompi.app.cli", "gui", "--port", "0",
                              "--root", str(root)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = None
@@ -171,7 +171,7 @@ def test_browser_end_to_end(gui: tuple[str, Path], browser: webdriver.Chrome,
     wait.until(lambda d: "queued job 1" in _text(d, "run-message"))
     wait.until(lambda d: d.find_elements(By.ID, "job-row-1"))
     assert "queued" in _text(d, "job-row-1")
-    runner = subprocess.Popen([sys.executable, "-m", "ptychompi.cli", "queue", "run",
+    runner = subprocess.Popen([sys.executable, "-m", "ptychompi.app.cli", "queue", "run",
                                str(root / "queue"), "--poll", "0.3", "--quiet"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
+from ptychompi.app.summary import inspect_file
 from ptychompi.errors import DataError
 from ptychompi.io.cxi import write_cxi
-from ptychompi.simulate import simulate_to_files
-from ptychompi.summary import inspect_file
+from ptychompi.sim.simulate import simulate_to_files
 
 
 def test_real_cxi(shared_data: Path) -> None:

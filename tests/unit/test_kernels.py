@@ -1,4 +1,5 @@
-"""CUDA kernels (ptychompi.kernels, kernels/*.cu): nvcc compile, GPU vs numpy, CPU references.
+"""CUDA kernels (ptychompi.backends.gpu.kernels, kernels/*.cu): nvcc compile, GPU vs numpy, CPU
+references.
 
 GPU tests need cupy and a device and skip otherwise; the nvcc test needs nvcc (PATH,
 $CUDA_HOME/bin, /usr/local/cuda/bin or /usr/local/bin) and skips otherwise. The wrapper tests
@@ -19,8 +20,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ptychompi import kernels, physics
-from ptychompi.backend import Backend
+from ptychompi.backends import Backend
+from ptychompi.backends.gpu import kernels
+from ptychompi.model import physics
 
 CPU = Backend(np, "cpu")
 ARCHES = ("sm_80", "sm_90")
@@ -90,7 +92,7 @@ def test_kernel_sources_prefers_package_data(tmp_path: Path, monkeypatch: Any) -
 
 
 def test_import_does_not_import_cupy() -> None:
-    code = "import sys, ptychompi.kernels; sys.exit('cupy' in sys.modules)"
+    code = "import sys, ptychompi.backends.gpu.kernels; sys.exit('cupy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ptychompi.cli import main
-from ptychompi.live import LiveWriter, downsample, read_snapshot, read_status
+from ptychompi.app.cli import main
+from ptychompi.app.live import LiveWriter, downsample, read_snapshot, read_status
 
 
 def test_downsample_block_mean_and_limit() -> None:

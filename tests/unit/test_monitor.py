@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from ptychompi.monitor import (
+from ptychompi.app.monitor import (
     LOG_FILE,
     Progress,
     close_logging,

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from ptychompi.io.cxi import write_cxi
-from ptychompi.simulate import simulate
+from ptychompi.sim.simulate import simulate
 
 BIN = Path(sys.executable).parent
 MPIEXEC = BIN / "mpiexec"
@@ -132,8 +132,8 @@ DRIVER = textwrap.dedent("""
     from ptychompi import Reconstruction
     from ptychompi.errors import PtychompiError
     from ptychompi.parallel.exchange import abort_on_error
-    from ptychompi.scan import ArrayScan, ScanGeometry
-    from ptychompi.simulate import simulate
+    from ptychompi.data.scan import ArrayScan, ScanGeometry
+    from ptychompi.sim.simulate import simulate
 
     comm = MPI.COMM_WORLD
     sim = simulate(frame=64, grid=6, step_px=8, probe_diameter_px=20, photons=1e6, seed=0)
@@ -156,7 +156,7 @@ DRIVER = textwrap.dedent("""
             return original()
 
         engine._iterate = failing
-    try:  # the loop of ptychompi.runner.run_cli
+    try:  # the loop of ptychompi.app.runner.run_cli
         while recon.iteration < 10:
             recon.step()
     except PtychompiError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptychompi.backend import select_backend
+from ptychompi.backends import select_backend
 from ptychompi.engines.noise import GaussianNoise, PoissonNoise, noise_model
 
 

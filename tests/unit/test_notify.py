@@ -10,8 +10,8 @@ from email import policy
 
 import pytest
 
+from ptychompi.app.notify import notify_run_end, send_email
 from ptychompi.config import EmailConfig, NotifyConfig, OutputConfig
-from ptychompi.notify import notify_run_end, send_email
 
 aiosmtpd = pytest.importorskip("aiosmtpd")
 from aiosmtpd.controller import Controller  # noqa: E402

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ptychompi.api import Reconstruction
-from ptychompi.checkpoint import resume, write_checkpoint
+from ptychompi.app.api import Reconstruction
+from ptychompi.app.checkpoint import resume, write_checkpoint
 from ptychompi.config import config_from_dict
 from ptychompi.engines import ENGINES
 from ptychompi.engines.positions import (
@@ -28,9 +28,9 @@ from ptychompi.engines.positions import (
 from ptychompi.errors import ConfigError
 from ptychompi.io.export import export_result
 from ptychompi.io.results import read_result
-from ptychompi.metrics import registered_object_error
-from ptychompi.position_errors import perturb, rms_error, with_positions
+from ptychompi.model.metrics import registered_object_error
 from ptychompi.sim.matrix import Case, make_scan
+from ptychompi.sim.position_errors import perturb, rms_error, with_positions
 
 CASE = Case(grid=8, frame=64, diameter_px=24, overlap=0.7, photons=1e7, seed=1)
 ITERATIONS = 100
@@ -292,8 +292,8 @@ def test_affine_fit_in_result_inspect_and_live(sim, tmp_path: Path) -> None:
     """The last affine fit goes into result.h5 (next to the refined positions) and into
     checkpoints, `ptychompi inspect` shows it with how far the positions moved, and the live
     status carries the positions' RMS move."""
-    from ptychompi.live import LiveWriter, read_status  # noqa: PLC0415
-    from ptychompi.summary import inspect_file  # noqa: PLC0415
+    from ptychompi.app.live import LiveWriter, read_status  # noqa: PLC0415
+    from ptychompi.app.summary import inspect_file  # noqa: PLC0415
 
     given = perturb(sim.positions_px, "affine", np.random.default_rng(4))
     scan = with_positions(sim.as_scan(), given, sim.pixel_size_m)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from ptychompi.config import DataConfig, PreprocessConfig
+from ptychompi.data.preprocess import Preprocessor, plan_preprocess, sample_indices
+from ptychompi.data.scan import ArrayScan
 from ptychompi.errors import ConfigError, DataError
 from ptychompi.io.aps import open_aps, write_aps
-from ptychompi.preprocess import Preprocessor, plan_preprocess, sample_indices
-from ptychompi.scan import ArrayScan
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SCAN235 = DATA / "aps-scan235-truncated" / "test235_truncated.npz"

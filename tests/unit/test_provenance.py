@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 import ptychompi
+from ptychompi.app.provenance import library_versions, mpi_library
+from ptychompi.app.summary import inspect_file
 from ptychompi.config import Config, apply_environment
+from ptychompi.data.scan import ArrayScan
 from ptychompi.errors import ConfigError
 from ptychompi.io.results import read_result
-from ptychompi.provenance import library_versions, mpi_library
-from ptychompi.scan import ArrayScan
-from ptychompi.simulate import simulate
-from ptychompi.summary import inspect_file
+from ptychompi.sim.simulate import simulate
 
 ENV = ("PTYCHOMPI_DEVICE", "PTYCHOMPI_FFT", "PTYCHOMPI_WORKERS")
 
@@ -64,7 +64,7 @@ def test_result_provenance_names_fft_threads_fused_precision_and_versions(
 
 
 def test_mpi_library_is_the_first_line_once_mpi_is_loaded() -> None:
-    code = ("from ptychompi.provenance import mpi_library; assert mpi_library() is None; "
+    code = ("from ptychompi.app.provenance import mpi_library; assert mpi_library() is None; "
             "from mpi4py import MPI; print(mpi_library()); "
             "print(MPI.Get_library_version().strip().splitlines()[0].strip())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 import ptychompi.compat.ptychopy as ptychopy
-from ptychompi.api import Reconstruction
+from ptychompi.app.api import Reconstruction
 from ptychompi.config import config_from_dict
+from ptychompi.data.scan import ArrayScan, ScanGeometry
 from ptychompi.errors import ConfigError
-from ptychompi.geometry import farfield_pixel_size, kev_from_wavelength
 from ptychompi.io.aps import write_aps
 from ptychompi.io.results import read_result
-from ptychompi.scan import ArrayScan, ScanGeometry
-from ptychompi.simulate import simulate
+from ptychompi.model.geometry import farfield_pixel_size, kev_from_wavelength
+from ptychompi.sim.simulate import simulate
 
 LAM = 2.4796837508399954e-10
 SIM = ("./ptycho -jobID=sim512 -beamSize=110e-9 -scanDims=8,8 -step=50e-9,50e-9 -i=5 "

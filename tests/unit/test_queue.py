@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ptychompi.cli import main
-from ptychompi.queue.inbox import scan_inbox
-from ptychompi.queue.jobs import fill_pattern, job_from_ptychopy, job_from_yaml
-from ptychompi.queue.store import QueueError, QueueStore, journal_mode, sanitise_name
-from ptychompi.simulate import simulate_to_files
+from ptychompi.app.cli import main
+from ptychompi.app.queue.inbox import scan_inbox
+from ptychompi.app.queue.jobs import fill_pattern, job_from_ptychopy, job_from_yaml
+from ptychompi.app.queue.store import QueueError, QueueStore, journal_mode, sanitise_name
+from ptychompi.sim.simulate import simulate_to_files
 
 MDA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mda"
 MDA_FILES = sorted(MDA_DIR.glob("*.mda"))

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import yaml
 
+from ptychompi.app.outlock import lock_output
+from ptychompi.app.queue.store import QueueStore
 from ptychompi.errors import PtychompiError
 from ptychompi.io.cxi import write_cxi
 from ptychompi.io.results import read_result
-from ptychompi.outlock import lock_output
-from ptychompi.queue.store import QueueStore
-from ptychompi.simulate import simulate
+from ptychompi.sim.simulate import simulate
 
 BIN = Path(sys.executable).parent
 MPIEXEC = BIN / "mpiexec"
@@ -365,7 +365,7 @@ def test_email_per_job_and_summary(tmp_path: Path, scans: dict) -> None:
 
 def test_each_rank_binds_its_own_gpu_whatever_the_group(tmp_path: Path) -> None:
     """Node-local world rank mod the visible GPUs (the group's own ranks restart at 0)."""
-    code = ("import os; from mpi4py import MPI; from ptychompi.queue.dispatch import "
+    code = ("import os; from mpi4py import MPI; from ptychompi.app.queue.dispatch import "
             "bind_devices; w = MPI.COMM_WORLD; bind_devices(w); "
             "open(f'rank{w.Get_rank()}.txt', 'w').write(' '.join([str(w.Get_rank()), "
             "os.environ['CUDA_VISIBLE_DEVICES'], os.environ['PTYCHOMPI_WORKERS']]))")
@@ -384,7 +384,7 @@ def test_each_rank_binds_its_own_gpu_whatever_the_group(tmp_path: Path) -> None:
 DRIVER = """
 import sys
 from mpi4py import MPI
-import ptychompi.api as api
+import ptychompi.app.api as api
 
 RANKS = {ranks}
 original = api.Reconstruction.step
@@ -396,7 +396,7 @@ def step(self, n=1):
     return original(self, n)
 
 api.Reconstruction.step = step
-from ptychompi.cli import main
+from ptychompi.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

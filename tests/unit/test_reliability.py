@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import yaml
 
-from ptychompi.api import Reconstruction
+from ptychompi.app.api import Reconstruction
+from ptychompi.data.validate import check_object_size, outlying_positions
 from ptychompi.errors import DataError, PtychompiError
 from ptychompi.io.cxi import write_cxi
-from ptychompi.simulate import simulate
-from ptychompi.validate import check_object_size, outlying_positions
+from ptychompi.sim.simulate import simulate
 
 BIN = Path(sys.executable).parent
 PIXEL = 1.17e-6 / 20  # the simulated scan's object pixel (probe 20 px = 1.17 µm)

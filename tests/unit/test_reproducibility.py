@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ptychompi import Reconstruction
-from ptychompi.scan import ArrayScan
-from ptychompi.simulate import simulate
+from ptychompi.data.scan import ArrayScan
+from ptychompi.sim.simulate import simulate
 
 
 @pytest.fixture(scope="module")

@@ -105,8 +105,8 @@ def test_real_aps_far_field_scan_with_defaults(shared_data, name):
     positions of a spiral) with default settings and no beam size: the error falls and never
     runs away (DM's probe ran away here before its step was a line search)."""
     from ptychompi import Reconstruction  # noqa: PLC0415
-    from ptychompi.geometry import wavelength_from_kev  # noqa: PLC0415
-    from ptychompi.scan import ArrayScan, ScanGeometry  # noqa: PLC0415
+    from ptychompi.data.scan import ArrayScan, ScanGeometry  # noqa: PLC0415
+    from ptychompi.model.geometry import wavelength_from_kev  # noqa: PLC0415
 
     data = np.load(shared_data / "aps-scan235-truncated" / "test235_truncated.npz")
     frames = data["reciprocal"].astype(np.float32)

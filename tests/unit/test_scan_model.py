@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ptychompi import Reconstruction
+from ptychompi.data.scan import ArrayScan, ScanGeometry
 from ptychompi.errors import DataError, PtychompiError
-from ptychompi.scan import ArrayScan, ScanGeometry
 
 
 def scan(n: int = 4, positions: np.ndarray | None = None, frames=None) -> ArrayScan:

@@ -8,11 +8,11 @@ import h5py
 import numpy as np
 import pytest
 
-from ptychompi.cli import main
+from ptychompi.app.cli import main
 from ptychompi.errors import ConfigError
-from ptychompi.geometry import farfield_pixel_size, positions_to_pixels, wavelength_from_kev
 from ptychompi.io.cxi import read_cxi
-from ptychompi.simulate import PAD_PX, forward, make_probe, simulate
+from ptychompi.model.geometry import farfield_pixel_size, positions_to_pixels, wavelength_from_kev
+from ptychompi.sim.simulate import PAD_PX, forward, make_probe, simulate
 
 SMALL = dict(frame=64, grid=5, step_px=12.0, probe_diameter_px=24.0, photons=1e5)
 

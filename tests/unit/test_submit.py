@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ptychompi import submit
+from ptychompi.app import submit
+from ptychompi.app.submit import render_job, submit_cli, template_text
 from ptychompi.errors import ConfigError, PtychompiError
-from ptychompi.submit import render_job, submit_cli, template_text
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_templates_found_and_complete():
     for sched in ("slurm", "pbs"):
         text = template_text(sched)
         assert "${config}" in text and "set -euo pipefail" in text
-    src = Path(submit.__file__).resolve().parents[1] / "jobscripts"
+    src = Path(submit.__file__).resolve().parents[2] / "jobscripts"  # ptychompi/app/
     assert (src / "slurm.sh.in").is_file() and (src / "pbs.sh.in").is_file()
 
 

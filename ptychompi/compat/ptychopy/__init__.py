@@ -16,7 +16,7 @@ an mpi4py communicator, ``None`` = this process alone):
 
 * :func:`parse` / :func:`parse_full`: a command string to a :class:`~ptychompi.config.Config`
   (plus :class:`PtychopyOptions`, the parameters without a config key);
-  :func:`reconstruction_from_cmdstr` builds the :class:`~ptychompi.api.Reconstruction`
+  :func:`reconstruction_from_cmdstr` builds the :class:`~ptychompi.app.api.Reconstruction`
   (``ptychompi run --ptychopy``); :func:`run_whole` and :func:`write_outputs` finish it.
 * whole mode: ``A(**kw)`` or ``A(cmdstr)`` and ``Anp(diffractionNP=, positionNP=, objectNP=,
   probeNP=, **kw)`` return ``True``; ``Acmdstr(cmdstr)`` returns the object.
@@ -65,7 +65,7 @@ Where ptychompi deliberately differs from ptychopy (its defects fixed, or no equ
 * ``-mirror1stScanAxis``/``-mirror2ndScanAxis``/``-flipScanAxis`` also apply to ``-lf``
   position lists; ``-drift`` and ``-jitterRadius`` apply to raster scans of files, and
   ``-jitterRadius`` to simulated scans.
-* ``-simulate=1`` simulates with :func:`ptychompi.simulate.simulate` (a Siemens-star object,
+* ``-simulate=1`` simulates with :func:`ptychompi.sim.simulate.simulate` (a Siemens-star object,
   not lena/baboon): ``-size`` pixel frames, a ``-scanDims`` raster (equal steps on both axes),
   object pixel ``lambda z / (size dx_d)``, beam diameter ``beamSize`` / pixel (it must fit the
   frame), 1e6 photons per frame with Poisson noise, seed ``algorithm.seed``.

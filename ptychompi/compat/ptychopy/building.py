@@ -1,4 +1,4 @@
-"""The :class:`~ptychompi.api.Reconstruction` of a parsed ptychopy job: simulated scans, files
+"""The :class:`~ptychompi.app.api.Reconstruction` of a parsed ptychopy job: simulated scans, files
 (positions, beamstop mask, crop) and numpy arrays mapped onto ptychompi's scan sources."""
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ...api import Reconstruction, agree
+from ...app.api import Reconstruction, agree
 from ...config import Config
-from ...dataset import open_source, plan_layout
+from ...data.dataset import open_source, plan_layout
+from ...data.scan import ArrayScan, ScanGeometry, ScanSource
 from ...errors import ConfigError, DataError
-from ...geometry import farfield_pixel_size
-from ...initial import read_array_file
 from ...io.aps import raster_positions
-from ...scan import ArrayScan, ScanGeometry, ScanSource
-from ...simulate import simulate
+from ...model.geometry import farfield_pixel_size
+from ...model.initial import read_array_file
+from ...sim.simulate import simulate
 from .params import SIMULATION_PHOTONS, PtychopyOptions
 from .parsing import parse_full, parse_kwargs
 
@@ -30,7 +30,7 @@ log = logging.getLogger("ptychompi.compat.ptychopy")
 
 # ----------------------------------------------------------------------------- building
 def _simulated_scan(opts: PtychopyOptions, cfg: Config) -> ArrayScan:
-    """``-simulate=1``: a raster scan from ptychompi.simulate with ptychopy's geometry."""
+    """``-simulate=1``: a raster scan from ptychompi.sim.simulate with ptychopy's geometry."""
     if opts.given.get("lf") or opts.given.get("spiralScan") == "spiral":
         raise ConfigError("-simulate=1 makes a raster scan; drop -lf / -spiralScan")
     m = opts.size

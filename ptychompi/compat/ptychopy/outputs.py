@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...api import Reconstruction, agree
+from ...app.api import Reconstruction, agree
+from ...app.provenance import run_settings
 from ...errors import PtychompiError
 from ...io.export import write_ptychopy_csv
 from ...io.results import ResultData, write_result
-from ...provenance import run_settings
 from .params import _DISPLAY, OUTPUT_DIR, PtychopyOptions
 
 log = logging.getLogger("ptychompi.compat.ptychopy")

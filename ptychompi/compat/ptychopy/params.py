@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ...geometry import kev_from_wavelength
+from ...model.geometry import kev_from_wavelength
 
 OUTPUT_DIR = "data"  # ptychopy writes data/<jobID>_* relative to the working directory
 SIMULATION_PHOTONS = 1e6  # photons per simulated frame (ptychopy's lena/baboon has none)
@@ -222,7 +222,7 @@ PARAMETERS: dict[str, Param] = {
     "binaryOutput": Param(None, _bool, "write .bin (raw complex64) instead of .csv"),
     "simulate": Param(None, _bool,
                       "simulated raster scan from -size/-scanDims/-step/-beamSize/-lambda/"
-                      "-z/-dx_d (ptychompi.simulate; 1e6 photons per frame)"),
+                      "-z/-dx_d (ptychompi.sim.simulate; 1e6 photons per frame)"),
     "phaseConstraint": Param(None, _nonneg_int,
                              "no effect: ptychompi has no object phase clamp"),
     "updateProbe": Param("algorithm.probe_update_start", _update_start,
@@ -303,4 +303,4 @@ class PtychopyOptions:
     given: dict[str, Any] = field(default_factory=dict)  # parameters as given, converted
     no_effect: list[str] = field(default_factory=list)  # given parameters without effect
     cmdstr: str = ""
-    simulation: Any = field(default=None, repr=False)  # ptychompi.simulate.Simulation
+    simulation: Any = field(default=None, repr=False)  # ptychompi.sim.simulate.Simulation

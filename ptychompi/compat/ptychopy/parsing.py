@@ -12,7 +12,7 @@ from typing import Any
 
 from ...config import Config, config_from_dict
 from ...errors import ConfigError
-from ...geometry import wavelength_from_kev
+from ...model.geometry import wavelength_from_kev
 from .params import (
     _DISPLAY,
     _LOWER,

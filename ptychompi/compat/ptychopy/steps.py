@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ...api import Reconstruction
+from ...app.api import Reconstruction
 from ...errors import ConfigError
 from .building import (
     reconstruction_from_arrays,

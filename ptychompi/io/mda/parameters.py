@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychompi.geometry import LENGTH_TO_M
+from ptychompi.model.geometry import LENGTH_TO_M
 
 from .records import MdaFile, MdaScan, Positioner
 

@@ -1,0 +1,102 @@
+"""Compiled per-position sums of the position refinement (CPU;
+:mod:`ptychompi.engines.positions`).
+
+The fused variant reuses the building blocks of :mod:`ptychompi.backends.cpu.fused` and
+:mod:`ptychompi.backends.cpu.kernels` (read only): the same exit wave, FFTW transforms and modulus
+projection as the engines' fused paths, one position at a time with its frames in cache."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ...model.physics import EPS, probe_index
+from . import fftw
+from . import fused as fk
+from . import kernels as ck
+from .jit import JIT, JIT_SUMS, jit
+
+
+@jit(JIT_SUMS)
+def position_sums(probes: np.ndarray, probe_of: np.ndarray, back: np.ndarray, psi: np.ndarray,
+                  d_row: np.ndarray, d_col: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                  out: np.ndarray) -> None:
+    """``out[j] = (Σ Re(conj(g_r) χ), Σ |g_r|², Σ Re(conj(g_c) χ), Σ |g_c|²)`` over the modes
+    and pixels of position j, with ``χ = back − psi`` and ``g = P_j · ∂O`` on its window
+    (``probes[probe_of[j]]``, ``d_row`` / ``d_col`` the object's derivatives), in double
+    precision."""
+    b, kk, m0, m1 = back.shape
+    for j in range(b):
+        p, r0, c0 = probe_of[j], rows[j], cols[j]
+        num_r = 0.0
+        den_r = 0.0
+        num_c = 0.0
+        den_c = 0.0
+        for k in range(kk):
+            for y in range(m0):
+                for x in range(m1):
+                    pv = probes[p, k, y, x]
+                    ch = back[j, k, y, x] - psi[j, k, y, x]
+                    gr = pv * d_row[r0 + y, c0 + x]
+                    gc = pv * d_col[r0 + y, c0 + x]
+                    num_r += np.float64(gr.real) * ch.real + np.float64(gr.imag) * ch.imag
+                    den_r += np.float64(gr.real) * gr.real + np.float64(gr.imag) * gr.imag
+                    num_c += np.float64(gc.real) * ch.real + np.float64(gc.imag) * ch.imag
+                    den_c += np.float64(gc.real) * gc.real + np.float64(gc.imag) * gc.imag
+        out[j, 0] = num_r
+        out[j, 1] = den_r
+        out[j, 2] = num_c
+        out[j, 3] = den_c
+
+
+class PositionArgs(NamedTuple):
+    """:func:`fused_position_sums`' chunk: position j measured as ``amplitudes[frames[j]]``,
+    seeing ``probes[probe_of[j]]``; ``d_row``, ``d_col``: the object's derivatives; the sums
+    go to ``out`` (B, 4)."""
+
+    amplitudes: np.ndarray
+    frames: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    obj: np.ndarray
+    probes: np.ndarray
+    probe_of: np.ndarray
+    d_row: np.ndarray
+    d_col: np.ndarray
+    eps: float
+    out: np.ndarray
+
+
+@jit(JIT)
+def fused_position_sums(execute: Any, a: PositionArgs, plans: fk.Plans, s: fk.Frames) -> None:
+    """:func:`position_sums` of a chunk with the exit wave, propagation, modulus projection
+    and back-propagation done position by position in the same call (FFTW's ``execute`` as
+    in :mod:`ptychompi.backends.cpu.fused`)."""
+    m0, m1 = s.psi.shape[2], s.psi.shape[3]
+    scale = np.complex64(1.0 / np.sqrt(m0 * m1))
+    f, b, h = plans.forward, plans.backward, plans.transfer
+    for j in range(a.rows.shape[0]):
+        r, c, of = a.rows[j:j + 1], a.cols[j:j + 1], a.probe_of[j:j + 1]
+        ck.exit_waves(a.probes, of, a.obj, r, c, s.psi)
+        fk._propagate(execute, f, b, s.psi, s.wave, s.tmp, h, False, scale)
+        k = a.frames[j]
+        ck.modulus_project(s.wave, a.amplitudes[k:k + 1], s.wave, a.eps)
+        fk._propagate(execute, f, b, s.wave, s.chi, s.tmp, h, True, scale)
+        position_sums(a.probes, of, s.chi, s.psi, a.d_row, a.d_col, r, c, a.out[j:j + 1])
+
+
+def fused_chunk(job: Any, plans: fftw.FftwPlans) -> np.ndarray:
+    """:func:`fused_position_sums` of a :class:`ptychompi.ops.PositionJob` (the backend's
+    FFTW ``plans``): (B, 4)."""
+    kk, m0, m1 = job.probes.shape[1:]
+    out = np.empty((len(job.win), 4))
+    args = PositionArgs(amplitudes=job.amplitudes, frames=fk._int64(job.frames),
+                        rows=fk._int64(job.win.rows), cols=fk._int64(job.win.cols),
+                        obj=job.obj, probes=np.ascontiguousarray(job.probes),
+                        probe_of=fk._int64(probe_index(job.probes, len(job.win),
+                                                       job.probe_of)),
+                        d_row=job.d_row, d_col=job.d_col, eps=float(EPS), out=out)
+    fused_position_sums(fftw.execute_dft, args, fk._plans_for(plans, (m0, m1), job.prop),
+                        fk._frames((kk, m0, m1)))
+    return out
