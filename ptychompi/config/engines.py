@@ -39,10 +39,14 @@ def config_deprecations() -> Iterator[list[str]]:
 @dataclass
 class EPIEOptions:
     alpha: float = opt(1.0, "object step size", low=0.0)
-    beta: float = opt(1.0, "probe step size", low=0.0)
-    rpie_weight: float = opt(1.0, "weight w of the peak power in rPIE's step denominator "
-                             "(1 - w)|P|² + w max|P|² (1 = classic ePIE; smaller steps further "
-                             "into the beam's tails, unstable at low doses)", low=0.0, high=1.0)
+    alpha_final: float = opt(0.3, "the object step falls linearly from alpha to alpha x this "
+                             "over the second half of the iterations (1 = constant; smaller "
+                             "steps average the noise of more positions)", low=0.0, high=1.0)
+    beta: float = opt(0.3, "probe step size", low=0.0)
+    rpie_weight: float = opt(0.3, "weight w of the peak power in rPIE's object step "
+                             "denominator (1 - w)|P|² + w max|P|² (1 = classic ePIE; smaller: "
+                             "larger steps into the beam's tails); the probe step is ePIE's",
+                             low=0.0, high=1.0)
     batch: int = opt(64, "most non-overlapping windows per batch when algorithm.batch_size "
                      "is null (1 = sequential ePIE)", low=1)
 

@@ -49,7 +49,7 @@ class EPIE(Engine):
         if extra:
             batches += disjoint_batches(np.concatenate(extra), self.rows, self.cols,
                                         self.data.frame, limit)
-        steps, beta = (opts.alpha, opts.rpie_weight), opts.beta
+        steps, beta = (self.object_step(), opts.rpie_weight), opts.beta
         update_probe = self.updates_probe
         # with sub-pixel shifts the probe lives as its spectrum during the iteration: the
         # batches shift it and add their back-shifted gradients there (no transform of the
@@ -66,6 +66,13 @@ class EPIE(Engine):
         if update_probe and self.schedule.share_probe(self.iteration):
             self.average_probe()
         return err
+
+    def object_step(self) -> float:
+        """``alpha`` for the first half of the iterations, then falling linearly to
+        ``alpha · alpha_final`` at the last one."""
+        opts = self.cfg.epie
+        t = 2.0 * self.iteration / max(self.cfg.iterations, 1) - 1.0
+        return opts.alpha * (1.0 - (1.0 - opts.alpha_final) * min(1.0, max(0.0, t)))
 
     def _update(self, batch: np.ndarray, steps: tuple[float, float], beta: float,
                 update_probe: bool, probe_ft: Any | None) -> float:

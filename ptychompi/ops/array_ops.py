@@ -166,7 +166,7 @@ class ArrayOps(Operations):
             return None
         opower = old.real ** 2 + old.imag ** 2
         omax = opower.reshape(len(win), -1).max(axis=1)[:, None, None]
-        scaled = old.conj() / ((1 - w) * opower + w * omax).astype(opower.dtype)
+        scaled = old.conj() / omax.astype(opower.dtype)  # ePIE's probe step, as in rPIE
         delta *= scaled[:, None]
         return delta if probe_grad == "stack" else delta.sum(axis=0, dtype=np.complex128)
 

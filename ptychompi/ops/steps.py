@@ -246,7 +246,7 @@ class Operations:
 
         ``steps = (α, w)``, ``Δ = chi − psi``; ``O_j += α Σ_k conj(P_jk) Δ_jk / ((1 − w)|P_j|²
         + w max|P_j|²)`` (``w = 1``: ePIE's ``α / max|P_j|²``); the gradient ``Δ_k conj(O_j)
-        / ((1 − w)|O_j|² + w max|O_j|²)`` of the old object is returned summed
+        / max|O_j|²`` of the old object (ePIE's, as in rPIE) is returned summed
         (``probe_grad="sum"``, complex128 (K, M, M)), per position (``"stack"``) or not at
         all (``"none"``)."""
         raise NotImplementedError

@@ -29,7 +29,11 @@ FRAME, GRID, STEP_PX, PROBE_PX = 64, 10, 8, 20
 ITERATIONS = 30
 EXACT_SINGLE = 1e-4  # complex64: n ranks vs one rank (DM and LSQML; measured ~5e-8)
 EXACT_DOUBLE = 1e-7  # complex128: exact up to rounding
-ERROR_RATIO = 1.10  # ePIE / DM with share_frequency 5: error at most 10 % above one rank's
+# error at most this far above one rank's: DM sharing every 5 iterations; ePIE, whose ranks
+# update their tiles sequentially on their own: rPIE's object step with a falling alpha gains
+# more on one rank than on tiles (errors on 1 / 2 / 3 / 4 ranks 0.072 / 0.085 / 0.107 / 0.103,
+# ratios up to 1.49; with classic ePIE they were 0.140 / 0.115 / 0.129 / 0.141)
+ERROR_RATIO = {"dm": 1.10, "epie": 1.6}
 
 # The object the tiles issue's bars were set on: weaker and not band-limited. On the default
 # (stronger, band-limited) object tiled ePIE converges more slowly per iteration: truth error
@@ -131,7 +135,7 @@ def test_share_frequency_1_equals_one_rank(engine: str, precision: str) -> None:
 @pytest.mark.parametrize(("engine", "share_frequency"), [("epie", 1), ("dm", 5)])
 def test_error_within_tolerance_of_one_rank(engine: str, share_frequency: int) -> None:
     """ePIE (per-rank sequential updates) and DM sharing every 5 iterations: the truth error
-    on n ranks is at most 10 % above one rank's (being better is allowed)."""
+    on n ranks is at most ERROR_RATIO above one rank's (being better is allowed)."""
     ref = reference(engine, share_frequency)
     obj, _, positions = run_here(engine, share_frequency)
     figures = {}
@@ -140,7 +144,7 @@ def test_error_within_tolerance_of_one_rank(engine: str, share_frequency: int) -
         figures = {"error_n": err_n, "error_1": err_1, "ratio": err_n / err_1}
     figures = report(f"{engine} sf={share_frequency}", figures)
     assert np.isfinite(figures["error_n"]), figures
-    assert figures["ratio"] <= ERROR_RATIO, figures
+    assert figures["ratio"] <= ERROR_RATIO[engine], figures
 
 
 @pytest.mark.mpi

@@ -43,8 +43,10 @@ POSITION_DROP = 3.0  # the issue's bar: RMS position error falls at least 3x
 # ends in varies from one set of errors (and engine seed) to the next (README, BENCHMARKS.md),
 # so the bars are this scan's measured ratios with a margin of about 1.3 (a rounding
 # difference can move a run to another basin), LSQML's affine case at the 1.3:
+# ePIE's bar is wider since its defaults took rPIE's object step and a falling alpha: its
+# true-position error halved (0.0244 -> 0.0127) and its refined one fell less (0.037 -> 0.033):
 # (engine, kind) -> refined / true-position error
-OBJECT_RATIO = {("lsqml", "random"): 1.5, ("epie", "random"): 2.1, ("dm", "random"): 1.75,
+OBJECT_RATIO = {("lsqml", "random"): 1.5, ("epie", "random"): 3.0, ("dm", "random"): 1.75,
                 ("dm", "affine"): 1.4, ("lsqml", "affine"): 1.3, ("lsqml", "both"): 1.45}
 
 

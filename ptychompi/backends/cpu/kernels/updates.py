@@ -72,9 +72,9 @@ def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.nd
     ``steps = (α, w)``. With ``Δ_j = chi_j − psi_j`` and ``|P_j|² = Σ_k|P_jk|²``:
     ``O_j += α Σ_k conj(P_jk) Δ_jk / ((1 − w)|P_j|² + w max|P_j|²)`` in place (each probe
     row's own power, in working precision; ``w = 1`` is ePIE's ``α / max|P_j|²``) and the
-    probe gradient ``g_jk = Δ_jk conj(O_j) / ((1 − w)|O_j|² + w max|O_j|²)`` of the old
-    object, either summed into ``psum`` (K modes, complex128) or, with ``store_grad``,
-    written over ``chi``.
+    probe gradient ``g_jk = Δ_jk conj(O_j) / max|O_j|²`` of the old object (ePIE's, as in
+    rPIE: with ``w`` in the probe step too, low doses run away), either summed into
+    ``psum`` (K modes, complex128) or, with ``store_grad``, written over ``chi``.
 
     Replaces the power, ``delta = chi − psi``, ``weight = step · probes.conj()``, the mode
     sum, ``scatter_add_disjoint``, ``omax``, ``obj.conj() / denominator`` and
@@ -118,15 +118,9 @@ def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.nd
             if not with_probe:
                 for x in range(m1):
                     scaled[x] = orow[x]
-            elif classic:
-                for x in range(m1):
-                    scaled[x] = orow[x].conjugate() / omax
             else:
                 for x in range(m1):
-                    o = orow[x]
-                    scaled[x] = o.conjugate() / rdt((1.0 - w) * (o.real * o.real
-                                                                 + o.imag * o.imag)
-                                                    + w * omax)
+                    scaled[x] = orow[x].conjugate() / omax
             for k in range(kk):
                 prow, crow, srow = probes[pj, k, y], chi[j, k, y], psi[j, k, y]
                 for x in range(m1):
