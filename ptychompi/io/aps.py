@@ -32,7 +32,6 @@ from ..errors import ConfigError, DataError
 from .aps_patterns import (
     _count_conversions,
     _file_for,
-    _has_index,  # noqa: F401 - follow.watch imports it from here
     _list_indices,
     resolve_pattern,
 )

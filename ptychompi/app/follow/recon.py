@@ -163,7 +163,7 @@ class FollowReconstruction(Reconstruction):
             self.propagator = Propagator.build(self.backend, layout.propagation, frame,
                                                layout.wavelength_m, layout.distance_m,
                                                layout.pixel_size_m)
-        except Exception as exc:  # reported collectively below
+        except Exception as exc:  # noqa: BLE001 - any set-up failure is reported collectively below
             error = exc
         try:
             agree(comm, error)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import h5py
 
-from ...io.aps import _file_for, _has_index, resolve_pattern
+from ...io.aps_patterns import _file_for, _has_index, resolve_pattern
 
 
 @dataclass
