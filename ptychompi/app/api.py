@@ -47,6 +47,14 @@ def collective(comm: Any | None, fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
+def require_finite(metrics: dict) -> None:
+    """Stop with one line when an iteration's error is not finite (the run diverged)."""
+    if not np.isfinite(metrics["error"]):
+        raise PtychompiError(
+            f"the reconstruction diverged (error is {metrics['error']}) at iteration "
+            f"{metrics['iteration']}; check the data and geometry or lower the steps")
+
+
 def _make_exchange(comm: Any | None, tiles: list[Tile], rank: int, backend: Backend,
                    cuda_aware: str) -> Any:
     if comm is None or comm.Get_size() == 1:
@@ -185,10 +193,7 @@ class Reconstruction:
         metrics: dict = {}
         for _ in range(n):
             metrics = engine.step()
-            if not np.isfinite(metrics["error"]):
-                raise PtychompiError(
-                    f"the reconstruction diverged (error is {metrics['error']}) at iteration "
-                    f"{metrics['iteration']}; check the data and geometry or lower the steps")
+            require_finite(metrics)
             self.history.append(metrics)
         return metrics
 

@@ -24,12 +24,12 @@ from ...config import Config, apply_environment, load_config
 from ...data.dataset import load_amplitudes, open_source, plan_layout, plan_preprocessor
 from ...data.validate import check_guess, check_photons, guess_errors
 from ...engines import ENGINES, Engine, Schedule, TileData
-from ...errors import ConfigError, DataError, PtychompiError
+from ...errors import ConfigError, DataError
 from ...model.initial import initial_object, initial_probe
 from ...model.physics import Propagator
 from ...parallel.exchange import ExchangeStats, SerialExchange, agree
 from ...parallel.tiling import decompose
-from ..api import Reconstruction, collective
+from ..api import Reconstruction, collective, require_finite
 from .active import ActiveGroup
 from .arrivals import Arrivals, Decision, quiet_bcast
 from .catchup import CatchUp
@@ -248,10 +248,7 @@ class FollowReconstruction(Reconstruction):
                 self.engine.iteration = int(metrics["iteration"])
                 self.engine.errors.append(float(metrics["error"]))
         assert metrics is not None
-        if not np.isfinite(metrics["error"]):
-            raise PtychompiError(
-                f"the reconstruction diverged (error is {metrics['error']}) at iteration "
-                f"{metrics['iteration']}; check the data and geometry or lower the steps")
+        require_finite(metrics)
         self.history.append(metrics)
         return metrics
 
