@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from typing import Any
 
@@ -24,7 +23,7 @@ from ...config import Config, apply_environment, load_config
 from ...data.dataset import load_amplitudes, open_source, plan_layout, plan_preprocessor
 from ...data.validate import check_guess, check_photons, guess_errors
 from ...engines import ENGINES, Engine, Schedule, TileData
-from ...errors import ConfigError, DataError
+from ...errors import DataError
 from ...model.initial import initial_object, initial_probe
 from ...model.physics import Propagator
 from ...parallel.exchange import ExchangeStats, SerialExchange, agree
@@ -34,88 +33,13 @@ from .active import ActiveGroup
 from .arrivals import Arrivals, Decision, quiet_bcast
 from .catchup import CatchUp
 from .extend import LEVEL, continued, illumination
+from .planned import IdleEngine, frame_view, is_cxi, planned_config
 
 log = logging.getLogger("ptychompi")
 # DM's share of the iterations after the last row before its refinement when the scan ended
 # before algorithm.dm.refine_from (8x8 test scan, rows in by iteration 9 of 30, refine_from
 # 20: handing over at 20 1.25x offline's registered error, at 4/5 of the rest (25) 1.04x)
 DM_AFTER_SCAN = 0.8
-
-
-def is_cxi(cfg: Config) -> bool:
-    """Whether ``data.path`` is a CXI file (followed as HDF5 SWMR) rather than APS rows."""
-    d = cfg.data
-    return d.format == "cxi" or (d.format == "auto"
-                                 and str(d.path or "").lower().endswith(".cxi"))
-
-
-def planned_config(cfg: Config) -> Config:
-    """``cfg`` with ``data.n_frames`` the planned scan's frame count (from ``scan_dims`` or
-    the MDA file when not set): the row files on disk are not the scan yet."""
-    d = cfg.data
-    if is_cxi(cfg) and not d.scan_dims:
-        raise ConfigError("data.follow of a CXI file needs data.scan_dims [rows, cols]: a "
-                          "row is cols frames")
-    n = d.n_frames
-    if n is None and d.scan_dims:
-        n = int(math.prod(d.scan_dims))
-    if n is None and d.mda_file:
-        from ...io.aps import mda_positions  # noqa: PLC0415
-
-        n = len(mda_positions(d.mda_file, d.mda_pv_map)[0])
-    if n is None:
-        raise ConfigError("data.follow needs the planned scan's size: set data.scan_dims "
-                          "[rows, cols], data.n_frames or data.mda_file")
-    return dataclasses.replace(cfg, data=dataclasses.replace(d, n_frames=int(n)))
-
-
-class FrameView:
-    """A scan source seen through some of its frames (``frames``): the rows in at the start
-    when they are not the first ones, for planning the preprocessing."""
-
-    def __init__(self, source: Any, frames: np.ndarray) -> None:
-        self._source, self._frames = source, np.asarray(frames, np.int64)
-        self.n_frames = len(self._frames)
-        self.positions_m = source.positions_m[self._frames]
-
-    def read(self, indices: Any) -> np.ndarray:
-        return self._source.read(self._frames[np.asarray(indices, np.int64)])
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._source, name)
-
-
-def frame_view(source: Any, frames: np.ndarray) -> Any:
-    """``source`` seen through ``frames`` (a plain copy with fewer frames for the first
-    ones)."""
-    n = len(frames)
-    if np.array_equal(frames, np.arange(n)):
-        return dataclasses.replace(source, n_frames=n, positions_m=source.positions_m[:n])
-    return FrameView(source, frames)
-
-
-class IdleEngine:
-    """Stands in on a rank whose tile has no arrived position: holds its box of the object
-    and the probe, keeps the iteration count and errors, never iterates."""
-
-    name = "idle"
-    fused = False
-    refiner = None
-
-    def __init__(self, backend: Any, obj: Any, probe: Any, iteration: int,
-                 errors: list[float], seconds_compute: float) -> None:
-        self.backend = backend
-        self.object = obj
-        self.probe = probe
-        self.iteration = iteration
-        self.errors = errors
-        self.seconds_compute = seconds_compute
-
-    def illumination(self) -> Any:
-        return self.backend.xp.zeros(self.object.shape, dtype=self.backend.real_dtype)
-
-    def close(self) -> None:
-        pass
 
 
 class FollowReconstruction(Reconstruction):
