@@ -30,35 +30,11 @@ def row_runs(tops: np.ndarray, r0: int, c0: int, h: int, w: int, fh: int,
     merged column intervals, rows in order and intervals left to right (the row-major order
     of :func:`paint`'s mask)."""
     n = tops.shape[0]
-    a = np.empty(n, np.int64)
-    b = np.empty(n, np.int64)
-    c = np.empty(n, np.int64)
-    d = np.empty(n, np.int64)
-    k = 0
-    for j in range(n):  # the windows clipped to the box
-        a[k], b[k] = max(tops[j, 0] - r0, 0), min(tops[j, 0] + fh - r0, h)
-        c[k], d[k] = max(tops[j, 1] - c0, 0), min(tops[j, 1] + fw - c0, w)
-        if a[k] < b[k] and c[k] < d[k]:
-            k += 1
-    order = np.argsort(c[:k])
-    out = np.empty((h * max(k, 1), 3), np.int64)
-    m = 0
-    for y in range(h):
-        lo, hi = -1, -1
-        for t in range(k):
-            j = order[t]
-            if a[j] <= y < b[j]:
-                if c[j] > hi:  # a gap: the current interval is complete
-                    if hi > lo:
-                        out[m, 0], out[m, 1], out[m, 2] = y, lo, hi
-                        m += 1
-                    lo, hi = c[j], d[j]
-                elif d[j] > hi:
-                    hi = d[j]
-        if hi > lo:
-            out[m, 0], out[m, 1], out[m, 2] = y, lo, hi
-            m += 1
-    return out[:m]
+    rects = np.empty((n, 4), np.int64)
+    for k in range(n):
+        rects[k, 0], rects[k, 1] = tops[k, 0], tops[k, 1]
+        rects[k, 2], rects[k, 3] = tops[k, 0] + fh, tops[k, 1] + fw
+    return rect_runs(rects, r0, c0, h, w)
 
 
 @jit(JIT)
@@ -110,9 +86,9 @@ def window_power(out: np.ndarray, y0: int, x0: int, tops: np.ndarray, which: np.
 
 @jit(JIT)
 def rect_runs(rects: np.ndarray, r0: int, c0: int, h: int, w: int) -> np.ndarray:
-    """As :func:`row_runs` for rectangles of any size: the pixels of an ``h x w`` box
-    (top-left at global (r0, c0)) that ``rects`` ((n, 4) global ``[y0, x0, y1, x1)``) cover,
-    as (R, 3) rows ``[y, x0, x1)`` in row-major order."""
+    """The pixels of an ``h x w`` box (top-left at global (r0, c0)) that ``rects`` ((n, 4)
+    global ``[y0, x0, y1, x1)``) cover, as (R, 3) rows ``[y, x0, x1)``: per box row the merged
+    column intervals, in row-major order."""
     n = rects.shape[0]
     a = np.empty(n, np.int64)
     b = np.empty(n, np.int64)
