@@ -203,9 +203,12 @@ def _scratch(frames: tuple[int, ...], count: int) -> list[np.ndarray]:
     return [fftw.empty_aligned((1, *frames), np.complex64) for _ in range(count)]
 
 
-def _frames(frames: tuple[int, ...]) -> Frames:
-    """The scratch frames of a pipeline for (K, M, M) frames."""
-    return Frames(*_scratch(frames, len(Frames._fields)))
+def _frames(frames: tuple[int, ...], *used: str) -> Frames:
+    """The scratch frames ``used`` of a pipeline for (K, M, M) frames (the others empty, so a
+    pipeline allocates only what it touches; all of them without ``used``)."""
+    empty = np.empty((1, frames[0], 0, 0), np.complex64)
+    return Frames(*[fftw.empty_aligned((1, *frames), np.complex64)
+                    if not used or name in used else empty for name in Frames._fields])
 
 
 def _plans(plans: fftw.FftwPlans, frame: tuple[int, ...]) -> tuple[int, int]:
@@ -276,7 +279,7 @@ def lsqml_chunk(job: LsqmlJob, plans: fftw.FftwPlans) -> tuple[float, np.ndarray
                      probe_of=probe_index(job.probes, b, job.probe_of), eps=float(EPS),
                      num=job.num, den=job.den, pnum=pnum, slot=slot, chi=chi)
     err = lsqml_positions(fftw.execute_dft, args, _plans_for(plans, (m0, m1), job.prop),
-                          _frames((kk, m0, m1)))
+                          _frames((kk, m0, m1), "psi", "wave", "tmp"))
     if not (job.with_probe and job.runs is not None and job.shifts is not None):
         return float(err), chi, probe_terms_result(pnum, job.with_probe, job.per_position,
                                                    job.runs)
@@ -297,7 +300,8 @@ def dm_fourier_chunk(job: DmFourierJob, plans: fftw.FftwPlans) -> float:
                          probe_of=probe_index(job.probes, len(job.win), job.probe_of),
                          waves=job.waves, bound=float(job.bound), eps=float(EPS))
     return float(dm_fourier_positions(fftw.execute_dft, args,
-                                      _plans_for(plans, (m0, m1), job.prop), _frames((kk, m0, m1))))
+                                      _plans_for(plans, (m0, m1), job.prop),
+                                      _frames((kk, m0, m1), "psi", "wave", "tmp")))
 
 
 def dm_object_chunk(job: DmObjectJob, plans: fftw.FftwPlans) -> None:
@@ -306,7 +310,7 @@ def dm_object_chunk(job: DmObjectJob, plans: fftw.FftwPlans) -> None:
     keep = job.keep is not None
     fftw.require_aligned(job.waves, *([job.keep] if keep else []))
     kk, m0, m1 = job.probes.shape[1:]
-    scratch = _frames((kk, m0, m1))
+    scratch = _frames((kk, m0, m1), "psi", "tmp")
     args = DmObjectArgs(waves=job.waves, rows=_int64(job.win.rows), cols=_int64(job.win.cols),
                         probes=np.ascontiguousarray(job.probes),
                         probe_of=probe_index(job.probes, len(job.win), job.probe_of),

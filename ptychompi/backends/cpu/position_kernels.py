@@ -98,5 +98,5 @@ def fused_chunk(job: Any, plans: fftw.FftwPlans) -> np.ndarray:
                                                        job.probe_of)),
                         d_row=job.d_row, d_col=job.d_col, eps=float(EPS), out=out)
     fused_position_sums(fftw.execute_dft, args, fk._plans_for(plans, (m0, m1), job.prop),
-                        fk._frames((kk, m0, m1)))
+                        fk._frames((kk, m0, m1), "psi", "wave", "chi", "tmp"))
     return out
