@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +49,53 @@ def as_array_scan():
                                                sim.detector_pixel_m))
 
     return convert
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux ``/proc``), read before anything is killed."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+@pytest.fixture(scope="session")
+def kill_tree():
+    """``kill_tree(proc)``: SIGKILL a launcher and every process under it (MPICH's ranks run in
+    sessions of their own, out of the launcher's group), and return once all are dead, so no
+    rank writes after the call."""
+    def kill(proc: subprocess.Popen, timeout: float = 30) -> None:
+        pids = [*_children(proc.pid), proc.pid]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not all(_gone(pid) for pid in pids):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"processes {pids} outlived SIGKILL by {timeout} s")
+            time.sleep(0.05)
+
+    return kill

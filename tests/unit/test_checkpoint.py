@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -79,7 +77,7 @@ def test_resume_on_another_rank_count_continues(tmp_path, scan, algo):
     assert abs(e_part - e_full) <= 0.05 * e_full, (e_part, e_full)
 
 
-def test_kill_after_second_checkpoint_then_resume(tmp_path, scan):
+def test_kill_after_second_checkpoint_then_resume(tmp_path, scan, kill_tree):
     cfg = write_config(tmp_path / "c.yaml", scan, tmp_path / "out")
     cfg_values = yaml.safe_load(cfg.read_text())
     cfg_values["algorithm"]["iterations"] = 100_000
@@ -103,8 +101,7 @@ def test_kill_after_second_checkpoint_then_resume(tmp_path, scan):
         else:
             pytest.fail("no second checkpoint within 120 s")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill_tree(proc)  # and the ranks, which run in sessions of their own
     with h5py.File(ckpt, "r") as f:  # the checkpoint opens after kill -9
         done = int(f["provenance"].attrs["checkpoint_iteration"])
     cfg_values["algorithm"]["iterations"] = done + 4

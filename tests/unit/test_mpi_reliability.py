@@ -93,7 +93,7 @@ def rank_pids(tag: str, timeout: float = 60) -> dict[int, int]:
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 @pytest.mark.parametrize(("rank", "signum"), [(1, signal.SIGINT), (0, signal.SIGINT),
                                               (1, signal.SIGTERM)])
-def test_signal_to_one_rank_ends_the_job(tmp_path, scan, rank, signum):
+def test_signal_to_one_rank_ends_the_job(tmp_path, scan, rank, signum, kill_tree):
     cfg = config(tmp_path, scan, 100_000)
     tag = uuid.uuid4().hex
     proc = subprocess.Popen([str(MPIEXEC), "-n", "2", str(PTYCHOMPI), "run", str(cfg),
@@ -112,8 +112,7 @@ def test_signal_to_one_rank_ends_the_job(tmp_path, scan, rank, signum):
         elapsed = time.monotonic() - start
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_tree(proc)
     assert elapsed < 10, elapsed
     assert proc.returncode == 128 + signum, stderr
     lines = error_lines(stderr)
@@ -123,7 +122,7 @@ def test_signal_to_one_rank_ends_the_job(tmp_path, scan, rank, signum):
         assert f["provenance"].attrs["checkpoint_iteration"] >= 2
 
 
-def test_ctrl_c_on_mpiexec_says_it_once(tmp_path, scan):
+def test_ctrl_c_on_mpiexec_says_it_once(tmp_path, scan, kill_tree):
     """Item 14: every rank receives the signal; the line appears once."""
     cfg = config(tmp_path, scan, 100_000)
     proc = subprocess.Popen([str(MPIEXEC), "-n", "2", str(PTYCHOMPI), "run", str(cfg),
@@ -138,8 +137,7 @@ def test_ctrl_c_on_mpiexec_says_it_once(tmp_path, scan):
         _, stderr = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_tree(proc)
     assert proc.returncode == 130, stderr
     assert len(error_lines(stderr)) == 1 and "interrupted by SIGINT" in stderr, stderr
 

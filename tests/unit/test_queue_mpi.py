@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -185,7 +184,8 @@ def _checkpoint_iteration(out: Path) -> int:
         return 0
 
 
-def test_kill_9_then_restart_resumes_and_loses_nothing(tmp_path: Path, scans: dict) -> None:
+def test_kill_9_then_restart_resumes_and_loses_nothing(tmp_path: Path, scans: dict,
+                                                      kill_tree) -> None:
     folder = tmp_path / "queue"
     with QueueStore(folder, create=True) as store:
         first = store.add(_config(scans, iterations=3), name="first")
@@ -199,8 +199,7 @@ def test_kill_9_then_restart_resumes_and_loses_nothing(tmp_path: Path, scans: di
         out = Path(long.output_dir)
         _wait_for(lambda: _checkpoint_iteration(out) >= 8, 90, proc)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        kill_tree(proc)  # the rank too: it must not write another checkpoint after this
     with QueueStore(folder) as store:
         before = {j.name: j for j in store.jobs()}
     assert before["first"].state == "done" and before["long"].state == "running"
@@ -230,7 +229,7 @@ def test_kill_9_then_restart_resumes_and_loses_nothing(tmp_path: Path, scans: di
     assert first.id < long.id < last.id
 
 
-def test_add_and_cancel_while_running(tmp_path: Path, scans: dict) -> None:
+def test_add_and_cancel_while_running(tmp_path: Path, scans: dict, kill_tree) -> None:
     folder = tmp_path / "queue"
     with QueueStore(folder, create=True) as store:
         long = store.add(_config(scans, iterations=100000), name="long")
@@ -257,7 +256,7 @@ def test_add_and_cancel_while_running(tmp_path: Path, scans: dict) -> None:
         _, stderr = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc)
     assert proc.returncode == 0, stderr
     with QueueStore(folder) as store:
         jobs = {j.name: j for j in store.jobs()}
