@@ -236,12 +236,15 @@ def test_follow_needs_the_planned_scan():
 
 def test_real_aps_frames_followed(shared_data, tmp_path):
     """The real APS scan-235 frames (20 of 512², a spiral) written as 4 row files while the run
-    follows them: every frame is used, the error falls once all are in, and it ends within
-    1.3x of the same frames reconstructed offline (Fourier error: there is no truth; it
-    falls most in DM's LSQML refinement, which offline takes over at iteration 20 and here,
-    the rows being in by iteration 15 at the latest, after 4/5 of the iterations after the
-    last row: 1.15-1.25x measured, depending on when the rows came; 1.11-1.22x without the
-    continuation of the lit object, which helps the simulated scans' object error)."""
+    follows them: every frame is used, the error falls once all are in, and it ends near the
+    same frames reconstructed offline (Fourier error: there is no truth).
+
+    The end depends on when the rows came. Unhurried, the run waits for each row where its
+    pacing allows no more iterations (iterations 5, 10, 15): that schedule, replayed so that
+    timing cannot change it, must end within 1.3x of offline (the latest arrivals: DM's
+    LSQML refinement, which offline takes over at iteration 20, has 4/5 of the iterations
+    after the last row). Any other schedule (a loaded machine, whose iterations are slower
+    than the rows) brings the rows in earlier: within 1.4x."""
     data = np.load(shared_data / "aps-scan235-truncated" / "test235_truncated.npz")
     folder = tmp_path / "src"
     folder.mkdir()
@@ -267,13 +270,24 @@ def test_real_aps_frames_followed(shared_data, tmp_path):
         assert r.frames_in == 20 and r.decision.rows == 4
         assert len(r.arrivals.schedule) > 1
         last = r.arrivals.schedule[-1][0]  # the iteration from which every row is in
+        followed = r.arrivals.schedule
     assert writer.wait(timeout=30) == 0
     assert np.all(np.isfinite(errors)) and errors[-1] < errors[last], errors
     offline = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "follow"}}
     with Reconstruction(offline) as r:
         r.run()
         reference = r.metrics["error"][-1]
-    assert errors[-1] < 1.3 * reference, (errors[-1], reference)
+    assert errors[-1] < 1.4 * reference, (errors[-1], reference)
+    latest = [[0, 1], [5, 2], [10, 3], [15, 4]]  # 30 iterations, 10 kept for the end
+    cfg["output"]["directory"] = str(tmp_path / "replayed")
+    cfg["data"]["follow"]["schedule"] = latest
+    with build_follow(config_from_dict(cfg), None) as r:
+        r.run()
+        assert r.arrivals.schedule == latest
+        replayed = r.metrics["error"][-1]
+    assert replayed < 1.3 * reference, (replayed, reference)
+    if followed == latest:
+        assert replayed == errors[-1]  # a replay is the run it replays
 
 
 def test_progress_note():
