@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 
@@ -29,10 +30,70 @@ def atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     """An HDF5 file written under ``<path>.tmp-<pid>`` and renamed to ``path`` on success.
 
     A crash or an exception leaves any previous file at ``path`` untouched and no temporary.
+    A write that fails (a full disk) raises one OSError: HDF5 writes through a
+    :class:`_Sink`, which after the first failure takes every further write (the flushes of
+    closing) without touching the disk, so the file closes cleanly instead of failing again
+    as each of its objects is freed.
     """
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        yield f
-        f.flush()
+    with atomic_path(path) as tmp, open(tmp, "w+b") as raw:
+        sink = _Sink(raw)
+        try:
+            with h5py.File(sink, "w") as f:
+                yield f
+                f.flush()
+        except (OSError, RuntimeError):
+            if sink.failure is None:
+                raise
+            raise sink.failure from None  # HDF5 reports it as its own error, or not at all
+        if sink.failure is not None:
+            raise sink.failure
+
+
+class _Sink:
+    """The file object HDF5 writes through: the real file until a write fails, nothing after
+    (the temporary is deleted anyway); the first failure is kept in :attr:`failure`."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.failure: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        if self.failure is None:
+            try:
+                return self.raw.write(data)
+            except OSError as exc:
+                self.failure = exc
+                raise
+        return len(memoryview(data))
+
+    def flush(self) -> None:
+        if self.failure is None:
+            try:
+                self.raw.flush()
+            except OSError as exc:
+                self.failure = exc
+                raise
+
+    def read(self, size: int = -1) -> bytes:
+        return self.raw.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        return self.raw.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.failure is None:
+            try:
+                return self.raw.truncate(size)
+            except OSError as exc:
+                self.failure = exc
+                raise
+        return self.raw.tell() if size is None else size
 
 
 @contextlib.contextmanager

@@ -191,3 +191,43 @@ def test_estimate_matches_real_file(tmp_path):
     size = (tmp_path / "r.h5").stat().st_size
     assert size <= est <= size + 100_000
     assert estimate_result_bytes((10, 10), (1, 4, 4), 1, 1, checkpoint_state_bytes=10**6) > 10**6
+
+
+_LIMITED_WRITER = """
+import resource, signal, sys
+import numpy as np
+from ptychompi.io.results import write_result
+sys.path.insert(0, {tests!r})
+from test_results import _data
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    write_result(sys.argv[1], _data(1))
+except OSError as exc:
+    print("OSError", exc.errno)
+else:
+    print("written")
+"""
+
+
+def test_write_failing_anywhere_is_one_oserror(tmp_path):
+    """A disk that fails at any byte of the file (here a file-size limit, a real failed
+    write): one OSError naming it, no "Exception ignored" tracebacks from HDF5's objects as
+    they are freed, no temporary left, the previous file whole."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    path = tmp_path / "r.h5"
+    write_result(str(path), _data(0))
+    size = path.stat().st_size
+    script = _LIMITED_WRITER.format(tests=os.path.dirname(__file__))
+    for limit in sorted({0, 512, 2048, 4096, size // 3, size // 2, size - 600, size - 100,
+                         size - 1}):
+        proc = subprocess.run([sys.executable, "-c", script, str(path), str(limit)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.split() == ["OSError", "27"], (
+            limit, proc.stdout, proc.stderr)
+        assert proc.stderr == "", (limit, proc.stderr)
+        assert os.listdir(tmp_path) == ["r.h5"], limit
+        np.testing.assert_array_equal(read_result(str(path)).object, _data(0).object)
