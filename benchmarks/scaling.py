@@ -37,6 +37,7 @@ import numpy as np
 import scaling_model
 
 import ptychompi
+from ptychompi.parallel.sparse_halo import TouchedHalo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "RESULT "
@@ -61,13 +62,14 @@ def worker(args: argparse.Namespace) -> int:
     recon = ptychompi.Reconstruction(cfg, comm, scan=scan)
     setup = time.perf_counter() - t0
     if hasattr(recon.engine, "touched_halo"):  # LSQML: per-batch halo of what was touched
-        recon.engine.touched_halo = args.halo in ("touched", "touched-sent")
+        recon.engine.touched_halo = args.halo != "full"
+        TouchedHalo.compact = args.halo == "touched"  # the numerator to the object's precision
         if args.halo == "touched-sent":  # the halos' illumination sent, not recomputed
             recon.engine._halo_powers = False
     for _ in range(args.warmup):
         recon.step()
     m0 = recon.metrics
-    keys = ("halo_bytes", "halo_sums", "reductions", "collectives")
+    keys = ("halo_bytes", "halo_sums", "halo_messages", "reductions", "collectives")
     s0 = {k: getattr(recon.exchange.stats, k) for k in keys}
     seconds = []
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -199,9 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="FFT threads per rank")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="LSQML's positions per batch (default: a tenth of the scan)")
-    ap.add_argument("--halo", default="touched", choices=("touched", "touched-sent", "full"),
+    ap.add_argument("--halo", default="touched",
+                    choices=("touched", "touched-float32", "touched-sent", "full"),
                     help="LSQML's per-batch halo sums: the pixels touched (the illumination "
-                         "recomputed; touched-sent: sent too), or the full halo")
+                         "recomputed, the numerator to the object's precision; "
+                         "touched-float32: as float32; touched-sent: the illumination sent "
+                         "too), or the full halo")
     ap.add_argument("--mpiexec", default=os.path.join(os.path.dirname(sys.executable),
                                                       "mpiexec"))
     ap.add_argument("--timeout", type=float, default=600)

@@ -17,7 +17,7 @@ from ..ops import LsqmlJob
 from ..parallel.sparse_halo import TouchedHalo
 from .base import Engine
 from .batch_layout import frame_cells, stratified_parts
-from .lsqml_halo import halo_illumination
+from .lsqml_halo import halo_illumination, numerator_scale
 from .noise import noise_model
 from .visits import extra_rounds
 
@@ -202,8 +202,8 @@ class LSQML(Engine):
         # (num, illum): the illumination is computed here, from a probe all ranks share
         if (self._halo_powers and len(arrays) == 2 and not self.backend.is_gpu
                 and self.schedule.probe_share_frequency == 1):
-            touched.sum(self._part, arrays[0])
-            halo_illumination(self, touched, self._part, arrays[1])
+            halo_illumination(self, touched, self._part, arrays[1])  # first: it scales
+            touched.sum(self._part, arrays[0], scale=numerator_scale(self, arrays[1]))
         else:
             touched.sum(self._part, *arrays)
 

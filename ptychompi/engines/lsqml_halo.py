@@ -37,6 +37,14 @@ def shift_powers(backend: Any, probe: Any, keys: np.ndarray, bins: int) -> np.nd
     return out
 
 
+def numerator_scale(engine: Any, illum: np.ndarray) -> tuple[Any, np.ndarray, float]:
+    """(object, illumination, λ') for :meth:`TouchedHalo.sum`'s ``scale``: the numerator
+    moves the object by ``α N / sqrt(D² + λ)``, λ = (δ max D)² over all ranks, of which
+    this rank's largest D gives a lower bound λ' (the halo's illumination is set first)."""
+    top = float(illum.max()) if illum.size else 0.0
+    return engine.object, illum, (engine.cfg.lsqml.delta * top) ** 2
+
+
 def halo_illumination(engine: Any, touched: Any, part: np.ndarray, illum: np.ndarray) -> None:
     """Set ``illum`` over every halo of ``touched`` to the whole batch ``part``'s
     illumination (all ranks' windows), computed here."""

@@ -39,6 +39,7 @@ __all__ = ["ABORT_GRACE_S", "ALIGN", "ExchangeStats", "MPIExchange", "Pending", 
 
 #: byte alignment of each neighbour's segment in the packed halo buffer (complex128 on a GPU)
 ALIGN = 16
+HALO_TAG = 2020  # point-to-point halo messages of varying length (neighbour_messages)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class ExchangeStats:
     halo_sums: int = 0
     reductions: int = 0
     halo_bytes: int = 0
+    halo_messages: int = 0
     collectives: int = 0
     checks: int = 0
 
@@ -271,6 +273,7 @@ class MPIExchange:
         self.stats.collectives += 1
         self.stats.bytes_sent += plan.total
         self.stats.halo_bytes += plan.total
+        self.stats.halo_messages += len(self.neighbours)
         for k, (rs, cs), _, recv_view in plan.pieces:
             arrays[k][..., rs, cs] += recv_view
 
@@ -291,6 +294,38 @@ class MPIExchange:
         sent = int(sum(send_spec[0]))
         self.stats.bytes_sent += sent
         self.stats.halo_bytes += sent
+        self.stats.halo_messages += sum(1 for c in send_spec[0] if c)
+
+    def neighbour_messages(self, sends: list[np.ndarray | None], recvs: list[np.ndarray | None],
+                           new_sum: bool = True) -> list[int]:
+        """Messages of varying length, point to point: ``sends[i]`` (bytes, or None: nothing)
+        to neighbour ``i``, and from it into ``recvs[i]`` (at least as long as what it sends,
+        or None where it sends nothing); counted as a halo sum or a further step of one
+        (:meth:`neighbour_bytes`). The received lengths."""
+        from mpi4py import MPI  # noqa: PLC0415
+
+        self.stats.halo_sums += int(new_sum)
+        t0 = time.perf_counter()
+        requests = [self._graph.Isend([b, MPI.BYTE], dest=n, tag=HALO_TAG)
+                    for n, b in zip(self.neighbours, sends, strict=True) if b is not None]
+        lengths = []
+        for n, b in zip(self.neighbours, recvs, strict=True):
+            if b is None:
+                lengths.append(0)
+                continue
+            status = MPI.Status()
+            self._graph.Probe(source=n, tag=HALO_TAG, status=status)
+            count = status.Get_count(MPI.BYTE)
+            self._graph.Recv([b[:count], MPI.BYTE], source=n, tag=HALO_TAG)
+            lengths.append(count)
+        MPI.Request.Waitall(requests)
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.collectives += 1
+        sent = sum(int(b.size) for b in sends if b is not None)
+        self.stats.bytes_sent += sent
+        self.stats.halo_bytes += sent
+        self.stats.halo_messages += len(requests)
+        return lengths
 
     # ------------------------------------------------------------------ reductions
     def _timed(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

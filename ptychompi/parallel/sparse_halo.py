@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import halo_kernels
+from . import halo_codec, halo_kernels
 from .tiling import Box
 
 
@@ -41,8 +41,11 @@ class TouchedHalo:
     Built collectively (one ``allgather`` of every frame's owner and window corner). ``sum``
     must be called by every rank with the same global batch (the frame indices of all ranks'
     members) and arrays of the same dtypes and leading shapes, like
-    :meth:`MPIExchange.halo_sum`.
+    :meth:`MPIExchange.halo_sum`. ``compact`` (class-wide, on): ``sum``'s ``scale`` is used
+    (off: the numerator travels as float32 whatever ``scale``; a benchmark's comparison).
     """
+
+    compact = True
 
     def __init__(self, exchange: Any, indices: np.ndarray, rows: np.ndarray,
                  cols: np.ndarray, n_global: int, frame: tuple[int, int]) -> None:
@@ -135,18 +138,69 @@ class TouchedHalo:
                                      np.minimum(t[:, 1] + fw, halo.c1)], axis=1))
         return np.ascontiguousarray(np.concatenate(out), dtype=np.int64)
 
-    def sum(self, part: np.ndarray, *arrays: Any) -> None:
+    def sum(self, part: np.ndarray, *arrays: Any,
+            scale: tuple[Any, Any, float] | None = None) -> None:
         """Add, in place, the neighbours' ``arrays`` ((..., H, W) of the box, zero outside
         their batch windows) over the halo pixels the batch ``part`` touched: the same
         result as ``exchange.halo_sum(*arrays)`` (routed: to float rounding where four tiles
-        meet). Device (GPU) or non-contiguous arrays take the full halo sum."""
+        meet). Device (GPU) or non-contiguous arrays take the full halo sum.
+
+        ``scale`` = (object, illumination, λ') of the box: one complex64 array (LSQML's
+        numerator) travels to the object's precision (:mod:`.halo_codec`): the values sent,
+        here too, are rounded below ``2^-24 |O| sqrt(D² + λ')``, so every rank adds the same
+        numbers."""
         if not arrays or any(hasattr(a, "__cuda_array_interface__") or a.ndim != 2
                              for a in arrays):
             self.exchange.halo_sum(*arrays)
             return
+        compact = (self.compact and scale is not None and len(arrays) == 1
+                   and arrays[0].dtype == np.complex64 and scale[0].dtype == np.complex64
+                   and scale[0].shape == arrays[0].shape == scale[1].shape
+                   and hasattr(self.exchange, "neighbour_messages"))
         steps = self.routed_plan(part) if self.routed else [self.plan(part)]
         for k, runs in enumerate(steps):
-            self._step(runs, arrays, new_sum=k == 0)  # one halo sum (ExchangeStats.halo_sums)
+            if compact:
+                self._step_compact(runs, arrays[0], scale, new_sum=k == 0)
+            else:  # one halo sum (ExchangeStats.halo_sums)
+                self._step(runs, arrays, new_sum=k == 0)
+
+    def _step_compact(self, runs: list[tuple[np.ndarray, np.ndarray]], num: np.ndarray,
+                      scale: tuple[Any, Any, float], new_sum: bool = True) -> None:
+        """:meth:`_step` for one complex64 array rounded and packed by :mod:`.halo_codec`:
+        a message of its own length to each neighbour that gets pixels."""
+        obj, illum, floor = scale
+        counts = [(_pixels(s), _pixels(r)) for s, r in runs]
+        n_send = sum(c[0] for c in counts)
+        vals = np.empty(2 * max(n_send, 1), np.float32)
+        exps = np.empty(max(n_send, 1), np.int32)
+        send_room = [halo_codec.max_bytes(c[0]) for c in counts]
+        recv_room = [halo_codec.max_bytes(c[1]) for c in counts]
+        send = self._buffer(0, sum(send_room))
+        recv = self._buffer(1, sum(recv_room))
+        sends: list[np.ndarray | None] = []
+        offset = 0
+        for i, (rows, _) in enumerate(runs):  # every gather (and rounding) before any add
+            if counts[i][0] == 0:
+                sends.append(None)
+                continue
+            y0, x0 = self._corner[i]
+            n = halo_codec.gather_quantized(num, y0, x0, rows, obj, illum, float(floor),
+                                            halo_codec.OBJECT_BITS, vals, exps)
+            out = send[offset:offset + send_room[i]]
+            sends.append(out[:halo_codec.encode(vals, vals.view(np.uint32), exps, n, out)])
+            offset += send_room[i]
+        recvs: list[np.ndarray | None] = []
+        offset = 0
+        for i in range(len(runs)):
+            recvs.append(recv[offset:offset + recv_room[i]] if counts[i][1] else None)
+            offset += recv_room[i]
+        self.exchange.neighbour_messages(sends, recvs, new_sum)
+        for i, (_, rows) in enumerate(runs):
+            if counts[i][1] == 0:
+                continue
+            got = np.empty(2 * counts[i][1], np.float32)
+            halo_codec.decode(recvs[i], counts[i][1], got, got.view(np.uint32))
+            halo_kernels.scatter_runs(num, *self._corner[i], rows, got.view(np.complex64))
 
     def _step(self, runs: list[tuple[np.ndarray, np.ndarray]], arrays: tuple[Any, ...],
               new_sum: bool = True) -> None:
