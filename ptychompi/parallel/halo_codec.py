@@ -30,6 +30,10 @@ BLOCK = 16  # pixels per block (two float32 values each)
 RAW = 255  # the Rice parameter of a block sent as float32 (a 1-byte header)
 ESCAPE = 128  # exponent change byte: a full int16 exponent follows
 NONE = -32768  # exponent of a pixel sent as it is (no scale)
+POW0 = 1100  # POW2[POW0 + i] = 2^i (0 or inf beyond float64's range)
+POW2 = np.array([math.ldexp(1.0, i - POW0) if i - POW0 < 1024 else math.inf
+                 for i in range(2 * POW0 + 1)])
+TRAILING = np.array([0] + [(i & -i).bit_length() - 1 for i in range(1, 256)], np.int64)
 OBJECT_BITS = 21  # k: the numerator's digits kept below the object's (complex64)
 
 
@@ -52,11 +56,10 @@ def gather_quantized(src: np.ndarray, y0: int, x0: int, runs: np.ndarray, obj: n
             e = NONE
             if s > 0.0 and s < math.inf:
                 e = math.frexp(s)[1] - 1 - bits
-                a, b = math.ldexp(re, -e), math.ldexp(im, -e)
+                down, up = POW2[POW0 - e], POW2[POW0 + e]  # exact powers of two
+                a, b = re * down, im * down
                 if abs(a) < 4194304.0 and abs(b) < 4194304.0:  # 2^22: fits a block's int
-                    re = math.ldexp(math.floor(a + 0.5), e)
-                    im = math.ldexp(math.floor(b + 0.5), e)
-                    src[y, x] = complex(re, im)
+                    src[y, x] = complex(math.floor(a + 0.5) * up, math.floor(b + 0.5) * up)
                     re, im = float(src[y, x].real), float(src[y, x].imag)
                 else:
                     e = NONE  # already coarser than the scale: sent as it is
@@ -75,7 +78,7 @@ def encode(vals: np.ndarray, words: np.ndarray, exps: np.ndarray, n: int,
     best parameter ``r`` (``z >> r`` in unary, then ``r`` low bits); the bytes written (at
     most :func:`max_bytes`)."""
     pos, last = 0, 0
-    zs = np.empty(2 * BLOCK, np.uint64)
+    zs = np.empty(2 * BLOCK, np.int64)
     for start in range(0, n, BLOCK):
         stop = min(start + BLOCK, n)
         nv = 2 * (stop - start)
@@ -91,13 +94,18 @@ def encode(vals: np.ndarray, words: np.ndarray, exps: np.ndarray, n: int,
                     raw = True
                     break
                 iq = int(q)
-                zs[t] = np.uint64((iq << 1) ^ (iq >> 63))
+                zs[t] = (iq << 1) ^ (iq >> 63)
         best, cost = RAW, 32 * nv  # bits; no better than float32: raw
         if not raw:
-            for r in range(32):
+            mean = 0.0
+            for t in range(nv):
+                mean += float(zs[t])
+            mean /= nv
+            r0 = math.frexp(mean)[1] - 1 if mean >= 1.0 else 0  # near the best Rice parameter
+            for r in range(max(r0 - 2, 0), min(r0 + 2, 31) + 1):
                 c = 0
                 for t in range(nv):
-                    c += int(zs[t] >> np.uint64(r)) + 1 + r
+                    c += (zs[t] >> r) + 1 + r
                 if c < cost:
                     best, cost = r, c
         if best == RAW:
@@ -119,27 +127,24 @@ def encode(vals: np.ndarray, words: np.ndarray, exps: np.ndarray, n: int,
             buf[pos + 1], buf[pos + 2], buf[pos + 3] = ESCAPE, u & 255, u >> 8
             pos += 4
         last = emin
-        acc, filled = np.uint64(0), 0
-        rr = np.uint64(best)
-        mask = (np.uint64(1) << rr) - np.uint64(1)
+        acc, filled = 0, 0  # bits not yet written (at most 8 + 1 + 31: int64)
+        mask = (1 << best) - 1
         for t in range(nv):
-            filled += int(zs[t] >> rr)  # unary: zeros, then a one
+            filled += zs[t] >> best  # unary: zeros, then a one
             while filled >= 8:
-                buf[pos] = acc & np.uint64(255)
-                acc >>= np.uint64(8)
+                buf[pos] = acc & 255
+                acc >>= 8
                 pos += 1
                 filled -= 8
-            acc |= np.uint64(1) << np.uint64(filled)
-            filled += 1
-            acc |= (zs[t] & mask) << np.uint64(filled)
-            filled += best
+            acc |= ((((zs[t] & mask) << 1) | 1) << filled)
+            filled += best + 1
             while filled >= 8:
-                buf[pos] = acc & np.uint64(255)
-                acc >>= np.uint64(8)
+                buf[pos] = acc & 255
+                acc >>= 8
                 pos += 1
                 filled -= 8
         if filled > 0:
-            buf[pos] = acc & np.uint64(255)
+            buf[pos] = acc & 255
             pos += 1
     return pos
 
@@ -170,28 +175,28 @@ def decode(buf: np.ndarray, n: int, out: np.ndarray, words: np.ndarray) -> int:
                 words[i] = b
                 pos += 4
             continue
-        acc, filled = np.uint64(0), 0
-        rr = np.uint64(r)
-        mask = (np.uint64(1) << rr) - np.uint64(1)
+        acc, filled = 0, 0
+        mask = (1 << r) - 1
         for i in range(2 * start, 2 * stop):
             high = 0
-            while True:  # unary
-                if filled == 0:
-                    acc = np.uint64(buf[pos])
-                    pos += 1
-                    filled = 8
-                bit = int(acc & np.uint64(1))
-                acc >>= np.uint64(1)
-                filled -= 1
-                if bit:
-                    break
-                high += 1
+            while acc == 0:  # unary: the zeros up to the next one
+                high += filled
+                acc = int(buf[pos])
+                pos += 1
+                filled = 8
+            t = 0
+            while acc & (255 << t) == 0:
+                t += 8
+            t += TRAILING[(acc >> t) & 255]
+            high += t
+            acc >>= t + 1
+            filled -= t + 1
             while filled < r:
-                acc |= np.uint64(buf[pos]) << np.uint64(filled)
+                acc |= int(buf[pos]) << filled
                 pos += 1
                 filled += 8
-            z = (high << r) | int(acc & mask)
-            acc >>= rr
+            z = (high << r) | (acc & mask)
+            acc >>= r
             filled -= r
             q = (z >> 1) ^ -(z & 1)
             out[i] = math.ldexp(float(q), emin)
