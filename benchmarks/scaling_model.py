@@ -8,10 +8,13 @@
   the fullest one at each), times ``N / cores`` when ranks share fewer cores (the
   check here also gives a second prediction that uses, instead, the CPU share each rank got:
   CPU time over wall time, measured, since other jobs share this machine);
-- halo: per halo sum one message per neighbour (latency each) plus the rank's halo bytes per
-  iteration over the bandwidth; the halo bytes are ``kappa x`` the rank's halo area, with
-  ``kappa`` (bytes per halo pixel per iteration) and the halo sums per iteration counted by
-  the exchange in a real multi-rank run;
+- halo: per halo sum one latency per message plus the rank's halo bytes per iteration over
+  the bandwidth; the halo bytes are ``kappa x`` the rank's halo area, with ``kappa`` (bytes
+  per halo pixel per iteration, as the code sends them now: LSQML's touched pixels, routed,
+  the numerator Rice-coded) and the halo sums per iteration counted by the exchange in a
+  real multi-rank run; the messages per halo sum are the neighbours, or on a routed grid
+  (``sparse_halo.routable``: rows, then columns) the row and column neighbours only, which
+  the check compares with the messages the exchange counted;
 - collectives: the other MPI calls per iteration (counted) as ``2 log2 N`` latencies each
   plus twice their counted bytes (probe reductions, scaled by the frame area) over the
   bandwidth, as a recursive-doubling Allreduce.
@@ -31,6 +34,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ptychompi.parallel.sparse_halo import routable
 from ptychompi.parallel.tiling import decompose
 
 #: GPU seconds per position per iteration, 256² frame, single precision (an estimate: about
@@ -50,6 +54,7 @@ class Counts:
     other_collectives: float
     other_bytes: float
     frame: int
+    halo_messages: float = 0.0
 
 
 @dataclass
@@ -68,7 +73,7 @@ def counts_from(result: dict) -> Counts:
         bytes_per_halo_pixel=worst["halo_bytes_per_iter"] / worst["halo_area"],
         other_collectives=worst["collectives_per_iter"] - worst["halo_sums_per_iter"],
         other_bytes=worst["bytes_per_iter"] - worst["halo_bytes_per_iter"],
-        frame=result["frame"])
+        frame=result["frame"], halo_messages=worst.get("halo_messages_per_iter", 0.0))
 
 
 def raster_px(grid: int, step: float) -> np.ndarray:
@@ -88,7 +93,19 @@ def tile_figures(positions_px: np.ndarray, frame: int, ranks: int, batches: int 
     most = max(len(t.indices) for t in tiles)
     return {"positions": most, "halo_area": max(areas),
             "neighbours": max(len(t.neighbours) for t in tiles), "grid": list(tiles[0].grid),
+            "messages_per_sum": messages_per_sum(tiles, batches > 1),
             "batch_positions": batch_positions(owner, ranks, batches) if batches > 1 else most}
+
+
+def messages_per_sum(tiles: list, touched: bool) -> int:
+    """Most messages a rank sends per halo sum: one per neighbour, or, for LSQML's touched
+    sums on a routed grid, one per row and column neighbour (a diagonal neighbour's part
+    rides in them; pixels outside the corner boxes, which travel directly, are left out)."""
+    if not (touched and routable(tiles)):
+        return max(len(t.neighbours) for t in tiles)
+    return max(sum(1 for n in t.neighbours
+                   if tiles[n].coords[0] == t.coords[0] or tiles[n].coords[1] == t.coords[1])
+               for t in tiles)
 
 
 def batch_positions(owner: np.ndarray, ranks: int, batches: int, sweeps: int = 3) -> float:
@@ -115,7 +132,8 @@ def predict(ranks: int, tiles: dict, position_s: float, counts: Counts, net: Net
     compute = position_s * tiles.get("batch_positions", tiles["positions"]) * slowdown
     if ranks == 1:
         return {"compute": compute, "halo": 0.0, "collectives": 0.0, "total": compute}
-    halo = (counts.halo_sums * tiles["neighbours"] * net.latency_s
+    messages = tiles.get("messages_per_sum", tiles["neighbours"])
+    halo = (counts.halo_sums * messages * net.latency_s
             + counts.bytes_per_halo_pixel * tiles["halo_area"] / net.bandwidth_Bps)
     steps = math.ceil(math.log2(ranks))
     other_bytes = counts.other_bytes * (frame / counts.frame) ** 2  # probe-sized reductions
@@ -145,7 +163,14 @@ def check_here(measured: list[dict], counts: Counts, net: Network, args: argpars
                      "predicted_share_s": q["total"], "ratio_share": t / q["total"],
                      "parts": p, "tiles": tiles,
                      "measured_comm_s": max(r["comm_s_per_iter"] for r in m["per_rank"]),
-                     "measured_bytes": max(r["bytes_per_iter"] for r in m["per_rank"])})
+                     "measured_bytes": max(r["bytes_per_iter"] for r in m["per_rank"]),
+                     "halo_bytes": max(r["halo_bytes_per_iter"] for r in m["per_rank"]),
+                     "predicted_halo_bytes": (counts.bytes_per_halo_pixel
+                                              * tiles["halo_area"]) if m["ranks"] > 1 else 0,
+                     "halo_messages": max(r.get("halo_messages_per_iter", 0)
+                                          for r in m["per_rank"]),
+                     "predicted_messages": (counts.halo_sums * tiles["messages_per_sum"]
+                                            if m["ranks"] > 1 else 0)})
     return rows
 
 
@@ -177,7 +202,8 @@ def project(counts: Counts, net: Network, position_s: float, step_px: float) -> 
 def check_table(rows: list[dict]) -> str:
     head = (f"{'ranks':>5} {'measured s/it':>13} {'predicted':>9} {'meas/pred':>9} "
             f"{'cpu share':>9} {'pred(share)':>11} {'meas/pred':>9} "
-            f"{'compute':>8} {'halo':>8} {'coll':>8} {'meas comm':>9} {'KiB/it':>8}")
+            f"{'compute':>8} {'halo':>8} {'coll':>8} {'meas comm':>9} {'KiB/it':>8} "
+            f"{'halo KiB':>8} {'pred':>8} {'msgs':>5} {'pred':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
         p = r["parts"]
@@ -185,18 +211,21 @@ def check_table(rows: list[dict]) -> str:
                      f"{r['ratio']:9.2f} {r['cpu_share']:9.2f} {r['predicted_share_s']:11.4f} "
                      f"{r['ratio_share']:9.2f} {p['compute']:8.4f} {p['halo']:8.5f} "
                      f"{p['collectives']:8.5f} {r['measured_comm_s']:9.4f} "
-                     f"{r['measured_bytes'] / 1024:8.1f}")
+                     f"{r['measured_bytes'] / 1024:8.1f} {r['halo_bytes'] / 1024:8.1f} "
+                     f"{r['predicted_halo_bytes'] / 1024:8.1f} {r['halo_messages']:5.0f} "
+                     f"{r['predicted_messages']:5.0f}")
     return "\n".join(lines)
 
 
 def projection_table(proj: dict) -> str:
-    head = ("| GPUs | strong: grid | positions/GPU | halo px/GPU | nbrs | s/iter | comm % "
-            "| speed-up | eff. | weak: frames | s/iter | eff. |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| GPUs | strong: grid | positions/GPU | halo px/GPU | nbrs | msgs/sum | s/iter "
+            "| comm % | speed-up | eff. | weak: frames | s/iter | eff. |")
+    lines = [head, "|" + "---|" * 13]
     for s, w in zip(proj["strong"], proj["weak"], strict=True):
         comm = (s["halo"] + s["collectives"]) / s["total"] * 100
         lines.append(f"| {s['ranks']} | {s['grid'][0]}x{s['grid'][1]} | {s['positions']} | "
-                     f"{s['halo_area']} | {s['neighbours']} | {s['total']:.4g} | {comm:.0f} | "
+                     f"{s['halo_area']} | {s['neighbours']} | {s['messages_per_sum']} | "
+                     f"{s['total']:.4g} | {comm:.0f} | "
                      f"{s['speedup']:.0f} | {s['efficiency']:.2f} | {w['frames']} | "
                      f"{w['total']:.3g} | {w['efficiency']:.2f} |")
     return "\n".join(lines)
@@ -284,7 +313,8 @@ def run(args: argparse.Namespace, launch: Callable[[argparse.Namespace, int], di
     step = common.scan_params(args.frame)["step_px"]
     rows = check_here(measured, counts, net_here, args, raster_px(args.grid, step))
     print(f"counted per rank per iteration ({counts.ranks} ranks): {counts.halo_sums:g} halo "
-          f"sums, {counts.bytes_per_halo_pixel:.1f} B per halo pixel, "
+          f"sums in {counts.halo_messages:g} messages, {counts.bytes_per_halo_pixel:.1f} B per "
+          f"halo pixel, "
           f"{counts.other_collectives:g} other collectives, {counts.other_bytes:.0f} B in them")
     print(f"local network (ping-pong): {net_here.latency_s * 1e6:.2f} us, "
           f"{net_here.bandwidth_Bps / 1e9:.2f} GB/s")

@@ -66,6 +66,20 @@ def test_batch_synchronisation_waits_for_the_fullest_rank() -> None:
     assert p["compute"] == pytest.approx(1e-3 * t4["batch_positions"])
 
 
+def test_routed_sums_send_to_row_and_column_neighbours_only() -> None:
+    """A 2x2 grid: DM's one halo sum a message to each of 3 neighbours, LSQML's routed
+    touched sums 2 (row, then column: what the exchange counts), and the halo term follows."""
+    pos = sm.raster_px(12, 8.0)
+    dm, lsqml = sm.tile_figures(pos, 64, 4), sm.tile_figures(pos, 64, 4, batches=10)
+    assert (dm["messages_per_sum"], lsqml["messages_per_sum"]) == (3, 2)
+    two = sm.tile_figures(pos, 64, 2, batches=10)
+    assert two["messages_per_sum"] == two["neighbours"] == 1  # one row: not routed
+    counts = sm.Counts(ranks=4, halo_sums=10, bytes_per_halo_pixel=0.0, other_collectives=0,
+                       other_bytes=0.0, frame=64)
+    p = sm.predict(4, lsqml, 0.0, counts, sm.Network(1e-6, 1e9), frame=64)
+    assert p["halo"] == pytest.approx(10 * 2 * 1e-6)
+
+
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec beside the interpreter")
 def test_model_predicts_two_ranks_here(tmp_path: Path) -> None:
     out, png = tmp_path / "model.json", tmp_path / "model.png"
