@@ -66,6 +66,15 @@ def _writer(folder: Path, tmp: Path, *args: str) -> subprocess.Popen:
                              str(tmp / "writer.log"), *args])
 
 
+def _started(writer: subprocess.Popen, path: Path, timeout: float = 60) -> None:
+    """Wait until the writer has created ``path`` (a loaded machine starts Python slowly; the
+    follow timeouts these tests end scans with count from the reconstruction's start)."""
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert writer.poll() is None and time.monotonic() < end, "the writer did not start"
+        time.sleep(0.05)
+
+
 def _write_rows(s, tmp: Path) -> None:
     """Every row file of the scan at once (for replayed schedules)."""
     rows = tmp / "rows"
@@ -137,6 +146,7 @@ def test_aborted_scan_ends_at_timeout_with_the_rows_that_arrived(sim, tmp_path):
     cfg = _config(s, folder, tmp_path, timeout_s=1.5)
     cfg["algorithm"]["iterations"] = 20
     writer = _writer(folder, tmp_path, "--delay", "0.2", "--stop", "5")
+    _started(writer, tmp_path / "rows" / "scan_001.h5")
     t0 = time.monotonic()
     proc = _run_cli(cfg, tmp_path, ranks=2)
     assert writer.wait(timeout=30) == 0
@@ -444,6 +454,7 @@ def test_cxi_frames_flushed_extent_first_are_never_read_half_written(sim, tmp_pa
 
     s, _ = sim
     writer, path = _cxi_writer(sim, tmp_path, "--slow", "0.05", "--stop", "2", "--delay", "0")
+    _started(writer, path)
     cfg = _cxi_config(s, path, timeout_s=3.0)
     cfg["algorithm"]["iterations"] = 10
     with build_follow(config_from_dict(cfg), None) as r:
