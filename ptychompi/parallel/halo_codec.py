@@ -46,16 +46,20 @@ def gather_quantized(src: np.ndarray, y0: int, x0: int, runs: np.ndarray, obj: n
     floor))) - bits``, in place, and gather them into ``out`` (float32 pairs) with ``exps``;
     the count. Rounding twice gives the same value."""
     k = 0
+    word = np.empty(1, np.float64)
+    word_bits = word.view(np.int64)
     for r in range(runs.shape[0]):
         y = y0 + runs[r, 0]
         for x in range(x0 + runs[r, 1], x0 + runs[r, 2]):
             v = src[y, x]
             re, im = float(v.real), float(v.imag)
             d = float(illum[y, x])
-            s = abs(obj[y, x]) * math.sqrt(d * d + floor)
+            o = obj[y, x]
+            s2 = (float(o.real) ** 2 + float(o.imag) ** 2) * (d * d + floor)  # the scale²
             e = NONE
-            if s > 0.0 and s < math.inf:
-                e = math.frexp(s)[1] - 1 - bits
+            if s2 > 1e-300 and s2 < 1e300:  # normal: floor(log2 s) from s²'s exponent bits
+                word[0] = s2
+                e = ((((word_bits[0] >> 52) & 2047) - 1023) >> 1) - bits
                 down, up = POW2[POW0 - e], POW2[POW0 + e]  # exact powers of two
                 a, b = re * down, im * down
                 if abs(a) < 4194304.0 and abs(b) < 4194304.0:  # 2^22: fits a block's int
@@ -88,8 +92,9 @@ def encode(vals: np.ndarray, words: np.ndarray, exps: np.ndarray, n: int,
                 raw = True
             emin = min(emin, exps[p])
         if not raw:
+            down = POW2[POW0 - int(emin)]
             for t in range(nv):
-                q = math.ldexp(float(vals[2 * start + t]), -emin)
+                q = float(vals[2 * start + t]) * down
                 if abs(q) >= 2147483648.0:
                     raw = True
                     break
@@ -177,6 +182,7 @@ def decode(buf: np.ndarray, n: int, out: np.ndarray, words: np.ndarray) -> int:
             continue
         acc, filled = 0, 0
         mask = (1 << r) - 1
+        up = POW2[POW0 + int(emin)]
         for i in range(2 * start, 2 * stop):
             high = 0
             while acc == 0:  # unary: the zeros up to the next one
@@ -199,7 +205,7 @@ def decode(buf: np.ndarray, n: int, out: np.ndarray, words: np.ndarray) -> int:
             acc >>= r
             filled -= r
             q = (z >> 1) ^ -(z & 1)
-            out[i] = math.ldexp(float(q), emin)
+            out[i] = float(q) * up
     return pos
 
 
