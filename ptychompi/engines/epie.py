@@ -49,7 +49,7 @@ class EPIE(Engine):
         if extra:
             batches += disjoint_batches(np.concatenate(extra), self.rows, self.cols,
                                         self.data.frame, limit)
-        steps, beta = (self.object_step(), opts.rpie_weight), opts.beta
+        steps, beta = (self.object_step(), opts.rpie_weight), self.probe_step()
         update_probe = self.updates_probe
         # with sub-pixel shifts the probe lives as its spectrum during the iteration: the
         # batches shift it and add their back-shifted gradients there (no transform of the
@@ -66,6 +66,14 @@ class EPIE(Engine):
         if update_probe and self.schedule.share_probe(self.iteration):
             self.average_probe()
         return err
+
+    def probe_step(self) -> float:
+        """``beta_initial`` at the first iteration, falling linearly to ``beta`` over the first
+        quarter of the iterations: a starting probe far from the beam is corrected before the
+        object takes up its error; the smaller step then keeps low doses stable."""
+        opts = self.cfg.epie
+        t = min(1.0, 4.0 * self.iteration / max(self.cfg.iterations, 1))
+        return opts.beta_initial + (opts.beta - opts.beta_initial) * t
 
     def object_step(self) -> float:
         """``alpha`` for the first half of the iterations, then falling linearly to
