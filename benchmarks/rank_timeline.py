@@ -28,6 +28,7 @@ import time
 import common
 
 import ptychompi
+from ptychompi.parallel.sparse_halo import TouchedHalo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "RESULT "
@@ -38,14 +39,16 @@ TAG = "RESULT "
 PHASES = {
     "exit waves + sums": [("lsqml.py", "exit_part")],
     "tile reduction": [("base.py", "reduce")],
-    "halo sum (pack)": [("sparse_halo.py", "sum")],
-    "halo sum (MPI)": [("exchange.py", "neighbour_bytes"), ("exchange.py", "halo_sum")],
+    "halo illumination": [("lsqml_halo.py", "halo_illumination")],
+    "halo sum (pack, codec)": [("sparse_halo.py", "sum")],
+    "halo sum (MPI)": [("exchange.py", "neighbour_bytes"), ("exchange.py", "halo_sum"),
+                       ("exchange.py", "neighbour_messages")],
     "reductions (MPI)": [("exchange.py", "allreduce"), ("exchange.py", "allgather")],
     "object direction": [("physics.py", "lsqml_object_direction")],
     "step terms": [("lsqml.py", "step_terms")],
     "object step": [("lsqml.py", "add_step")],
 }
-NESTED = {"halo sum (pack)": ["halo sum (MPI)"]}  # the pack phase's time less the MPI call
+NESTED = {"halo sum (pack, codec)": ["halo sum (MPI)"]}  # the pack phase's time less the MPI call
 
 
 def phase_ms(prof: cProfile.Profile, iterations: int) -> dict[str, float]:
@@ -74,7 +77,8 @@ def worker(args: argparse.Namespace) -> int:
                              args.subpixel == "on", "cpu", 1)
     recon = ptychompi.Reconstruction(cfg, comm if comm.Get_size() > 1 else None, scan=scan)
     if hasattr(recon.engine, "touched_halo"):
-        recon.engine.touched_halo = args.halo == "touched"
+        recon.engine.touched_halo = args.halo != "full"
+        TouchedHalo.compact = args.halo == "touched"  # touched-float32: values as computed
     recon.step()  # warm-up: FFT plans, compiled kernels
     m0, cpu0 = recon.metrics, time.process_time()
     comm.Barrier()
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frame", type=int, default=128)
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--subpixel", default="on", choices=("on", "off"))
-    ap.add_argument("--halo", default="touched", choices=("touched", "full"))
+    ap.add_argument("--halo", default="touched", choices=("touched", "touched-float32", "full"))
     ap.add_argument("--timer", default="cpu", choices=("cpu", "wall"),
                     help="the profile's clock: CPU time of the rank (the work, whatever else "
                          "runs on the machine; MPI calls count their busy wait) or wall time")
