@@ -24,6 +24,11 @@ terms travel as per-position partial sums in the gather LSQML makes anyway).
 
     python benchmarks/halo_touched.py --grid 30 --frame 128 --ranks 2,4
 
+These counts are float32 values (8 B a pixel). LSQML now sends its numerator to the object's
+precision (``parallel/halo_codec.py``), whose length depends on the values: count it in a
+real run (``scaling.py --drive 2,4 --engine lsqml``; ``--halo touched-float32`` matches the
+"routed" counts here).
+
 ``--projection``: the same imbalance for the scaling model's 100k-frame raster of 256² frames
 (``scaling_model.py``) on 2 to 1,024 ranks, with ten uniformly random batches per iteration
 (the model's compute term counts the most positions per rank per iteration; with per-batch
