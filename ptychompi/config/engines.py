@@ -69,7 +69,19 @@ class DMOptions:
                                 "quotients, relative to the largest illumination / object "
                                 "power", low=0.0)
     refine_from: int | None = opt(20, "from this iteration on, LSQML's maximum-likelihood "
-                                  "updates refine DM's best result (null = never)", low=0)
+                                  "updates refine DM's best result (null = never), unless DM "
+                                  "still converges far above the noise (refine_noise_ratio)",
+                                  low=0)
+    refine_noise_ratio: float | None = opt(50.0, "DM goes on past refine_from while its error "
+                                           "is above this multiple of the data's Poisson noise "
+                                           "floor and falls by more than refine_rate per "
+                                           "iteration (high doses, where the noise DM drifts "
+                                           "on is still small; null = hand over at refine_from)",
+                                           low=0.0)
+    refine_rate: float = opt(0.05, "fall of DM's error per iteration (mean over the last 5) "
+                             "below which it hands over past refine_from", low=0.0, high=1.0)
+    refine_by: float = opt(0.75, "DM hands over at the latest at this fraction of "
+                           "algorithm.iterations (or refine_from if later)", low=0.0, high=1.0)
     refine_patience: int | None = opt(5, "refine (as refine_from) as soon as DM's error has "
                                       "set no new low for this many iterations, counted from "
                                       "refine_earliest (null = only from refine_from)", low=1)

@@ -7,14 +7,19 @@ gives the Fourier error): ``Ψ_j ← Ψ_j + π_F(2Φ_j − Ψ_j) − Φ_j`` with
 With noisy data DM has no fixed point and drifts (a strict projection, even with the true probe
 fixed, degrades the object), so π_F is the power-bound relaxed projection, with a bound well
 below the Poisson floor (a bound at the floor stops DM at the first consistent, biased object).
-DM does the global search; from iteration ``algorithm.dm.refine_from`` on (a fixed count, not
-a fraction of the iterations, so that a resumed run equals an uninterrupted one) LSQML's
+DM does the global search; from iteration ``algorithm.dm.refine_from`` on LSQML's
 maximum-likelihood updates refine DM's best object and probe on the same tile (DM's exit
-waves are freed), as ptypy users follow DM with ML.
+waves are freed), as ptypy users follow DM with ML. Where DM's error is still far above the
+data's Poisson noise floor and falling fast (high doses: the noise it would drift on is
+still small against its misfit), DM goes on (:func:`defers`), at the latest to
+``refine_by`` of the iterations. Every decision is a function of the iteration, the planned
+iterations and the global error history, so every rank, a resumed run and an uninterrupted
+one decide alike.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -44,6 +49,28 @@ def stall_iteration(errors: list[float], patience: int, earliest: int) -> int | 
     return None
 
 
+def defers(errors: list[float], floor: float, ratio: float | None, rate: float,
+           window: int = 5) -> bool:
+    """Whether DM goes on past ``refine_from``: its last error above ``ratio`` times the
+    noise ``floor`` and, over the last ``window`` iterations, falling by more than ``rate``
+    per iteration (geometric mean). Never with ``ratio`` None."""
+    if ratio is None or len(errors) <= window or errors[-1] <= ratio * floor:
+        return False
+    return errors[-1] < errors[-1 - window] * (1.0 - rate) ** window
+
+
+def noise_floor(backend: Any, amplitudes: Any, chunk: int = 256) -> float:
+    """``Σ min(I, 1/4)`` over the valid pixels of ``amplitudes`` (√I, invalid < 0): the
+    expected ``Σ (√n − √λ)²`` of Poisson counts (1/4 a pixel for counts λ ≳ 1, about λ
+    below), the error a perfect model leaves."""
+    xp, total = backend.xp, 0.0
+    for start in range(0, len(amplitudes), chunk):
+        a = amplitudes[start:start + chunk]
+        total += float(xp.where(a >= 0, xp.minimum(a * a, POISSON_FLOOR), 0.0).sum(
+            dtype=np.float64))
+    return total
+
+
 def best_since(errors: list[float], earliest: int) -> int:
     """The index of the first error of iteration ``earliest`` or later (the start of the
     search for DM's best iteration)."""
@@ -70,6 +97,7 @@ class DifferenceMap(Engine):
         self._best: tuple[Any, Any, np.ndarray | None] | None = None
         self._refined = refined  # the maximum-likelihood refinement has taken over
         self._ml: LSQML | None = None  # the refinement's engine (on the same tile)
+        self._floor: float | None = None  # the data's Poisson floor, in units of the error
         self._reset(waves)
 
     def _reset(self, known: Any = None) -> None:
@@ -304,16 +332,30 @@ class DifferenceMap(Engine):
     @property
     def refining(self) -> bool:
         """The maximum-likelihood refinement instead of DM this iteration: from
-        ``algorithm.dm.refine_from``, or earlier once DM has stalled (:func:`stall_iteration`)."""
+        ``algorithm.dm.refine_from`` unless DM still converges far above the noise
+        (:func:`defers`; at the latest from ``refine_by`` of the iterations), or earlier once
+        DM has stalled (:func:`stall_iteration`)."""
         if self._refined:  # once it has taken over it stays
             return True
         opts = self.cfg.dm
         start = opts.refine_from
         if start is not None and self.iteration >= start:
-            return True
+            latest = max(start, math.ceil(opts.refine_by * self.cfg.iterations))
+            if self.iteration >= latest or opts.refine_noise_ratio is None:
+                return True
+            return not defers(self.errors, self._noise_floor(), opts.refine_noise_ratio,
+                              opts.refine_rate)
         patience = opts.refine_patience
         return bool(patience) and stall_iteration(self.errors, patience,
                                                   opts.refine_earliest) is not None
+
+    def _noise_floor(self) -> float:
+        """The Poisson floor of the whole scan's data relative to its power, the units of the
+        error (:func:`noise_floor`; one collective, the first time it is asked for)."""
+        if self._floor is None:
+            local = noise_floor(self.backend, self.data.amplitudes)
+            self._floor = self.exchange.allreduce(local) / max(self.data.power_global, 1e-30)
+        return self._floor
 
     def _fourier_update(self) -> float:
         be = self.backend

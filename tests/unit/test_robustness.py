@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptychompi.engines.dm import stall_iteration
+from ptychompi.backends import select_backend
+from ptychompi.engines.dm import defers, noise_floor, stall_iteration
 from ptychompi.sim.evaluate import evaluate
 from ptychompi.sim.matrix import OBJECTS, PROBES, Case, make_matrix_probe, make_scan
 
@@ -81,6 +82,29 @@ def test_stall_iteration_is_the_first_plateau():
     assert stall_iteration([3, 2, 2.5, 2.6, 2.7, 2.8, 2.9], patience=5, earliest=10) is None
     early_low = [1.0, 3, 2.9, 2.8, 2.7, 2.6, 2.5, 2.4]  # a transient low before `earliest`
     assert stall_iteration(early_low, patience=5, earliest=3) is None
+
+
+def test_dm_goes_on_at_high_dose():
+    """At 1e8 photons DM still converges fast at ``refine_from`` (20), far above the noise:
+    it goes on (to 30 of 40 here) and ends below LSQML (a hand-over at 20: 2.3x LSQML)."""
+    scan = make_scan(Case(photons=1e8).scaled(GRID, FRAME))
+    dm, lsqml = (evaluate(scan, e, ITERATIONS) for e in ("dm", "lsqml"))
+    assert dm["finite"] and dm["object_error"] <= 1.0 * lsqml["object_error"], (dm, lsqml)
+
+
+def test_dm_defers_only_far_above_the_noise_while_falling_fast():
+    fast = [1.0 * 0.8 ** i for i in range(10)]  # 20 % per iteration
+    slow = [1.0 * 0.98 ** i for i in range(10)]
+    assert defers(fast, floor=1e-4, ratio=50, rate=0.05)
+    assert not defers(slow, floor=1e-4, ratio=50, rate=0.05)
+    assert not defers(fast, floor=fast[-1] / 40, ratio=50, rate=0.05)  # near the noise
+    assert not defers(fast, floor=1e-4, ratio=None, rate=0.05)  # switched off
+    assert not defers(fast[:5], floor=1e-4, ratio=50, rate=0.05)  # too short a history
+    # Poisson floor: 1/4 a bright pixel, the intensity of a dim one, invalid pixels none
+    amplitudes = np.sqrt(np.array([[[100.0, 0.1], [4.0, 0.0]]], np.float32))
+    amplitudes[0, 1, 1] = -1.0
+    be = select_backend("cpu")
+    assert noise_floor(be, amplitudes) == pytest.approx(0.25 + 0.1 + 0.25)
 
 
 def test_matrix_probes_are_what_they_claim():

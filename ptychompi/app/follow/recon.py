@@ -196,12 +196,13 @@ class FollowReconstruction(Reconstruction):
     def _algorithm(self) -> Any:
         """The engine's settings: while rows still arrive DM hands over to its refinement
         only at ``algorithm.dm.refine_from`` (as offline; the refinement's LSQML then takes
-        in the rows still to come), not on a stall (its error history jumps as positions
-        come in)."""
+        in the rows still to come), not on a stall nor later for a fast fall (its error
+        history jumps as positions come in)."""
         if self.decision.ended:
             return self._final_algorithm()
         a = self._settings()
-        return dataclasses.replace(a, dm=dataclasses.replace(a.dm, refine_patience=None))
+        return dataclasses.replace(a, dm=dataclasses.replace(a.dm, refine_patience=None,
+                                                             refine_noise_ratio=None))
 
     def _settings(self) -> Any:
         """``algorithm`` with LSQML's default batch size that of the planned scan (a tenth
@@ -226,11 +227,13 @@ class FollowReconstruction(Reconstruction):
         if opts.refine_from is None and opts.refine_patience is None:
             return a  # no refinement asked for
         if opts.refine_from is not None and self.iteration >= opts.refine_from:
-            return dataclasses.replace(a, dm=dataclasses.replace(opts, refine_patience=None))
+            return dataclasses.replace(a, dm=dataclasses.replace(opts, refine_patience=None,
+                                                                 refine_noise_ratio=None))
         start = self.iteration + int((a.iterations - self.iteration) * DM_AFTER_SCAN)
         start = max(start, opts.refine_from or 0)
         return dataclasses.replace(a, dm=dataclasses.replace(opts, refine_from=start,
-                                                             refine_patience=None))
+                                                             refine_patience=None,
+                                                             refine_noise_ratio=None))
 
     def _set_algorithm(self, cfg: Any) -> None:
         if not isinstance(self.engine, IdleEngine):
