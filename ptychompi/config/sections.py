@@ -93,8 +93,10 @@ class PositionCorrectionConfig:
                      "probe learn from wrong positions stays with them for long)", low=0)
     stop: int | None = opt(None, "iteration from which positions stay where they are "
                            "(null = never)", low=0)
-    update_every: int = opt(4, "iterations between position updates (each costs about an "
-                            "LSQML iteration's worth of FFTs)", low=1)
+    update_every: int | None = opt(None, "iterations between position updates (null = after "
+                                   "every iteration of LSQML and DM's LSQML refinement, whose "
+                                   "residuals give the update, else every 4th: a pass of its "
+                                   "own costs about an LSQML iteration's FFTs)", low=1)
     step: float = opt(3.0, "multiple of each position's least-squares shift applied (the "
                       "object adapts to wrong positions, so the plain shift falls short)",
                       low=0.0)

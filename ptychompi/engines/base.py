@@ -71,6 +71,9 @@ class Engine(ShiftTables, TileMerging, ChunkRunner):
     their reductions (:mod:`.chunking`)."""
 
     name = "engine"
+    #: the position refinement that asks for this engine's residuals this iteration (LSQML
+    #: hands them over: :meth:`ptychompi.engines.positions.PositionRefiner.collect`)
+    position_collector: Any = None
 
     def __init__(self, cfg: AlgorithmConfig, data: TileData, exchange: Any, backend: Backend,
                  probe: np.ndarray, obj: np.ndarray, schedule: Schedule | None = None) -> None:
@@ -119,6 +122,8 @@ class Engine(ShiftTables, TileMerging, ChunkRunner):
         """Run one iteration; return its metrics (global Fourier error, seconds)."""
         t0 = time.perf_counter()
         comm0 = self.exchange.stats.seconds
+        if self.refiner is not None:
+            self.refiner.arm(self)
         err_num = self._iterate()
         if self.probe.shape[0] > 1:
             self.probe = orthogonalize_modes(self.backend, self.probe)

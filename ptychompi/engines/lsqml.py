@@ -231,6 +231,9 @@ class LSQML(Engine):
         spans = np.zeros((len(nums), 2), dtype=np.int64)
         parts = self._exit_targets(b, nums, illums, spans)
         err = float(sum(p.err for p in parts))
+        if self.position_collector is not None:  # the position refinement reuses χ
+            self.position_collector.collect(self, b.members, b.size,
+                                            [(*p.probes, p.win, p.chi) for p in parts])
         pending = self._probe_direction(b, parts)  # its reduction in flight during the next
         d_obj = self._object_direction(b, nums, illums, spans)
         d_probe = pending() if b.update_probe else None

@@ -35,12 +35,14 @@ import numpy as np
 
 from ..config import AlgorithmConfig, PositionCorrectionConfig
 from ..ops import PositionJob
+from ..ops.steps import central_differences
 from ..parallel.tiling import Box, Tile, decompose
 
 if TYPE_CHECKING:
     from .base import Engine
 
 DAMPING = 0.05  # λ relative to the scan's mean denominator per axis
+DEFAULT_EVERY = 4  # update_every null: iterations between updates that need a pass
 
 
 def placement_config(cfg: AlgorithmConfig, engine: str) -> AlgorithmConfig:
@@ -96,18 +98,6 @@ def solve_affine(terms: np.ndarray) -> np.ndarray:
     return np.linalg.solve(xtx, xty)
 
 
-def central_differences(xp: Any, obj: Any) -> tuple[Any, Any]:
-    """∂O/∂row and ∂O/∂col of a 2-D array (central differences, one-sided at the edges)."""
-    d_row, d_col = xp.zeros_like(obj), xp.zeros_like(obj)
-    if obj.shape[0] > 1:
-        d_row[1:-1] = (obj[2:] - obj[:-2]) * 0.5
-        d_row[0], d_row[-1] = obj[1] - obj[0], obj[-1] - obj[-2]
-    if obj.shape[1] > 1:
-        d_col[:, 1:-1] = (obj[:, 2:] - obj[:, :-2]) * 0.5
-        d_col[:, 0], d_col[:, -1] = obj[:, 1] - obj[:, 0], obj[:, -1] - obj[:, -2]
-    return d_row, d_col
-
-
 class PositionRefiner:
     """One rank's refinement state: the input and current positions of its frames."""
 
@@ -121,15 +111,71 @@ class PositionRefiner:
         # the last affine fit (3 x 2, global object pixels: refined ≈ [input, 1] @ T)
         self.transform: np.ndarray | None = None
         self.velocity = np.zeros_like(self.initial)  # each position's last move (momentum)
+        # sums an engine handed over during a due iteration (:meth:`collect`), per position
+        self._sums = np.zeros((len(self.initial), 4))
+        self._seen = np.zeros(len(self.initial), bool)
+        self._armed: Engine | None = None
+        self._called = False  # whether the armed engine handed over residuals
 
     def due(self, iteration: int) -> bool:
-        """Whether the positions move after iteration ``iteration`` (0-based)."""
+        """Whether the positions move after iteration ``iteration`` (0-based): every
+        ``update_every`` iterations from ``start``, and (``update_every`` null) after every
+        iteration whose engine handed over its residuals (:meth:`collect`: no pass needed)."""
+        return self._regular(iteration) or self._called
+
+    def _active(self, iteration: int) -> bool:
         c = self.cfg
-        if c.stop is not None and iteration >= c.stop:
-            return False
-        return iteration >= c.start and (iteration - c.start) % c.update_every == 0
+        return iteration >= c.start and (c.stop is None or iteration < c.stop)
+
+    def _regular(self, iteration: int) -> bool:
+        """An update with a pass of its own if the engine hands over nothing."""
+        every = DEFAULT_EVERY if self.cfg.update_every is None else self.cfg.update_every
+        return self._active(iteration) and (iteration - self.cfg.start) % every == 0
 
     # ------------------------------------------------------------------ the gradient
+    def arm(self, engine: Engine) -> None:
+        """Before iteration ``engine.iteration``: when the positions may move after it, ask
+        the engine that is refined to hand over its residuals (:meth:`collect`; LSQML does,
+        on every rank alike), else ask nothing."""
+        if self._armed is not None:
+            self._armed.position_collector = None
+            self._armed = None
+        self._called = False
+        it = engine.iteration
+        if self._regular(it) or (self.cfg.update_every is None and self._active(it)):
+            self._armed = engine.refined_by()
+            self._armed.position_collector = self
+            self._seen[:] = False
+            self._sums[:] = 0.0
+
+    def collect(self, engine: Engine, members: np.ndarray, size: int,
+                chunks: list[tuple[Any, Any, Any, Any]]) -> None:
+        """The per-position sums of a batch from residuals the engine formed: ``chunks[t]``
+        = (probes, probe_of, windows, χ) of ``members[t * size:(t + 1) * size]``, χ against
+        ``engine.object`` as it stands (the batch's object, before its step). Called for every
+        batch on every rank, also with no members."""
+        ops, obj = engine.backend.ops, engine.object
+        self._called = True
+
+        def part(_: int, sl: slice) -> np.ndarray:
+            probes, probe_of, win, chi = chunks[sl.start // size]
+            return ops.residual_position_sums(probes, probe_of, chi, obj, win)
+
+        if len(members):
+            self._sums[members] = np.concatenate(engine.map_chunks(part, len(members), size))
+            self._seen[members] = True
+
+    def _collected(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The sums :meth:`collect` gathered this iteration (a position the engine did not
+        visit does not move), or None when it was not called."""
+        armed, called = self._armed, self._called
+        self._armed, self._called = None, False
+        if armed is not None:
+            armed.position_collector = None
+        if not called:
+            return None
+        return self._sums[:, 0::2].copy(), self._sums[:, 1::2].copy()
+
     def misfit_terms(self, engine: Engine) -> tuple[np.ndarray, np.ndarray]:
         """Per position and axis, the numerator and denominator of the least-squares move
         (n, 2) each, from one pass over this rank's positions in chunks."""
@@ -158,7 +204,8 @@ class PositionRefiner:
         """Move this rank's positions (collective: every rank calls it at the same point)."""
         c, ex = self.cfg, engine.exchange
         current = np.asarray(engine.data.positions, np.float64).reshape(-1, 2)
-        num, den = self.misfit_terms(engine)
+        collected = self._collected()
+        num, den = collected if collected is not None else self.misfit_terms(engine)
         n = len(current)
         sums = ex.allreduce(np.array([*den.sum(axis=0), float(n)]))
         damping = DAMPING * sums[:2] / max(sums[2], 1.0)

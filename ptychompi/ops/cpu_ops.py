@@ -228,6 +228,14 @@ class CpuOps(Operations):
                                        psi, d_row, d_col, win.rows, win.cols, out)
         return out
 
+    def residual_position_sums(self, probes: Any, probe_of: Any, chi: Any, obj: Any,
+                               win: Windows) -> np.ndarray:
+        """One compiled pass, the object's differences on the fly."""
+        out = np.empty((len(win), 4))
+        position_kernels.residual_position_sums(
+            probes, probe_index(probes, len(win), probe_of), chi, obj, win.rows, win.cols, out)
+        return out
+
     def position_chunk(self, job: PositionJob) -> np.ndarray:
         if not self.fuses(job.probes.shape):
             return super().position_chunk(job)

@@ -125,6 +125,18 @@ class PositionJob(NamedTuple):
     prop: Propagator
 
 
+def central_differences(xp: Any, obj: Any) -> tuple[Any, Any]:
+    """∂O/∂row and ∂O/∂col of a 2-D array (central differences, one-sided at the edges)."""
+    d_row, d_col = xp.zeros_like(obj), xp.zeros_like(obj)
+    if obj.shape[0] > 1:
+        d_row[1:-1] = (obj[2:] - obj[:-2]) * 0.5
+        d_row[0], d_row[-1] = obj[1] - obj[0], obj[-1] - obj[-2]
+    if obj.shape[1] > 1:
+        d_col[:, 1:-1] = (obj[:, 2:] - obj[:, :-2]) * 0.5
+        d_col[:, 0], d_col[:, -1] = obj[:, 1] - obj[:, 0], obj[:, -1] - obj[:, -2]
+    return d_row, d_col
+
+
 class Operations:
     """The element-wise steps (implemented by a backend) and the per-position pipelines
     composed from them. ``probes`` and ``probe_of`` throughout: position j sees
@@ -273,6 +285,14 @@ class Operations:
         Σ Re(conj(g_c) χ), Σ |g_c|²)`` over modes and pixels, ``χ = back − psi``,
         ``g = P_j · ∂O`` on the window."""
         raise NotImplementedError
+
+    def residual_position_sums(self, probes: Any, probe_of: Any, chi: Any, obj: Any,
+                               win: Windows) -> np.ndarray:
+        """:meth:`position_sums` of a residual ``chi`` an engine already formed (LSQML's
+        ``Ψ' − ψ``), ``∂O`` the central differences of ``obj``."""
+        d_row, d_col = central_differences(self.backend.xp, obj)
+        return self.position_sums(probes, probe_of, chi, self.backend.xp.zeros_like(chi),
+                                  d_row, d_col, win)
 
     # ------------------------------------------------------------------ shared compositions
     def shifted_set(self, probe: Any, shifts: ProbeShifts | None) -> tuple[Any, Any]:

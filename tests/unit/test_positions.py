@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ptychompi.app.api as api
 from ptychompi.app.api import Reconstruction
 from ptychompi.app.checkpoint import resume, write_checkpoint
+from ptychompi.backends import Backend, select_backend
 from ptychompi.config import config_from_dict
 from ptychompi.engines import ENGINES
 from ptychompi.engines.positions import (
+    PositionRefiner,
     affine_terms,
     central_differences,
     padded_tiles,
@@ -29,6 +32,7 @@ from ptychompi.errors import ConfigError
 from ptychompi.io.export import export_result
 from ptychompi.io.results import read_result
 from ptychompi.model.metrics import registered_object_error
+from ptychompi.model.physics import Windows, window_index
 from ptychompi.sim.matrix import Case, make_scan
 from ptychompi.sim.position_errors import perturb, rms_error, with_positions
 
@@ -38,16 +42,18 @@ RMS_PX = 1.5
 POSITION_DROP = 3.0  # the issue's bar: RMS position error falls at least 3x
 # the issue's bar for the object error is 1.3x that of the true positions. With exact
 # placement of the refined positions (position_correction.subpixel_bins: 0, not the default:
-# it costs LSQML more on large scans) LSQML meets it on these cases, DM (whose LSQML refinement
-# places them exactly) on the affine case; ePIE does not. Which basin a run
-# ends in varies from one set of errors (and engine seed) to the next (README, BENCHMARKS.md),
-# so the bars are this scan's measured ratios with a margin of about 1.3 (a rounding
-# difference can move a run to another basin), LSQML's affine case at the issue's 1.3:
-# ePIE's bar is wider since its defaults took rPIE's object step and a falling alpha: its
-# true-position error halved (0.0244 -> 0.0127) and its refined one fell less (0.037 -> 0.033):
+# it costs LSQML more on large scans) LSQML meets it on these cases at 200 iterations (at 100
+# the object has not yet lost what it learnt from the wrong positions: 1.1-6x over the error
+# draws, README, BENCHMARKS.md), DM (whose LSQML refinement places them exactly) on the affine
+# case; ePIE does not. Which basin a run ends in varies from one set of errors (and engine
+# seed) to the next, so the other bars are this scan's measured ratios with a margin of about
+# 1.3 (a rounding difference can move a run to another basin); ePIE's bar is wider since its
+# defaults took rPIE's object step and a falling alpha: its true-position error halved
+# (0.0244 -> 0.0127) and its refined one fell less (0.037 -> 0.033):
 # (engine, kind) -> refined / true-position error
-OBJECT_RATIO = {("lsqml", "random"): 1.5, ("epie", "random"): 3.0, ("dm", "random"): 1.75,
-                ("dm", "affine"): 1.4, ("lsqml", "affine"): 1.3, ("lsqml", "both"): 1.45}
+OBJECT_RATIO = {("lsqml", "random"): 1.3, ("epie", "random"): 3.0, ("dm", "random"): 1.75,
+                ("dm", "affine"): 1.4, ("lsqml", "affine"): 1.3, ("lsqml", "both"): 1.3}
+LSQML_ITERATIONS = 200  # LSQML's cases: the issue's 1.3x once the object has settled
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +90,15 @@ def truth(sim, engine: str, iterations: int = ITERATIONS) -> dict:
     ("lsqml", "random"), ("epie", "random"), ("dm", "random"), ("dm", "affine"),
     ("lsqml", "affine"), ("lsqml", "both")])
 def test_refinement_recovers_wrong_positions(sim, engine: str, kind: str) -> None:
-    iterations = ITERATIONS
+    iterations = LSQML_ITERATIONS if engine == "lsqml" else ITERATIONS
     given = perturb(sim.positions_px, kind, np.random.default_rng(2), rms_px=RMS_PX)
-    plain = reconstruct(sim, given, engine, {}, iterations)
+    plain = reconstruct(sim, given, engine, {})  # (100 iterations: only printed)
     refined = reconstruct(sim, given, engine, {"enabled": True, "affine": kind != "random",
                                                "subpixel_bins": 0}, iterations)
     best = truth(sim, engine, iterations)
     print(f"\n[positions] {engine} {kind} {iterations} it: position RMS {plain['rms']:.3f} -> "
           f"{refined['rms']:.3f} px; object error true {best['object']:.4f}, not refined "
-          f"{plain['object']:.4f}, refined {refined['object']:.4f}")
+          f"({ITERATIONS} it.) {plain['object']:.4f}, refined {refined['object']:.4f}")
     assert plain["rms"] >= 0.5
     assert refined["rms"] <= plain["rms"] / POSITION_DROP
     assert refined["object"] <= OBJECT_RATIO[engine, kind] * best["object"]
@@ -116,6 +122,34 @@ def test_central_differences_of_a_ramp() -> None:
     d_row, d_col = central_differences(np, (2.0 * r - 3j * c).astype(np.complex64))
     np.testing.assert_allclose(d_row, 2.0)
     np.testing.assert_allclose(d_col, -3j)
+
+
+def test_residual_sums_equal_the_array_expressions_and_the_formula() -> None:
+    """The sums of a residual an engine formed (LSQML's χ, reused by the refinement): the
+    compiled kernel (object differences on the fly, one-sided at the object's edges) against
+    numpy's array expressions (the GPU's code) and the formula written out."""
+    rng = np.random.default_rng(5)
+    h, w, m = 40, 45, 16
+
+    def cplx(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+    obj, probes, chi = cplx(h, w), cplx(2, 2, m, m), cplx(4, 2, m, m)
+    rows, cols = np.array([0, 24, 10, 24]), np.array([0, 29, 5, 0])  # corners at the edges
+    probe_of = np.array([1, 0, 1, 0])
+    compiled = select_backend("cpu", workers=1).ops.residual_position_sums(
+        probes, probe_of, chi, obj, Windows(rows, cols, None, m))
+    reference = Backend(np, "cpu", None, 1, ops_kind="array").ops.residual_position_sums(
+        probes, probe_of, chi, obj, Windows(rows, cols, window_index(rows, cols, m, w), m))
+    d_row, d_col = central_differences(np, obj.astype(np.complex128))
+    formula = np.zeros((4, 4))
+    for j, (r, c) in enumerate(zip(rows, cols, strict=True)):
+        for axis, d in enumerate((d_row, d_col)):
+            g = probes[probe_of[j]] * d[r:r + m, c:c + m]
+            formula[j, 2 * axis] = np.sum((np.conj(g) * chi[j]).real)
+            formula[j, 2 * axis + 1] = np.sum(np.abs(g) ** 2)
+    np.testing.assert_allclose(compiled, formula, rtol=1e-4)
+    np.testing.assert_allclose(reference, compiled, rtol=1e-4)
 
 
 def test_padded_tiles_hold_every_moved_window() -> None:
@@ -169,6 +203,31 @@ def test_refined_positions_are_placed_exactly(sim, engine: str, bins: int) -> No
                 assert recon.engine.refined_by() is recon.engine._ml
 
 
+def test_lsqml_refinement_reuses_its_residuals_on_both_operations(sim, monkeypatch) -> None:
+    """LSQML hands its residuals χ to the refinement (no separate pass over the positions),
+    and the numpy reference operations (``parallel.operations: array``, the GPU's code) refine
+    the positions as the compiled ones do."""
+    def no_pass(*_: object) -> None:
+        raise AssertionError("a separate pass although LSQML formed the residuals")
+
+    monkeypatch.setattr(PositionRefiner, "misfit_terms", no_pass)
+    given = perturb(sim.positions_px, "random", np.random.default_rng(2), rms_px=RMS_PX)
+    results = []
+    for backend in (select_backend("cpu", workers=1), Backend(np, "cpu", None, 1,
+                                                             ops_kind="array")):
+        monkeypatch.setattr(api, "select_backend", lambda *a, b=backend, **k: b)
+        cfg = {"algorithm": {"name": "lsqml", "iterations": 6, "position_correction": {
+            "enabled": True, "start": 0, "update_every": 1, "subpixel_bins": 0}}}
+        with Reconstruction(cfg, scan=with_positions(sim.as_scan(), given,
+                                                     sim.pixel_size_m)) as recon:
+            recon.run()
+            results.append((recon.refined_positions(), recon.object))
+    (compiled, obj), (array, obj_array) = results
+    assert np.abs(compiled - given).max() > 0.5  # the positions moved
+    np.testing.assert_allclose(array, compiled, atol=1e-3)
+    np.testing.assert_allclose(obj_array, obj, rtol=1e-3, atol=1e-2)
+
+
 def test_config_errors_are_one_line() -> None:
     with pytest.raises(ConfigError, match="max_residual = 9.0 is above max_total"):
         config_from_dict({"algorithm": {"position_correction": {"max_residual": 9}}})
@@ -201,6 +260,29 @@ def test_moved_positions_equal_a_fresh_engine(sim, engine: str) -> None:
         np.testing.assert_array_equal(moved.object, fresh.object)
         np.testing.assert_array_equal(moved.probe, fresh.probe)
         fresh.close()
+
+
+def test_lsqml_resume_with_updates_from_its_residuals(sim, tmp_path: Path) -> None:
+    """LSQML's default updates (after every iteration, from its own residuals): a run resumed
+    from a checkpoint equals an uninterrupted one bit for bit."""
+    given = perturb(sim.positions_px, "affine", np.random.default_rng(4), rms_px=RMS_PX)
+    scan = with_positions(sim.as_scan(), given, sim.pixel_size_m)
+    cfg = {"algorithm": {"name": "lsqml", "iterations": 7,
+                         "position_correction": {"enabled": True, "affine": True}},
+           "parallel": {"device": "cpu"}, "output": {"directory": str(tmp_path)}}
+    with Reconstruction(cfg, scan=scan) as whole:
+        whole.run()
+        expected = (whole.object, whole.probe, whole.refined_positions())
+    with Reconstruction(cfg, scan=scan) as first:
+        first.step(4)
+        write_checkpoint(first, tmp_path)
+    with Reconstruction(cfg, scan=scan) as again:
+        assert resume(again, tmp_path) == 4
+        again.run()
+        np.testing.assert_array_equal(again.object, expected[0])
+        np.testing.assert_array_equal(again.probe, expected[1])
+        np.testing.assert_array_equal(again.refined_positions(), expected[2])
+    assert rms_error(expected[2], given) > 0.05  # moved after every iteration from 1 on
 
 
 def test_result_checkpoint_and_exports(sim, tmp_path: Path) -> None:
@@ -252,7 +334,7 @@ def test_benchmark_script_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(out.read_text())
     assert rows["quality"][0]["refined"]["position_rms_px"] >= 0
-    assert rows["cost"][0]["ratio"] > 0 and rows["cost"][0]["ratio_every4"] > 0
+    assert rows["cost"][0]["ratio"] > 0 and rows["cost"][0]["ratio_every"] > 0
 
 
 def test_dm_hands_over_with_its_best_positions(sim, tmp_path: Path) -> None:

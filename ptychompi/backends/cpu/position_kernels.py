@@ -50,6 +50,49 @@ def position_sums(probes: np.ndarray, probe_of: np.ndarray, back: np.ndarray, ps
         out[j, 3] = den_c
 
 
+@jit(JIT_SUMS)
+def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.ndarray,
+                           obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                           out: np.ndarray) -> None:
+    """:func:`position_sums` of a residual ``chi`` (B, K, M, M) an engine already formed
+    (LSQML's ``Ψ' − ψ``), with the object's central differences (one-sided at its edges, as
+    :func:`ptychompi.ops.steps.central_differences`) taken on the fly."""
+    b, kk, m0, m1 = chi.shape
+    h, w = obj.shape
+    half = np.float32(0.5)
+    for j in range(b):
+        p, r0, c0 = probe_of[j], rows[j], cols[j]
+        num_r = 0.0
+        den_r = 0.0
+        num_c = 0.0
+        den_c = 0.0
+        for y in range(m0):
+            r = r0 + y
+            up, down = min(r + 1, h - 1), max(r - 1, 0)
+            for x in range(m1):
+                c = c0 + x
+                right, left = min(c + 1, w - 1), max(c - 1, 0)
+                dr = obj[up, c] - obj[down, c]
+                if up - down == 2:
+                    dr = dr * half
+                dc = obj[r, right] - obj[r, left]
+                if right - left == 2:
+                    dc = dc * half
+                for k in range(kk):
+                    pv = probes[p, k, y, x]
+                    ch = chi[j, k, y, x]
+                    gr = pv * dr
+                    gc = pv * dc
+                    num_r += np.float64(gr.real) * ch.real + np.float64(gr.imag) * ch.imag
+                    den_r += np.float64(gr.real) * gr.real + np.float64(gr.imag) * gr.imag
+                    num_c += np.float64(gc.real) * ch.real + np.float64(gc.imag) * ch.imag
+                    den_c += np.float64(gc.real) * gc.real + np.float64(gc.imag) * gc.imag
+        out[j, 0] = num_r
+        out[j, 1] = den_r
+        out[j, 2] = num_c
+        out[j, 3] = den_c
+
+
 class PositionArgs(NamedTuple):
     """:func:`fused_position_sums`' chunk: position j measured as ``amplitudes[frames[j]]``,
     seeing ``probes[probe_of[j]]``; ``d_row``, ``d_col``: the object's derivatives; the sums
