@@ -39,7 +39,8 @@ def config(engine: str) -> dict:
                  "batch_size": 16 if engine != "dm" else None,
                  "position_correction": {"enabled": True, "start": 2, "affine": True}}
     if engine == "dm-lsqml":
-        algorithm["dm"] = {"refine_from": 7, "refine_patience": None}
+        algorithm["dm"] = {"refine_from": 7, "refine_patience": None,
+                           "refine_noise_ratio": None}
         algorithm["position_correction"]["subpixel_bins"] = 0
     return {"algorithm": algorithm, "parallel": {"device": "cpu", "share_frequency": 1}}
 

@@ -345,7 +345,7 @@ def test_dm_hands_over_with_its_best_positions(sim, tmp_path: Path) -> None:
     scan = with_positions(sim.as_scan(), given, sim.pixel_size_m)
     cfg = {"algorithm": {"name": "dm", "iterations": 9,
                          "dm": {"refine_earliest": 2, "refine_from": 6,
-                                "refine_patience": None},
+                                "refine_patience": None, "refine_noise_ratio": None},
                          "position_correction": {"enabled": True, "start": 1,
                                                  "update_every": 1, "stop": 6}},
            "parallel": {"device": "cpu"}}
