@@ -101,6 +101,14 @@ class LSQMLOptions:
                          "batch mean of each diagonal", low=0.0)
     step_scale: float = opt(0.9, "factor on each position's optimal object and probe step",
                             low=0.0)
+    step_final: float = opt(0.3, "the object step falls linearly from step_scale to "
+                            "step_scale x this over the second half of the iterations on noisy "
+                            "data (1 = constant; smaller steps average the noise of more "
+                            "positions)", low=0.0, high=1.0)
+    decay_noise: float = opt(0.02, "the data's Poisson noise level (Σ min(I, 1/4) / Σ I) from "
+                             "which the object step falls all the way to step_final; at lower "
+                             "levels proportionally less (at high doses convergence, not "
+                             "noise, limits the result; 0 = always all the way)", low=0.0)
     probe_relaxation: float = opt(2.0, "probe step along each batch's mean direction, relative "
                                   "to the mean of its positions' optimal steps (over-relaxed: "
                                   "successive batches refine the probe in nearly the same "

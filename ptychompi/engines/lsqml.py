@@ -18,7 +18,7 @@ from ..parallel.sparse_halo import TouchedHalo
 from .base import Engine
 from .batch_layout import frame_cells, stratified_parts
 from .lsqml_halo import halo_illumination, numerator_scale
-from .noise import noise_model
+from .noise import noise_model, poisson_floor
 from .visits import extra_rounds
 
 # the tuning constants are options: algorithm.lsqml (ptychompi.config.engines.LSQMLOptions);
@@ -53,6 +53,17 @@ def step_lengths(terms: np.ndarray, means: np.ndarray, damping: float,
     return scale * np.maximum(alpha_o, 0), scale * np.maximum(alpha_p, 0)
 
 
+def step_decay(iteration: int, iterations: int, final: float, start: int | None = 0) -> float:
+    """The object step's factor: 1 until half of ``iterations`` (or ``start``, when later),
+    then falling linearly to ``final`` at the last iteration (``iterations - 1``: 0-based);
+    1 throughout while ``start`` is None (run --follow: the scan not yet complete)."""
+    if start is None or final >= 1.0:
+        return 1.0
+    begin = max(0.5 * iterations, float(start))
+    t = (iteration - begin) / max(iterations - 1 - begin, 1.0)
+    return 1.0 - (1.0 - final) * min(1.0, max(0.0, t))
+
+
 class _Batch(NamedTuple):
     """One sparse batch: its members (local indices), the positions per chunk (one chunk per
     worker thread; every pass over the batch uses this one split) and what it updates and
@@ -79,6 +90,9 @@ class LSQML(Engine):
     name = "lsqml"
     extra_visits: np.ndarray | None = None  # run --follow: global positions owed more visits
     stratified = False  # batches spread evenly over the scan (engines/batch_layout.py)
+    # the first iteration with the whole scan in: the object step's decay starts no earlier
+    # (run --follow sets it; None while rows still arrive)
+    complete_from: int | None = 0
     _cells: np.ndarray | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -92,12 +106,25 @@ class LSQML(Engine):
         self._shift_of = self._global_shifts()
         opts = self.cfg.lsqml  # the noise model: its own object (noise.py)
         self.noise = noise_model(opts.noise_model, opts.poisson_newton_steps)
+        self.step_final = self._step_final()  # collective
         # per-batch halo sums move only the pixels the batch's windows touched (off: the full
         # halo, the same result); the global batch being updated and its built exchange
         self.touched_halo = True
         self._parts: list[np.ndarray] = []
         self._part: np.ndarray | None = None
         self._touched: tuple[Any, TouchedHalo] | None = None
+
+    def _step_final(self) -> float:
+        """The object step's final factor: ``step_final`` where the data's Poisson noise level
+        (:func:`poisson_floor` over ``Σ I``, the whole scan: one collective) reaches
+        ``decay_noise``, proportionally closer to 1 below it."""
+        opts = self.cfg.lsqml
+        if opts.step_final >= 1.0:
+            return 1.0
+        floor = self.exchange.allreduce(poisson_floor(self.backend, self.data.amplitudes))
+        level = floor / max(self.data.power_global, 1e-30)
+        depth = 1.0 if opts.decay_noise <= 0 else min(1.0, level / opts.decay_noise)
+        return 1.0 - (1.0 - opts.step_final) * depth
 
     def _positions_moved(self) -> None:
         super()._positions_moved()
@@ -344,12 +371,14 @@ class LSQML(Engine):
     def _take_steps(self, b: _Batch, local: np.ndarray, every: np.ndarray, d_obj: Any,
                     d_probe: Any) -> None:
         """Step 4: the object moves by the trimmed mean of the positions' object steps along
-        ΔO, the probe by ``probe_relaxation`` times the mean of their probe steps along ΔP
-        (all positions' with the probe shared, else this rank's)."""
+        ΔO (times :func:`step_decay`: smaller steps late in the run average the noise of more
+        positions into each pixel), the probe by ``probe_relaxation`` times the mean of their
+        probe steps along ΔP (all positions' with the probe shared, else this rank's)."""
         ex, opts = self.exchange, self.cfg.lsqml
         means = every.sum(axis=0) / max(len(every), 1)
         alpha_o, alpha_p = step_lengths(every, means, opts.damping, opts.step_scale)
-        alpha_obj = trimmed_mean(alpha_o, opts.trim)
+        alpha_obj = trimmed_mean(alpha_o, opts.trim) * step_decay(
+            self.iteration, self.cfg.iterations, self.step_final, self.complete_from)
 
         def add_step(rows: slice) -> None:  # in bands of rows over the worker threads
             self.object[rows] += alpha_obj * d_obj[rows]

@@ -64,6 +64,20 @@ class PoissonNoise:
 
 NoiseModel = GaussianNoise | PoissonNoise
 
+POISSON_FLOOR = 0.25  # E[(sqrt(n) - sqrt(λ))²] of photon counts n for λ ≳ 1
+
+
+def poisson_floor(backend: Backend, amplitudes: Any, chunk: int = 256) -> float:
+    """``Σ min(I, 1/4)`` over the valid pixels of ``amplitudes`` (√I, invalid < 0): the
+    expected ``Σ (√n − √λ)²`` of photon counts (1/4 a pixel for counts λ ≳ 1, about λ
+    below), the misfit a perfect model leaves; relative to ``Σ I``, the data's noise level."""
+    xp, total = backend.xp, 0.0
+    for start in range(0, len(amplitudes), chunk):
+        a = amplitudes[start:start + chunk]
+        total += float(xp.where(a >= 0, xp.minimum(a * a, POISSON_FLOOR), 0.0).sum(
+            dtype=np.float64))
+    return total
+
 
 def noise_model(name: str, newton_steps: int) -> NoiseModel:
     """The model ``algorithm.lsqml.noise_model`` names."""

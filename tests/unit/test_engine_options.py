@@ -27,6 +27,7 @@ from ptychompi.config.engines import (
     config_deprecations,
 )
 from ptychompi.engines import ENGINES
+from ptychompi.engines.lsqml import step_decay
 from ptychompi.errors import ConfigError
 from ptychompi.io.cxi import write_cxi
 from ptychompi.sim.simulate import simulate
@@ -116,6 +117,7 @@ EFFECTS = [
     ("dm", {"refine_from": 2}, {}, 4),
     ("lsqml", {"batches": 4}, {}, 2), ("lsqml", {"delta": 0.5}, {}, 2),
     ("lsqml", {"damping": 0.5}, {}, 2), ("lsqml", {"step_scale": 0.5}, {}, 2),
+    ("lsqml", {"step_final": 1.0}, {}, 3),
     ("lsqml", {"probe_relaxation": 1.0}, {}, 2), ("lsqml", {"trim": 0.3}, {}, 2),
     ("lsqml", {"noise_model": "poisson"}, {}, 2),
     ("lsqml", {"poisson_newton_steps": 1, "noise_model": "poisson"}, {}, 2),
@@ -128,6 +130,28 @@ def test_each_option_takes_effect(sim, name, values, extra, iterations):
     obj0, probe0 = run(sim, name, iterations, **extra, **{name: base})
     obj1, probe1 = run(sim, name, iterations, **extra, **{name: values})
     assert not (np.array_equal(obj0, obj1) and np.array_equal(probe0, probe1)), values
+
+
+def test_lsqml_step_decay_over_the_second_half_or_after_the_scan_is_complete():
+    assert [step_decay(i, 100, 0.3) for i in (0, 25, 50)] == [1.0, 1.0, 1.0]
+    assert 0.3 < step_decay(75, 100, 0.3) < step_decay(60, 100, 0.3) < 1.0
+    assert step_decay(99, 100, 0.3) == pytest.approx(0.3)
+    assert step_decay(150, 100, 0.3) == pytest.approx(0.3)  # continued past the plan
+    assert step_decay(99, 100, 1.0) == 1.0
+    # run --follow: no decay while rows arrive; from the end of the scan when that is later
+    assert step_decay(99, 100, 0.3, None) == 1.0
+    assert step_decay(80, 100, 0.3, 80) == 1.0 and step_decay(90, 100, 0.3, 80) < 1.0
+    assert step_decay(99, 100, 0.3, 80) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("photons,low,high", [(1e3, 0.29, 0.31), (1e8, 0.99, 1.0)])
+def test_lsqml_step_falls_as_far_as_the_data_are_noisy(photons, low, high):
+    noisy = simulate(frame=64, grid=4, step_px=8, probe_diameter_px=20, photons=photons, seed=1)
+    with Reconstruction(config("lsqml", 2, noisy), scan=as_scan(noisy)) as r:
+        assert low <= r.engine.step_final <= high, r.engine.step_final
+    every = config("lsqml", 2, noisy, lsqml={"decay_noise": 0.0})
+    with Reconstruction(every, scan=as_scan(noisy)) as r:  # 0: all the way at any dose
+        assert r.engine.step_final == pytest.approx(0.3)
 
 
 def test_epie_batch_limits_the_disjoint_batches():

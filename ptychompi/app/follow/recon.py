@@ -165,6 +165,7 @@ class FollowReconstruction(Reconstruction):
         metrics: dict | None = None
         if not isinstance(self.engine, IdleEngine):
             self._owe_visits(self.engine)
+            self._mark_complete(self.engine)
             metrics = self.engine.step()
         if len(self.group.ranks) < self.size:  # the ranks sitting out learn the metrics
             metrics = quiet_bcast(self.comm, metrics, root=self.group.root)
@@ -175,6 +176,14 @@ class FollowReconstruction(Reconstruction):
         require_finite(metrics)
         self.history.append(metrics)
         return metrics
+
+    def _mark_complete(self, engine: Any) -> None:
+        """Tell LSQML (``complete_from``; DM: its refinement) the iteration the scan ended at,
+        None while rows still arrive: its object step decays only once every row is in."""
+        engine = getattr(engine, "_ml", None) or engine
+        if hasattr(engine, "complete_from"):
+            ended = self.decision.ended and self.arrivals.schedule
+            engine.complete_from = int(self.arrivals.schedule[-1][0]) if ended else None
 
     def _owe_visits(self, engine: Any) -> None:
         """Tell ePIE and LSQML (``extra_visits``) which positions catch up on missed
