@@ -20,6 +20,7 @@ one decide alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,25 +50,29 @@ def stall_iteration(errors: list[float], patience: int, earliest: int) -> int | 
     return None
 
 
-def defers(errors: list[float], floor: float, ratio: float | None, rate: float,
+def defers(errors: list[float], floor: Callable[[], float], ratio: float | None, rate: float,
            window: int = 5) -> bool:
-    """Whether DM goes on past ``refine_from``: its last error above ``ratio`` times the
-    noise ``floor`` and, over the last ``window`` iterations, falling by more than ``rate``
-    per iteration (geometric mean). Never with ``ratio`` None."""
-    if ratio is None or len(errors) <= window or errors[-1] <= ratio * floor:
+    """Whether DM goes on past ``refine_from``: over the last ``window`` iterations its error
+    fell by more than ``rate`` per iteration (geometric mean), and the last one is above
+    ``ratio`` times the noise ``floor()`` (asked for only then). Never with ``ratio`` None."""
+    if ratio is None or len(errors) <= window:
         return False
-    return errors[-1] < errors[-1 - window] * (1.0 - rate) ** window
+    if errors[-1] >= errors[-1 - window] * (1.0 - rate) ** window:
+        return False
+    return errors[-1] > ratio * floor()
 
 
-def noise_floor(backend: Any, amplitudes: Any, chunk: int = 256) -> float:
-    """``Σ min(I, 1/4)`` over the valid pixels of ``amplitudes`` (√I, invalid < 0): the
+def noise_floor(backend: Any, amplitudes: Any, chunk: int = 64) -> float:
+    """``Σ min(I, 1/4)`` over the valid pixels of ``amplitudes`` (√I, invalid ones -1): the
     expected ``Σ (√n − √λ)²`` of Poisson counts (1/4 a pixel for counts λ ≳ 1, about λ
     below), the error a perfect model leaves."""
     xp, total = backend.xp, 0.0
     for start in range(0, len(amplitudes), chunk):
         a = amplitudes[start:start + chunk]
-        total += float(xp.where(a >= 0, xp.minimum(a * a, POISSON_FLOOR), 0.0).sum(
-            dtype=np.float64))
+        power = a * a  # an invalid pixel's 1 counts 1/4 here, taken off below
+        xp.minimum(power, POISSON_FLOOR, out=power)
+        total += (float(power.sum(dtype=np.float64))
+                  - POISSON_FLOOR * int(xp.count_nonzero(a < 0)))
     return total
 
 
@@ -343,7 +348,7 @@ class DifferenceMap(Engine):
             latest = max(start, math.ceil(opts.refine_by * self.cfg.iterations))
             if self.iteration >= latest or opts.refine_noise_ratio is None:
                 return True
-            return not defers(self.errors, self._noise_floor(), opts.refine_noise_ratio,
+            return not defers(self.errors, self._noise_floor, opts.refine_noise_ratio,
                               opts.refine_rate)
         patience = opts.refine_patience
         return bool(patience) and stall_iteration(self.errors, patience,

@@ -95,11 +95,17 @@ def test_dm_goes_on_at_high_dose():
 def test_dm_defers_only_far_above_the_noise_while_falling_fast():
     fast = [1.0 * 0.8 ** i for i in range(10)]  # 20 % per iteration
     slow = [1.0 * 0.98 ** i for i in range(10)]
-    assert defers(fast, floor=1e-4, ratio=50, rate=0.05)
-    assert not defers(slow, floor=1e-4, ratio=50, rate=0.05)
-    assert not defers(fast, floor=fast[-1] / 40, ratio=50, rate=0.05)  # near the noise
-    assert not defers(fast, floor=1e-4, ratio=None, rate=0.05)  # switched off
-    assert not defers(fast[:5], floor=1e-4, ratio=50, rate=0.05)  # too short a history
+    asked = []
+
+    def floor(value: float = 1e-4) -> float:
+        asked.append(value)
+        return value
+
+    assert defers(fast, floor, ratio=50, rate=0.05)
+    assert not defers(slow, floor, ratio=50, rate=0.05) and len(asked) == 1  # not asked
+    assert not defers(fast, lambda: fast[-1] / 40, ratio=50, rate=0.05)  # near the noise
+    assert not defers(fast, floor, ratio=None, rate=0.05)  # switched off
+    assert not defers(fast[:5], floor, ratio=50, rate=0.05)  # too short a history
     # Poisson floor: 1/4 a bright pixel, the intensity of a dim one, invalid pixels none
     amplitudes = np.sqrt(np.array([[[100.0, 0.1], [4.0, 0.0]]], np.float32))
     amplitudes[0, 1, 1] = -1.0
