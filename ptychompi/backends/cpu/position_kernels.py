@@ -56,10 +56,16 @@ def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.nda
                            out: np.ndarray) -> None:
     """:func:`position_sums` of a residual ``chi`` (B, K, M, M) an engine already formed
     (LSQML's ``Ψ' − ψ``), with the object's central differences (one-sided at its edges, as
-    :func:`ptychompi.ops.steps.central_differences`) taken on the fly."""
+    :func:`ptychompi.ops.steps.central_differences`) taken on the fly. Per pixel the modes
+    enter as ``q = Σ_k conj(P_k) χ_k`` and ``Σ_k |P_k|²`` (then ``Re(conj(∂O) q)`` and
+    ``|∂O|² Σ_k |P_k|²``); each row is summed in single precision, the rows in double."""
     b, kk, m0, m1 = chi.shape
     h, w = obj.shape
     half = np.float32(0.5)
+    q = np.empty(m1, np.complex64)
+    power = np.empty(m1, np.float32)
+    d_row = np.empty(m1, np.complex64)
+    d_col = np.empty(m1, np.complex64)
     for j in range(b):
         p, r0, c0 = probe_of[j], rows[j], cols[j]
         num_r = 0.0
@@ -69,24 +75,41 @@ def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.nda
         for y in range(m0):
             r = r0 + y
             up, down = min(r + 1, h - 1), max(r - 1, 0)
+            scale_r = half if up - down == 2 else np.float32(1.0)
             for x in range(m1):
-                c = c0 + x
-                right, left = min(c + 1, w - 1), max(c - 1, 0)
-                dr = obj[up, c] - obj[down, c]
-                if up - down == 2:
-                    dr = dr * half
-                dc = obj[r, right] - obj[r, left]
-                if right - left == 2:
-                    dc = dc * half
-                for k in range(kk):
+                d_row[x] = (obj[up, c0 + x] - obj[down, c0 + x]) * scale_r
+            if c0 > 0 and c0 + m1 < w:  # no column of the window at the object's edge
+                for x in range(m1):
+                    d_col[x] = (obj[r, c0 + x + 1] - obj[r, c0 + x - 1]) * half
+            else:
+                for x in range(m1):
+                    c = c0 + x
+                    right, left = min(c + 1, w - 1), max(c - 1, 0)
+                    d_col[x] = (obj[r, right] - obj[r, left]) * (half if right - left == 2
+                                                                 else np.float32(1.0))
+            for x in range(m1):
+                pv = probes[p, 0, y, x]
+                q[x] = pv.conjugate() * chi[j, 0, y, x]
+                power[x] = pv.real * pv.real + pv.imag * pv.imag
+            for k in range(1, kk):
+                for x in range(m1):
                     pv = probes[p, k, y, x]
-                    ch = chi[j, k, y, x]
-                    gr = pv * dr
-                    gc = pv * dc
-                    num_r += np.float64(gr.real) * ch.real + np.float64(gr.imag) * ch.imag
-                    den_r += np.float64(gr.real) * gr.real + np.float64(gr.imag) * gr.imag
-                    num_c += np.float64(gc.real) * ch.real + np.float64(gc.imag) * ch.imag
-                    den_c += np.float64(gc.real) * gc.real + np.float64(gc.imag) * gc.imag
+                    q[x] += pv.conjugate() * chi[j, k, y, x]
+                    power[x] += pv.real * pv.real + pv.imag * pv.imag
+            nr = np.float32(0.0)
+            dr = np.float32(0.0)
+            nc = np.float32(0.0)
+            dc = np.float32(0.0)
+            for x in range(m1):
+                a, g, e = d_row[x], d_col[x], q[x]
+                nr += a.real * e.real + a.imag * e.imag
+                dr += (a.real * a.real + a.imag * a.imag) * power[x]
+                nc += g.real * e.real + g.imag * e.imag
+                dc += (g.real * g.real + g.imag * g.imag) * power[x]
+            num_r += nr
+            den_r += dr
+            num_c += nc
+            den_c += dc
         out[j, 0] = num_r
         out[j, 1] = den_r
         out[j, 2] = num_c
