@@ -28,8 +28,8 @@ import numpy as np
 from ..ops import DmFourierJob, DmObjectJob, DmProbeJob
 from .base import Engine
 from .lsqml import LSQML
+from .noise import POISSON_FLOOR, poisson_floor
 
-POISSON_FLOOR = 0.25  # E[(sqrt(I_measured) - sqrt(I))²] for photon counts
 PSI_CACHE_BYTES = 2 << 30  # keep sample-plane exit waves between object and probe updates
 PROBE_TABLE_BYTES = 1 << 30  # keep every distinct shifted probe of an iteration up to this
 
@@ -60,20 +60,6 @@ def defers(errors: list[float], floor: Callable[[], float], ratio: float | None,
     if errors[-1] >= errors[-1 - window] * (1.0 - rate) ** window:
         return False
     return errors[-1] > ratio * floor()
-
-
-def noise_floor(backend: Any, amplitudes: Any, chunk: int = 64) -> float:
-    """``Σ min(I, 1/4)`` over the valid pixels of ``amplitudes`` (√I, invalid ones -1): the
-    expected ``Σ (√n − √λ)²`` of Poisson counts (1/4 a pixel for counts λ ≳ 1, about λ
-    below), the error a perfect model leaves."""
-    xp, total = backend.xp, 0.0
-    for start in range(0, len(amplitudes), chunk):
-        a = amplitudes[start:start + chunk]
-        power = a * a  # an invalid pixel's 1 counts 1/4 here, taken off below
-        xp.minimum(power, POISSON_FLOOR, out=power)
-        total += (float(power.sum(dtype=np.float64))
-                  - POISSON_FLOOR * int(xp.count_nonzero(a < 0)))
-    return total
 
 
 def best_since(errors: list[float], earliest: int) -> int:
@@ -356,9 +342,10 @@ class DifferenceMap(Engine):
 
     def _noise_floor(self) -> float:
         """The Poisson floor of the whole scan's data relative to its power, the units of the
-        error (:func:`noise_floor`; one collective, the first time it is asked for)."""
+        error (:func:`~.noise.poisson_floor`; one collective, the first time it is asked
+        for)."""
         if self._floor is None:
-            local = noise_floor(self.backend, self.data.amplitudes)
+            local = poisson_floor(self.backend, self.data.amplitudes)
             self._floor = self.exchange.allreduce(local) / max(self.data.power_global, 1e-30)
         return self._floor
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from ptychompi.backends import select_backend
-from ptychompi.engines.dm import defers, noise_floor, stall_iteration
+from ptychompi.engines.dm import defers, stall_iteration
+from ptychompi.engines.noise import poisson_floor
 from ptychompi.sim.evaluate import evaluate
 from ptychompi.sim.matrix import OBJECTS, PROBES, Case, make_matrix_probe, make_scan
 
@@ -110,7 +111,7 @@ def test_dm_defers_only_far_above_the_noise_while_falling_fast():
     amplitudes = np.sqrt(np.array([[[100.0, 0.1], [4.0, 0.0]]], np.float32))
     amplitudes[0, 1, 1] = -1.0
     be = select_backend("cpu")
-    assert noise_floor(be, amplitudes) == pytest.approx(0.25 + 0.1 + 0.25)
+    assert poisson_floor(be, amplitudes) == pytest.approx(0.25 + 0.1 + 0.25)
 
 
 def test_matrix_probes_are_what_they_claim():
