@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ import yaml
 from test_engines import as_scan, config
 
 from ptychompi import Reconstruction
+from ptychompi.app.follow.arrivals import Decision
+from ptychompi.app.follow.recon import FollowReconstruction
 from ptychompi.app.gui.schema import fields
 from ptychompi.app.provenance import provenance
 from ptychompi.app.runner import apply_overrides
@@ -142,6 +145,21 @@ def test_lsqml_step_decay_over_the_second_half_or_after_the_scan_is_complete():
     assert step_decay(99, 100, 0.3, None) == 1.0
     assert step_decay(80, 100, 0.3, 80) == 1.0 and step_decay(90, 100, 0.3, 80) < 1.0
     assert step_decay(99, 100, 0.3, 80) == pytest.approx(0.3)
+
+
+def test_follow_tells_lsqml_when_the_scan_is_complete():
+    follow = SimpleNamespace(decision=Decision(3, False),
+                             arrivals=SimpleNamespace(schedule=[[0, 1], [5, 3]]))
+    lsqml, dm = SimpleNamespace(complete_from=0), SimpleNamespace(_ml=SimpleNamespace(
+        complete_from=0))
+    for engine in (lsqml, dm):
+        FollowReconstruction._mark_complete(follow, engine)
+    assert lsqml.complete_from is None and dm._ml.complete_from is None  # rows still arrive
+    follow.decision = Decision(8, True)
+    follow.arrivals.schedule.append([12, 8])
+    for engine in (lsqml, dm):
+        FollowReconstruction._mark_complete(follow, engine)
+    assert lsqml.complete_from == 12 and dm._ml.complete_from == 12
 
 
 @pytest.mark.parametrize("photons,low,high", [(1e3, 0.29, 0.31), (1e8, 0.99, 1.0)])
