@@ -129,7 +129,9 @@ def test_follow_preview_before_last_row_and_final_quality(sim, tmp_path):
     result = read_result(tmp_path / "out" / "result.h5")
     follow = result.provenance["follow"]
     assert follow["rows"] == follow["planned_rows"] == GRID and not follow["aborted"]
-    assert len(follow["schedule"]) > 2  # rows came in while it iterated
+    # rows came in while it iterated (the last one at least: the writer held it back until
+    # the preview; a loaded machine that starts the ranks slowly finds the others in)
+    assert len(follow["schedule"]) >= 2 and follow["schedule"][-1][0] > 0
     assert "rows 8/8" in proc.stderr  # the progress line shows rows arrived / planned
     status = read_status(tmp_path / "out")  # the GUI's live view: rows arrived / planned
     assert status["state"] == "done"
