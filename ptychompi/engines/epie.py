@@ -69,10 +69,11 @@ class EPIE(Engine):
 
     def probe_step(self) -> float:
         """``beta_initial`` at the first iteration, falling linearly to ``beta`` over the first
-        quarter of the iterations: a starting probe far from the beam is corrected before the
-        object takes up its error; the smaller step then keeps low doses stable."""
+        tenth of the iterations: a starting probe far from the beam is corrected before the
+        object takes up its error; the smaller step then keeps low doses stable (a longer
+        large step lets the probe's power outside the beam run up at low doses)."""
         opts = self.cfg.epie
-        t = min(1.0, 4.0 * self.iteration / max(self.cfg.iterations, 1))
+        t = min(1.0, 10.0 * self.iteration / max(self.cfg.iterations, 1))
         return opts.beta_initial + (opts.beta - opts.beta_initial) * t
 
     def object_step(self) -> float:
