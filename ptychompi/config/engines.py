@@ -43,10 +43,9 @@ class EPIEOptions:
                              "over the second half of the iterations (1 = constant; smaller "
                              "steps average the noise of more positions)", low=0.0, high=1.0)
     beta: float = opt(0.3, "probe step size", low=0.0)
-    beta_initial: float = opt(1.0, "probe step at the first iteration, falling linearly to beta "
-                              "over the first tenth of the iterations (a starting probe far "
-                              "from the beam is corrected before the object takes up its error)",
-                              low=0.0)
+    beta_initial: float | None = opt(None, "probe step at the first iteration, falling "
+                                     "linearly to beta over the first tenth of the iterations "
+                                     "(null = beta throughout)", low=0.0)
     rpie_weight: float = opt(0.3, "weight w of the peak power in rPIE's object step "
                              "denominator (1 - w)|P|² + w max|P|² (1 = classic ePIE; smaller: "
                              "larger steps into the beam's tails); the probe step is ePIE's",

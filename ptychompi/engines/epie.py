@@ -68,11 +68,12 @@ class EPIE(Engine):
         return err
 
     def probe_step(self) -> float:
-        """``beta_initial`` at the first iteration, falling linearly to ``beta`` over the first
-        tenth of the iterations: a starting probe far from the beam is corrected before the
-        object takes up its error; the smaller step then keeps low doses stable (a longer
-        large step lets the probe's power outside the beam run up at low doses)."""
+        """``beta``; with ``beta_initial``, that at the first iteration, falling linearly to
+        ``beta`` over the first tenth of the iterations (a longer large step lets the probe's
+        power outside the beam run up at low doses)."""
         opts = self.cfg.epie
+        if opts.beta_initial is None:
+            return opts.beta
         t = min(1.0, 10.0 * self.iteration / max(self.cfg.iterations, 1))
         return opts.beta_initial + (opts.beta - opts.beta_initial) * t
 

@@ -114,7 +114,7 @@ def test_gui_schema_lists_the_engine_sections():
 EFFECTS = [
     ("epie", {"alpha": 0.5}, {}, 3), ("epie", {"beta": 0.5}, {}, 3),
     ("epie", {"rpie_weight": 0.5}, {}, 3), ("epie", {"alpha_final": 1.0}, {}, 3),
-    ("epie", {"beta_initial": 0.3}, {}, 3),
+    ("epie", {"beta_initial": 1.0}, {}, 3),
     ("dm", {"regularisation": 0.05}, {}, 3), ("dm", {"bound_fraction": 0.5}, {}, 3),
     ("dm", {"overlap_iterations": 2}, {}, 3), ("dm", {"fourier_relax": 0.0}, {}, 3),
     ("dm", {"refine_from": 2}, {}, 4),
