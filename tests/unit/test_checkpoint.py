@@ -50,7 +50,11 @@ def final(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                                          (2, {"dm": {"refine_from": 8}})])
 def test_resume_is_bit_for_bit_on_the_same_rank_count(tmp_path, scan, ranks, algo):
     """Also across DM's hand-over to its maximum-likelihood refinement (at iteration 8, the
-    checkpoint at 10)."""
+    checkpoint at 10). The part run stops early by planning 12 iterations; LSQML's object step
+    falls over the second half of the plan (lsqml.step_final), so a plan of 12 is another run
+    than a plan of 20 from iteration 6 on: the fall is off here (the same plan resumed inside
+    the fall is bit for bit: test_engine_options)."""
+    algo = {**algo, "lsqml": {"step_final": 1.0}}
     full = write_config(tmp_path / "full.yaml", scan, tmp_path / "full", **algo)
     assert run([str(full)], ranks).returncode == 0
     part = write_config(tmp_path / "part.yaml", scan, tmp_path / "part", **algo)
