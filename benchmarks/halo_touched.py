@@ -26,7 +26,7 @@ terms travel as per-position partial sums in the gather LSQML makes anyway).
 
 These counts are float32 values (8 B a pixel). LSQML now sends its numerator to the object's
 precision (``parallel/halo_codec.py``), whose length depends on the values: count it in a
-real run (``scaling.py --drive 2,4 --engine lsqml``; ``--halo touched-float32`` matches the
+real run (``scaling.py --drive 2,4 --engine lsqml``; ``--halo touched`` matches the
 "routed" counts here).
 
 ``--projection``: the same imbalance for the scaling model's 100k-frame raster of 256² frames

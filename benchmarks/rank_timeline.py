@@ -28,7 +28,6 @@ import time
 import common
 
 import ptychompi
-from ptychompi.parallel.sparse_halo import TouchedHalo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "RESULT "
@@ -75,10 +74,8 @@ def worker(args: argparse.Namespace) -> int:
     scan, probe_m, _ = common.make_scan(args.grid, args.frame)
     cfg = common.make_config(args.engine, args.iterations + 1, probe_m,
                              args.subpixel == "on", "cpu", 1)
+    cfg["parallel"]["halo"] = args.halo
     recon = ptychompi.Reconstruction(cfg, comm if comm.Get_size() > 1 else None, scan=scan)
-    if hasattr(recon.engine, "touched_halo"):
-        recon.engine.touched_halo = args.halo != "full"
-        TouchedHalo.compact = args.halo == "touched"  # touched-float32: values as computed
     recon.step()  # warm-up: FFT plans, compiled kernels
     m0, cpu0 = recon.metrics, time.process_time()
     comm.Barrier()
@@ -163,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frame", type=int, default=128)
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--subpixel", default="on", choices=("on", "off"))
-    ap.add_argument("--halo", default="touched", choices=("touched", "touched-float32", "full"))
+    ap.add_argument("--halo", default="auto", choices=("auto", "full", "touched", "compact"),
+                    help="LSQML's per-batch halo sums (parallel.halo)")
     ap.add_argument("--timer", default="cpu", choices=("cpu", "wall"),
                     help="the profile's clock: CPU time of the rank (the work, whatever else "
                          "runs on the machine; MPI calls count their busy wait) or wall time")

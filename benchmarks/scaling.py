@@ -37,7 +37,6 @@ import numpy as np
 import scaling_model
 
 import ptychompi
-from ptychompi.parallel.sparse_halo import TouchedHalo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAG = "RESULT "
@@ -57,15 +56,13 @@ def worker(args: argparse.Namespace) -> int:
     cfg = common.make_config(args.engine, args.iterations + args.warmup, probe_m,
                              args.subpixel == "on", "cpu", args.workers,
                              batch_size=args.batch_size)
+    cfg["parallel"]["halo"] = "touched" if args.halo == "touched-sent" else args.halo
     comm.Barrier()
     t0 = time.perf_counter()
     recon = ptychompi.Reconstruction(cfg, comm, scan=scan)
     setup = time.perf_counter() - t0
-    if hasattr(recon.engine, "touched_halo"):  # LSQML: per-batch halo of what was touched
-        recon.engine.touched_halo = args.halo != "full"
-        TouchedHalo.compact = args.halo == "touched"  # the numerator to the object's precision
-        if args.halo == "touched-sent":  # the halos' illumination sent, not recomputed
-            recon.engine._halo_powers = False
+    if args.halo == "touched-sent" and hasattr(recon.engine, "_halo_powers"):
+        recon.engine._halo_powers = False  # LSQML: the halos' illumination sent, not recomputed
     for _ in range(args.warmup):
         recon.step()
     m0 = recon.metrics
@@ -201,12 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="FFT threads per rank")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="LSQML's positions per batch (default: a tenth of the scan)")
-    ap.add_argument("--halo", default="touched",
-                    choices=("touched", "touched-float32", "touched-sent", "full"),
-                    help="LSQML's per-batch halo sums: the pixels touched (the illumination "
-                         "recomputed, the numerator to the object's precision; "
-                         "touched-float32: as float32; touched-sent: the illumination sent "
-                         "too), or the full halo")
+    ap.add_argument("--halo", default="auto",
+                    choices=("auto", "full", "touched", "compact", "touched-sent"),
+                    help="LSQML's per-batch halo sums (parallel.halo): auto, full, touched "
+                         "(float32, the illumination recomputed), compact (touched, the "
+                         "numerator to the object's precision), touched-sent (touched, the "
+                         "illumination sent too)")
     ap.add_argument("--mpiexec", default=os.path.join(os.path.dirname(sys.executable),
                                                       "mpiexec"))
     ap.add_argument("--timeout", type=float, default=600)

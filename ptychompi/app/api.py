@@ -139,11 +139,12 @@ class Reconstruction:
         local_amp = np.where(valid, amplitudes, 0).sum(axis=0, dtype=np.float64)
         power = self.exchange.allreduce(local_power)
         mean_amp = self.exchange.allreduce(local_amp) / self.layout.n_frames
+        schedule = Schedule.from_config(self.config.parallel, self.comm)
         # no collectives from here on: a problem on any rank is agreed on below
-        return collective(self.comm, self._make_engine, amplitudes, power, mean_amp)
+        return collective(self.comm, self._make_engine, amplitudes, power, mean_amp, schedule)
 
-    def _make_engine(self, amplitudes: np.ndarray, power: float,
-                     mean_amp: np.ndarray) -> Engine:
+    def _make_engine(self, amplitudes: np.ndarray, power: float, mean_amp: np.ndarray,
+                     schedule: Schedule) -> Engine:
         cfg, be, layout, tile = self.config, self.backend, self.layout, self.tile
         frame = layout.frame
         check_photons(power, layout.n_frames, self.source.path)
@@ -169,7 +170,6 @@ class Reconstruction:
             propagator=propagator,
             origin=tile.origin,
         )
-        schedule = Schedule(cfg.parallel.share_frequency, cfg.parallel.probe_share_frequency)
         engine_cls = ENGINES[cfg.algorithm.name]
         return engine_cls(cfg.algorithm, data, self.exchange, be, probe, obj, schedule)
 

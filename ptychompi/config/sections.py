@@ -160,6 +160,12 @@ class ParallelConfig:
     workers: int | None = opt(None, "CPU FFT threads per rank (null = cores / ranks)", low=1)
     fft: str = opt("auto", "CPU FFT library: fftw (pyFFTW), scipy, or auto = fftw when "
                    "installed ($PTYCHOMPI_FFT overrides)", choices=("auto", "fftw", "scipy"))
+    halo: str = opt("auto", "how LSQML's per-batch halo sums travel: full (the whole halo as "
+                    "float32: the least CPU), touched (only the pixels the batch's windows "
+                    "touched), compact (touched, each value rounded below 2^-21 of the "
+                    "object it moves and Rice-coded: the fewest bytes, the most CPU); auto = "
+                    "compact when the ranks span several nodes, full on one node",
+                    choices=("auto", "full", "touched", "compact"))
     operations: str = opt("compiled", "how the engines' steps run on a CPU: compiled (numba "
                           "kernels, fused FFTW pipelines) or array (numpy expressions, the "
                           "code a GPU runs: a slower reference to check results against)",

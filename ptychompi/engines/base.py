@@ -51,11 +51,25 @@ class TileData:
 
 @dataclass
 class Schedule:
-    """When to exchange: object every ``share_frequency``, probe every
-    ``probe_share_frequency`` iterations."""
+    """When and how to exchange: object every ``share_frequency``, probe every
+    ``probe_share_frequency`` iterations; ``halo``: how LSQML's per-batch halo sums travel
+    (``full``, ``touched`` or ``compact``, see ``parallel.halo``)."""
 
     share_frequency: int = 1
     probe_share_frequency: int = 1
+    halo: str = "full"
+
+    @classmethod
+    def from_config(cls, parallel: Any, comm: Any | None) -> Schedule:
+        """From the ``parallel`` section; ``halo: auto`` resolved (collective: compact where
+        the ranks span several nodes, full on one node, where a byte sent is a copy in
+        memory and the compact coding's CPU time is not repaid)."""
+        from ..parallel.node import spans_nodes  # noqa: PLC0415
+
+        halo = parallel.halo
+        if halo == "auto":
+            halo = "compact" if spans_nodes(comm) else "full"
+        return cls(parallel.share_frequency, parallel.probe_share_frequency, halo)
 
     def share_object(self, iteration: int) -> bool:
         return (iteration + 1) % self.share_frequency == 0

@@ -108,8 +108,10 @@ class LSQML(Engine):
         self.noise = noise_model(opts.noise_model, opts.poisson_newton_steps)
         self.step_final = self._step_final()  # collective
         # per-batch halo sums move only the pixels the batch's windows touched (off: the full
-        # halo, the same result); the global batch being updated and its built exchange
-        self.touched_halo = True
+        # halo, the same result), compact: the numerator to the object's precision; the
+        # global batch being updated and its built exchange
+        self.touched_halo = self.schedule.halo != "full"
+        self.compact_halo = self.schedule.halo == "compact"
         self._parts: list[np.ndarray] = []
         self._part: np.ndarray | None = None
         self._touched: tuple[Any, TouchedHalo] | None = None
@@ -224,7 +226,8 @@ class LSQML(Engine):
         if self._touched is None or self._touched[0] is not self.rows:  # every rank alike
             frame = (self.data.frame, self.data.frame)
             self._touched = (self.rows, TouchedHalo(ex, self.data.indices, self.rows,
-                                                    self.cols, self.data.n_global, frame))
+                                                    self.cols, self.data.n_global, frame,
+                                                    compact=self.compact_halo))
         touched = self._touched[1]
         # (num, illum): the illumination is computed here, from a probe all ranks share
         if (self._halo_powers and len(arrays) == 2 and not self.backend.is_gpu

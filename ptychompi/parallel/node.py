@@ -25,3 +25,9 @@ def node_rank_and_size(comm: Any | None) -> tuple[int, int]:
         return 0, 1
     with node_comm(comm) as node:
         return node.Get_rank(), node.Get_size()
+
+
+def spans_nodes(comm: Any | None) -> bool:
+    """Whether the ranks of ``comm`` run on more than one node (every rank finds the same:
+    its node holds fewer than all ranks exactly when there are several). Collective."""
+    return node_rank_and_size(comm)[1] < (1 if comm is None else comm.Get_size())

@@ -41,15 +41,15 @@ class TouchedHalo:
     Built collectively (one ``allgather`` of every frame's owner and window corner). ``sum``
     must be called by every rank with the same global batch (the frame indices of all ranks'
     members) and arrays of the same dtypes and leading shapes, like
-    :meth:`MPIExchange.halo_sum`. ``compact`` (class-wide, on): ``sum``'s ``scale`` is used
-    (off: the numerator travels as float32 whatever ``scale``; a benchmark's comparison).
+    :meth:`MPIExchange.halo_sum`. ``compact``: ``sum``'s ``scale`` is used (off: the
+    numerator travels as float32 whatever ``scale``).
     """
 
-    compact = True
-
     def __init__(self, exchange: Any, indices: np.ndarray, rows: np.ndarray,
-                 cols: np.ndarray, n_global: int, frame: tuple[int, int]) -> None:
+                 cols: np.ndarray, n_global: int, frame: tuple[int, int],
+                 compact: bool = True) -> None:
         self.exchange = exchange
+        self.compact = compact
         self.rank = exchange.rank
         self.frame = (int(frame[0]), int(frame[1]))
         tile = exchange.tile

@@ -33,11 +33,11 @@ def scan() -> ArrayScan:
     return SIM.as_scan()
 
 
-def config(batch_size: int | None = None) -> dict:
+def config(batch_size: int | None = None, halo: str = "auto") -> dict:
     return {"algorithm": {"name": "lsqml", "iterations": ITERATIONS, "seed": 0,
                           "probe_diameter_m": PROBE_PX * SIM.pixel_size_m,
                           "batch_size": batch_size},
-            "parallel": {"device": "cpu", "share_frequency": 1}}
+            "parallel": {"device": "cpu", "share_frequency": 1, "halo": halo}}
 
 
 def test_cover_matches_painted_windows() -> None:
@@ -193,8 +193,9 @@ def test_halo_illumination_recomputed_equals_summed_on_every_rank() -> None:
 
 
 def run(touched: bool) -> tuple[np.ndarray | None, np.ndarray, int, int]:
-    r = ptychompi.Reconstruction(config(), comm, scan=scan())
-    r.engine.touched_halo = touched
+    r = ptychompi.Reconstruction(config(halo="touched" if touched else "full"), comm,
+                                 scan=scan())
+    assert r.engine.touched_halo == touched
     r.step(ITERATIONS // 2)
     # positions placed anew (as a position refinement does, on every rank): the touched
     # exchange rebuilds its table of window corners
@@ -262,9 +263,9 @@ def test_lsqml_sharing_every_few_iterations_runs_alike() -> None:
     cfg = config()
     cfg["parallel"].update(share_frequency=2, probe_share_frequency=3)
     out = []
-    for touched in (True, False):
+    for halo in ("compact", "full"):
+        cfg["parallel"]["halo"] = halo
         r = ptychompi.Reconstruction(cfg, comm, scan=scan())
-        r.engine.touched_halo = touched
         r.step(4)
         out.append((r.object, r.probe))
         r.close()
@@ -283,15 +284,12 @@ HALO_BYTES_BAR = {2: 206_000, 4: 306_000}
 def compact_run(compact: bool) -> tuple[np.ndarray | None, int]:
     """LSQML on the test scan, 4 iterations, the numerator compact or as float32; the
     object (rank 0) and the most halo bytes any rank sent per iteration."""
-    TouchedHalo.compact = compact
-    try:
-        r = ptychompi.Reconstruction(config(), comm, scan=scan())
-        r.step(4)
-        sent = comm.allreduce(r.exchange.stats.halo_bytes, op=MPI.MAX) // 4
-        obj = r.object
-        r.close()
-    finally:
-        TouchedHalo.compact = True
+    r = ptychompi.Reconstruction(config(halo="compact" if compact else "touched"), comm,
+                                 scan=scan())
+    r.step(4)
+    sent = comm.allreduce(r.exchange.stats.halo_bytes, op=MPI.MAX) // 4
+    obj = r.object
+    r.close()
     return obj, sent
 
 
@@ -310,3 +308,16 @@ def test_lsqml_compact_numerator_fewer_bytes_same_trajectory() -> None:
         assert sent <= HALO_BYTES_BAR[size], (sent, HALO_BYTES_BAR[size])
     if rank == 0:
         assert np.linalg.norm(obj - obj32) <= 1e-5 * np.linalg.norm(obj32)
+
+
+@pytest.mark.mpi
+def test_auto_halo_is_full_on_one_node() -> None:
+    """``parallel.halo: auto`` sends the whole halo when every rank shares one node (these
+    tests' case: a byte sent is a copy in memory) and the compact halo otherwise."""
+    r = ptychompi.Reconstruction(config(), comm, scan=scan())
+    on_one_node = comm.allreduce(MPI.Get_processor_name() == comm.bcast(
+        MPI.Get_processor_name(), root=0), op=MPI.LAND)
+    assert r.engine.schedule.halo == ("full" if on_one_node else "compact")
+    assert r.engine.touched_halo == (not on_one_node) and r.engine.compact_halo == (
+        not on_one_node)
+    r.close()

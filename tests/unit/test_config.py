@@ -103,3 +103,16 @@ def test_relative_paths_follow_the_config_file_not_the_working_folder(tmp_path, 
     assert cfg.algorithm.probe_guess == str(folder / ".." / "p.npy")
     assert cfg.output.directory == str(folder / "out")
     assert load_config({"output": {"directory": "out"}}).output.directory == "out"
+
+
+def test_halo_mode_resolved_per_run():
+    """``parallel.halo``: ``auto`` is the full halo for one process (and, in the MPI suite,
+    for ranks on one node: tests/mpi/test_sparse_halo.py); a mode named is kept."""
+    from ptychompi.engines.base import Schedule  # noqa: PLC0415
+
+    for mode, want in (("auto", "full"), ("full", "full"), ("touched", "touched"),
+                       ("compact", "compact")):
+        cfg = config_from_dict({"data": {"path": "x.cxi"}, "parallel": {"halo": mode}})
+        assert Schedule.from_config(cfg.parallel, None).halo == want
+    with pytest.raises(ConfigError, match="halo"):
+        config_from_dict({"data": {"path": "x.cxi"}, "parallel": {"halo": "zip"}})

@@ -96,6 +96,7 @@ class FollowReconstruction(Reconstruction):
             raise
         self.exchange = SerialExchange(self.tile, self.backend)
         self.exchange.stats = self._stats
+        self._schedule = Schedule.from_config(self.config.parallel, comm)  # collective
         self._amplitudes = np.zeros((0, frame, frame), np.float32)
         self._local_power = 0.0
         self._local_amp = np.zeros((frame, frame), np.float64)
@@ -369,7 +370,7 @@ class FollowReconstruction(Reconstruction):
             indices=indices, box_shape=tile.box.shape, n_global=n_in, power_global=power,
             propagator=self.propagator)
         cfg = self.config
-        schedule = Schedule(cfg.parallel.share_frequency, cfg.parallel.probe_share_frequency)
+        schedule = self._schedule
         settings = self._algorithm()
         extra: dict[str, Any] = {}
         if cfg.algorithm.name == "dm":
