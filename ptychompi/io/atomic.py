@@ -57,22 +57,22 @@ class _Sink:
         self.raw = raw
         self.failure: OSError | None = None
 
+    def _through(self, call: Any, *args: Any) -> Any:
+        """``call(*args)`` on the real file, its OSError kept as :attr:`failure`."""
+        try:
+            return call(*args)
+        except OSError as exc:
+            self.failure = exc
+            raise
+
     def write(self, data: Any) -> int:
         if self.failure is None:
-            try:
-                return self.raw.write(data)
-            except OSError as exc:
-                self.failure = exc
-                raise
+            return self._through(self.raw.write, data)
         return len(memoryview(data))
 
     def flush(self) -> None:
         if self.failure is None:
-            try:
-                self.raw.flush()
-            except OSError as exc:
-                self.failure = exc
-                raise
+            self._through(self.raw.flush)
 
     def read(self, size: int = -1) -> bytes:
         return self.raw.read(size)
@@ -88,11 +88,7 @@ class _Sink:
 
     def truncate(self, size: int | None = None) -> int:
         if self.failure is None:
-            try:
-                return self.raw.truncate(size)
-            except OSError as exc:
-                self.failure = exc
-                raise
+            return self._through(self.raw.truncate, size)
         return self.raw.tell() if size is None else size
 
 
