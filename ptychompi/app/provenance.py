@@ -71,9 +71,12 @@ def fft_library(backend: Any) -> str:
 
 
 def run_settings(recon: Any) -> dict:
-    """The settings every rank shares that change a result's numbers (no communication)."""
+    """The settings every rank shares that change a result's numbers (no communication);
+    ``halo``: how LSQML's halo sums travelled (``parallel.halo`` with ``auto`` resolved)."""
+    schedule = getattr(getattr(recon, "engine", None), "schedule", None)
     return {"fft": fft_library(recon.backend), "precision": recon.config.algorithm.precision,
-            "operations": recon.backend.ops_kind, "versions": library_versions()}
+            "operations": recon.backend.ops_kind,
+            "halo": None if schedule is None else schedule.halo, "versions": library_versions()}
 
 
 def provenance(recon: Any) -> dict:

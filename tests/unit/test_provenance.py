@@ -134,7 +134,9 @@ def test_array_operations_are_selectable_and_recorded(tmp_path: Path, scan: Arra
             assert recon.backend.ops.compiled == (operations == "compiled")
             results[operations] = recon.object
             recon.save(str(tmp_path / f"{operations}.h5"))
-        assert read_result(tmp_path / f"{operations}.h5").provenance["operations"] == operations
+        saved = read_result(tmp_path / f"{operations}.h5").provenance
+        assert saved["operations"] == operations
+        assert saved["halo"] == "full"  # parallel.halo: auto, one process
     compiled, array = results["compiled"], results["array"]
     assert not np.array_equal(compiled, array)  # two implementations, rounding apart
     assert np.linalg.norm(array - compiled) <= 1e-4 * np.linalg.norm(compiled)
