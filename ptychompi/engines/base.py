@@ -24,6 +24,7 @@ from ..config import AlgorithmConfig
 from ..model.physics import Propagator, apply_amplitude_limits, orthogonalize_modes
 from .chunking import ChunkRunner
 from .merging import TileMerging
+from .noise import poisson_floor
 from .positions import make_refiner, placement_config
 from .shift_tables import ShiftTables
 
@@ -43,6 +44,7 @@ class TileData:
     power_global: float  # Σ_valid I over the whole scan
     propagator: Propagator
     origin: tuple[int, int] = (0, 0)  # the tile box's corner in the global object
+    noise_level: float | None = None  # Engine.noise_level, once asked for
 
     @property
     def frame(self) -> int:
@@ -109,6 +111,16 @@ class Engine(ShiftTables, TileMerging, ChunkRunner):
         self.chunk_size = GPU_CHUNK if backend.is_gpu else CPU_CHUNK
         self._accumulators: dict[tuple, np.ndarray] = {}
         self._dirty: set[int] = set()
+
+    def noise_level(self) -> float:
+        """The data's Poisson noise level: :func:`~.noise.poisson_floor` of the whole scan
+        relative to ``Σ I`` (the units of the error). One collective the first time; kept with
+        the tile's data, so an engine built on the same data (DM's refinement) reuses it."""
+        if self.data.noise_level is None:
+            local = poisson_floor(self.backend, self.data.amplitudes)
+            total = self.exchange.allreduce(local)
+            self.data.noise_level = total / max(self.data.power_global, 1e-30)
+        return self.data.noise_level
 
     def move_positions(self, positions: np.ndarray) -> None:
         """Place this tile's positions anew (tile-local pixels; every window inside the tile)

@@ -28,7 +28,7 @@ import numpy as np
 from ..ops import DmFourierJob, DmObjectJob, DmProbeJob
 from .base import Engine
 from .lsqml import LSQML
-from .noise import POISSON_FLOOR, poisson_floor
+from .noise import POISSON_FLOOR
 
 PSI_CACHE_BYTES = 2 << 30  # keep sample-plane exit waves between object and probe updates
 PROBE_TABLE_BYTES = 1 << 30  # keep every distinct shifted probe of an iteration up to this
@@ -88,7 +88,6 @@ class DifferenceMap(Engine):
         self._best: tuple[Any, Any, np.ndarray | None] | None = None
         self._refined = refined  # the maximum-likelihood refinement has taken over
         self._ml: LSQML | None = None  # the refinement's engine (on the same tile)
-        self._floor: float | None = None  # the data's Poisson floor, in units of the error
         self._reset(waves)
 
     def _reset(self, known: Any = None) -> None:
@@ -334,20 +333,11 @@ class DifferenceMap(Engine):
             latest = max(start, math.ceil(opts.refine_by * self.cfg.iterations))
             if self.iteration >= latest or opts.refine_noise_ratio is None:
                 return True
-            return not defers(self.errors, self._noise_floor, opts.refine_noise_ratio,
+            return not defers(self.errors, self.noise_level, opts.refine_noise_ratio,
                               opts.refine_rate)
         patience = opts.refine_patience
         return bool(patience) and stall_iteration(self.errors, patience,
                                                   opts.refine_earliest) is not None
-
-    def _noise_floor(self) -> float:
-        """The Poisson floor of the whole scan's data relative to its power, the units of the
-        error (:func:`~.noise.poisson_floor`; one collective, the first time it is asked
-        for)."""
-        if self._floor is None:
-            local = poisson_floor(self.backend, self.data.amplitudes)
-            self._floor = self.exchange.allreduce(local) / max(self.data.power_global, 1e-30)
-        return self._floor
 
     def _fourier_update(self) -> float:
         be = self.backend

@@ -18,7 +18,7 @@ from ..parallel.sparse_halo import TouchedHalo
 from .base import Engine
 from .batch_layout import frame_cells, stratified_parts
 from .lsqml_halo import halo_illumination, numerator_scale
-from .noise import noise_model, poisson_floor
+from .noise import noise_model
 from .visits import extra_rounds
 
 # the tuning constants are options: algorithm.lsqml (ptychompi.config.engines.LSQMLOptions);
@@ -118,13 +118,12 @@ class LSQML(Engine):
 
     def _step_final(self) -> float:
         """The object step's final factor: ``step_final`` where the data's Poisson noise level
-        (:func:`poisson_floor` over ``Σ I``, the whole scan: one collective) reaches
+        (:meth:`~.base.Engine.noise_level`: one collective the first time) reaches
         ``decay_noise``, proportionally closer to 1 below it."""
         opts = self.cfg.lsqml
         if opts.step_final >= 1.0:
             return 1.0
-        floor = self.exchange.allreduce(poisson_floor(self.backend, self.data.amplitudes))
-        level = floor / max(self.data.power_global, 1e-30)
+        level = self.noise_level()
         depth = 1.0 if opts.decay_noise <= 0 else min(1.0, level / opts.decay_noise)
         return 1.0 - (1.0 - opts.step_final) * depth
 
