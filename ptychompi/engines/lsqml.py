@@ -232,7 +232,8 @@ class LSQML(Engine):
         if (self._halo_powers and len(arrays) == 2 and not self.backend.is_gpu
                 and self.schedule.probe_share_frequency == 1):
             halo_illumination(self, touched, self._part, arrays[1])  # first: it scales
-            touched.sum(self._part, arrays[0], scale=numerator_scale(self, arrays[1]))
+            scale = numerator_scale(self, arrays[1]) if self.compact_halo else None
+            touched.sum(self._part, arrays[0], scale=scale)
         else:
             touched.sum(self._part, *arrays)
 
