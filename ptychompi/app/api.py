@@ -140,11 +140,20 @@ class Reconstruction:
         power = self.exchange.allreduce(local_power)
         mean_amp = self.exchange.allreduce(local_amp) / self.layout.n_frames
         schedule = Schedule.from_config(self.config.parallel, self.comm)
-        # no collectives from here on: a problem on any rank is agreed on below
-        return collective(self.comm, self._make_engine, amplitudes, power, mean_amp, schedule)
+        # the starting guesses and the tile's data have no collectives: a problem on any rank
+        # is agreed on; the engine's constructor has collectives of its own (its batches,
+        # shifts and noise level), so a failure there ends the job through the runner's
+        # abort rather than leaving the other ranks in a collective that cannot match
+        probe, obj, data = collective(self.comm, self._engine_inputs, amplitudes, power,
+                                      mean_amp)
+        engine_cls = ENGINES[self.config.algorithm.name]
+        return engine_cls(self.config.algorithm, data, self.exchange, self.backend, probe, obj,
+                          schedule)
 
-    def _make_engine(self, amplitudes: np.ndarray, power: float, mean_amp: np.ndarray,
-                     schedule: Schedule) -> Engine:
+    def _engine_inputs(self, amplitudes: np.ndarray, power: float, mean_amp: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, TileData]:
+        """The starting probe, this tile's starting object and its data (local, no
+        collectives)."""
         cfg, be, layout, tile = self.config, self.backend, self.layout, self.tile
         frame = layout.frame
         check_photons(power, layout.n_frames, self.source.path)
@@ -170,8 +179,7 @@ class Reconstruction:
             propagator=propagator,
             origin=tile.origin,
         )
-        engine_cls = ENGINES[cfg.algorithm.name]
-        return engine_cls(cfg.algorithm, data, self.exchange, be, probe, obj, schedule)
+        return probe, obj, data
 
     # ------------------------------------------------------------------ running
     def _open_engine(self) -> Engine:

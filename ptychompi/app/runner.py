@@ -246,7 +246,12 @@ def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
                   verbose=args.verbose)
     for line in notes if rank == 0 else ():
         log.warning(line)
-    recon, ptychopy_options = _build(args, cfg, comm_arg)
+    try:
+        recon, ptychopy_options = _build(args, cfg, comm_arg)
+    except PtychompiError:
+        raise  # agreed on, the same on every rank
+    except Exception as exc:  # noqa: BLE001 - one rank failed in the set-up collectives
+        abort_on_error(comm_arg, exc)  # one line; MPI_Abort on several ranks
     cfg = recon.config
     out = Path(cfg.output.directory)
     if args.ptychopy:

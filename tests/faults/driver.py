@@ -12,6 +12,9 @@
   PATH until it is full, then let the write go on into a real ENOSPC.
 * ``{"kind": "enospc", "event": n}``: the same without a disk to fill (no root): the n-th
   write fails with ENOSPC once its temporary is written.
+* ``{"kind": "raise", "where": "inputs" | "engine"}``: ``MemoryError`` on this rank only
+  while the starting guesses are made (no collectives) or inside the engine's constructor,
+  after the other ranks have entered its first collective.
 
 ``"trace": PATH`` appends each write's file name to PATH (to count the writes).
 """
@@ -120,6 +123,23 @@ def _disk_faults(spec: dict) -> None:
     export.atomic_path = wrap(atomic.atomic_path)
 
 
+def _raise_in(spec: dict) -> None:
+    def fail(*_: Any, **__: Any) -> Any:
+        raise MemoryError("injected: out of memory on this rank")
+
+    if spec["where"] == "inputs":
+        api.Reconstruction._engine_inputs = fail
+        return
+    engine_cls = api.ENGINES["lsqml"]
+    real_shifts = engine_cls._global_shifts
+
+    def global_shifts(self: Any) -> Any:
+        real_shifts(self)  # the first collectives, matched by every rank
+        raise MemoryError("injected: out of memory on this rank")
+
+    engine_cls._global_shifts = global_shifts
+
+
 def main() -> int:
     spec = json.loads(os.environ.get("PTYCHOMPI_FAULT") or "{}")
     kind = spec.get("kind")
@@ -132,6 +152,8 @@ def main() -> int:
             _kill_writing(spec)
         elif kind in ("fill", "enospc"):
             _disk_faults(spec)
+        elif kind == "raise":
+            _raise_in(spec)
         else:
             raise SystemExit(f"driver: unknown fault {kind!r}")
     return cli_main(sys.argv[1:])

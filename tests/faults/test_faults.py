@@ -291,3 +291,24 @@ def test_truncated_checkpoint_then_start_again(tmp_path, scan, reference):
     proc, _ = run(cfg, 2)  # a fresh start replaces the damaged checkpoint
     assert proc.returncode == 0, proc.stderr
     assert_same_result(out, reference[2])
+
+
+# ----------------------------------------------------------------------------- set-up
+@pytest.mark.parametrize(("where", "victim"), [("inputs", 1), ("engine", 1), ("engine", 0)])
+def test_one_rank_failing_while_the_engine_is_built_ends_every_rank(tmp_path, scan, where,
+                                                                    victim):
+    """Out of memory on one rank while the starting guesses are made (agreed on by every
+    rank) or inside the engine's constructor, after its first collectives (the runner's
+    abort): the job ends at once with one line and no result, never a hang."""
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, scan, out)
+    settings = yaml.safe_load(cfg.read_text())
+    settings["algorithm"]["name"] = "lsqml"
+    cfg.write_text(yaml.safe_dump(settings))
+    proc, elapsed = run(cfg, 2, fault={"kind": "raise", "where": where, "rank": victim},
+                        timeout=60)
+    assert proc.returncode != 0 and elapsed < 45, proc.stderr
+    lines = error_lines(proc.stderr)
+    assert lines and all("out of memory on this rank" in ln for ln in lines), proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not (out / "result.h5").exists()
