@@ -37,13 +37,14 @@ TAG = "RESULT "
 # trimmed mean, probe update; per-iteration mode orthogonalisation and amplitude limits)
 PHASES = {
     "exit waves + sums": [("lsqml.py", "exit_part")],
-    "tile reduction": [("base.py", "reduce")],
+    "tile reduction": [("chunking.py", "reduce")],
     "halo illumination": [("lsqml_halo.py", "halo_illumination")],
     "halo sum (pack, codec)": [("sparse_halo.py", "sum")],
     "halo sum (MPI)": [("exchange.py", "neighbour_bytes"), ("exchange.py", "halo_sum"),
                        ("exchange.py", "neighbour_messages")],
     "reductions (MPI)": [("exchange.py", "allreduce"), ("exchange.py", "allgather")],
-    "object direction": [("physics.py", "lsqml_object_direction")],
+    "object direction": [("cpu_ops.py", "lsqml_object_direction"),
+                         ("array_ops.py", "lsqml_object_direction")],
     "step terms": [("lsqml.py", "step_terms")],
     "object step": [("lsqml.py", "add_step")],
 }

@@ -72,3 +72,24 @@ def test_halo_touched_projection_imbalance_grows_with_ranks(tmp_path: Path) -> N
     ratios = {int(r[1]): float(r[3]) for r in rows}
     assert sorted(ratios) == [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
     assert 1 <= ratios[2] < ratios[64] < ratios[1024]
+
+
+def test_rank_timeline_phases_name_functions_that_exist() -> None:
+    """Every phase names a function defined in a module of that name (a renamed or moved
+    function would otherwise read as a phase of zero)."""
+    import ast  # noqa: PLC0415
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import rank_timeline  # noqa: PLC0415
+    finally:
+        sys.path.remove(str(BENCH))
+    defined: dict[str, set[str]] = {}
+    for path in (ROOT / "ptychompi").rglob("*.py"):
+        names = {n.name for n in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+        defined.setdefault(path.name, set()).update(names)
+    for phase, funcs in rank_timeline.PHASES.items():
+        assert any(name in defined.get(module, set()) for module, name in funcs), phase
+        for module, name in funcs:
+            assert name in defined.get(module, set()), (phase, module, name)
