@@ -11,7 +11,6 @@ position yet sit out; the others exchange over a sub-communicator.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import Any
@@ -34,12 +33,9 @@ from .arrivals import Arrivals, Decision, quiet_bcast
 from .catchup import CatchUp
 from .extend import LEVEL, continued, illumination
 from .planned import IdleEngine, frame_view, is_cxi, planned_config
+from .settings import follow_settings
 
 log = logging.getLogger("ptychompi")
-# DM's share of the iterations after the last row before its refinement when the scan ended
-# before algorithm.dm.refine_from (8x8 test scan, rows in by iteration 9 of 30, refine_from
-# 20: handing over at 20 1.25x offline's registered error, at 4/5 of the rest (25) 1.04x)
-DM_AFTER_SCAN = 0.8
 
 
 class FollowReconstruction(Reconstruction):
@@ -152,7 +148,7 @@ class FollowReconstruction(Reconstruction):
                 if decision.rows != previous.rows:
                     self._grow(decision)
                 if decision.ended and not previous.ended:
-                    self._set_algorithm(self._final_algorithm())
+                    self._set_algorithm(self._algorithm())
                     if decision.aborted and self.rank == 0:
                         log.warning("the scan ended after %d of %d planned rows (no new row "
                                     "for %g s): the remaining iterations and the result cover "
@@ -204,46 +200,9 @@ class FollowReconstruction(Reconstruction):
         engine.extra_visits = extra
 
     def _algorithm(self) -> Any:
-        """The engine's settings: while rows still arrive DM hands over to its refinement
-        only at ``algorithm.dm.refine_from`` (as offline; the refinement's LSQML then takes
-        in the rows still to come), not on a stall nor later for a fast fall (its error
-        history jumps as positions come in)."""
-        if self.decision.ended:
-            return self._final_algorithm()
-        a = self._settings()
-        return dataclasses.replace(a, dm=dataclasses.replace(a.dm, refine_patience=None,
-                                                             refine_noise_ratio=None))
-
-    def _settings(self) -> Any:
-        """``algorithm`` with LSQML's default batch size that of the planned scan (a tenth
-        of the few positions in at the start makes batches of one or two, whose probe
-        steps are noise)."""
-        a = self.config.algorithm
-        if a.name == "lsqml" and a.batch_size is None:
-            a = dataclasses.replace(a, batch_size=max(1, -(-self.layout.n_frames
-                                                           // a.lsqml.batches)))
-        return a
-
-    def _final_algorithm(self) -> Any:
-        """The settings once the scan has ended. DM that has handed over to its refinement
-        (at ``algorithm.dm.refine_from`` while rows arrived) goes on; one that has not runs
-        ``DM_AFTER_SCAN`` of the remaining iterations on the whole scan first, or up to
-        ``refine_from`` if that is later (the late rows' positions had few DM iterations;
-        the stall rule stays off: the error history jumped as rows came in)."""
-        a = self._settings()
-        opts = getattr(a, "dm", None)
-        if a.name != "dm" or not self.iteration or opts is None:
-            return a
-        if opts.refine_from is None and opts.refine_patience is None:
-            return a  # no refinement asked for
-        if opts.refine_from is not None and self.iteration >= opts.refine_from:
-            return dataclasses.replace(a, dm=dataclasses.replace(opts, refine_patience=None,
-                                                                 refine_noise_ratio=None))
-        start = self.iteration + int((a.iterations - self.iteration) * DM_AFTER_SCAN)
-        start = max(start, opts.refine_from or 0)
-        return dataclasses.replace(a, dm=dataclasses.replace(opts, refine_from=start,
-                                                             refine_patience=None,
-                                                             refine_noise_ratio=None))
+        """The engine's settings now (:func:`.settings.follow_settings`)."""
+        return follow_settings(self.config.algorithm, self.layout.n_frames, self.iteration,
+                               self.decision.ended)
 
     def _set_algorithm(self, cfg: Any) -> None:
         if not isinstance(self.engine, IdleEngine):
