@@ -98,11 +98,13 @@ def shift_image(a: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
 def registered_object_error(estimate: np.ndarray, estimate_positions: np.ndarray,
                             truth: np.ndarray, truth_positions: np.ndarray,
                             truth_probe: np.ndarray, search: int = 2,
-                            level: float = 0.1) -> float:
+                            level: float = 0.1, grid: float = 1.0) -> float:
     """:func:`object_error` after registering the estimate to the truth to a few hundredths
     of a pixel: blind ptychography may shift object and probe together (opposite ways), and
-    refined positions carry an arbitrary common shift. Whole pixels within ``search`` first,
-    then sub-pixel steps around the best."""
+    refined positions carry an arbitrary common shift. Steps of ``grid`` px (whole pixels by
+    default) within ``search`` first, then sub-pixel steps around the best (0.39 px in all:
+    ``grid`` 0.5 also finds an object shifted by half a pixel against the positions, as a
+    probe that slid with it leaves it)."""
     est = np.asarray(estimate, np.complex128)
 
     def error(shift: tuple[float, float]) -> float:
@@ -115,8 +117,9 @@ def registered_object_error(estimate: np.ndarray, estimate_positions: np.ndarray
 
     d = np.mean(np.asarray(estimate_positions) - np.asarray(truth_positions), axis=0)
     start = np.round(d) - d  # the common sub-pixel offset of the positions, removed first
+    steps = np.arange(-search, search + grid / 2, grid)
     best = min((error((start[0] + r, start[1] + c)), (start[0] + r, start[1] + c))
-                for r in range(-search, search + 1) for c in range(-search, search + 1))
+                for r in steps for c in steps)
     for step in (0.25, 0.1, 0.04):
         r0, c0 = best[1]
         best = min([best] + [(error((r0 + a * step, c0 + b * step)), (r0 + a * step,
