@@ -37,6 +37,7 @@ def disjoint_batches(order: np.ndarray, rows: np.ndarray, cols: np.ndarray, fram
 class EPIE(Engine):
     name = "epie"
     extra_visits: np.ndarray | None = None  # run --follow: local positions owed more visits
+    complete_from: int | None = 0  # run --follow: the iteration the scan ended at, or None
 
     def _iterate(self) -> float:
         n = len(self.rows)
@@ -78,10 +79,16 @@ class EPIE(Engine):
         return opts.beta_initial + (opts.beta - opts.beta_initial) * t
 
     def object_step(self) -> float:
-        """``alpha`` for the first half of the iterations, then falling linearly to
+        """``alpha`` for the first half of the iterations (or until ``complete_from``, when
+        later; throughout while it is None: rows still arrive), then falling linearly to
         ``alpha · alpha_final`` at the last one."""
-        opts = self.cfg.epie
-        t = 2.0 * self.iteration / max(self.cfg.iterations, 1) - 1.0
+        opts, n = self.cfg.epie, max(self.cfg.iterations, 1)
+        if self.complete_from is None:
+            return opts.alpha
+        if self.complete_from > 0.5 * n:
+            t = (self.iteration - self.complete_from) / max(n - self.complete_from, 1)
+        else:
+            t = 2.0 * self.iteration / n - 1.0
         return opts.alpha * (1.0 - (1.0 - opts.alpha_final) * min(1.0, max(0.0, t)))
 
     def _update(self, batch: np.ndarray, steps: tuple[float, float], beta: float,

@@ -31,6 +31,7 @@ from ptychompi.config.engines import (
     config_deprecations,
 )
 from ptychompi.engines import ENGINES
+from ptychompi.engines.epie import EPIE
 from ptychompi.engines.lsqml import step_decay
 from ptychompi.errors import ConfigError
 from ptychompi.io.cxi import write_cxi
@@ -170,14 +171,35 @@ def test_follow_tells_lsqml_when_the_scan_is_complete():
                              arrivals=SimpleNamespace(schedule=[[0, 1], [5, 3]]))
     lsqml, dm = SimpleNamespace(complete_from=0), SimpleNamespace(_ml=SimpleNamespace(
         complete_from=0))
-    for engine in (lsqml, dm):
+    epie = EPIE.__new__(EPIE)  # the class's own default, as a built engine has it
+    for engine in (lsqml, dm, epie):
         FollowReconstruction._mark_complete(follow, engine)
     assert lsqml.complete_from is None and dm._ml.complete_from is None  # rows still arrive
+    assert epie.complete_from is None
     follow.decision = Decision(8, True)
     follow.arrivals.schedule.append([12, 8])
-    for engine in (lsqml, dm):
+    for engine in (lsqml, dm, epie):
         FollowReconstruction._mark_complete(follow, engine)
-    assert lsqml.complete_from == 12 and dm._ml.complete_from == 12
+    assert lsqml.complete_from == 12 and dm._ml.complete_from == 12 and epie.complete_from == 12
+
+
+def test_epie_step_falls_only_once_the_scan_is_complete():
+    """Offline the step falls over the second half; following a scan, not while rows arrive
+    (None), and from the iteration the scan ended at when that is later than half."""
+    engine = EPIE.__new__(EPIE)
+    engine.cfg = AlgorithmConfig(name="epie", iterations=100)
+    alpha, final = engine.cfg.epie.alpha, engine.cfg.epie.alpha_final
+    steps = {}
+    for start in (0, None, 80):
+        engine.complete_from = start
+        steps[start] = []
+        for engine.iteration in (40, 75, 80, 90, 100):
+            steps[start].append(engine.object_step())
+    fall = [0.0, 0.5, 0.6, 0.8, 1.0]
+    assert steps[0] == pytest.approx([alpha * (1 - (1 - final) * t) for t in fall])
+    assert steps[None] == [alpha] * 5
+    assert steps[80] == pytest.approx([alpha, alpha, alpha, alpha * (1 - (1 - final) / 2),
+                                       alpha * final])
 
 
 @pytest.mark.parametrize("photons,low,high", [(1e3, 0.29, 0.31), (1e8, 0.99, 1.0)])

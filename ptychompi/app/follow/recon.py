@@ -175,8 +175,9 @@ class FollowReconstruction(Reconstruction):
         return metrics
 
     def _mark_complete(self, engine: Any) -> None:
-        """Tell LSQML (``complete_from``; DM: its refinement) the iteration the scan ended at,
-        None while rows still arrive: its object step decays only once every row is in."""
+        """Tell ePIE and LSQML (``complete_from``; DM: its refinement) the iteration the scan
+        ended at, None while rows still arrive: their object steps fall only once every row
+        is in."""
         engine = getattr(engine, "_ml", None) or engine
         if hasattr(engine, "complete_from"):
             ended = self.decision.ended and self.arrivals.schedule
