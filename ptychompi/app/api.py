@@ -22,7 +22,7 @@ from ..data.validate import check_guess, check_photons, guess_errors
 from ..engines import ENGINES, Engine, Schedule, TileData
 from ..engines.positions import margin_px, padded_tiles
 from ..errors import ConfigError, PtychompiError
-from ..model.initial import initial_object, initial_probe
+from ..model.initial import initial_object, initial_probe, shadow_drift
 from ..model.physics import Propagator
 from ..parallel.exchange import SerialExchange, agree
 from ..parallel.tiling import Tile, decompose
@@ -139,18 +139,22 @@ class Reconstruction:
         local_amp = np.where(valid, amplitudes, 0).sum(axis=0, dtype=np.float64)
         power = self.exchange.allreduce(local_power)
         mean_amp = self.exchange.allreduce(local_amp) / self.layout.n_frames
+        drift = shadow_drift(self.config.algorithm, self.source.illumination,
+                             self.layout.propagation, amplitudes, self.layout.positions_px,
+                             self.tile.indices, mean_amp, self.exchange)
         schedule = Schedule.from_config(self.config.parallel, self.comm)
         # the starting guesses and the tile's data have no collectives: a problem on any rank
         # is agreed on; the engine's constructor has collectives of its own (its batches,
         # shifts and noise level), so a failure there ends the job through the runner's
         # abort rather than leaving the other ranks in a collective that cannot match
         probe, obj, data = collective(self.comm, self._engine_inputs, amplitudes, power,
-                                      mean_amp)
+                                      mean_amp, drift)
         engine_cls = ENGINES[self.config.algorithm.name]
         return engine_cls(self.config.algorithm, data, self.exchange, self.backend, probe, obj,
                           schedule)
 
-    def _engine_inputs(self, amplitudes: np.ndarray, power: float, mean_amp: np.ndarray
+    def _engine_inputs(self, amplitudes: np.ndarray, power: float, mean_amp: np.ndarray,
+                       drift: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray, TileData]:
         """The starting probe, this tile's starting object and its data (local, no
         collectives)."""
@@ -163,7 +167,7 @@ class Reconstruction:
         with guess_errors(cfg.algorithm, "probe"):
             probe = initial_probe(cfg.algorithm, frame, self.source.illumination, mean_amp,
                                   power / layout.n_frames, propagator, pixel,
-                                  layout.positions_px)
+                                  layout.positions_px, drift)
         check_guess(probe, "probe", cfg.algorithm.probe_guess)
         box = tile.box
         with guess_errors(cfg.algorithm, "object"):

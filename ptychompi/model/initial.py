@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..config import AlgorithmConfig
 from ..errors import ConfigError, DataError
+from .defocus import defocus_sign, drift_grid, drift_scores, neighbour_spacing
 from .physics import Propagator
 
 BEAM_EDGE_LEVEL = 0.03  # the autocorrelation's edge, as a fraction of its peak
@@ -84,13 +86,14 @@ def beam_diameter_from_data(mean_amplitude: np.ndarray, positions_px: np.ndarray
 
 
 def probe_from_data(mean_amplitude: np.ndarray, propagator: Propagator,
-                    diameter_px: float | None = None) -> np.ndarray:
+                    diameter_px: float | None = None, sign: int = 1) -> np.ndarray:
     """Starting probe from the mean measured amplitude (engines' layout), centred.
 
     Far field: the inverse FFT of the mean amplitude with the quadratic (defocus) phase
-    ``π c q²`` that spreads an aperture of radius ``q_max`` to a beam of radius ``c·q_max``
+    ``±π c q²`` that spreads an aperture of radius ``q_max`` to a beam of radius ``c·q_max``
     (stationary phase), for the nominal ``diameter_px`` (no phase, a beam in focus, when
-    None). Near field: the mean amplitude propagated back to the sample.
+    None); ``sign`` is the side of the focus (:mod:`.defocus`). Near field: the mean
+    amplitude propagated back to the sample.
     """
     amp = np.asarray(mean_amplitude, dtype=np.complex128)
     m = amp.shape[-1]
@@ -100,21 +103,49 @@ def probe_from_data(mean_amplitude: np.ndarray, propagator: Propagator,
             q2 = q[:, None] ** 2 + q[None, :] ** 2
             power = np.abs(amp) ** 2
             q_max = np.sqrt(2.0 * (power * q2).sum() / max(power.sum(), 1e-30))
-            c = 0.5 * diameter_px / max(q_max, 1e-6)
+            c = (1 if sign >= 0 else -1) * 0.5 * diameter_px / max(q_max, 1e-6)
             amp = amp * np.exp(1j * np.pi * c * q2)
         return np.fft.fftshift(np.fft.ifft2(amp, norm="ortho"))
     be = propagator.backend
     return be.asnumpy(propagator.backward(be.asarray(amp[None, None], be.complex_dtype)))[0, 0]
 
 
+def starts_from_data(cfg: AlgorithmConfig, illumination: np.ndarray | None,
+                     propagation: str) -> bool:
+    """Whether :func:`initial_probe` makes a far-field start from the data (no guess file,
+    no stored illumination): then it reads the shadow drift (:mod:`.defocus`)."""
+    return propagation == "farfield" and not cfg.probe_guess and illumination is None
+
+
+def shadow_drift(cfg: AlgorithmConfig, illumination: np.ndarray | None, propagation: str,
+                 amplitudes: np.ndarray, positions_px: np.ndarray, indices: np.ndarray,
+                 mean_amplitude: np.ndarray, exchange: Any) -> np.ndarray | None:
+    """The whole scan's :func:`.defocus.drift_scores` (collective: every rank calls it) where
+    the start is made from the data, else None. ``amplitudes`` are this rank's frames,
+    ``indices`` their rows of ``positions_px`` (the whole scan's)."""
+    if not starts_from_data(cfg, illumination, propagation):
+        return None
+    frame = int(np.shape(mean_amplitude)[-1])
+    kappas = drift_grid(frame, neighbour_spacing(positions_px))
+    try:
+        local = drift_scores(amplitudes, np.asarray(positions_px)[np.asarray(indices)],
+                             mean_amplitude, kappas)
+    except (ValueError, FloatingPointError, MemoryError):  # no answer rather than a hang
+        local = np.zeros(len(kappas) + 1)
+    return np.asarray(exchange.allreduce(np.nan_to_num(local)), np.float64)
+
+
 def initial_probe(cfg: AlgorithmConfig, frame: int, illumination: np.ndarray | None,
                   mean_amplitude: np.ndarray, photons: float, propagator: Propagator,
-                  pixel_size_m: float, positions_px: np.ndarray | None = None) -> np.ndarray:
+                  pixel_size_m: float, positions_px: np.ndarray | None = None,
+                  drift: np.ndarray | None = None) -> np.ndarray:
     """The starting probe (K, M, M) scaled so that Σ|P|² equals the mean photons per frame.
 
     Without a guess or a stored illumination it is made from the data, for the nominal
     ``probe_diameter_m`` or, in the far field without one, for the beam diameter the data
-    show (:func:`beam_diameter_from_data`, with ``positions_px`` of the whole scan)."""
+    show (:func:`beam_diameter_from_data`, with ``positions_px`` of the whole scan), defocused
+    to the side of the focus that ``drift`` (the summed :func:`.defocus.drift_scores` over
+    :func:`.defocus.drift_grid`) shows; without it, to the positive side."""
     rng = np.random.default_rng(cfg.seed)
     if cfg.probe_guess:
         probe = np.asarray(read_array_file(cfg.probe_guess, "probe"))
@@ -140,7 +171,11 @@ def initial_probe(cfg: AlgorithmConfig, frame: int, illumination: np.ndarray | N
             diameter = beam_diameter_from_data(mean_amplitude, positions_px)
         else:
             diameter = None
-        probe = probe_from_data(mean_amplitude, propagator, diameter)[None]
+        sign = 1
+        if drift is not None and positions_px is not None:
+            spacing = neighbour_spacing(positions_px)
+            sign = defocus_sign(drift_grid(frame, spacing), drift, frame, spacing)
+        probe = probe_from_data(mean_amplitude, propagator, diameter, sign)[None]
     probe = add_modes(probe, cfg.probe_modes, rng)
     power = float((np.abs(probe) ** 2).sum())
     if power > 0 and photons > 0:
