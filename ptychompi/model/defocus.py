@@ -9,7 +9,8 @@ signs give the same far-field intensity). A beam whose patterns show no drift (a
 near the sample, a beam at its waist) gives no answer.
 
 The scores are sums over pairs of frames, so ranks add theirs (one ``allreduce``) before
-:func:`defocus_sign` reads them.
+:func:`defocus_sign` reads them; a sign is taken only where the pairs agree on it (the mean
+preference several standard errors from zero).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 MAX_PAIRS = 96  # pairs of neighbouring frames scored per rank
 BRIGHT_LEVEL = 0.05  # the region of the mean pattern whose contrast is compared
 SMALLEST_DRIFT_PX = 0.5  # a drift this small at the typical step is no drift
-MARGIN = 0.25  # the winning sign's score must beat its mirror by this fraction
+SIGNIFICANCE = 4.0  # the pairs' mean preference for one sign, in standard errors
 
 
 def neighbour_spacing(positions_px: np.ndarray) -> float:
@@ -42,8 +43,9 @@ def drift_grid(frame: int, spacing_px: float) -> np.ndarray:
 
 def drift_scores(amplitudes: np.ndarray, positions_px: np.ndarray, mean_amplitude: np.ndarray,
                  kappas: np.ndarray, max_pairs: int = MAX_PAIRS) -> np.ndarray:
-    """This rank's scores: for each κ the sum over pairs of neighbouring frames of their
-    contrasts' normalised cross-correlation at the drift ``κ·M·Δ``; the pair count last.
+    """This rank's scores (3K + 1): for each κ of the symmetric grid the sums over pairs of
+    neighbouring frames of their contrasts' normalised cross-correlation ``x`` at the drift
+    ``κ·M·Δ``, of ``x²`` and of ``x`` times its value at ``-κ``; the pair count last.
 
     ``amplitudes`` (N, M, M) in the engines' layout (negative = masked), ``positions_px``
     their positions, ``mean_amplitude`` the whole scan's mean amplitude (same layout).
@@ -51,7 +53,8 @@ def drift_scores(amplitudes: np.ndarray, positions_px: np.ndarray, mean_amplitud
     from scipy.ndimage import map_coordinates  # noqa: PLC0415
     from scipy.spatial import cKDTree  # noqa: PLC0415
 
-    out = np.zeros(len(kappas) + 1)
+    k = len(kappas)
+    out = np.zeros(3 * k + 1)
     n, m = len(amplitudes), int(np.shape(mean_amplitude)[-1])
     if n < 2:
         return out
@@ -78,14 +81,17 @@ def drift_scores(amplitudes: np.ndarray, positions_px: np.ndarray, mean_amplitud
         return spectra[i]
 
     centre = np.array([m // 2, m // 2], np.float64)
-    for j, k in pairs:
-        fj, fk = spectrum(j), spectrum(k)
+    for j, i in pairs:
+        fj, fk = spectrum(j), spectrum(i)
         norm = np.sqrt(np.sum(np.abs(fj) ** 2) * np.sum(np.abs(fk) ** 2)) / (m * m)
         if norm <= 0:
             continue
         cc = np.fft.fftshift(np.fft.ifft2(fk * np.conj(fj)).real) / norm
-        coords = centre[:, None] + np.outer(pos[k] - pos[j], kappas * m)
-        out[:-1] += map_coordinates(cc, coords, order=1, mode="constant")
+        coords = centre[:, None] + np.outer(pos[i] - pos[j], kappas * m)
+        x = map_coordinates(cc, coords, order=1, mode="constant")
+        out[:k] += x
+        out[k:2 * k] += x * x
+        out[2 * k:3 * k] += x * x[::-1]
         out[-1] += 1
     return out
 
@@ -93,15 +99,18 @@ def drift_scores(amplitudes: np.ndarray, positions_px: np.ndarray, mean_amplitud
 def defocus_sign(kappas: np.ndarray, scores: np.ndarray, frame: int,
                  spacing_px: float) -> int:
     """-1 where the patterns' shadow drifts as a beam of negative curvature makes it, else +1
-    (also where no drift shows: the usual sign)."""
-    count = scores[-1]
-    if count <= 0:
+    (also where no drift shows, or the pairs do not agree on one: the usual sign)."""
+    k, count = len(kappas), scores[-1]
+    if count < 3:
         return 1
-    s = scores[:-1] / count
-    best = int(np.argmax(s))
-    mirror = len(s) - 1 - best
+    mean, square, cross = (scores[i * k:(i + 1) * k] / count for i in range(3))
+    best = int(np.argmax(mean))
+    mirror = k - 1 - best
     if abs(kappas[best]) * frame * spacing_px < SMALLEST_DRIFT_PX:
         return 1
-    if s[best] <= 0 or s[best] - s[mirror] < MARGIN * s[best]:
+    lead = mean[best] - mean[mirror]  # per pair: x(κ) - x(-κ), its mean and spread
+    spread = max(square[best] + square[mirror] - 2 * cross[best] - lead * lead, 0.0)
+    error = np.sqrt(spread / (count - 1))
+    if lead <= SIGNIFICANCE * error:
         return 1
     return -1 if kappas[best] < 0 else 1

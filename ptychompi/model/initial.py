@@ -131,7 +131,7 @@ def shadow_drift(cfg: AlgorithmConfig, illumination: np.ndarray | None, propagat
         local = drift_scores(amplitudes, np.asarray(positions_px)[np.asarray(indices)],
                              mean_amplitude, kappas)
     except (ValueError, FloatingPointError, MemoryError):  # no answer rather than a hang
-        local = np.zeros(len(kappas) + 1)
+        local = np.zeros(3 * len(kappas) + 1)
     return np.asarray(exchange.allreduce(np.nan_to_num(local)), np.float64)
 
 
