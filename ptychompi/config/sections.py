@@ -114,7 +114,17 @@ class PositionCorrectionConfig:
                                     "refined (0 = exact: refined positions rounded to bins "
                                     "dither between them, and the object follows; LSQML "
                                     "costs more, DM's own iterations keep their bins); null "
-                                    "= algorithm.subpixel_bins", low=0)
+                                    "= ePIE exact, LSQML 4 with between_bins, else "
+                                    "algorithm.subpixel_bins", low=0)
+    between_bins: bool = opt(True, "with sub-pixel bins, a position between them sees its "
+                             "bin's shifted probe moved on to it to first order (P - d.grad P, "
+                             "the gradient by Fourier): the model follows the position "
+                             "continuously for two more shifted probes per bin (false: "
+                             "rounded to the bin, which refined positions dither across)")
+    centre_probe: bool = opt(True, "after each update shift the probe back to its starting "
+                             "intensity centroid and all positions with it (probe and object "
+                             "may slide together against the positions: an ambiguity the "
+                             "moves' removed mean leaves free)")
 
 
 @dataclass

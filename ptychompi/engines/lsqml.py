@@ -142,8 +142,8 @@ class LSQML(Engine):
         shifted = bool(self.cfg.subpixel) and bool(
             self.exchange.allreduce(int(self.use_subpixel), op="max"))
         # the halos' illumination is recomputed (lsqml_halo), not sent, unless every
-        # position has a shift of its own
-        self._halo_powers = not shifted or bins > 0
+        # position has a shift (or a probe: between bins) of its own
+        self._halo_powers = not shifted or (bins > 0 and not self.between_bins)
         if not shifted or bins <= 0:
             return None
         steps = np.rint(self.fractions * bins).astype(np.int64)

@@ -23,6 +23,19 @@ the halos hold every pixel two tiles' windows can share: with ``share_frequency:
 follow one rank. With ``subpixel_bins`` (0) the engines place the refined positions exactly
 (:func:`placement_config`): rounded to the engines' sub-pixel bins, positions that cross a
 bin edge at every update move the model by a whole bin, and the object does not settle.
+
+With ``centre_probe`` the probe is pinned (:func:`probe_centroid`). Probe and object shifted
+together by ``s`` against fixed positions give every exit wave shifted by ``s`` in its frame
+(``P(r−s) O(r−s+x_j) = ψ_j(r−s)``), a phase ramp in the detector plane: the same intensities.
+The removed mean of the moves pins the positions' mean and leaves that slide free, and while
+the positions are wrong the probe slides (a few tenths of a pixel), so the object ends up
+shifted against the positions by an arbitrary sub-pixel amount. After each update the probe
+is shifted back to the intensity centroid it started with (``−d``, exactly, by a Fourier
+ramp) and every position by ``+d``, which keeps every exit wave's intensities
+(``P(r+d) O(r+d+x_j) = ψ_j(r+d)``): the slide goes into the positions' common offset (itself
+an ambiguity). ``d`` is computed from the probe every rank holds, summed over the ranks, so
+all ranks (and one rank) move alike. Engines that keep exit waves between iterations (DM
+before its refinement) are not re-centred: their waves would have to move too.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import AlgorithmConfig, PositionCorrectionConfig
+from ..model.physics import subpixel_ramps
 from ..ops import PositionJob
 from ..ops.steps import central_differences
 from ..parallel.tiling import Box, Tile, decompose
@@ -43,17 +57,37 @@ if TYPE_CHECKING:
 
 DAMPING = 0.05  # λ relative to the scan's mean denominator per axis
 DEFAULT_EVERY = 4  # update_every null: iterations between updates that need a pass
+BETWEEN_BINS = 4  # LSQML's sub-pixel bins per px with positions between them (placement_config)
 
 
 def placement_config(cfg: AlgorithmConfig, engine: str) -> AlgorithmConfig:
     """``cfg`` with ``position_correction.subpixel_bins`` as ``subpixel_bins`` when positions
-    are refined: refined positions rounded to bins dither between them, and the object
-    follows. Not for DM's own iterations (its exact placement is slower), but for the LSQML
-    refinement it hands over to (built from DM's configuration)."""
+    are refined (refined positions rounded to bins dither between them, and the object
+    follows). By default (null) ePIE places them exactly (it shifts the probe per position
+    anyway) and LSQML in bins of ``1/BETWEEN_BINS`` px with positions between them
+    (``between_bins``: first order, continuous; coarser bins, fewer transforms). Not for DM's
+    own iterations (its exact placement is slower), but for the LSQML refinement it hands
+    over to (built from DM's configuration)."""
     pc = cfg.position_correction
-    if not pc.enabled or pc.subpixel_bins is None or engine == "dm":
+    bins = pc.subpixel_bins
+    if bins is None and engine == "epie":
+        bins = 0
+    elif bins is None and engine == "lsqml" and pc.between_bins and cfg.subpixel_bins > 0:
+        bins = BETWEEN_BINS
+    if not pc.enabled or bins is None or engine == "dm":
         return cfg
-    return dataclasses.replace(cfg, subpixel_bins=pc.subpixel_bins)
+    return dataclasses.replace(cfg, subpixel_bins=bins)
+
+
+def between_bins(cfg: AlgorithmConfig, engine: str) -> bool:
+    """Whether ``engine`` places refined positions between its sub-pixel bins
+    (:func:`ptychompi.engines.shift_tables.between_bin_probes`): LSQML (also DM's
+    refinement). Not DM's own iterations, whose probe update takes one probe per run of
+    equal shift, nor ePIE, which shifts the probe per position anyway (exact while refining:
+    :func:`placement_config`)."""
+    pc = cfg.position_correction
+    return bool(pc.enabled and pc.between_bins and cfg.subpixel and cfg.subpixel_bins > 0
+                and engine == "lsqml")
 
 
 def margin_px(cfg: PositionCorrectionConfig) -> int:
@@ -78,6 +112,27 @@ def padded_tiles(positions_px: np.ndarray, frame: int, size: int,
         tile.halos = {n: h for n, h in halos.items() if h is not None}
         tile.neighbours = sorted(tile.halos)
     return tiles
+
+
+def probe_centroid(backend: Any, probe: Any) -> np.ndarray:
+    """``[Σ I·row, Σ I·col, Σ I]`` of the probe's intensity ``I = Σ_k |P_k|²`` (frame
+    pixels, float64 on the host): summed over ranks, the centroid is the first two over the
+    third."""
+    xp = backend.xp
+    power = (xp.abs(probe) ** 2).sum(axis=0).astype(np.float64)
+    rows, cols = power.sum(axis=1), power.sum(axis=0)
+    return np.array([float((rows * xp.arange(len(rows))).sum()),
+                     float((cols * xp.arange(len(cols))).sum()), float(rows.sum())])
+
+
+def shifted_probe(backend: Any, probe: Any, shift: np.ndarray) -> Any:
+    """``probe`` moved by ``shift`` (rows, cols) px through a Fourier phase ramp (exact,
+    periodic in the frame), in the probe's precision."""
+    ramp_r, ramp_c = subpixel_ramps(backend, np.asarray(shift, np.float64).reshape(1, 2),
+                                    probe.shape[-1])
+    spec = backend.fft2(probe)
+    spec *= ramp_r[0][:, None] * ramp_c[0][None, :]
+    return backend.ifft2(spec, overwrite=True).astype(probe.dtype)
 
 
 def affine_terms(initial: np.ndarray, current: np.ndarray) -> np.ndarray:
@@ -116,6 +171,8 @@ class PositionRefiner:
         self._seen = np.zeros(len(self.initial), bool)
         self._armed: Engine | None = None
         self._called = False  # whether the armed engine handed over residuals
+        # centre_probe: the probe's intensity centroid at the start (frame pixels)
+        self.reference: np.ndarray | None = None
 
     def due(self, iteration: int) -> bool:
         """Whether the positions move after iteration ``iteration`` (0-based): every
@@ -141,6 +198,8 @@ class PositionRefiner:
             self._armed.position_collector = None
             self._armed = None
         self._called = False
+        if self.cfg.centre_probe and self.reference is None:
+            self.reference = self._centroid(engine)
         it = engine.iteration
         if self._regular(it) or (self.cfg.update_every is None and self._active(it)):
             self._armed = engine.refined_by()
@@ -220,12 +279,30 @@ class PositionRefiner:
         move -= mean[:2] / max(mean[2], 1.0)
         self.velocity = move
         moved = current + move
+        if self.reference is not None and getattr(engine, "waves", None) is None:
+            moved += self._recentre(engine)
         if c.affine:
             moved = self._affine(moved, ex)
         limit = c.max_total
         moved = self.initial + np.clip(moved - self.initial, -limit, limit)
         moved = np.clip(moved, 0.0, self.high)
         engine.move_positions(moved)
+
+    @staticmethod
+    def _centroid(engine: Engine) -> np.ndarray:
+        """The probe's intensity centroid (frame pixels), from every rank's probe."""
+        sums = engine.exchange.allreduce(probe_centroid(engine.backend, engine.probe))
+        return sums[:2] / max(sums[2], 1e-300)
+
+    def _recentre(self, engine: Engine) -> np.ndarray:
+        """Shift the probe back to :attr:`reference` by ``−d`` (``d``: how far its centroid
+        slid) and return ``d``, the move of every position that keeps the exit waves'
+        intensities (module docstring)."""
+        d = self._centroid(engine) - self.reference
+        if not np.all(np.isfinite(d)) or np.abs(d).max() < 1e-4:
+            return np.zeros(2)
+        engine.probe = shifted_probe(engine.backend, engine.probe, -d)
+        return d
 
     def _affine(self, moved: np.ndarray, ex: Any) -> np.ndarray:
         """``moved`` as the global transform of the input positions plus a residual."""
@@ -246,6 +323,8 @@ class PositionRefiner:
                "position_velocity": self.velocity.copy()}
         if self.transform is not None:
             out["position_transform"] = self.transform.copy()
+        if self.reference is not None:
+            out["probe_reference"] = self.reference.copy()
         return out
 
     def restore(self, engine: Engine, state: dict[str, np.ndarray]) -> None:
@@ -253,6 +332,9 @@ class PositionRefiner:
         transform = state.get("position_transform")
         self.transform = (None if transform is None
                           else np.asarray(transform, np.float64).reshape(3, 2))
+        reference = state.get("probe_reference")
+        if reference is not None:
+            self.reference = np.asarray(reference, np.float64).reshape(2)
         velocity = state.get("position_velocity")
         self.velocity = (np.zeros_like(self.initial) if velocity is None
                          else np.asarray(velocity, np.float64).reshape(-1, 2))

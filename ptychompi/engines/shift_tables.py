@@ -8,8 +8,41 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.cpu import position_kernels
 from ..model.physics import Windows, runs_of, subpixel_grid, subpixel_ramps, window_index
 from ..ops import ProbeShifts
+from .positions import between_bins
+
+
+def between_bin_probes(backend: Any, probe: Any, shifts: ProbeShifts, rest: np.ndarray
+                       ) -> Any:
+    """Probes (B, K, M, M) of positions ``rest`` (B, 2) px past their bins' shifts:
+    ``P_b − rest · ∇P_b``, the bin's shifted probe moved on to first order (the shift's
+    Fourier ramp ``exp(−2πi (f + δ) q) ≈ exp(−2πi f q) (1 − 2πi δ q)``), its gradient by
+    Fourier from the same spectrum: three inverse transforms per distinct bin, none per
+    position, and a model continuous in each position. Positions of one bin share the bin's
+    back-shift (the probe update's direction is off by under half a bin per term)."""
+    xp = backend.xp
+    ids, member = np.unique(shifts.ids, return_inverse=True)
+    rows = xp.asarray(ids)
+    rr, rc = shifts.table[0][rows], shifts.table[1][rows]
+    frame = rr.shape[-1]
+    slope = xp.asarray(2j * np.pi * np.fft.fftfreq(frame), dtype=rr.dtype)
+    g = len(ids)
+    stack = backend.ops.shifted_probes(
+        shifts.spectrum, (xp.concatenate([rr, rr * slope, rr]),
+                          xp.concatenate([rc, rc, rc * slope])), probe)
+    if backend.ops.compiled:  # one pass, no copies
+        out = np.empty((len(rest), *stack.shape[1:]), stack.dtype)
+        position_kernels.between_bins(stack, member.reshape(-1).astype(np.int64),
+                                      np.ascontiguousarray(rest, np.float64), g, out)
+        return out
+    member = xp.asarray(member.reshape(-1))
+    d = xp.asarray(rest, dtype=backend.real_dtype)
+    out = stack[member]
+    out -= d[:, 0, None, None, None] * stack[g + member]
+    out -= d[:, 1, None, None, None] * stack[2 * g + member]
+    return out
 
 
 class ShiftTables:
@@ -24,12 +57,18 @@ class ShiftTables:
         self.ramp_id = ramp_id  # each position's row of the shift table
         self._ramp_id_device = backend.xp.asarray(ramp_id)  # the same on the device (one copy)
         self.fractions = table[ramp_id]
+        # refined positions between the bins (positions.between_bins): each one's remainder
+        # past its bin, or None (rounded to the bins); the same decision on every rank
+        self.between_bins = between_bins(cfg, self.name)
+        rest = np.asarray(positions, np.float64).reshape(-1, 2) - top - self.fractions
+        self._rest = rest if self.between_bins and len(top) else None
         # flat window indices (B, M, M), 8 bytes a pixel a position: only the array-module
         # operations take them (the compiled ones take the corners)
         self.index = (None if backend.ops.compiled else
                       backend.xp.asarray(window_index(self.rows, self.cols, frame,
                                                       self.data.box_shape[1])))
-        use_ramps = cfg.subpixel and len(top) and np.abs(self.fractions).max() > 1e-3
+        use_ramps = cfg.subpixel and len(top) and (np.abs(self.fractions).max() > 1e-3
+                                                   or self._rest is not None)
         self.use_subpixel = bool(use_ramps)
         # the ramps (2 x G x M) of the shifts, computed once per placement
         self._ramps = subpixel_ramps(backend, table, frame) if self.use_subpixel else None
@@ -75,8 +114,12 @@ class ShiftTables:
 
     def probe_set(self, sel: Any, probe_ft: Any | None = None) -> tuple[Any, Any | None]:
         """The distinct shifted probes (G, K, M, M) of positions ``sel`` and each position's
-        row in them (None: one row per position, or the unshifted probe (1, K, M, M))."""
-        return self.backend.ops.shifted_set(self.probe, self.shifts(sel, probe_ft))
+        row in them (None: one row per position, or the unshifted probe (1, K, M, M)).
+        Positions between bins get their own (:func:`between_bin_probes`)."""
+        shifts = self.shifts(sel, probe_ft)
+        if shifts is None or self._rest is None:
+            return self.backend.ops.shifted_set(self.probe, shifts)
+        return between_bin_probes(self.backend, self.probe, shifts, self._rest[sel]), None
 
     def shifts(self, sel: Any, probe_ft: Any | None = None) -> ProbeShifts | None:
         """How positions ``sel`` see the probe (its spectrum ``probe_ft``, made here when not

@@ -33,7 +33,8 @@ def config(engine: str) -> dict:
     # frame on one rank, and n ranks then leave one rank's trajectory with or without
     # refinement (a separate LSQML problem, see the README's position refinement section).
     # "dm-lsqml": DM handing over at iteration 7 to its LSQML refinement, which places the
-    # positions exactly (position_correction.subpixel_bins: 0)
+    # positions between its bins (the default, as "lsqml"); "lsqml-exact": placed exactly
+    # (position_correction.subpixel_bins: 0); the probe re-centred after every update
     name = engine.split("-")[0]
     algorithm = {"name": name, "iterations": ITERATIONS, "seed": 0,
                  "batch_size": 16 if engine != "dm" else None,
@@ -41,8 +42,13 @@ def config(engine: str) -> dict:
     if engine == "dm-lsqml":
         algorithm["dm"] = {"refine_from": 7, "refine_patience": None,
                            "refine_noise_ratio": None}
+    if engine == "lsqml-exact":
         algorithm["position_correction"]["subpixel_bins"] = 0
-    return {"algorithm": algorithm, "parallel": {"device": "cpu", "share_frequency": 1}}
+    # "lsqml-touched": the batches' halo sums over the pixels they touched, the illumination
+    # sent (positions between bins each see a probe of their own)
+    halo = "touched" if engine == "lsqml-touched" else "auto"
+    return {"algorithm": algorithm,
+            "parallel": {"device": "cpu", "share_frequency": 1, "halo": halo}}
 
 
 def run(engine: str, here: MPI.Comm | None) -> tuple:
@@ -66,7 +72,8 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("engine", ["dm", "lsqml", "dm-lsqml"])
+@pytest.mark.parametrize("engine", ["dm", "lsqml", "dm-lsqml", "lsqml-exact",
+                                    "lsqml-touched"])
 def test_refinement_on_n_ranks_equals_one_rank(engine: str) -> None:
     ref = run(engine, None) if rank == 0 else None
     sleeping_barrier()

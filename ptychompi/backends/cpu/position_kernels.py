@@ -116,6 +116,25 @@ def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.nda
         out[j, 3] = den_c
 
 
+@jit(JIT)
+def between_bins(stack: np.ndarray, member: np.ndarray, rest: np.ndarray, g: int,
+                 out: np.ndarray) -> None:
+    """``out[j] = stack[s] − rest[j, 0] · stack[g + s] − rest[j, 1] · stack[2g + s]`` with
+    ``s = member[j]``: each position's probe from its bin's shifted probe and the two
+    gradients (:func:`ptychompi.engines.shift_tables.between_bin_probes`) in one pass."""
+    b, kk, m0, m1 = out.shape
+    for j in range(b):
+        s = member[j]
+        dr = np.float32(rest[j, 0])
+        dc = np.float32(rest[j, 1])
+        for k in range(kk):
+            for y in range(m0):
+                a, gr, gc, dst = stack[s, k, y], stack[g + s, k, y], stack[2 * g + s, k, y], \
+                    out[j, k, y]
+                for x in range(m1):
+                    dst[x] = (a[x] - dr * gr[x]) - dc * gc[x]
+
+
 class PositionArgs(NamedTuple):
     """:func:`fused_position_sums`' chunk: position j measured as ``amplitudes[frames[j]]``,
     seeing ``probes[probe_of[j]]``; ``d_row``, ``d_col``: the object's derivatives; the sums
