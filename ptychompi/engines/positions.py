@@ -20,9 +20,16 @@ normal equations are one small allreduce) and become that transform plus a resid
 to ``max_residual``. Every position stays within ``max_total`` (per axis) of its input; the
 tiles are grown by that margin (:func:`padded_tiles`), so windows never leave their tile and
 the halos hold every pixel two tiles' windows can share: with ``share_frequency: 1`` n ranks
-follow one rank. With ``subpixel_bins`` (0) the engines place the refined positions exactly
-(:func:`placement_config`): rounded to the engines' sub-pixel bins, positions that cross a
-bin edge at every update move the model by a whole bin, and the object does not settle.
+follow one rank.
+
+Placement (:func:`placement_config`): rounded to the engines' sub-pixel bins, positions that
+cross a bin edge at every update move the model by a whole bin, and the object does not
+settle. ePIE places refined positions exactly (it shifts the probe per position anyway);
+LSQML (also DM's refinement) in bins of ``1/BETWEEN_BINS`` px with each position's
+remainder past its bin applied to first order (``between_bins``:
+:func:`ptychompi.engines.shift_tables.between_bin_probes`), so the model follows every
+position continuously for three inverse FFTs per bin instead of two FFTs per position;
+``subpixel_bins: 0`` places them exactly there too. DM's own iterations keep their bins.
 
 With ``centre_probe`` the probe is pinned (:func:`probe_centroid`). Probe and object shifted
 together by ``s`` against fixed positions give every exit wave shifted by ``s`` in its frame

@@ -44,16 +44,14 @@ CASE = Case(grid=8, frame=64, diameter_px=24, overlap=0.7, photons=1e7, seed=1)
 ITERATIONS = 100
 RMS_PX = 1.5
 POSITION_DROP = 3.0  # the bar: RMS position error falls at least 3x
-# the bar for the object error is 1.3x that of the true positions. With exact
-# placement of the refined positions (position_correction.subpixel_bins: 0, not the default:
-# it costs LSQML more on large scans) LSQML meets it on these cases at 200 iterations (at 100
-# the object has not yet lost what it learnt from the wrong positions: 1.1-6x over the error
-# draws, README, BENCHMARKS.md), DM (whose LSQML refinement places them exactly) on the affine
-# case; ePIE does not. Which basin a run ends in varies from one set of errors (and engine
-# seed) to the next, so the other bars are this scan's measured ratios with a margin of about
-# 1.3 (a rounding difference can move a run to another basin); ePIE's bar is wider since its
-# defaults took rPIE's object step and a falling alpha: its true-position error halved
-# (0.0244 -> 0.0127) and its refined one fell less (0.037 -> 0.033):
+# the bar for the object error is 1.3x that of the true positions. With the defaults
+# (LSQML: positions between 1/4-px bins, the probe re-centred) LSQML meets it on these cases
+# at 200 iterations (0.93-1.02x here; 18 of 18 error draws in benchmarks/positions.py, 13 of
+# 18 at 100, where the object has not always lost what it learnt from the wrong positions),
+# DM (whose LSQML refinement places them the same way) on the affine case (1.20x); ePIE does
+# not (2.4x). Which basin a run ends in varies from one set of errors (and engine seed) to
+# the next, so the other bars are this scan's measured ratios with a margin of about 1.3 (a
+# rounding difference can move a run to another basin):
 # (engine, kind) -> refined / true-position error
 OBJECT_RATIO = {("lsqml", "random"): 1.3, ("epie", "random"): 3.0, ("dm", "random"): 1.75,
                 ("dm", "affine"): 1.4, ("lsqml", "affine"): 1.3, ("lsqml", "both"): 1.3}
