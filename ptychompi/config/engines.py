@@ -50,6 +50,10 @@ class EPIEOptions:
                              "denominator (1 - w)|P|² + w max|P|² (1 = classic ePIE; smaller: "
                              "larger steps into the beam's tails); the probe step is ePIE's",
                              low=0.0, high=1.0)
+    momentum: float = opt(0.7, "friction η of mPIE's object velocity v <- η v + ΔO, ΔO the "
+                          "object's change over one pass of the scan", low=0.0, high=0.99)
+    momentum_gain: float = opt(0.3, "after each pass the object moves by this x v (mPIE's "
+                               "momentum; 0 = none)", low=0.0)
     batch: int = opt(64, "most non-overlapping windows per batch when algorithm.batch_size "
                      "is null (1 = sequential ePIE)", low=1)
 

@@ -2,7 +2,8 @@
 
 Positions are visited in a seeded random order; consecutive positions whose windows do not
 overlap form a batch (up to ``batch_size``; 1 = classic sequential ePIE). Within a batch the
-object update equals the sequential one; the probe update is the batch mean.
+object update equals the sequential one; the probe update is the batch mean. After each pass
+the object takes mPIE's momentum step (:mod:`.momentum`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from ..backends.cpu import kernels as cpu_kernels
 from ..ops import EpieJob
 from .base import Engine
+from .momentum import ObjectMomentum
 from .visits import extra_rounds
 
 
@@ -37,6 +39,15 @@ def disjoint_batches(order: np.ndarray, rows: np.ndarray, cols: np.ndarray, fram
 class EPIE(Engine):
     name = "epie"
     extra_visits: np.ndarray | None = None  # run --follow: local positions owed more visits
+    _momentum: ObjectMomentum | None = None
+
+    @property
+    def momentum(self) -> ObjectMomentum:
+        """mPIE's object momentum, once per pass (:class:`.momentum.ObjectMomentum`)."""
+        if self._momentum is None:
+            opts = self.cfg.epie
+            self._momentum = ObjectMomentum(opts.momentum, opts.momentum_gain)
+        return self._momentum
     complete_from: int | None = 0  # run --follow: the iteration the scan ended at, or None
 
     def _iterate(self) -> float:
@@ -56,6 +67,7 @@ class EPIE(Engine):
         # batches shift it and add their back-shifted gradients there (no transform of the
         # whole probe per batch)
         probe_ft = self.backend.fft2(self.probe) if self.use_subpixel else None
+        self.momentum.mark(self.object)
         err = 0.0
         for i, batch in enumerate(batches):  # catch-up visits: no probe step, no error
             e = self._update(batch, steps, beta, update_probe and i < regular, probe_ft)
@@ -66,7 +78,17 @@ class EPIE(Engine):
             self.merge_object()
         if update_probe and self.schedule.share_probe(self.iteration):
             self.average_probe()
+        self.momentum.push(self.object)
         return err
+
+    def _reset(self) -> None:
+        self.momentum.reset()
+
+    def _extra_state(self) -> dict[str, Any]:
+        return self.momentum.state()
+
+    def _restore_extra(self, state: dict[str, np.ndarray]) -> None:
+        self.momentum.restore(state, self.backend.xp, self.backend.complex_dtype)
 
     def probe_step(self) -> float:
         """``beta``; with ``beta_initial``, that at the first iteration, falling linearly to
