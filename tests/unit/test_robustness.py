@@ -19,14 +19,15 @@ from ptychompi.sim.matrix import OBJECTS, PROBES, Case, make_matrix_probe, make_
 ENGINES = ("epie", "dm", "lsqml")
 GRID, FRAME, ITERATIONS = 12, 64, 40
 # object error bounds at this size after 40 iterations (1e4 photons: Poisson noise dominates;
-# the in-focus Gaussian beam, whose far field is a few pixels wide, is the hardest probe)
-BOUND = {("pinhole", 1e6): 0.25, ("focused", 1e6): 0.30, ("gaussian", 1e6): 0.50,
-         ("pinhole", 1e4): 0.30, ("focused", 1e4): 0.40, ("gaussian", 1e4): 0.70}
-# no engine far behind LSQML at this size and iteration count (DM: the 2x); ePIE still
-# lags on the focused probe, whose hot spots make its steps small elsewhere, and the Gaussian
-# beam at 1e4 photons ends in one of two states depending on the visiting order (ePIE 0.21 or
-# 0.58, LSQML 0.23 or 0.56 with other seeds; BENCHMARKS.md, robustness)
-RATIO_TO_LSQML = {"epie": 3.0, "dm": 2.0, "lsqml": 1.0}
+# the Gaussian beam, whose far field is a few pixels wide, converges slowest: 0.21-0.23 here,
+# about what the true probe held fixed reaches in 40 iterations)
+BOUND = {("pinhole", 1e6): 0.25, ("focused", 1e6): 0.30, ("gaussian", 1e6): 0.35,
+         ("pinhole", 1e4): 0.30, ("focused", 1e4): 0.40, ("gaussian", 1e4): 0.35}
+# no engine far behind LSQML at this size and iteration count (the 2x); ePIE still
+# lags on the focused probe, whose hot spots make its steps small elsewhere (the Gaussian beam
+# at 1e4 photons no longer ends in one of two states by visiting order since the starting
+# probe is defocused to the side the data show; test_defocus_start.py)
+RATIO_TO_LSQML = {"epie": 2.0, "dm": 2.0, "lsqml": 1.0}
 RATIO_EPIE_FOCUSED = 3.0
 
 
