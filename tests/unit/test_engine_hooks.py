@@ -32,6 +32,8 @@ def test_state_nbytes_is_the_checkpoint_state(sim, name):
         plain = e.object.nbytes + e.probe.nbytes
         if name == "dm":  # every position's exit waves: n x modes x M x M complex64
             assert e.state_nbytes() == plain + len(sim.frames) * 64 * 64 * 8 + 1  # +flag
+        elif name == "epie":  # mPIE's momentum: the object after the last pass, the velocity
+            assert e.state_nbytes() == plain + 2 * e.object.nbytes
         else:
             assert e.state_nbytes() == plain
 
