@@ -42,13 +42,14 @@ class Case:
     fresnel: float = 5.0  # pinhole: Fresnel number of the aperture at the sample
     jitter: float = 0.1  # raster: uniform jitter as a fraction of the step
     seed: int = 0
+    mirrored: bool = False  # the probe conj(P(-r)): the sample on the other side of the focus
 
     @property
     def name(self) -> str:
         dose = f"{self.photons:.0e}".replace("+0", "").replace("+", "")
         probe = f"pinhole{self.fresnel:g}" if self.probe == "pinhole" else self.probe
         return (f"{self.object}-{probe}-{dose}-ov{round(100 * self.overlap)}-"
-                f"{self.pattern}{self.grid}x{self.frame}")
+                f"{self.pattern}{self.grid}x{self.frame}" + ("-mirrored" if self.mirrored else ""))
 
     @property
     def step_px(self) -> float:
@@ -225,6 +226,12 @@ def make_matrix_probe(kind: str, frame: int, diameter_px: float, fresnel: float 
 
 
 # ---------------------------------------------------------------------------- scans
+def mirrored(probe: np.ndarray) -> np.ndarray:
+    """``conj(P(-r))`` about the frame's centre: the same far-field intensity, the defocus
+    (phase curvature) of the other sign."""
+    return np.conj(np.roll(probe[..., ::-1, ::-1], (1, 1), (-2, -1)))
+
+
 def scan_positions(case: Case, rng: np.random.Generator) -> np.ndarray:
     """Top-left corners (N, 2) in pixels: a jittered raster or a Fermat spiral."""
     step = case.step_px
@@ -267,6 +274,8 @@ def make_scan(case: Case) -> MatrixScan:
     obj = make_matrix_object(case.object, shape, rng)
     probe = make_matrix_probe(case.probe, case.frame, case.diameter_px, case.fresnel,
                               case.photons)
+    if case.mirrored:
+        probe = mirrored(probe)
     frames = rng.poisson(far_field(obj, probe, positions)).astype(np.float32)
     wavelength = wavelength_from_kev(ENERGY_KEV)
     pixel = farfield_pixel_size(wavelength, DISTANCE_M, case.frame, DETECTOR_PIXEL_M)
@@ -275,11 +284,13 @@ def make_scan(case: Case) -> MatrixScan:
 
 def matrix(grid: int = 20, frame: int = 128) -> list[Case]:
     """The full matrix at a size: every object × probe kind at 1e6 photons, every probe kind
-    at 1e4 and 1e8, overlaps 50 and 85 %, Fermat spirals, Fresnel numbers 2 and 10."""
+    at 1e4 and 1e8, overlaps 50 and 85 %, Fermat spirals, Fresnel numbers 2 and 10, and the
+    focused and Gaussian beams mirrored (the sample on the other side of the focus)."""
     base = Case(grid=20, frame=128)
     cases = [replace(base, object=o, probe=p) for o in OBJECTS for p in PROBES]
     cases += [replace(base, probe=p, photons=d) for p in PROBES for d in (1e4, 1e8)]
     cases += [replace(base, overlap=v) for v in (0.5, 0.85)]
     cases += [replace(base, pattern="spiral", probe=p) for p in PROBES]
     cases += [replace(base, fresnel=f) for f in (2.0, 10.0)]
+    cases += [replace(base, probe=p, mirrored=True) for p in ("focused", "gaussian")]
     return [c.scaled(grid, frame) for c in cases]

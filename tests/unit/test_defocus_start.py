@@ -3,11 +3,12 @@ neighbouring patterns (:mod:`ptychompi.model.defocus`), and what it does for Gau
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from ptychompi.model.defocus import defocus_sign, drift_grid, drift_scores, neighbour_spacing
-from ptychompi.sim import matrix as sim_matrix
 from ptychompi.sim.evaluate import evaluate
 from ptychompi.sim.matrix import Case, make_scan
 
@@ -23,26 +24,15 @@ def _sign(scan) -> int:
     return defocus_sign(kappas, scores, FRAME, spacing)
 
 
-def _mirrored(monkeypatch) -> None:
-    """Probes on the other side of the focus: P -> conj(P(-r)) (same far-field intensity)."""
-    make = sim_matrix.make_matrix_probe
-
-    def twin(*args, **kwargs):
-        p = make(*args, **kwargs)[0]
-        return np.conj(np.roll(p[::-1, ::-1], (1, 1), (0, 1)))[None]
-
-    monkeypatch.setattr(sim_matrix, "make_matrix_probe", twin)
-
-
 @pytest.mark.parametrize("probe,expected", [("focused", 1), ("gaussian", -1), ("pinhole", 1)])
-def test_sign_of_the_defocus_from_the_data(monkeypatch, probe, expected):
+def test_sign_of_the_defocus_from_the_data(probe, expected):
     """The focused probe's spectral curvature is positive, the Gaussian's negative; the
-    Fresnel-fringed pinhole shows no drift (the usual sign). Mirrored probes flip the
-    answer where there is one."""
+    Fresnel-fringed pinhole shows no drift (the usual sign). Mirrored probes (the sample on
+    the other side of the focus) flip the answer where there is one."""
     case = Case(probe=probe).scaled(GRID, FRAME)
     assert _sign(make_scan(case)) == expected
-    _mirrored(monkeypatch)
-    assert _sign(make_scan(case)) == (-expected if probe != "pinhole" else 1)
+    mirrored = make_scan(replace(case, mirrored=True))
+    assert _sign(mirrored) == (-expected if probe != "pinhole" else 1)
 
 
 def test_no_pairs_no_answer():
@@ -53,12 +43,21 @@ def test_no_pairs_no_answer():
     assert not one.any()
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_gaussian_beam_at_low_dose_in_every_visiting_order(seed):
+def test_focused_beam_on_the_other_side_of_the_focus():
+    """Mirrored, the focused beam defeated every engine from a start defocused to the usual
+    side (ePIE 0.54, DM 0.64, LSQML 0.49); the side the data show gives 0.03-0.06."""
+    scan = make_scan(Case(probe="focused", mirrored=True).scaled(GRID, FRAME))
+    for engine in ("epie", "dm", "lsqml"):
+        row = evaluate(scan, engine, 40)
+        assert row["finite"] and row["object_error"] <= 0.15, (engine, row)
+
+
+def test_gaussian_beam_at_low_dose():
     """The Gaussian beam at 1e4 photons ended in one of two states with the start defocused
-    to the wrong side (ePIE 0.58-0.59 in every order, LSQML 0.56 in one); started on the
-    side the data show, every engine reaches about the true probe's 0.21-0.22 here."""
+    to the wrong side (ePIE 0.58-0.59 in every visiting order, LSQML 0.56 in this one, seed
+    1); started on the side the data show, every engine reaches about the true probe's
+    0.21-0.22 here."""
     scan = make_scan(Case(probe="gaussian", photons=1e4).scaled(GRID, FRAME))
     for engine in ("epie", "dm", "lsqml"):
-        row = evaluate(scan, engine, 40, seed=seed)
+        row = evaluate(scan, engine, 40, seed=1)
         assert row["finite"] and row["object_error"] <= 0.3, (engine, row)
