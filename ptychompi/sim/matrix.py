@@ -198,8 +198,9 @@ def make_matrix_probe(kind: str, frame: int, diameter_px: float, fresnel: float 
     pinhole: a circular aperture of diameter D propagated to Fresnel number
     ``(D/2)² / (λz) = fresnel`` (Fresnel fringes, about a wave of curvature); focused: a
     zone-plate pupil (central stop, a little coma and astigmatism) defocused so that the beam
-    is D wide, with several waves of phase curvature; gaussian: a Gaussian beam of FWHM D with
-    a slight curvature.
+    is D wide, with several waves of phase curvature; gaussian: a Gaussian beam of FWHM D
+    (intensity) whose curvature makes it about twice its waist (its spectral curvature has
+    the opposite sign to the focused beam's).
     """
     m = int(frame)
     yy, xx = (np.mgrid[:m, :m] - m / 2).astype(np.float64)
