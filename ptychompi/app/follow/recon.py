@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from ...data.dataset import load_amplitudes, open_source, plan_layout, plan_prep
 from ...data.validate import check_guess, check_photons, guess_errors
 from ...engines import ENGINES, Engine, Schedule, TileData
 from ...errors import DataError
-from ...model.initial import initial_object, initial_probe
+from ...model.initial import initial_object, initial_probe, shadow_drift
 from ...model.physics import Propagator
 from ...parallel.exchange import ExchangeStats, SerialExchange, agree
 from ...parallel.tiling import decompose
@@ -246,7 +247,13 @@ class FollowReconstruction(Reconstruction):
         old = self.engine
         if old is None:
             mean_amp = self._local_amp if comm is None else comm.allreduce(self._local_amp)
-            probe, obj = collective(comm, self._start_model, power, mean_amp / n_in, n_in)
+            summed = SimpleNamespace(allreduce=lambda v: v if comm is None else comm.allreduce(v))
+            drift = shadow_drift(self.config.algorithm, self.source.illumination,
+                                 self.layout.propagation, self._amplitudes,
+                                 self.layout.positions_px, self._local, mean_amp / n_in,
+                                 summed)  # collective: the side of the focus, from the rows in
+            probe, obj = collective(comm, self._start_model, power, mean_amp / n_in, n_in,
+                                    drift)
             iteration, errors, seconds = 0, [], 0.0
         else:
             probe, obj = self._current_model()
@@ -265,14 +272,15 @@ class FollowReconstruction(Reconstruction):
         log.debug("follow: %d of %d frames in at iteration %d (%d rank(s) active)", n_in,
                   self.layout.n_frames, iteration, sum(flags))
 
-    def _start_model(self, power: float, mean_amp: np.ndarray, n_in: int) -> tuple[Any, Any]:
+    def _start_model(self, power: float, mean_amp: np.ndarray, n_in: int,
+                     drift: np.ndarray | None) -> tuple[Any, Any]:
         """The starting probe and this tile's starting object (as a new run's)."""
         cfg, layout = self.config, self.layout
         check_photons(power, n_in, self.source.path)
         with guess_errors(cfg.algorithm, "probe"):
             probe = initial_probe(cfg.algorithm, layout.frame, self.source.illumination,
                                   mean_amp, power / n_in, self.propagator,
-                                  layout.pixel_size_m, self.positions)
+                                  layout.pixel_size_m, self.positions, drift)
         check_guess(probe, "probe", cfg.algorithm.probe_guess)
         with guess_errors(cfg.algorithm, "object"):
             obj = initial_object(cfg.algorithm, layout.object_shape)[self.tile.box.slices()]
