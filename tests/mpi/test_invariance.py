@@ -31,8 +31,9 @@ EXACT_SINGLE = 1e-4  # complex64: n ranks vs one rank (DM and LSQML; measured ~5
 EXACT_DOUBLE = 1e-7  # complex128: exact up to rounding
 # error at most this far above one rank's: DM sharing every 5 iterations; ePIE, whose ranks
 # update their tiles sequentially on their own: rPIE's object step with a falling alpha gains
-# more on one rank than on tiles (errors on 1 / 2 / 3 / 4 ranks 0.072 / 0.085 / 0.107 / 0.103,
-# ratios up to 1.49; with classic ePIE they were 0.140 / 0.115 / 0.129 / 0.141)
+# more on one rank than on tiles (errors on 1 / 2 / 3 / 4 ranks 0.055 / 0.062 / 0.083 / 0.077
+# with the object momentum, ratios up to 1.51; without it 0.072 / 0.085 / 0.107 / 0.103; with
+# classic ePIE 0.140 / 0.115 / 0.129 / 0.141)
 ERROR_RATIO = {"dm": 1.10, "epie": 1.6}
 
 # The object the tiles issue's bars were set on: weaker and not band-limited. On the default
