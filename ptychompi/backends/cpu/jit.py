@@ -10,6 +10,10 @@ JIT = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
 # per-position dot products: the additions may be reordered (vectorised partial sums), which
 # is deterministic for a given build and changes only double-precision rounding
 JIT_SUMS = {**JIT, "fastmath": {"reassoc"}}
+# finite values only (no NaN, infinity or signed-zero rules): lets the compiler vectorise the
+# max reductions of a kernel whose every other operation keeps its IEEE result, so the
+# output is bit for bit that of JIT on finite data (a kernel with NaN checks must not use it)
+JIT_FINITE = {**JIT, "fastmath": {"nnan", "ninf", "nsz"}}
 
 
 def jit(options: dict) -> Callable[[Callable], Callable]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..jit import JIT, jit
+from ..jit import JIT, JIT_FINITE, jit
 
 
 # --------------------------------------------------------------------------- accumulators
@@ -63,7 +63,7 @@ def lsqml_object_direction(num: np.ndarray, illum: np.ndarray, damping: float, e
 
 
 # --------------------------------------------------------------------------- ePIE
-@jit(JIT)
+@jit(JIT_FINITE)  # its max|P|², max|O|² reductions vectorised
 def epie_update(chi: np.ndarray, psi: np.ndarray, probes: np.ndarray, obj: np.ndarray,
                 rows: np.ndarray, cols: np.ndarray, steps: np.ndarray, psum: np.ndarray,
                 store_grad: bool) -> None:
