@@ -4,15 +4,17 @@ On one rank the signal becomes :class:`Interrupted`, which the command line repo
 line. On several ranks the signalled rank prints that line and calls ``MPI_Abort``, which ends
 the whole job: the other ranks may be waiting in a collective for it and would otherwise wait
 forever. When every rank receives the signal (Ctrl-C on ``mpiexec``), rank 0 speaks and aborts
-at once while the others wait a moment first, so the line appears once. Checkpoints and
-results are written to temporary names and renamed, so an abort never leaves a torn file; the
-next run in the folder removes the temporaries.
+at once while the others wait a moment first, so the line appears once; they wait in a thread
+of their own, so that a rank 0 blocked in a collective that waits for them gets out of it.
+Checkpoints and results are written to temporary names and renamed, so an abort never leaves a
+torn file; the next run in the folder removes the temporaries.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +47,14 @@ def message(signum: int, rank: int | None = None) -> str:
             "checkpoint is kept (continue with --resume)")
 
 
+def speak_and_abort(comm: Any, signum: int, rank: int, delay_s: float = 0.0) -> None:
+    """After ``delay_s``, print the signal's line and end the whole job (``MPI_Abort``)."""
+    time.sleep(delay_s)
+    print(message(signum, rank), file=sys.stderr, flush=True)
+    time.sleep(ABORT_GRACE_S)  # let mpiexec forward the line before the job ends
+    comm.Abort(128 + signum)
+
+
 def install(comm: Any | None) -> Callable[[], None]:
     """Handle SIGINT/SIGTERM for a run on ``comm`` (None: one rank); returns the undo."""
     previous = {s: signal.getsignal(s) for s in SIGNALS}
@@ -56,11 +66,12 @@ def install(comm: Any | None) -> Callable[[], None]:
         rank = comm.Get_rank()
         for s in SIGNALS:  # a second signal must not interrupt the abort
             signal.signal(s, signal.SIG_IGN)
-        if rank != 0:
-            time.sleep(OTHER_RANK_DELAY_S)
-        print(message(signum, rank), file=sys.stderr, flush=True)
-        time.sleep(ABORT_GRACE_S)  # let mpiexec forward the line before the job ends
-        comm.Abort(128 + signum)
+        if rank == 0:
+            speak_and_abort(comm, signum, rank)
+        # elsewhere the main thread goes on meanwhile: rank 0 may be blocked in a collective
+        # that waits for this rank, and can only run its own handler once this rank gets there
+        threading.Thread(target=speak_and_abort, args=(comm, signum, rank, OTHER_RANK_DELAY_S),
+                         name="ptychompi-interrupt", daemon=True).start()
 
     try:
         for s in SIGNALS:
