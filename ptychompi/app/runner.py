@@ -23,6 +23,7 @@ from ..errors import ConfigError, PtychompiError, os_reason
 from .api import Reconstruction, agree, collective
 from .checkpoint import resume, write_checkpoint
 from .outlock import OutputLock, lock_output, remove_stale_temporaries
+from .signals import Guard, install
 
 log = logging.getLogger("ptychompi")
 
@@ -209,21 +210,19 @@ def run_cli(args: argparse.Namespace) -> int:
     SIGINT/SIGTERM to any rank end the whole run (``ptychompi.app.signals``); the output folder
     is locked for the run's duration (``ptychompi.app.outlock``).
     """
-    from .signals import install  # noqa: PLC0415
-
     comm = _world()
     size = 1 if comm is None else comm.Get_size()
     restore = install(comm if size > 1 else None)
     held: list[OutputLock] = []
     try:
-        return _run(args, comm, held)
+        return _run(args, comm, held, restore)
     finally:
         for lock in held:
             lock.release()
         restore()
 
 
-def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
+def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock], guard: Guard) -> int:
     from ..parallel.exchange import abort_on_error  # noqa: PLC0415
     from .monitor import Progress, close_logging, setup_logging  # noqa: PLC0415
 
@@ -277,6 +276,7 @@ def _run(args: argparse.Namespace, comm: Any, held: list[OutputLock]) -> int:
     try:
         while recon.iteration < total:
             metrics = recon.step()
+            guard.check()  # a signalled rank other than 0 goes no further
             progress.note = getattr(recon, "rows_note", "")  # follow: rows arrived/planned
             progress.update(recon.iteration, metrics["error"], metrics["seconds"])
             log.debug("iteration %d error %.6e %.3f s", recon.iteration, metrics["error"],

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Interrupted", "install", "message"]
+__all__ = ["Guard", "Interrupted", "install", "message"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: how long ranks other than 0 wait before speaking, so that rank 0 speaks alone when every
@@ -55,10 +55,31 @@ def speak_and_abort(comm: Any, signum: int, rank: int, delay_s: float = 0.0) -> 
     comm.Abort(128 + signum)
 
 
-def install(comm: Any | None) -> Callable[[], None]:
+class Guard:
+    """What :func:`install` returns: call it to restore the previous handlers; :meth:`check`
+    at points where the run is about to make progress that outlives a signal (an iteration's
+    checkpoint or the result)."""
+
+    def __init__(self, restore: Callable[[], None]) -> None:
+        self._restore = restore
+        self.speaker: threading.Thread | None = None  # a rank other than 0, signalled
+
+    def check(self) -> None:
+        """On a rank that has been signalled but waits before speaking, wait here: the job
+        ends with that rank's line (or rank 0's, sooner) and nothing more is written."""
+        if self.speaker is not None:
+            self.speaker.join()
+
+    def __call__(self) -> None:
+        self.check()  # a signal that came in the run's last moments is not lost
+        self._restore()
+
+
+def install(comm: Any | None) -> Guard:
     """Handle SIGINT/SIGTERM for a run on ``comm`` (None: one rank); returns the undo."""
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     several = comm is not None and comm.Get_size() > 1
+    guard = Guard(lambda: None)
 
     def handler(signum: int, frame: Any) -> None:  # the signal API's arguments
         if not several:
@@ -68,19 +89,23 @@ def install(comm: Any | None) -> Callable[[], None]:
             signal.signal(s, signal.SIG_IGN)
         if rank == 0:
             speak_and_abort(comm, signum, rank)
-        # elsewhere the main thread goes on meanwhile: rank 0 may be blocked in a collective
-        # that waits for this rank, and can only run its own handler once this rank gets there
-        threading.Thread(target=speak_and_abort, args=(comm, signum, rank, OTHER_RANK_DELAY_S),
-                         name="ptychompi-interrupt", daemon=True).start()
+        # elsewhere the main thread goes on to the next check: rank 0 may be blocked in a
+        # collective that waits for this rank, and can only run its own handler once this
+        # rank gets there
+        guard.speaker = threading.Thread(target=speak_and_abort,
+                                         args=(comm, signum, rank, OTHER_RANK_DELAY_S),
+                                         name="ptychompi-interrupt", daemon=True)
+        guard.speaker.start()
 
     try:
         for s in SIGNALS:
             signal.signal(s, handler)
     except ValueError:  # not the main thread (an embedding application): leave them alone
-        return lambda: None
+        return guard
 
     def restore() -> None:
         for s, h in previous.items():
             signal.signal(s, h)
 
-    return restore
+    guard._restore = restore
+    return guard
