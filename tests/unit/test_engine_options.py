@@ -14,10 +14,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-from test_engines import as_scan, config
+from test_engines import as_scan, assert_resume_is_bit_identical, config
 
 from ptychompi import Reconstruction
-from ptychompi.app.checkpoint import resume, write_checkpoint
 from ptychompi.app.follow.arrivals import Decision
 from ptychompi.app.follow.recon import FollowReconstruction
 from ptychompi.app.gui.schema import fields
@@ -152,18 +151,11 @@ def test_lsqml_step_decay_over_the_second_half_or_after_the_scan_is_complete():
 def test_lsqml_resumed_inside_the_fall_equals_an_uninterrupted_run(tmp_path):
     noisy = simulate(frame=64, grid=6, step_px=8, probe_diameter_px=20, photons=1e3, seed=2)
     cfg = {**config("lsqml", 8, noisy), "output": {"directory": str(tmp_path)}}
-    with Reconstruction(cfg, scan=as_scan(noisy)) as whole:
-        whole.run()
+
+    def falling(whole: Reconstruction) -> None:
         assert whole.engine.step_final < 0.5  # the fall is on from iteration 4
-        expected = (whole.object, whole.probe)
-    with Reconstruction(cfg, scan=as_scan(noisy)) as first:
-        first.step(6)
-        write_checkpoint(first, tmp_path)
-    with Reconstruction(cfg, scan=as_scan(noisy)) as again:
-        assert resume(again, tmp_path) == 6
-        again.run()
-        np.testing.assert_array_equal(again.object, expected[0])
-        np.testing.assert_array_equal(again.probe, expected[1])
+
+    assert_resume_is_bit_identical(cfg, noisy, tmp_path, 6, on_whole=falling)
 
 
 def test_follow_tells_lsqml_when_the_scan_is_complete():

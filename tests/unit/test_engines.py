@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ptychompi import Reconstruction
+from ptychompi.app.checkpoint import resume, write_checkpoint
 from ptychompi.data.scan import ArrayScan, ScanGeometry
 from ptychompi.errors import ConfigError, PtychompiError
 from ptychompi.model.metrics import object_error
@@ -28,6 +30,28 @@ def config(name: str, iterations: int, sim, **algo) -> dict:
     diameter = 40 * sim.pixel_size_m * sim.frames.shape[-1] / 128
     return {"algorithm": {"name": name, "iterations": iterations, "probe_diameter_m": diameter,
                           **algo}, "parallel": {"device": "cpu"}}
+
+
+def assert_resume_is_bit_identical(cfg: dict, sim, folder: Path, at: int,
+                                   on_whole: Callable[[Reconstruction], None] = lambda r: None,
+                                   on_first: Callable[[Reconstruction], None] = lambda r: None,
+                                   ) -> None:
+    """A run checkpointed after ``at`` iterations and resumed ends with the uninterrupted
+    run's object and probe, bit for bit (``on_whole``, ``on_first``: further checks of the
+    uninterrupted run and of the first part)."""
+    with Reconstruction(cfg, scan=as_scan(sim)) as whole:
+        whole.run()
+        on_whole(whole)
+        expected = (whole.object, whole.probe)
+    with Reconstruction(cfg, scan=as_scan(sim)) as first:
+        first.step(at)
+        on_first(first)
+        write_checkpoint(first, folder)
+    with Reconstruction(cfg, scan=as_scan(sim)) as again:
+        assert resume(again, folder) == at
+        again.run()
+        np.testing.assert_array_equal(again.object, expected[0])
+        np.testing.assert_array_equal(again.probe, expected[1])
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,9 @@ a resumed run that carries the velocity in its checkpoint."""
 from __future__ import annotations
 
 import numpy as np
-from test_engines import as_scan, config
+from test_engines import as_scan, assert_resume_is_bit_identical, config
 
 from ptychompi import Reconstruction
-from ptychompi.app.checkpoint import resume, write_checkpoint
 from ptychompi.engines.momentum import ObjectMomentum
 from ptychompi.sim.simulate import simulate
 
@@ -52,15 +51,8 @@ def test_gain_zero_is_epie_without_momentum():
 def test_resumed_run_keeps_the_velocity(tmp_path):
     sim = simulate(frame=64, grid=6, step_px=8, probe_diameter_px=20, photons=1e6, seed=2)
     cfg = {**config("epie", 8, sim), "output": {"directory": str(tmp_path)}}
-    with Reconstruction(cfg, scan=as_scan(sim)) as whole:
-        whole.run()
-        expected = (whole.object, whole.probe)
-    with Reconstruction(cfg, scan=as_scan(sim)) as first:
-        first.step(5)
+
+    def moving(first: Reconstruction) -> None:
         assert first.engine.momentum.velocity is not None
-        write_checkpoint(first, tmp_path)
-    with Reconstruction(cfg, scan=as_scan(sim)) as again:
-        assert resume(again, tmp_path) == 5
-        again.run()
-        np.testing.assert_array_equal(again.object, expected[0])
-        np.testing.assert_array_equal(again.probe, expected[1])
+
+    assert_resume_is_bit_identical(cfg, sim, tmp_path, 5, on_first=moving)
