@@ -7,7 +7,10 @@ their states first and ``checkpoint.h5`` last, so a crash in between leaves stat
 ``checkpoint.h5``: each rank therefore keeps its previous state as ``rank<r>of<n>.prev.h5``
 until the next one, and resuming takes whichever of the two matches ``checkpoint.h5``.
 Resuming on the same rank count restores every rank's state (bit for bit); on another count
-the engines start again from the global object and probe at the checkpoint's iteration.
+each rank's state is made from the old ranks' states (:mod:`.resume_state`: the tiles' arrays
+cut from the old tiles', per-position arrays by frame, the rest from any rank), or, where
+they cannot give it all, rebuilt from the global object and probe at the checkpoint's
+iteration.
 
 Writing and reading are collective-safe: a full disk or an unreadable (truncated) state file on
 any rank is agreed on, so every rank ends with the same one-line error instead of some ranks
@@ -27,6 +30,7 @@ import yaml
 from ..errors import DataError, PtychompiError, os_reason
 from ..io.atomic import atomic_h5
 from .api import collective
+from .resume_state import carried_state, tile_box
 
 RESULT_NAME = "checkpoint.h5"
 INCOMPATIBLE = (("algorithm", "name"), ("algorithm", "probe_modes"), ("preprocess", "crop_size"),
@@ -105,6 +109,7 @@ def write_checkpoint(recon: Any, out_dir: str | Path) -> None:
 
     state = recon.engine.state()
     state["indices"] = np.asarray(recon.engine.data.indices)
+    state["box"] = tile_box(recon.engine)  # where the tile lies: a resume on another count
     state["history_error"] = np.asarray([m["error"] for m in recon.history], np.float64)
     state["history_seconds"] = np.asarray([m["seconds"] for m in recon.history], np.float64)
     mine = state_path(out_dir, recon.rank, recon.size)
@@ -167,9 +172,30 @@ def _restore(recon: Any, out_dir: str | Path, data: Any, state: dict | None,
     else:
         history = [{"iteration": i + 1, "error": float(e), "seconds": 0.0}
                    for i, e in enumerate(data.error)]
+        old_size = int(data.provenance.get("ranks", 0))
+        carried = _carried(recon, out_dir, old_size, iteration, data.object)
+        if carried is not None:
+            recon.history = history
+            recon.engine.restore(carried)
+            return
         recon.resume_from(data.object, data.probe, iteration, history,
                           data.refined_positions)
-        _adopt_position_state(recon, out_dir, int(data.provenance.get("ranks", 0)), iteration)
+        _adopt_position_state(recon, out_dir, old_size, iteration)
+
+
+def _carried(recon: Any, out_dir: str | Path, old_size: int, iteration: int,
+             global_object: np.ndarray) -> dict | None:
+    """This rank's state made from the old ranks' states (:mod:`.resume_state`), or None on
+    every rank when any rank cannot have all of it (agreed)."""
+    paths = [_generation(state_path(out_dir, rank, old_size), iteration)
+             for rank in range(max(old_size, 0))]
+    state = None
+    if paths and all(p is not None for p in paths):
+        state = carried_state(paths, iteration, recon.engine, global_object)
+    if recon.comm is not None:
+        ok = recon.comm.allreduce(int(state is not None), op=__import__("mpi4py").MPI.MIN)
+        state = state if ok else None
+    return state
 
 
 def _adopt_position_state(recon: Any, out_dir: str | Path, old_size: int,
