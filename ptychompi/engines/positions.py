@@ -17,7 +17,9 @@ and their global mean is removed (a common shift of all positions is an ambiguit
 ptychography, taken up by the object). With ``affine`` the positions are then fitted by one
 global transform of the input positions (scale, rotation, shear, offset: 6 parameters whose
 normal equations are one small allreduce) and become that transform plus a residual limited
-to ``max_residual``. Every position stays within ``max_total`` (per axis) of its input; the
+to ``max_residual``. Every position stays within ``max_total`` (per axis) of its input plus
+the positions' common offset (the re-centring below moves it; within ``DRIFT_PX``: a
+position whose error is near ``max_total`` is not held short by that drift); the
 tiles are grown by that margin (:func:`padded_tiles`), so windows never leave their tile and
 the halos hold every pixel two tiles' windows can share: with ``share_frequency: 1`` n ranks
 follow one rank.
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
 DAMPING = 0.05  # λ relative to the scan's mean denominator per axis
 DEFAULT_EVERY = 4  # update_every null: iterations between updates that need a pass
 BETWEEN_BINS = 4  # LSQML's sub-pixel bins per px with positions between them (placement_config)
+DRIFT_PX = 1  # the positions' common offset may leave their inputs by this much beyond max_total
 
 
 def placement_config(cfg: AlgorithmConfig, engine: str) -> AlgorithmConfig:
@@ -98,9 +101,10 @@ def between_bins(cfg: AlgorithmConfig, engine: str) -> bool:
 
 
 def margin_px(cfg: PositionCorrectionConfig) -> int:
-    """Pixels the tiles grow by on each side: the largest move plus one (a sub-pixel
-    remainder may round up to a whole pixel)."""
-    return int(math.ceil(cfg.max_total)) + 1 if cfg.enabled else 0
+    """Pixels the tiles grow by on each side: the largest move (``max_total`` about the
+    common offset, which may drift by ``DRIFT_PX``) plus one (a sub-pixel remainder may round
+    up to a whole pixel)."""
+    return int(math.ceil(cfg.max_total)) + DRIFT_PX + 1 if cfg.enabled else 0
 
 
 def padded_tiles(positions_px: np.ndarray, frame: int, size: int,
@@ -290,10 +294,21 @@ class PositionRefiner:
             moved += self._recentre(engine)
         if c.affine:
             moved = self._affine(moved, ex)
-        limit = c.max_total
-        moved = self.initial + np.clip(moved - self.initial, -limit, limit)
+        moved = self.initial + self._within(moved - self.initial, ex)
         moved = np.clip(moved, 0.0, self.high)
         engine.move_positions(moved)
+
+    def _within(self, dev: np.ndarray, ex: Any) -> np.ndarray:
+        """Each position's distance ``dev`` from its input, within ``max_total`` (per axis) of
+        the positions' common offset (an ambiguity that the probe's re-centring moves), that
+        offset within ``DRIFT_PX``; a position inside both keeps ``dev`` as it is."""
+        limit = self.cfg.max_total
+        total = ex.allreduce(np.array([*dev.sum(axis=0), float(len(dev))]))
+        common = total[:2] / max(total[2], 1.0)
+        held = np.clip(common, -DRIFT_PX, DRIFT_PX)
+        own = dev - common
+        inside = (np.abs(own) <= limit) & np.all(held == common)
+        return np.where(inside, dev, held + np.clip(own, -limit, limit))
 
     @staticmethod
     def _centroid(engine: Engine) -> np.ndarray:
