@@ -12,9 +12,10 @@ maximum-likelihood updates refine DM's best object and probe on the same tile (D
 waves are freed), as ptypy users follow DM with ML. Where DM's error is still far above the
 data's Poisson noise floor and falling fast (high doses: the noise it would drift on is
 still small against its misfit), DM goes on (:func:`defers`), at the latest to
-``refine_by`` of the iterations. Every decision is a function of the iteration, the planned
-iterations and the global error history, so every rank, a resumed run and an uninterrupted
-one decide alike.
+``refine_by`` of the iterations. With position refinement the refinement runs from the first
+iteration (:func:`moves_positions`). Every decision is a function of the
+iteration, the planned iterations and the global error history, so every rank, a resumed run
+and an uninterrupted one decide alike.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import PositionCorrectionConfig
 from ..ops import DmFourierJob, DmObjectJob, DmProbeJob
 from .base import Engine
 from .lsqml import LSQML
@@ -60,6 +62,16 @@ def defers(errors: list[float], floor: Callable[[], float], ratio: float | None,
     if errors[-1] >= errors[-1 - window] * (1.0 - rate) ** window:
         return False
     return errors[-1] > ratio * floor()
+
+
+def moves_positions(pc: PositionCorrectionConfig) -> bool:
+    """Whether the maximum-likelihood refinement takes over from the first iteration because
+    positions are refined: DM's projections fit the object to the positions its exit waves
+    were formed at, a global distortion of them (scale, rotation, shear) included, which its
+    own position updates hardly move and the refinement then removes only slowly (even one
+    DM iteration at wrong positions can leave it); LSQML's steps let object and positions
+    converge together."""
+    return pc.enabled
 
 
 def best_since(errors: list[float], earliest: int) -> int:
@@ -324,9 +336,10 @@ class DifferenceMap(Engine):
         """The maximum-likelihood refinement instead of DM this iteration: from
         ``algorithm.dm.refine_from`` unless DM still converges far above the noise
         (:func:`defers`; at the latest from ``refine_by`` of the iterations), or earlier once
-        DM has stalled (:func:`stall_iteration`)."""
-        if self._refined:  # once it has taken over it stays
-            return True
+        DM has stalled (:func:`stall_iteration`); from the first with position refinement
+        (:func:`moves_positions`)."""
+        if self._refined or moves_positions(self.cfg.position_correction):
+            return True  # once it has taken over it stays
         opts = self.cfg.dm
         start = opts.refine_from
         if start is not None and self.iteration >= start:

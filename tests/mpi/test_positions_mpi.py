@@ -32,16 +32,13 @@ def config(engine: str) -> dict:
     # LSQML in batches of 16: with its default (a tenth of these 64 frames) some batch has no
     # frame on one rank, and n ranks then leave one rank's trajectory with or without
     # refinement (a separate LSQML problem, see the README's position refinement section).
-    # "dm-lsqml": DM handing over at iteration 7 to its LSQML refinement, which places the
-    # positions between its bins (the default, as "lsqml"); "lsqml-exact": placed exactly
-    # (position_correction.subpixel_bins: 0); the probe re-centred after every update
+    # "dm": with refinement DM is its LSQML refinement from the first iteration (as LSQML:
+    # batches of 16), which places the positions between its bins (the default, as "lsqml");
+    # "lsqml-exact": placed exactly (position_correction.subpixel_bins: 0); the probe
+    # re-centred after every update
     name = engine.split("-")[0]
-    algorithm = {"name": name, "iterations": ITERATIONS, "seed": 0,
-                 "batch_size": 16 if engine != "dm" else None,
+    algorithm = {"name": name, "iterations": ITERATIONS, "seed": 0, "batch_size": 16,
                  "position_correction": {"enabled": True, "start": 2, "affine": True}}
-    if engine == "dm-lsqml":
-        algorithm["dm"] = {"refine_from": 7, "refine_patience": None,
-                           "refine_noise_ratio": None}
     if engine == "lsqml-exact":
         algorithm["position_correction"]["subpixel_bins"] = 0
     # "lsqml-touched": the batches' halo sums over the pixels they touched, the illumination
@@ -72,8 +69,7 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("engine", ["dm", "lsqml", "dm-lsqml", "lsqml-exact",
-                                    "lsqml-touched"])
+@pytest.mark.parametrize("engine", ["dm", "lsqml", "lsqml-exact", "lsqml-touched"])
 def test_refinement_on_n_ranks_equals_one_rank(engine: str) -> None:
     ref = run(engine, None) if rank == 0 else None
     sleeping_barrier()
