@@ -121,10 +121,12 @@ class PositionCorrectionConfig:
                              "the gradient by Fourier): the model follows the position "
                              "continuously for two more shifted probes per bin (false: "
                              "rounded to the bin, which refined positions dither across)")
-    centre_probe: bool = opt(True, "after each update shift the probe back to its starting "
-                             "intensity centroid and all positions with it (probe and object "
-                             "may slide together against the positions: an ambiguity the "
-                             "moves' removed mean leaves free)")
+    centre_probe: bool | None = opt(None, "after each update shift the probe back to its "
+                                    "starting intensity centroid and all positions with it "
+                                    "(probe and object may slide together against the "
+                                    "positions: an ambiguity the moves' removed mean leaves "
+                                    "free); null = every engine but ePIE (placed exactly, it "
+                                    "ends closer to the truth with the probe left free)")
 
 
 @dataclass

@@ -104,7 +104,7 @@ class Engine(ShiftTables, TileMerging, ChunkRunner):
         self.data = data
         self._place(data.positions)
         self.refiner = make_refiner(cfg.position_correction, data.positions, data.origin,
-                                    data.box_shape, frame)
+                                    data.box_shape, frame, self.name)
         self.probe = backend.asarray(probe, backend.complex_dtype)
         self.object = backend.asarray(obj, backend.complex_dtype)
         self.seconds_compute = 0.0

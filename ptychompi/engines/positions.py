@@ -364,8 +364,13 @@ class PositionRefiner:
             engine.move_positions(np.asarray(state["positions"], np.float64))
 
 def make_refiner(cfg: PositionCorrectionConfig, positions: np.ndarray, origin: tuple[int, int],
-                 box_shape: tuple[int, int], frame: int) -> PositionRefiner | None:
-    """The refiner when ``cfg.enabled``, else None."""
+                 box_shape: tuple[int, int], frame: int,
+                 engine: str = "") -> PositionRefiner | None:
+    """The refiner of ``engine`` when ``cfg.enabled``, else None; ``centre_probe`` null
+    resolved: every engine but ePIE (its positions placed exactly, no bin edge cares where
+    the probe sits; the probe's re-centring only perturbs its path)."""
     if not cfg.enabled:
         return None
+    if cfg.centre_probe is None:
+        cfg = dataclasses.replace(cfg, centre_probe=engine != "epie")
     return PositionRefiner(cfg, positions, origin, box_shape, frame)
