@@ -102,10 +102,12 @@ class EPIE(Engine):
 
     def object_step(self) -> float:
         """``alpha`` for the first half of the iterations (or until ``complete_from``, when
-        later; throughout while it is None: rows still arrive), then falling linearly to
-        ``alpha · alpha_final`` at the last one."""
+        later; throughout while it is None: rows still arrive, or while refined positions
+        still move: the object has yet to lose what it learnt from the wrong ones), then
+        falling linearly to ``alpha · alpha_final`` at the last one."""
         opts, n = self.cfg.epie, max(self.cfg.iterations, 1)
-        if self.complete_from is None:
+        if self.complete_from is None or (self.refiner is not None
+                                          and self.refiner.moving(self.exchange)):
             return opts.alpha
         if self.complete_from > 0.5 * n:
             t = (self.iteration - self.complete_from) / max(n - self.complete_from, 1)

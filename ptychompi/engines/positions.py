@@ -68,6 +68,7 @@ DAMPING = 0.05  # λ relative to the scan's mean denominator per axis
 DEFAULT_EVERY = 4  # update_every null: iterations between updates that need a pass
 BETWEEN_BINS = 4  # LSQML's sub-pixel bins per px with positions between them (placement_config)
 DRIFT_PX = 1  # the positions' common offset may leave their inputs by this much beyond max_total
+SETTLED_PX = 0.01  # moves' RMS per update below which the positions count as settled (moving)
 
 
 def placement_config(cfg: AlgorithmConfig, engine: str) -> AlgorithmConfig:
@@ -199,6 +200,13 @@ class PositionRefiner:
         """An update with a pass of its own if the engine hands over nothing."""
         every = DEFAULT_EVERY if self.cfg.update_every is None else self.cfg.update_every
         return self._active(iteration) and (iteration - self.cfg.start) % every == 0
+
+    def moving(self, exchange: Any) -> bool:
+        """Whether the last update moved the positions by ``SETTLED_PX`` RMS or more (their
+        common shift removed; collective: from the moves every rank holds)."""
+        v = self.velocity
+        sums = exchange.allreduce(np.array([float((v * v).sum()), float(len(v))]))
+        return bool(sums[0] >= SETTLED_PX ** 2 * max(sums[1], 1.0))
 
     # ------------------------------------------------------------------ the gradient
     def arm(self, engine: Engine) -> None:
