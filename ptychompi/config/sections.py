@@ -91,6 +91,11 @@ class PositionCorrectionConfig:
     enabled: bool = opt(False, "refine the scan positions from the data misfit (all engines)")
     start: int = opt(1, "first iteration that moves positions (early: what the object and "
                      "probe learn from wrong positions stays with them for long)", low=0)
+    settle: float | None = opt(0.02, "positions move only once the engine's error has "
+                               "fallen by less than this fraction per iteration (mean over 5 "
+                               "iterations; before, the misfit is the forming object and "
+                               "probe's, and moves drift); null = from start", low=0.0,
+                               high=1.0)
     stop: int | None = opt(None, "iteration from which positions stay where they are "
                            "(null = never)", low=0)
     update_every: int | None = opt(None, "iterations between position updates (null = after "

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 
 DAMPING = 0.05  # λ relative to the scan's mean denominator per axis
 DEFAULT_EVERY = 4  # update_every null: iterations between updates that need a pass
+SETTLE_WINDOW = 5  # iterations over which settled() averages the error's fall
 BETWEEN_BINS = 4  # LSQML's sub-pixel bins per px with positions between them (placement_config)
 DRIFT_PX = 1  # the positions' common offset may leave their inputs by this much beyond max_total
 SETTLED_PX = 0.01  # moves' RMS per update below which the positions count as settled (moving)
@@ -165,6 +167,21 @@ def solve_affine(terms: np.ndarray) -> np.ndarray:
     return np.linalg.solve(xtx, xty)
 
 
+def settled(errors: Sequence[float], rate: float | None, window: int = SETTLE_WINDOW) -> bool:
+    """Whether the engine's model has formed: its error (one per iteration so far) has at
+    some point fallen by less than ``rate`` per iteration, on average over ``window``
+    iterations (always, with ``rate`` None). While the object and probe still form, the
+    misfit reflects them more than the positions, and moves made then drift (also from true
+    positions) into a wrong state that object and positions share. A function of the
+    errors alone: every rank agrees, and a resumed run reopens it as the run did."""
+    if rate is None:
+        return True
+    e = np.asarray(errors, np.float64)
+    if len(e) <= window:
+        return False
+    return bool(np.any(e[window:] >= e[:-window] * (1.0 - rate) ** window))
+
+
 class PositionRefiner:
     """One rank's refinement state: the input and current positions of its frames."""
 
@@ -185,6 +202,7 @@ class PositionRefiner:
         self._called = False  # whether the armed engine handed over residuals
         # centre_probe: the probe's intensity centroid at the start (frame pixels)
         self.reference: np.ndarray | None = None
+        self._settled = False  # whether the engine's model has formed (:func:`settled`)
 
     def due(self, iteration: int) -> bool:
         """Whether the positions move after iteration ``iteration`` (0-based): every
@@ -194,7 +212,8 @@ class PositionRefiner:
 
     def _active(self, iteration: int) -> bool:
         c = self.cfg
-        return iteration >= c.start and (c.stop is None or iteration < c.stop)
+        return (self._settled and iteration >= c.start
+                and (c.stop is None or iteration < c.stop))
 
     def _regular(self, iteration: int) -> bool:
         """An update with a pass of its own if the engine hands over nothing."""
@@ -217,6 +236,7 @@ class PositionRefiner:
             self._armed.position_collector = None
             self._armed = None
         self._called = False
+        self._settled = settled(engine.errors, self.cfg.settle)
         if self.cfg.centre_probe and self.reference is None:
             self.reference = self._centroid(engine)
         it = engine.iteration
