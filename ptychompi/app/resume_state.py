@@ -6,11 +6,12 @@ ranks' state files of the checkpoint's iteration, for :meth:`Engine.restore`:
 
 * arrays over the tile's box (:data:`TILE_KEYS`: the object, ePIE's momentum, DM's best
   object) are cut from the old tiles' boxes that meet the new box (each old file is read only
-  there; where old boxes overlap, the later rank's pixels); pixels no old tile held take the
-  checkpoint's global object (a velocity: zero);
-* arrays with one row per position (:data:`POSITION_KEYS`: DM's exit waves, the momentum of
-  the position moves; :data:`LOCAL_KEYS`: refined positions in tile pixels, moved to the new
-  tile's) are gathered by global frame index;
+  there; where old boxes overlap, the later rank's pixels, those of the old rank that held
+  exactly this rank's frames last); pixels no old tile held take the checkpoint's global
+  object (a velocity: zero);
+* arrays with one row per position (:data:`POSITION_KEYS`: DM's exit waves, the momentum and
+  step factors of the position moves; :data:`LOCAL_KEYS`: refined positions in tile pixels,
+  moved to the new tile's) are gathered by global frame index;
 * everything else (:data:`GLOBAL_KEYS`: probe, errors, the affine fit, the probe's reference
   centroid, DM's stage) is the same on every rank: from the old rank that held exactly this
   rank's frames, else from old rank 0;
@@ -33,7 +34,7 @@ import h5py
 import numpy as np
 
 TILE_KEYS = frozenset({"object", "momentum_last", "momentum_velocity", "best_object"})
-POSITION_KEYS = frozenset({"waves", "position_velocity"})
+POSITION_KEYS = frozenset({"waves", "position_velocity", "position_gain"})
 LOCAL_KEYS = frozenset({"positions", "best_positions"})  # (n, 2) tile-local pixels
 GLOBAL_KEYS = frozenset({"probe", "iteration", "errors", "refined", "best_probe",
                          "position_transform", "probe_reference"})
@@ -97,8 +98,11 @@ def _assemble(old: list[h5py.File], iteration: int, engine: Any,
     if rows is None:
         return None
     state.update(rows)
+    # the old tile of this rank's own frames last: where old boxes overlap (halos whose
+    # sums differ in rounding between ranks), its pixels win
+    order = [f for i, f in enumerate(old) if i not in same[:1]] + [old[i] for i in same[:1]]
     for key in keys & TILE_KEYS:
-        state[key] = _tile(old, key, box, global_object)
+        state[key] = _tile(order, key, box, global_object)
     return state
 
 
