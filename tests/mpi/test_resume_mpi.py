@@ -26,7 +26,6 @@ from mpi4py import MPI
 import ptychompi
 from ptychompi.app import checkpoint
 from ptychompi.app.checkpoint import resume, state_path, write_checkpoint
-from ptychompi.config import PositionCorrectionConfig
 from ptychompi.sim.matrix import Case, make_scan
 from ptychompi.sim.position_errors import perturb, with_positions
 
@@ -37,9 +36,6 @@ ITERATIONS = 12
 AT = 6  # the checkpoint's iteration
 EXACT_SINGLE = 1e-4  # complex64: as tests/mpi/test_positions_mpi.py
 POSITIONS_PX = 1e-4
-# positions move from ``start`` on, not only once the error has settled (where the option is)
-SETTLE = ({"settle": None} if "settle" in PositionCorrectionConfig.__dataclass_fields__
-          else {})
 SIM = make_scan(Case(grid=8, frame=64, diameter_px=24, overlap=0.7, photons=1e7, seed=1))
 GIVEN = perturb(SIM.positions_px, "both", np.random.default_rng(2), rms_px=1.5)
 # (checkpoint ranks, resume ranks): 1 -> N, N -> N-1 (2 -> 1 on two ranks), 2 -> N from 3 on
@@ -48,14 +44,15 @@ PAIRS = [(1, size), (size, max(size - 1, 1))] + ([(2, size)] if size > 2 else []
 
 def config(engine: str) -> dict:
     """As test_positions_mpi: LSQML in batches of 16, position refinement with the affine
-    fit (DM's refinement is its LSQML refinement from the first iteration). "dm-plain": DM
-    without position refinement, handing over to LSQML at iteration 8 (after the checkpoint:
-    its exit waves and best state are carried), at 4 in "dm-plain-late" (before it)."""
+    fit, moving from iteration 2 on (settle off); DM's refinement is its LSQML refinement
+    from the first iteration. "dm-plain": DM without position refinement, handing over to
+    LSQML at iteration 8 (after the checkpoint: its exit waves and best state are carried),
+    at 4 in "dm-plain-late" (before it)."""
     name = engine.split("-")[0]
     algorithm = {"name": name, "iterations": ITERATIONS, "seed": 0,
                  "batch_size": None if name == "epie" else 16,
                  "position_correction": {"enabled": "plain" not in engine, "start": 2,
-                                         "affine": True, **SETTLE}}
+                                         "affine": True, "settle": None}}
     if "plain" in engine:
         algorithm["dm"] = {"refine_from": 4 if engine.endswith("late") else 8,
                            "refine_patience": None, "refine_noise_ratio": None,

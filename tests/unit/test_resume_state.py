@@ -17,26 +17,23 @@ from ptychompi import Reconstruction
 from ptychompi.app import checkpoint
 from ptychompi.app.checkpoint import resume, state_path, write_checkpoint
 from ptychompi.app.resume_state import BOOK_KEYS, GLOBAL_KEYS, LOCAL_KEYS, POSITION_KEYS, TILE_KEYS
-from ptychompi.config import PositionCorrectionConfig
 from ptychompi.sim.matrix import Case, make_scan
 from ptychompi.sim.position_errors import perturb, with_positions
 
 ITERATIONS = 8
 AT = 4
-# positions move from ``start`` on, not only once the error has settled (where the option is)
-SETTLE = ({"settle": None} if "settle" in PositionCorrectionConfig.__dataclass_fields__
-          else {})
 SIM = make_scan(Case(grid=6, frame=64, diameter_px=24, overlap=0.7, photons=1e7, seed=1))
 GIVEN = perturb(SIM.positions_px, "both", np.random.default_rng(2), rms_px=1.5)
 
 
 def config(engine: str) -> dict:
-    """Position refinement with the affine fit and the probe re-centred (DM: without it,
+    """Position refinement with the affine fit, the probe re-centred, moves from iteration 1
+    on (settle off: the moves' state counts by the checkpoint) (DM: without refinement,
     handing over to LSQML after the checkpoint, so its exit waves and best state count)."""
     name = engine.split("-")[0]
     algorithm = {"name": name, "iterations": ITERATIONS, "seed": 0,
                  "position_correction": {"enabled": name != "dm", "start": 1, "affine": True,
-                                         "update_every": 1, **SETTLE}}
+                                         "update_every": 1, "settle": None}}
     if name == "dm":
         algorithm["dm"] = {"refine_from": 6, "refine_patience": None,
                            "refine_noise_ratio": None, "refine_earliest": 1}
