@@ -431,8 +431,8 @@ def test_dm_refines_positions_as_lsqml_from_the_start(sim) -> None:
     scan = with_positions(sim.as_scan(), given, sim.pixel_size_m)
     out = []
     for name in ("dm", "lsqml"):
-        cfg = {"algorithm": {"name": name, "iterations": 6,
-                             "position_correction": {"enabled": True}},
+        cfg = {"algorithm": {"name": name, "iterations": 6,  # positions move from 1 on
+                             "position_correction": {"enabled": True, "settle": None}},
                "parallel": {"device": "cpu"}}
         with Reconstruction(cfg, scan=scan) as recon:
             recon.step(1)
