@@ -377,7 +377,7 @@ def test_result_checkpoint_and_exports(sim, tmp_path: Path) -> None:
     given = perturb(sim.positions_px, "random", np.random.default_rng(4), rms_px=RMS_PX)
     scan = with_positions(sim.as_scan(), given, sim.pixel_size_m)
     cfg = {"algorithm": {"name": "dm", "iterations": 8,
-                         "position_correction": {"enabled": True, "start": 1}},
+                         "position_correction": {"enabled": True, "start": 1, "settle": None}},
            "parallel": {"device": "cpu"}, "output": {"directory": str(tmp_path)}}
     with Reconstruction(cfg, scan=scan) as whole:
         whole.run()
