@@ -38,8 +38,10 @@ EXACT_SINGLE = 1e-4  # complex64: as tests/mpi/test_positions_mpi.py
 POSITIONS_PX = 1e-4
 SIM = make_scan(Case(grid=8, frame=64, diameter_px=24, overlap=0.7, photons=1e7, seed=1))
 GIVEN = perturb(SIM.positions_px, "both", np.random.default_rng(2), rms_px=1.5)
-# (checkpoint ranks, resume ranks): 1 -> N, N -> N-1 (2 -> 1 on two ranks), 2 -> N from 3 on
-PAIRS = [(1, size), (size, max(size - 1, 1))] + ([(2, size)] if size > 2 else [])
+# (checkpoint ranks, resume ranks): 1 -> N, N -> N-1 (2 -> 1 on two ranks), 2 -> N from 3 on,
+# N -> 2 from 4 on
+PAIRS = ([(1, size), (size, max(size - 1, 1))] + ([(2, size)] if size > 2 else [])
+         + ([(size, 2)] if size > 3 else []))
 
 
 def config(engine: str) -> dict:
