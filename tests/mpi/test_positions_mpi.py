@@ -38,7 +38,8 @@ def config(engine: str) -> dict:
     # re-centred after every update
     name = engine.split("-")[0]
     algorithm = {"name": name, "iterations": ITERATIONS, "seed": 0, "batch_size": 16,
-                 "position_correction": {"enabled": True, "start": 2, "affine": True}}
+                 "position_correction": {"enabled": True, "start": 2, "affine": True,
+                                         "settle": None}}  # moves from 2 on
     if engine == "lsqml-exact":
         algorithm["position_correction"]["subpixel_bins"] = 0
     # "lsqml-touched": the batches' halo sums over the pixels they touched, the illumination
