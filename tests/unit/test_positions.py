@@ -51,7 +51,7 @@ POSITION_DROP = 3.0  # the issue's bar: RMS position error falls at least 3x
 # wrong positions),
 # DM (which with refinement is its LSQML refinement from the first iteration, as LSQML) at
 # 150 iterations, ePIE (its probe left free, its object step held while positions move) at
-# 150 iterations (1.06x, 1.05x, 0.78x here; 18 of 18 draws, 0.98-1.24x). Which basin
+# 150 iterations (1.08x, 1.00x, 0.76x here; 18 of 18 draws, 0.76-1.27x). Which basin
 # a run ends in varies from one set of errors (and engine seed) to the next, so the other bars
 # are the measured ratios over the draws with a margin of about 1.3 (a rounding difference can
 # move a run to another basin):
