@@ -353,8 +353,9 @@ def test_lsqml_resume_with_updates_from_its_residuals(sim, tmp_path: Path) -> No
     from a checkpoint equals an uninterrupted one bit for bit."""
     given = perturb(sim.positions_px, "affine", np.random.default_rng(4), rms_px=RMS_PX)
     scan = with_positions(sim.as_scan(), given, sim.pixel_size_m)
-    cfg = {"algorithm": {"name": "lsqml", "iterations": 7,
-                         "position_correction": {"enabled": True, "affine": True}},
+    cfg = {"algorithm": {"name": "lsqml", "iterations": 7,  # settle off: moves from 1 on
+                         "position_correction": {"enabled": True, "affine": True,
+                                                 "settle": None}},
            "parallel": {"device": "cpu"}, "output": {"directory": str(tmp_path)}}
     with Reconstruction(cfg, scan=scan) as whole:
         whole.run()
