@@ -39,6 +39,7 @@ def disjoint_batches(order: np.ndarray, rows: np.ndarray, cols: np.ndarray, fram
 class EPIE(Engine):
     name = "epie"
     extra_visits: np.ndarray | None = None  # run --follow: local positions owed more visits
+    refiner: Any = None  # the position refinement (Engine.__init__), None without
     _momentum: ObjectMomentum | None = None
 
     @property
