@@ -457,7 +457,8 @@ def test_affine_fit_in_result_inspect_and_live(sim, tmp_path: Path) -> None:
     scan = with_positions(sim.as_scan(), given, sim.pixel_size_m)
     cfg = {"algorithm": {"name": "lsqml", "iterations": 6,
                          "position_correction": {"enabled": True, "start": 1,
-                                                 "update_every": 1, "affine": True}},
+                                                 "update_every": 1, "affine": True,
+                                                 "settle": None}},  # moves from 1 on
            "parallel": {"device": "cpu"}}
     with Reconstruction(cfg, scan=scan) as recon:
         recon.step(4)
