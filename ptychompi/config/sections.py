@@ -105,6 +105,9 @@ class PositionCorrectionConfig:
     step: float = opt(3.0, "multiple of each position's least-squares shift applied (the "
                       "object adapts to wrong positions, so the plain shift falls short)",
                       low=0.0)
+    adaptive_step: bool = opt(True, "each position's step is cut when its move reverses "
+                              "and grows back while it keeps its direction (noise-driven "
+                              "moves die out; false = the full step for every move)")
     max_shift: float = opt(0.5, "largest move of a position in one update, px", low=0.0)
     momentum: float = opt(0.8, "fraction of a position's previous move added to its next one "
                           "while the two point the same way (0 = none)", low=0.0, high=0.99)

@@ -67,6 +67,11 @@ if TYPE_CHECKING:
 
 DAMPING = 0.05  # λ relative to the scan's mean denominator per axis
 DEFAULT_EVERY = 4  # update_every null: iterations between updates that need a pass
+# adapted_gain's (growth, cut, floor): updates after every iteration from the engine's own
+# residuals (LSQML), and milder for updates every few iterations from a pass of their own
+# (ePIE): fewer updates, each after the object has changed more
+GAINS_EACH = (1.2, 0.6, 0.05)
+GAINS_PASS = (1.5, 0.7, 0.3)
 SETTLE_WINDOW = 5  # iterations over which settled() averages the error's fall
 BETWEEN_BINS = 4  # LSQML's sub-pixel bins per px with positions between them (placement_config)
 DRIFT_PX = 1  # the positions' common offset may leave their inputs by this much beyond max_total
@@ -182,6 +187,20 @@ def settled(errors: Sequence[float], rate: float | None, window: int = SETTLE_WI
     return bool(np.any(e[window:] >= e[:-window] * (1.0 - rate) ** window))
 
 
+def adapted_gain(gain: np.ndarray, move: np.ndarray, previous: np.ndarray,
+                 factors: tuple[float, float, float] = GAINS_EACH) -> np.ndarray:
+    """Each position's step factor per axis after a least-squares ``move``: cut when it
+    reverses the ``previous`` move (down to a floor), grown (up to 1) when it follows it, as
+    Rprop's (``factors``: growth, cut, floor). Near the optimum the estimates are noise
+    (photon noise, the object's own errors) and reverse about every other update, so the
+    steps shrink and the positions settle instead of wandering with the object; a real error
+    keeps its direction and its full step."""
+    grow, cut, floor = factors
+    product = move * previous
+    out = np.where(product < 0, np.maximum(gain * cut, floor), gain)
+    return np.where(product > 0, np.minimum(out * grow, 1.0), out)
+
+
 class PositionRefiner:
     """One rank's refinement state: the input and current positions of its frames."""
 
@@ -195,6 +214,7 @@ class PositionRefiner:
         # the last affine fit (3 x 2, global object pixels: refined ≈ [input, 1] @ T)
         self.transform: np.ndarray | None = None
         self.velocity = np.zeros_like(self.initial)  # each position's last move (momentum)
+        self.gain = np.ones_like(self.initial)  # each position's step factor per axis
         # sums an engine handed over during a due iteration (:meth:`collect`), per position
         self._sums = np.zeros((len(self.initial), 4))
         self._seen = np.zeros(len(self.initial), bool)
@@ -307,7 +327,11 @@ class PositionRefiner:
         n = len(current)
         sums = ex.allreduce(np.array([*den.sum(axis=0), float(n)]))
         damping = DAMPING * sums[:2] / max(sums[2], 1.0)
-        move = c.step * num / (den + damping + 1e-30)
+        raw = num / (den + damping + 1e-30)
+        if c.adaptive_step:  # per position and axis: a reversal halves its step
+            factors = GAINS_EACH if collected is not None else GAINS_PASS
+            self.gain = adapted_gain(self.gain, raw, self.velocity, factors)
+        move = c.step * self.gain * raw
         if c.momentum > 0:  # a steady direction speeds up; a reversal starts afresh
             agree = (move * self.velocity).sum(axis=1) > 0
             move[agree] += c.momentum * self.velocity[agree]
@@ -370,7 +394,7 @@ class PositionRefiner:
     def state(self, engine: Engine) -> dict[str, np.ndarray]:
         """The current positions (tile-local) for a checkpoint, and the last affine fit."""
         out = {"positions": np.array(engine.data.positions, np.float64),
-               "position_velocity": self.velocity.copy()}
+               "position_velocity": self.velocity.copy(), "position_gain": self.gain.copy()}
         if self.transform is not None:
             out["position_transform"] = self.transform.copy()
         if self.reference is not None:
@@ -385,6 +409,9 @@ class PositionRefiner:
         reference = state.get("probe_reference")
         if reference is not None:
             self.reference = np.asarray(reference, np.float64).reshape(2)
+        gain = state.get("position_gain")
+        self.gain = (np.ones_like(self.initial) if gain is None
+                     else np.asarray(gain, np.float64).reshape(-1, 2))
         velocity = state.get("position_velocity")
         self.velocity = (np.zeros_like(self.initial) if velocity is None
                          else np.asarray(velocity, np.float64).reshape(-1, 2))
