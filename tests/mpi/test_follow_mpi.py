@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
@@ -24,6 +23,8 @@ from ptychompi.app.follow import build_follow
 from ptychompi.config import config_from_dict
 from ptychompi.sim.simulate import simulate
 
+from .common import sleeping_barrier
+
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 FRAME, GRID, STEP, PROBE = 64, 8, 8, 20
@@ -33,12 +34,6 @@ OUT_OF_ORDER = [[0, 2, 3, 6], [3, 5, 0, 1, 3, 6, 7], [6, 8]]  # rows used when c
 EXACT_SINGLE = 1e-4  # complex64: n ranks vs one rank, as tests/mpi/test_invariance.py
 WRITER = Path(__file__).resolve().parents[1] / "unit" / "follow_writer.py"
 SIM = simulate(frame=FRAME, grid=GRID, step_px=STEP, probe_diameter_px=PROBE, seed=0)
-
-
-def sleeping_barrier() -> None:
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(0.005)
 
 
 @pytest.fixture

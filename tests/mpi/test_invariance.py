@@ -11,8 +11,6 @@ MPI's busy wait.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -21,6 +19,8 @@ import ptychompi
 from ptychompi.data.scan import ArrayScan, ScanGeometry
 from ptychompi.model.metrics import object_error
 from ptychompi.sim.simulate import simulate
+
+from .common import rel, sleeping_barrier
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
@@ -60,13 +60,6 @@ def make_config(engine: str, share_frequency: int = 1, precision: str = "single"
             "parallel": {"device": "cpu", "share_frequency": share_frequency}}
 
 
-def sleeping_barrier() -> None:
-    """A barrier that sleeps instead of spinning (rank 0 computes alone meanwhile)."""
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(0.005)
-
-
 def truth_error(obj: np.ndarray, positions: np.ndarray) -> float:
     return object_error(obj, positions, SIM.object, SIM.positions_px, SIM.probe)
 
@@ -95,11 +88,6 @@ def run_here(engine: str, share_frequency: int = 1, precision: str = "single"
     out = (r.object, r.probe, r.positions)
     r.close()
     return out
-
-
-def rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(np.asarray(a, np.complex128) - b)
-                 / np.linalg.norm(np.asarray(b, np.complex128)))
 
 
 def report(name: str, figures: dict) -> dict:

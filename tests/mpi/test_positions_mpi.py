@@ -8,8 +8,6 @@ object, the probe and every refined position.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -17,6 +15,8 @@ from mpi4py import MPI
 import ptychompi
 from ptychompi.sim.matrix import Case, make_scan
 from ptychompi.sim.position_errors import perturb, rms_error, with_positions
+
+from .common import rel, sleeping_barrier
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
@@ -56,17 +56,6 @@ def run(engine: str, here: MPI.Comm | None) -> tuple:
     out = (r.object, r.probe, r.refined_positions())
     r.close()
     return out
-
-
-def sleeping_barrier() -> None:
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(0.005)
-
-
-def rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(np.asarray(a, np.complex128) - b)
-                 / np.linalg.norm(np.asarray(b, np.complex128)))
 
 
 @pytest.mark.mpi

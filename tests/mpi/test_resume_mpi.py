@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
@@ -28,6 +27,8 @@ from ptychompi.app import checkpoint
 from ptychompi.app.checkpoint import resume, state_path, write_checkpoint
 from ptychompi.sim.matrix import Case, make_scan
 from ptychompi.sim.position_errors import perturb, with_positions
+
+from .common import rel, sleeping_barrier
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
@@ -64,12 +65,6 @@ def config(engine: str) -> dict:
 
 def scan() -> object:
     return with_positions(SIM.as_scan(), GIVEN, SIM.pixel_size_m)
-
-
-def sleeping_barrier() -> None:
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(0.005)
 
 
 def sub(n: int) -> MPI.Comm | None:
@@ -116,11 +111,6 @@ def resumed(engine: str, ranks: int, folder: Path, check=None) -> tuple | None:
 def moved(a: np.ndarray | None, b: np.ndarray | None) -> float:
     """The largest difference of two sets of refined positions (px; 0 without refinement)."""
     return 0.0 if a is None and b is None else float(np.abs(a - b).max())
-
-
-def rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(np.asarray(a, np.complex128) - b)
-                 / np.linalg.norm(np.asarray(b, np.complex128)))
 
 
 @pytest.mark.mpi
