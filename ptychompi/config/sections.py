@@ -121,8 +121,8 @@ class PositionCorrectionConfig:
     subpixel_bins: int | None = opt(None, "algorithm.subpixel_bins while positions are "
                                     "refined (0 = exact: refined positions rounded to bins "
                                     "dither between them, and the object follows; LSQML "
-                                    "costs more, DM's own iterations keep their bins); null "
-                                    "= ePIE exact, LSQML 4 with between_bins, else "
+                                    "costs more); null = ePIE exact, LSQML (and DM, which "
+                                    "refines as LSQML) 4 with between_bins, else "
                                     "algorithm.subpixel_bins", low=0)
     between_bins: bool = opt(True, "with sub-pixel bins, a position between them sees its "
                              "bin's shifted probe moved on to it to first order (P - d.grad P, "
