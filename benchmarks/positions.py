@@ -10,6 +10,8 @@ iteration) against the same engine without it, paired per round (the ratio is th
 target, at most 1.3).
 
     python benchmarks/positions.py --grid 8 --iterations 100 --runs 3 --skip-cost [--bins 0]
+    python benchmarks/positions.py --grid 12 --object photo --overlap 0.62 --photons 1e6 \
+        --beam 0.3125 --rms 1 --skip-cost   (a scan it was not tuned on)
     python benchmarks/positions.py --skip-quality --cost-grid 20 --cost-frame 128
 """
 
@@ -57,8 +59,9 @@ def quality(args: argparse.Namespace) -> list[dict]:
     """The table of the first run (errors drawn with ``seed + 1``, engine seed 0) and, with
     ``--runs R``, each case's ratio refined / true positions over R runs (errors drawn with
     ``seed + 1 + i``, engine seed ``i``: a run's final error depends on the basin it ends in)."""
-    case = Case(grid=args.grid, frame=args.frame, diameter_px=args.frame * 0.375,
-                overlap=0.7, photons=1e7, seed=args.seed)
+    case = Case(grid=args.grid, frame=args.frame, diameter_px=args.frame * args.beam,
+                overlap=args.overlap, photons=args.photons, object=args.object,
+                probe=args.probe, pattern=args.pattern, seed=args.seed)
     scan = make_scan(case)
     rows = []
     print(f"quality: {case.name}, {args.iterations} iterations (position RMS px / object "
@@ -156,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", type=int, default=10)
     ap.add_argument("--frame", type=int, default=64)
+    # quality's scan (the defaults: the scan the refinement was tuned on; the robustness
+    # matrix's own settings are --object photo --overlap 0.62 --photons 1e6 --beam 0.3125)
+    ap.add_argument("--object", default="texture", help="quality: the matrix's object kind")
+    ap.add_argument("--probe", default="pinhole", help="quality: the matrix's probe kind")
+    ap.add_argument("--pattern", default="raster", help="quality: raster or spiral")
+    ap.add_argument("--overlap", type=float, default=0.7, help="quality: linear overlap")
+    ap.add_argument("--photons", type=float, default=1e7, help="quality: photons per frame")
+    ap.add_argument("--beam", type=float, default=0.375,
+                    help="quality: the beam's diameter as a fraction of the frame")
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--rms", type=float, default=1.5, help="random errors' RMS, px")
     ap.add_argument("--engines", default="epie,dm,lsqml")
