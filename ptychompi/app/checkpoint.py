@@ -30,7 +30,7 @@ import yaml
 from ..errors import DataError, PtychompiError, os_reason
 from ..io.atomic import atomic_h5
 from .api import collective
-from .resume_state import carried_state, tile_box
+from .resume_state import carried_state, frame_rows, tile_box
 
 RESULT_NAME = "checkpoint.h5"
 INCOMPATIBLE = (("algorithm", "name"), ("algorithm", "probe_modes"), ("preprocess", "crop_size"),
@@ -200,34 +200,20 @@ def _carried(recon: Any, out_dir: str | Path, old_size: int, iteration: int,
 
 def _adopt_position_state(recon: Any, out_dir: str | Path, old_size: int,
                           iteration: int) -> None:
-    """A new rank count: the engine's per-position state (:meth:`Engine.position_state`,
-    e.g. DM's exit waves) from the old ranks' states, else rebuilt from object and probe."""
+    """A new rank count whose states cannot give all of the engine's (e.g. an older
+    checkpoint, no tile boxes): the engine's per-position state (:meth:`Engine.position_state`,
+    e.g. DM's exit waves) gathered by frame from the old ranks' states
+    (:func:`.resume_state.frame_rows`), else the state rebuilt from object and probe."""
     engine = recon.engine
     held = engine.position_state()
     if not held or old_size < 1:  # none kept (e.g. DM refining)
         return
-    wanted = {int(g): i for i, g in enumerate(engine.data.indices)}
-    found = 0
-    for rank in range(old_size):
-        path = _generation(state_path(out_dir, rank, old_size), iteration)
-        if path is None:
-            return
-        try:
-            f = h5py.File(path, "r")
-        except OSError:  # damaged: keep the waves rebuilt from object and probe
-            break
-        with f:
-            if any(k not in f for k in held) or int(f["iteration"][()]) != iteration:
-                return
-            old = f["indices"][()]
-            take = [(j, wanted[int(g)]) for j, g in enumerate(old) if int(g) in wanted]
-            if not take:
-                continue
-            src, dst = (np.asarray(t) for t in zip(*take, strict=True))
-            arrays = {k: f[k][()] for k in held}
-            if any(a.shape[1:] != tuple(held[k].shape[1:]) for k, a in arrays.items()):
-                return
-            engine.adopt_positions(dst, {k: a[src] for k, a in arrays.items()})
-            found += len(take)
-    if found != len(wanted):  # incomplete: back to the state rebuilt from object and probe
+    paths = [_generation(state_path(out_dir, rank, old_size), iteration)
+             for rank in range(old_size)]
+    if any(p is None for p in paths):
+        return
+    rows = frame_rows(paths, iteration, engine.data.indices, held)
+    if rows is None:  # incomplete or damaged: the state rebuilt from object and probe
         engine.rebuild_state()
+        return
+    engine.adopt_positions(np.arange(len(engine.data.indices)), rows)

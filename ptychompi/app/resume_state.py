@@ -62,6 +62,25 @@ def carried_state(paths: list[Path] | None, iteration: int, engine: Any,
         return None
 
 
+def frame_rows(paths: list[Path], iteration: int, indices: Any,
+               held: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The per-position arrays ``held`` names (with their shapes per position) for the frames
+    ``indices``, gathered by frame from the old ranks' state files ``paths`` of
+    ``iteration``; None when a file is damaged, of another iteration or shape, or lacks a
+    frame."""
+    try:
+        with _Files(paths) as old:
+            if any(int(f["iteration"][()]) != iteration or any(k not in f for k in held)
+                   or any(f[k].shape[1:] != tuple(v.shape[1:]) for k, v in held.items())
+                   for f in old):
+                return None
+            olds = [np.asarray(f["indices"][()], np.int64) for f in old]
+            return _rows(old, olds, np.asarray(indices, np.int64), np.zeros(4, np.int64),
+                         set(held))
+    except Exception:  # noqa: BLE001 - damaged or unexpected: the state is rebuilt instead
+        return None
+
+
 class _Files:
     """The old ranks' state files, open for reading (closed together)."""
 
@@ -70,8 +89,12 @@ class _Files:
         self.files: list[h5py.File] = []
 
     def __enter__(self) -> list[h5py.File]:
-        for path in self.paths:
-            self.files.append(h5py.File(path, "r"))
+        try:
+            for path in self.paths:
+                self.files.append(h5py.File(path, "r"))
+        except BaseException:  # one damaged: those already open are closed too
+            self.__exit__()
+            raise
         return self.files
 
     def __exit__(self, *exc: object) -> None:

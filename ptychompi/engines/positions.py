@@ -214,6 +214,7 @@ class PositionRefiner:
         # the last affine fit (3 x 2, global object pixels: refined ≈ [input, 1] @ T)
         self.transform: np.ndarray | None = None
         self.velocity = np.zeros_like(self.initial)  # each position's last move (momentum)
+        self._moving: bool | None = None  # moving()'s answer for the current moves
         self.gain = np.ones_like(self.initial)  # each position's step factor per axis
         # sums an engine handed over during a due iteration (:meth:`collect`), per position
         self._sums = np.zeros((len(self.initial), 4))
@@ -243,9 +244,11 @@ class PositionRefiner:
     def moving(self, exchange: Any) -> bool:
         """Whether the last update moved the positions by ``SETTLED_PX`` RMS or more (their
         common shift removed; collective: from the moves every rank holds)."""
-        v = self.velocity
-        sums = exchange.allreduce(np.array([float((v * v).sum()), float(len(v))]))
-        return bool(sums[0] >= SETTLED_PX ** 2 * max(sums[1], 1.0))
+        if self._moving is None:  # once per update (the moves change only there)
+            v = self.velocity
+            sums = exchange.allreduce(np.array([float((v * v).sum()), float(len(v))]))
+            self._moving = bool(sums[0] >= SETTLED_PX ** 2 * max(sums[1], 1.0))
+        return self._moving
 
     # ------------------------------------------------------------------ the gradient
     def arm(self, engine: Engine) -> None:
@@ -340,7 +343,7 @@ class PositionRefiner:
         move[too_far] *= (c.max_shift / length[too_far])[:, None]
         mean = ex.allreduce(np.array([*move.sum(axis=0), float(n)]))
         move -= mean[:2] / max(mean[2], 1.0)
-        self.velocity = move
+        self.velocity, self._moving = move, None
         moved = current + move
         if self.reference is not None and getattr(engine, "waves", None) is None:
             moved += self._recentre(engine)
@@ -415,6 +418,7 @@ class PositionRefiner:
         velocity = state.get("position_velocity")
         self.velocity = (np.zeros_like(self.initial) if velocity is None
                          else np.asarray(velocity, np.float64).reshape(-1, 2))
+        self._moving = None
         if "positions" in state:
             engine.move_positions(np.asarray(state["positions"], np.float64))
 
