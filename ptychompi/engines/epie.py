@@ -4,6 +4,13 @@ Positions are visited in a seeded random order; consecutive positions whose wind
 overlap form a batch (up to ``batch_size``; 1 = classic sequential ePIE). Within a batch the
 object update equals the sequential one; the probe update is the batch mean. After each pass
 the object takes mPIE's momentum step (:mod:`.momentum`).
+
+With position refinement (``update_every`` null, ``epie_residuals``) each visit also
+forms its position's gradient sums from its own residual ``χ = ψ' − ψ`` against the object
+as it stands before the position's update (:meth:`Operations.epie_chunk`), and hands them to
+the refiner after the iteration (:meth:`PositionRefiner.collect_sums`): the positions move
+after every iteration without a pass of their own. The batches' windows then keep a pixel
+apart, so that the differences at a window's edge read no pixel another member updates.
 """
 
 from __future__ import annotations
@@ -56,12 +63,14 @@ class EPIE(Engine):
         opts = self.cfg.epie
         limit = self.cfg.batch_size or opts.batch
         order = self.rng.permutation(n)
-        batches = disjoint_batches(order, self.rows, self.cols, self.data.frame, limit)
+        sums = self._position_sums(n)
+        frame = self.data.frame + (sums is not None)  # a pixel apart: the edges' differences
+        batches = disjoint_batches(order, self.rows, self.cols, frame, limit)
         regular = len(batches)  # then the catch-up visits (run --follow), if any
         extra = extra_rounds(self.rng, self.extra_visits)
         if extra:
-            batches += disjoint_batches(np.concatenate(extra), self.rows, self.cols,
-                                        self.data.frame, limit)
+            batches += disjoint_batches(np.concatenate(extra), self.rows, self.cols, frame,
+                                        limit)
         steps, beta = (self.object_step(), opts.rpie_weight), self.probe_step()
         update_probe = self.updates_probe
         # with sub-pixel shifts the probe lives as its spectrum during the iteration: the
@@ -71,8 +80,10 @@ class EPIE(Engine):
         self.momentum.mark(self.object)
         err = 0.0
         for i, batch in enumerate(batches):  # catch-up visits: no probe step, no error
-            e = self._update(batch, steps, beta, update_probe and i < regular, probe_ft)
+            e = self._update(batch, steps, beta, update_probe and i < regular, probe_ft, sums)
             err += e if i < regular else 0.0
+        if sums is not None:  # every position of this rank was visited (and extra ones again)
+            self.position_collector.collect_sums(np.arange(n), sums)
         if probe_ft is not None and update_probe:
             self.probe = self.backend.ifft2(probe_ft, overwrite=True)
         if self.schedule.share_object(self.iteration):
@@ -81,6 +92,15 @@ class EPIE(Engine):
             self.average_probe()
         self.momentum.push(self.object)
         return err
+
+    def _position_sums(self, n: int) -> np.ndarray | None:
+        """The (n, 4) buffer of this iteration's position sums when the refiner asked for
+        residuals and ePIE hands over its own (else None: a pass of the refiner's own)."""
+        pc = self.cfg.position_correction
+        if (self.position_collector is None or pc.update_every is not None
+                or not pc.epie_residuals):
+            return None
+        return np.zeros((n, 4))
 
     def _reset(self) -> None:
         self.momentum.reset()
@@ -117,23 +137,29 @@ class EPIE(Engine):
         return opts.alpha * (1.0 - (1.0 - opts.alpha_final) * min(1.0, max(0.0, t)))
 
     def _update(self, batch: np.ndarray, steps: tuple[float, float], beta: float,
-                update_probe: bool, probe_ft: Any | None) -> float:
+                update_probe: bool, probe_ft: Any | None,
+                sums: np.ndarray | None = None) -> float:
         """One batch of disjoint windows; on a CPU its positions are spread over the worker
         threads, each doing its positions' exit waves and updates in one pass (each window's
         object update touches only its own window, which no other position of the batch
         reads). Each position's object step is ``alpha / max|P|²`` of the probe it sees (its
         sub-pixel-shifted copy, made by the thread, or the probe); with shifts the probe's
-        spectrum ``probe_ft`` is updated in place (:meth:`Operations.epie_chunk`)."""
+        spectrum ``probe_ft`` is updated in place (:meth:`Operations.epie_chunk`). With
+        ``sums`` (n, 4) the batch's position sums go to its members' rows."""
         ops = self.backend.ops
         size = self.per_thread(len(batch))
         mode = "none" if not update_probe else ("sum" if probe_ft is None else "stack")
 
         def part_update(_: int, sl: slice) -> tuple[float, Any]:
             part = batch[sl]
-            return ops.epie_chunk(EpieJob(
+            own = None if sums is None else np.empty((len(part), 4))
+            out = ops.epie_chunk(EpieJob(
                 amplitudes=self.data.amplitudes, frames=part, win=self.windows(part),
                 obj=self.object, probe=self.probe, shifts=self.shifts(part, probe_ft),
-                steps=steps, grad=mode, prop=self.data.propagator))
+                steps=steps, grad=mode, prop=self.data.propagator, positions=own))
+            if own is not None:
+                sums[part] = own  # each chunk its own rows
+            return out
 
         parts = self.map_chunks(part_update, len(batch), size)
         if update_probe:

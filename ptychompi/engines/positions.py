@@ -286,6 +286,15 @@ class PositionRefiner:
             self._sums[members] = np.concatenate(engine.map_chunks(part, len(members), size))
             self._seen[members] = True
 
+    def collect_sums(self, members: np.ndarray, sums: np.ndarray) -> None:
+        """Per-position sums (B, 4: as :meth:`collect` forms them) an engine computed itself
+        for ``members`` (ePIE: each against the object as it stood at the position's visit).
+        Called once per iteration on every rank, also with no members."""
+        self._called = True
+        if len(members):
+            self._sums[members] = sums
+            self._seen[members] = True
+
     def _collected(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The sums :meth:`collect` gathered this iteration (a position the engine did not
         visit does not move), or None when it was not called."""

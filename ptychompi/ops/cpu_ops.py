@@ -236,6 +236,12 @@ class CpuOps(Operations):
             probes, probe_index(probes, len(win), probe_of), chi, obj, win.rows, win.cols, out)
         return out
 
+    def window_position_sums(self, probes: Any, chi: Any, obj: Any,
+                             win: Windows) -> np.ndarray:
+        """The compiled :meth:`residual_position_sums` (its differences are taken on the
+        windows anyway): what the fused ePIE pipeline computes, to the bit."""
+        return self.residual_position_sums(_c(probes), None, _c(chi), obj, win)
+
     def position_chunk(self, job: PositionJob) -> np.ndarray:
         if not self.fuses(job.probes.shape):
             return super().position_chunk(job)

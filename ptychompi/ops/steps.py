@@ -51,6 +51,10 @@ class EpieJob(NamedTuple):
     steps: tuple[float, float]  # (α, w) of :meth:`Operations.epie_update`
     grad: str  # "none", "sum" or "stack" (the back-shifted sum's spectrum)
     prop: Propagator
+    # (B, 4) float64 host array that receives each position's position-gradient sums
+    # (:meth:`Operations.residual_position_sums` of its χ against the object before its
+    # update: the position refinement), or None (not computed)
+    positions: np.ndarray | None = None
 
 
 class LsqmlJob(NamedTuple):
@@ -135,6 +139,27 @@ def central_differences(xp: Any, obj: Any) -> tuple[Any, Any]:
         d_col[:, 1:-1] = (obj[:, 2:] - obj[:, :-2]) * 0.5
         d_col[:, 0], d_col[:, -1] = obj[:, 1] - obj[:, 0], obj[:, -1] - obj[:, -2]
     return d_row, d_col
+
+
+def window_differences(xp: Any, obj: Any, win: Windows) -> tuple[Any, Any]:
+    """:func:`central_differences` of ``obj`` on the windows only, (B, M, M) each: the same
+    values at the windows' pixels, without a pass over the whole object."""
+    h, w = obj.shape
+    y = np.asarray(win.rows, np.int64)[:, None] + np.arange(win.frame)  # (B, M)
+    x = np.asarray(win.cols, np.int64)[:, None] + np.arange(win.frame)
+    out = []
+    for idx, other, axis in ((y, x, 0), (x, y, 1)):
+        high = np.minimum(idx + 1, (h, w)[axis] - 1)
+        low = np.maximum(idx - 1, 0)
+        scale = xp.asarray(np.where(high - low == 2, 0.5, 1.0).astype(obj.real.dtype))
+        hi, lo, oth = xp.asarray(high), xp.asarray(low), xp.asarray(other)
+        if axis == 0:
+            diff = (obj[hi[:, :, None], oth[:, None, :]] - obj[lo[:, :, None], oth[:, None, :]])
+            out.append(diff * scale[:, :, None])
+        else:
+            diff = (obj[oth[:, :, None], hi[:, None, :]] - obj[oth[:, :, None], lo[:, None, :]])
+            out.append(diff * scale[:, None, :])
+    return out[0], out[1]
 
 
 class Operations:
@@ -294,6 +319,23 @@ class Operations:
         return self.position_sums(probes, probe_of, chi, self.backend.xp.zeros_like(chi),
                                   d_row, d_col, win)
 
+    def window_position_sums(self, probes: Any, chi: Any, obj: Any,
+                             win: Windows) -> np.ndarray:
+        """:meth:`residual_position_sums` (position j sees ``probes[j]``, or ``probes[0]``
+        for one probe) with the differences taken on the windows alone
+        (:func:`window_differences`): no pass over the whole object, for ePIE's chunks."""
+        xp = self.backend.xp
+        d_row, d_col = window_differences(xp, obj, win)
+        q = (probes.conj() * chi).sum(axis=1)  # (B, M, M): Σ_k conj(P_k) χ_k
+        power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+        out = np.empty((len(win), 4))
+        for axis, d in enumerate((d_row, d_col)):
+            num = (d.conj() * q).real.sum(axis=(1, 2), dtype=np.float64)
+            den = ((d.real ** 2 + d.imag ** 2) * power).sum(axis=(1, 2), dtype=np.float64)
+            out[:, 2 * axis] = self.backend.asnumpy(num)
+            out[:, 2 * axis + 1] = self.backend.asnumpy(den)
+        return out
+
     # ------------------------------------------------------------------ shared compositions
     def shifted_set(self, probe: Any, shifts: ProbeShifts | None) -> tuple[Any, Any]:
         """The distinct shifted probes (G, K, M, M) of a chunk's positions and each position's
@@ -333,8 +375,9 @@ class Operations:
     def epie_chunk(self, job: EpieJob) -> tuple[float, Any]:
         """ePIE on a chunk of disjoint windows: exit waves of the (shifted) probe, modulus
         projection, object update in place and the probe gradient (as ``job.grad`` asks;
-        "stack": the spectrum of the back-shifted gradients' sum). Returns the chunk's
-        Fourier error numerator and the gradient (or None)."""
+        "stack": the spectrum of the back-shifted gradients' sum); with ``job.positions``
+        also each position's position-gradient sums into it. Returns the chunk's Fourier
+        error numerator and the gradient (or None)."""
         xp = self.backend.xp
         distinct, member = self.shifted_set(job.probe, job.shifts)
         probes = distinct if member is None else distinct[member]
@@ -342,6 +385,8 @@ class Operations:
         projected, err = self.modulus_project(job.prop.forward(psi),
                                               job.amplitudes[xp.asarray(job.frames)])
         chi = job.prop.backward(projected, overwrite=True)
+        if job.positions is not None:  # against the object before this chunk's update
+            job.positions[...] = self.window_position_sums(probes, chi - psi, job.obj, job.win)
         grad = self.epie_update(chi, psi, probes, job.obj, job.win, job.steps, job.grad)
         if job.grad == "stack":
             grad = self.unshift_sum(grad, job.shifts.ramps(self.backend), spectrum=True,

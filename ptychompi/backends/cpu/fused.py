@@ -24,6 +24,7 @@ import numpy as np
 from ...model.physics import EPS, Propagator, probe_index, probe_term_slots, probe_terms_result
 from . import fftw
 from . import kernels as ck
+from . import position_kernels as pk  # it imports this module too: used at compile time only
 from .fused_records import (
     DmFourierArgs,
     DmObjectArgs,
@@ -72,9 +73,21 @@ def _propagate(execute: Any, forward: int, backward: int, src: np.ndarray, dst: 
 
 
 @jit(JIT)
+def _residual(back: np.ndarray, psi: np.ndarray, out: np.ndarray) -> None:
+    """``out = back − psi`` on (1, K, M, M) stacks."""
+    kk, m0, m1 = back.shape[1], back.shape[2], back.shape[3]
+    for k in range(kk):
+        for y in range(m0):
+            for x in range(m1):
+                out[0, k, y, x] = back[0, k, y, x] - psi[0, k, y, x]
+
+
+@jit(JIT)
 def epie_positions(execute: Any, a: EpieArgs, plans: Plans, s: Frames) -> float:
     """ePIE for a chunk of positions with disjoint windows; returns the chunk's Fourier error
-    numerator."""
+    numerator. With ``a.sums`` each position's position-gradient sums of ``χ = ψ' − ψ``
+    against the object before its update (:func:`position_kernels.residual_position_sums`,
+    ``χ`` formed in the scratch ``s.wave``)."""
     m0, m1 = s.psi.shape[2], s.psi.shape[3]
     scale = np.complex64(1.0 / np.sqrt(m0 * m1))
     unshared = np.zeros(1, np.int64)
@@ -93,6 +106,9 @@ def epie_positions(execute: Any, a: EpieArgs, plans: Plans, s: Frames) -> float:
         k = a.frames[j]
         err += ck.modulus_project(s.wave, a.amplitudes[k:k + 1], s.wave, a.eps)
         _propagate(execute, f, b, s.wave, s.chi, s.tmp, h, True, scale)
+        if a.sums.shape[0] > 0:
+            _residual(s.chi, s.psi, s.wave)
+            pk.residual_position_sums(probes, unshared, s.wave, a.obj, r, c, a.sums[j:j + 1])
         ck.epie_update(s.chi, s.psi, probes, a.obj, r, c, a.steps,
                        a.psum if a.grad == 1 else none, a.grad == 2)
         if a.grad == 2:
@@ -244,7 +260,7 @@ def epie_chunk(job: EpieJob, ramps: tuple[np.ndarray, np.ndarray] | None,
     """:func:`epie_positions` on ``job`` (each position's ``ramps`` with shifts; the
     backend's FFTW ``plans``):
     ``(error, gradient sum or None)``, the gradient as ``job.grad`` asks ("stack": the
-    back-shifted sum's spectrum)."""
+    back-shifted sum's spectrum); the position sums into ``job.positions`` when given."""
     kk, m0, m1 = job.probe.shape
     code = {"none": 0, "sum": 1, "stack": 2}[job.grad]
     psum = np.zeros((kk, m0, m1) if code else (0, 0, 0), np.complex128)
@@ -256,7 +272,8 @@ def epie_chunk(job: EpieJob, ramps: tuple[np.ndarray, np.ndarray] | None,
                     probe=np.ascontiguousarray(job.probe)[None],
                     probe_ft=np.ascontiguousarray(spectrum), ramp_r=rr, ramp_c=rc,
                     shifted=shifted, steps=np.asarray(job.steps, np.float64), eps=float(EPS),
-                    grad=code, psum=psum)
+                    grad=code, psum=psum,
+                    sums=np.zeros((0, 4)) if job.positions is None else job.positions)
     err = epie_positions(fftw.execute_dft, args, _plans_for(plans, (m0, m1), job.prop),
                          _frames((kk, m0, m1)))
     return float(err), (psum if code else None)

@@ -33,7 +33,9 @@ class EpieArgs(NamedTuple):
     amplitude; ``probe`` (1, K, M, M), or with ``shifted`` its spectrum ``probe_ft``
     (K, M, M) and the positions' ``ramp_r``, ``ramp_c`` (B, M); ``steps``:
     :func:`cpu_kernels.epie_update`'s ``(α, w)``; ``grad``: 0 no probe gradient, 1 summed
-    into ``psum`` (K, M, M) complex128, 2 its back-shifted spectrum summed there."""
+    into ``psum`` (K, M, M) complex128, 2 its back-shifted spectrum summed there;
+    ``sums`` (B, 4) float64 receives each position's position-gradient sums (empty (0, 4):
+    none)."""
 
     amplitudes: np.ndarray
     frames: np.ndarray
@@ -49,6 +51,7 @@ class EpieArgs(NamedTuple):
     eps: float
     grad: int
     psum: np.ndarray
+    sums: np.ndarray
 
 
 class LsqmlArgs(NamedTuple):
