@@ -119,7 +119,10 @@ class PositionCorrectionConfig:
                            "(the tiles grow by this much so windows stay inside them)",
                            low=0.0, high=64.0)
     affine: bool = opt(False, "fit scale, rotation, shear and offset over all positions each "
-                       "update; positions = the fitted transform of the input + a residual")
+                       "update; positions = the fitted transform of the input + a residual, "
+                       "and the moves' scan-wide linear part steps as one (faster on stage "
+                       "scale/shear errors and on the linear share of random errors; weakly "
+                       "determined with strongly focused beams)")
     max_residual: float | None = opt(None, "affine: largest residual from the fitted "
                                      "transform, px per axis (null = max_total)", low=0.0)
     subpixel_bins: int | None = opt(None, "algorithm.subpixel_bins while positions are "

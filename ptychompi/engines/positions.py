@@ -9,20 +9,26 @@ corrected wave ``ψ'_j``. A small move ``δ`` of position j changes the exit wav
     δ = Σ Re(conj(P_j ∂O_j) (ψ'_j − ψ_j)) / (Σ |P_j ∂O_j|² + λ),
 
 with central differences for ∂O and λ a small fraction of the scan's mean denominator. The
-moves are scaled by ``step``; while a position's move points the way its previous one did,
-a ``momentum`` fraction of that one is added (the object adapts to the wrong positions, so
+moves are scaled by ``step``; while a position's move points the way its previous one did, a
+``momentum`` fraction of that one is added (the object adapts to the wrong positions, so
 each least-squares move falls short, consistently; a reversal drops the memory, as Pty-Chi's
 and Tike's accelerated position updates do). Moves are limited to ``max_shift`` per update
 and their global mean is removed (a common shift of all positions is an ambiguity of
-ptychography, taken up by the object). With ``affine`` the positions are then fitted by one
-global transform of the input positions (scale, rotation, shear, offset: 6 parameters whose
-normal equations are one small allreduce) and become that transform plus a residual limited
-to ``max_residual``. Every position stays within ``max_total`` (per axis) of its input plus
-the positions' common offset (the re-centring below moves it; within ``DRIFT_PX``: a
-position whose error is near ``max_total`` is not held short by that drift); the
-tiles are grown by that margin (:func:`padded_tiles`), so windows never leave their tile and
-the halos hold every pixel two tiles' windows can share: with ``share_frequency: 1`` n ranks
-follow one rank.
+ptychography, taken up by the object). With ``affine`` the moves' linear part over the scan
+(scale, rotation, shear: the moves ≈ the centred input positions times a 2 x 2 matrix, one
+small allreduce) is taken out before the per-position gains, and moves as one with its own
+momentum: the adaptive gains cut each position's noisy move, and with it the small, coherent
+share of a scan-wide distortion, which then converges slowly. Without ``affine`` it is left
+to the per-position moves: on a strongly curved (focused) beam the scan's linear part is
+weakly determined and drifts from true positions when it moves as one. With ``affine`` the
+positions are then fitted by one global transform of the input positions (scale, rotation,
+shear, offset: 6 parameters whose normal equations are one small allreduce) and become that
+transform plus a residual limited to ``max_residual``. Every position stays within
+``max_total`` (per axis) of its input plus the positions' common offset (the re-centring
+below moves it; within ``DRIFT_PX``: a position whose error is near ``max_total`` is not
+held short by that drift); the tiles are grown by that margin (:func:`padded_tiles`), so
+windows never leave their tile and the halos hold every pixel two tiles' windows can share:
+with ``share_frequency: 1`` n ranks follow one rank.
 
 Placement (:func:`placement_config`): rounded to the engines' sub-pixel bins, positions that
 cross a bin edge at every update move the model by a whole bin, and the object does not
@@ -213,7 +219,13 @@ class PositionRefiner:
         self.high = np.asarray(box_shape, np.float64) - frame + 1 - 1e-6
         # the last affine fit (3 x 2, global object pixels: refined ≈ [input, 1] @ T)
         self.transform: np.ndarray | None = None
-        self.velocity = np.zeros_like(self.initial)  # each position's last move (momentum)
+        # each position's last move (momentum; with affine, less the scan's linear part)
+        self.velocity = np.zeros_like(self.initial)
+        # with affine: the last move's linear part (2 x 2, :meth:`_split_linear`), the inputs
+        # about their global mean
+        self.linear_velocity = np.zeros((2, 2))
+        self._centred: np.ndarray | None = None
+        self.last_move = np.zeros_like(self.initial)  # the last update's moves (moving())
         self._moving: bool | None = None  # moving()'s answer for the current moves
         self.gain = np.ones_like(self.initial)  # each position's step factor per axis
         # sums an engine handed over during a due iteration (:meth:`collect`), per position
@@ -245,7 +257,7 @@ class PositionRefiner:
         """Whether the last update moved the positions by ``SETTLED_PX`` RMS or more (their
         common shift removed; collective: from the moves every rank holds)."""
         if self._moving is None:  # once per update (the moves change only there)
-            v = self.velocity
+            v = self.last_move
             sums = exchange.allreduce(np.array([float((v * v).sum()), float(len(v))]))
             self._moving = bool(sums[0] >= SETTLED_PX ** 2 * max(sums[1], 1.0))
         return self._moving
@@ -340,19 +352,27 @@ class PositionRefiner:
         sums = ex.allreduce(np.array([*den.sum(axis=0), float(n)]))
         damping = DAMPING * sums[:2] / max(sums[2], 1.0)
         raw = num / (den + damping + 1e-30)
-        if c.adaptive_step:  # per position and axis: a reversal halves its step
+        own, linear = self._split_linear(raw, ex) if c.affine else (raw, None)
+        if c.adaptive_step:  # per position and axis: a reversal cuts its step
             factors = GAINS_EACH if collected is not None else GAINS_PASS
-            self.gain = adapted_gain(self.gain, raw, self.velocity, factors)
-        move = c.step * self.gain * raw
+            self.gain = adapted_gain(self.gain, own, self.velocity, factors)
+        move = c.step * self.gain * own
         if c.momentum > 0:  # a steady direction speeds up; a reversal starts afresh
             agree = (move * self.velocity).sum(axis=1) > 0
             move[agree] += c.momentum * self.velocity[agree]
+        if linear is not None:  # the scan's linear part: one step, its own momentum
+            linear = c.step * linear
+            if c.momentum > 0 and (linear * self.linear_velocity).sum() > 0:
+                linear += c.momentum * self.linear_velocity
+            self.linear_velocity = linear
+            move += self._centred @ linear
         length = np.hypot(move[:, 0], move[:, 1])
         too_far = length > c.max_shift
         move[too_far] *= (c.max_shift / length[too_far])[:, None]
         mean = ex.allreduce(np.array([*move.sum(axis=0), float(n)]))
         move -= mean[:2] / max(mean[2], 1.0)
-        self.velocity, self._moving = move, None
+        self.last_move, self._moving = move, None
+        self.velocity = move if linear is None else move - self._centred @ linear
         moved = current + move
         if self.reference is not None and getattr(engine, "waves", None) is None:
             moved += self._recentre(engine)
@@ -361,6 +381,22 @@ class PositionRefiner:
         moved = self.initial + self._within(moved - self.initial, ex)
         moved = np.clip(moved, 0.0, self.high)
         engine.move_positions(moved)
+
+    def _split_linear(self, raw: np.ndarray, ex: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``raw`` moves as each position's own part and the scan's linear part (2 x 2: the
+        moves ≈ :attr:`_centred` @ it, the input positions about their global mean; fitted
+        over all ranks' positions by one allreduce)."""
+        if self._centred is None:
+            g = self.initial + self.origin
+            total = ex.allreduce(np.array([*g.sum(axis=0), float(len(g))]))
+            self._centred = g - total[:2] / max(total[2], 1.0)
+        x = self._centred
+        terms = ex.allreduce(np.concatenate([(x.T @ x).ravel(), (x.T @ raw).ravel()]))
+        xtx, xty = terms[:4].reshape(2, 2), terms[4:].reshape(2, 2)
+        if not np.all(np.isfinite(terms)) or np.linalg.matrix_rank(xtx) < 2:
+            return raw, np.zeros((2, 2))
+        linear = np.linalg.solve(xtx, xty)
+        return raw - x @ linear, linear
 
     def _within(self, dev: np.ndarray, ex: Any) -> np.ndarray:
         """Each position's distance ``dev`` from its input, within ``max_total`` (per axis) of
@@ -406,7 +442,9 @@ class PositionRefiner:
     def state(self, engine: Engine) -> dict[str, np.ndarray]:
         """The current positions (tile-local) for a checkpoint, and the last affine fit."""
         out = {"positions": np.array(engine.data.positions, np.float64),
-               "position_velocity": self.velocity.copy(), "position_gain": self.gain.copy()}
+               "position_velocity": self.velocity.copy(), "position_gain": self.gain.copy(),
+               "position_linear_velocity": self.linear_velocity.copy(),
+               "position_last_move": self.last_move.copy()}
         if self.transform is not None:
             out["position_transform"] = self.transform.copy()
         if self.reference is not None:
@@ -427,6 +465,12 @@ class PositionRefiner:
         velocity = state.get("position_velocity")
         self.velocity = (np.zeros_like(self.initial) if velocity is None
                          else np.asarray(velocity, np.float64).reshape(-1, 2))
+        linear = state.get("position_linear_velocity")
+        self.linear_velocity = (np.zeros((2, 2)) if linear is None
+                                else np.asarray(linear, np.float64).reshape(2, 2))
+        last = state.get("position_last_move")
+        self.last_move = (self.velocity.copy() if last is None
+                          else np.asarray(last, np.float64).reshape(-1, 2))
         self._moving = None
         if "positions" in state:
             engine.move_positions(np.asarray(state["positions"], np.float64))
