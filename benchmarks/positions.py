@@ -119,10 +119,11 @@ def seconds_per_iteration(scan: Any, engine: str, iterations: int, warmup: int,
 
 
 def cost(args: argparse.Namespace) -> list[dict]:
-    """Seconds per iteration without refinement, with the defaults (LSQML: an update after
-    every iteration from its own residuals; ePIE, DM: a pass every 4th) and with
-    ``update_every: 1``; the three run alternately in each round and each ratio is the median
-    over the rounds of that round's ratio (a shared CPU)."""
+    """Seconds per iteration without refinement, with the defaults (an update after every
+    iteration from the engine's own residuals: LSQML, ePIE, DM as LSQML) and with
+    ``update_every: 1`` (ePIE: a pass of the refiner's own); the three run alternately in
+    each round and each ratio is the median over the rounds of that round's ratio (a shared
+    CPU)."""
     case = Case(grid=args.cost_grid, frame=args.cost_frame,
                 diameter_px=args.cost_frame * 0.375, overlap=0.7, photons=1e7, seed=args.seed)
     sim = make_scan(case)
@@ -135,7 +136,10 @@ def cost(args: argparse.Namespace) -> list[dict]:
           "paired rounds")
     print("| engine | without (s/it) | default (s/it) | ratio | update_every 1 | ratio |")
     print("|---|---|---|---|---|---|")
-    refine = {"enabled": True, "start": 0, "subpixel_bins": args.bins}
+    # moving from the first timed iteration (settle null: the gate would hold them), and
+    # --correction's options
+    refine = {"enabled": True, "start": 0, "settle": None, "subpixel_bins": args.bins,
+              **args.correction}
     for engine in args.engines.split(","):
         runs: dict[str, list[float]] = {"plain": [], "default": [], "every": []}
         for _ in range(args.rounds):

@@ -328,13 +328,12 @@ class Operations:
         d_row, d_col = window_differences(xp, obj, win)
         q = (probes.conj() * chi).sum(axis=1)  # (B, M, M): Σ_k conj(P_k) χ_k
         power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
-        out = np.empty((len(win), 4))
-        for axis, d in enumerate((d_row, d_col)):
-            num = (d.conj() * q).real.sum(axis=(1, 2), dtype=np.float64)
-            den = ((d.real ** 2 + d.imag ** 2) * power).sum(axis=(1, 2), dtype=np.float64)
-            out[:, 2 * axis] = self.backend.asnumpy(num)
-            out[:, 2 * axis + 1] = self.backend.asnumpy(den)
-        return out
+        terms = []
+        for d in (d_row, d_col):
+            terms.append((d.conj() * q).real.sum(axis=(1, 2), dtype=np.float64))
+            terms.append(((d.real ** 2 + d.imag ** 2) * power).sum(axis=(1, 2),
+                                                                  dtype=np.float64))
+        return np.asarray(self.backend.asnumpy(xp.stack(terms, axis=1)), np.float64)
 
     # ------------------------------------------------------------------ shared compositions
     def shifted_set(self, probe: Any, shifts: ProbeShifts | None) -> tuple[Any, Any]:
