@@ -99,13 +99,14 @@ class PositionCorrectionConfig:
     stop: int | None = opt(None, "iteration from which positions stay where they are "
                            "(null = never)", low=0)
     update_every: int | None = opt(None, "iterations between position updates (null = after "
-                                   "every iteration of LSQML, DM's LSQML refinement and ePIE "
-                                   "(epie_residuals), whose residuals give the update, else "
-                                   "every 4th: a pass of its own costs about an LSQML "
+                                   "every iteration of LSQML, DM's LSQML refinement and, with "
+                                   "epie_residuals, ePIE, whose residuals give the update, "
+                                   "else every 4th: a pass of its own costs about an LSQML "
                                    "iteration's FFTs)", low=1)
-    epie_residuals: bool = opt(True, "with update_every null, ePIE's updates come from the "
-                               "residuals of its own visits, after every iteration (false: "
-                               "a pass of the refiner's own every 4th iteration)")
+    epie_residuals: bool = opt(False, "with update_every null, ePIE's updates come from the "
+                               "residuals of its own visits, after every iteration (cheaper "
+                               "than the pass every 4th iteration; false: the pass, which "
+                               "ended closer on scans it was not tuned on)")
     step: float = opt(3.0, "multiple of each position's least-squares shift applied (the "
                       "object adapts to wrong positions, so the plain shift falls short)",
                       low=0.0)

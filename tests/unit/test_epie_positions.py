@@ -131,8 +131,8 @@ def run(sim, positions: np.ndarray, correction: dict,
 
 def test_without_refinement_epie_computes_no_sums_and_keeps_its_batches(sim,
                                                                           monkeypatch) -> None:
-    """Without refinement (and with refinement not yet armed) ePIE asks for no position sums
-    and splits its batches as before (windows may touch)."""
+    """Without refinement, with refinement not yet armed and with the pass (the default)
+    ePIE asks for no position sums and splits its batches as before (windows may touch)."""
     frames, jobs = [], []
     batches, chunk = epie_module.disjoint_batches, epie_module.EPIE._update
 
@@ -146,22 +146,24 @@ def test_without_refinement_epie_computes_no_sums_and_keeps_its_batches(sim,
 
     monkeypatch.setattr(epie_module, "disjoint_batches", spy_batches)
     monkeypatch.setattr(epie_module.EPIE, "_update", spy_update)
-    for correction in ({}, {"enabled": True, "start": 99}, {"enabled": True, "start": 0,
-                                                           "settle": None}):
+    for correction in ({}, {"enabled": True, "start": 99, "epie_residuals": True},
+                       {"enabled": True, "start": 0, "settle": None},
+                       {"enabled": True, "start": 0, "settle": None, "epie_residuals": True}):
         frames.clear()
         jobs.clear()
         run(sim, sim.positions_px, correction, 2)
-        armed = correction.get("start") == 0
+        armed = correction.get("start") == 0 and correction.get("epie_residuals", False)
         assert frames == [CASE.frame + armed] * 2
         assert all((j is not None) == armed for j in jobs) and jobs
 
 
 def test_refinement_uses_epies_residuals_and_no_pass(sim, monkeypatch) -> None:
-    """With ``update_every`` null ePIE's own sums move the positions after every iteration
-    (no pass over the positions), the numpy reference operations (a GPU's code) alike;
-    ``epie_residuals: false`` and a number for ``update_every`` keep the pass."""
+    """With ``epie_residuals`` and ``update_every`` null ePIE's own sums move the positions
+    after every iteration (no pass over the positions), the numpy reference operations (a
+    GPU's code) alike; ``epie_residuals: false`` (the default) and a number for
+    ``update_every`` keep the pass."""
     given = perturb(sim.positions_px, "random", np.random.default_rng(2), rms_px=1.5)
-    correction = {"enabled": True, "start": 0, "settle": None}
+    correction = {"enabled": True, "start": 0, "settle": None, "epie_residuals": True}
     passes = []
     real = PositionRefiner.misfit_terms
 
@@ -194,8 +196,9 @@ def test_refinement_recovers_a_small_scan_and_harms_no_true_one(sim) -> None:
     iterations = 150
     given = perturb(sim.positions_px, "random", np.random.default_rng(2), rms_px=1.5)
     _, true_error, _ = run(sim, sim.positions_px, {}, iterations)
-    _, refined_error, rms = run(sim, given, {"enabled": True}, iterations)
-    _, kept_error, drift = run(sim, sim.positions_px, {"enabled": True}, iterations)
+    own = {"enabled": True, "epie_residuals": True}
+    _, refined_error, rms = run(sim, given, own, iterations)
+    _, kept_error, drift = run(sim, sim.positions_px, own, iterations)
     print(f"\n[epie positions] true {true_error:.4f}; from 1.5 px errors {refined_error:.4f} "
           f"(RMS {rms:.3f} px); from true positions {kept_error:.4f} (drift {drift:.3f} px)")
     assert rms <= rms_error(given, sim.positions_px) / 3
