@@ -104,9 +104,9 @@ class PositionCorrectionConfig:
                                    "else every 4th: a pass of its own costs about an LSQML "
                                    "iteration's FFTs)", low=1)
     epie_residuals: bool = opt(False, "with update_every null, ePIE's updates come from the "
-                               "residuals of its own visits, after every iteration (cheaper "
-                               "than the pass every 4th iteration; false: the pass, which "
-                               "ended closer on scans it was not tuned on)")
+                               "residuals of its own visits, after every iteration (false: "
+                               "a pass of the refiner's own every 4th iteration, which ended "
+                               "closer on scans it was not tuned on)")
     step: float = opt(3.0, "multiple of each position's least-squares shift applied (the "
                       "object adapts to wrong positions, so the plain shift falls short)",
                       low=0.0)
