@@ -27,32 +27,18 @@ from typing import Any
 import numpy as np
 
 from ptychompi.app.api import Reconstruction
-from ptychompi.model.metrics import registered_object_error
 from ptychompi.sim.matrix import Case, make_scan
-from ptychompi.sim.position_errors import KINDS, perturb, rms_error, with_positions
+from ptychompi.sim.position_errors import KINDS, perturb, with_positions
+from ptychompi.sim.position_runs import run_from
 
 
 def reconstruct(scan: Any, positions: np.ndarray, engine: str, iterations: int,
                 correction: dict, seed: int = 0) -> dict:
     """One run from ``positions`` (``seed``: the engine's random order); the position and
     object errors against the truth."""
-    cfg = {"algorithm": {"name": engine, "iterations": iterations, "seed": seed,
-                         "position_correction": correction},
-           "parallel": {"device": "cpu"}}
-    t0 = time.perf_counter()
-    with Reconstruction(cfg, scan=with_positions(scan.as_scan(), positions,
-                                                 scan.pixel_size_m)) as recon:
-        recon.run()
-        refined = recon.refined_positions()
-        est = recon.positions if refined is None else refined
-        obj = recon.object
-    true = scan.positions_px
-    return {"position_rms_px": rms_error(est, true),
-            # the first search in half pixels: probe and object may slide together against
-            # the positions (an ambiguity) by about half a pixel
-            "object_error": registered_object_error(obj, est, scan.object, true, scan.probe,
-                                                    grid=0.5),
-            "seconds": time.perf_counter() - t0}
+    run = run_from(scan, positions, engine, iterations, correction, seed)
+    return {"position_rms_px": run.position_rms_px, "object_error": run.object_error,
+            "seconds": run.seconds}
 
 
 def quality(args: argparse.Namespace) -> list[dict]:

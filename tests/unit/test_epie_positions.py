@@ -13,18 +13,17 @@ import numpy as np
 import pytest
 
 import ptychompi.app.api as api
-from ptychompi.app.api import Reconstruction
 from ptychompi.backends import Backend, select_backend
 from ptychompi.backends.cpu import fftw
 from ptychompi.engines import epie as epie_module
 from ptychompi.engines.positions import PositionRefiner, central_differences
 from ptychompi.model import physics
-from ptychompi.model.metrics import registered_object_error
 from ptychompi.model.physics import Propagator, Windows, window_index
 from ptychompi.ops import EpieJob, ProbeShifts
 from ptychompi.ops.array_ops import ArrayOps
 from ptychompi.sim.matrix import Case, make_scan
-from ptychompi.sim.position_errors import perturb, rms_error, with_positions
+from ptychompi.sim.position_errors import perturb, rms_error
+from ptychompi.sim.position_runs import run_from
 
 M, H, W = 32, 110, 110
 # disjoint windows a pixel apart or more, two at the object's edges (one-sided differences)
@@ -116,17 +115,8 @@ def sim():
 
 def run(sim, positions: np.ndarray, correction: dict,
         iterations: int) -> tuple[np.ndarray, float, float]:
-    cfg = {"algorithm": {"name": "epie", "iterations": iterations,
-                         "position_correction": correction},
-           "parallel": {"device": "cpu"}}
-    with Reconstruction(cfg, scan=with_positions(sim.as_scan(), positions,
-                                                 sim.pixel_size_m)) as recon:
-        recon.run()
-        refined = recon.refined_positions()
-        est = recon.positions if refined is None else refined
-        error = registered_object_error(recon.object, est, sim.object, sim.positions_px,
-                                        sim.probe, grid=0.5)
-    return est, error, rms_error(est, sim.positions_px)
+    out = run_from(sim, positions, "epie", iterations, correction)
+    return out.positions, out.object_error, out.position_rms_px
 
 
 def test_without_refinement_epie_computes_no_sums_and_keeps_its_batches(sim,

@@ -12,11 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptychompi.app.api import Reconstruction
 from ptychompi.engines.positions import GAINS_EACH, adapted_gain, settled
-from ptychompi.model.metrics import registered_object_error
 from ptychompi.sim.matrix import Case, make_scan
-from ptychompi.sim.position_errors import rms_error, with_positions
+from ptychompi.sim.position_runs import run_from
 
 FOCUSED = Case(probe="focused", grid=12, frame=64, diameter_px=20.0)
 ITERATIONS = 100
@@ -53,17 +51,8 @@ def test_adapted_gain_halves_on_a_reversal_and_grows_on_a_steady_move() -> None:
 
 
 def reconstruct(sim, correction: dict) -> tuple[float, float]:
-    cfg = {"algorithm": {"name": "lsqml", "iterations": ITERATIONS,
-                         "position_correction": correction},
-           "parallel": {"device": "cpu"}}
-    scan = with_positions(sim.as_scan(), sim.positions_px, sim.pixel_size_m)
-    with Reconstruction(cfg, scan=scan) as recon:
-        recon.run()
-        refined = recon.refined_positions()
-        est = recon.positions if refined is None else refined
-        error = registered_object_error(recon.object, est, sim.object, sim.positions_px,
-                                        sim.probe, grid=0.5)
-    return error, rms_error(est, sim.positions_px)
+    run = run_from(sim, sim.positions_px, "lsqml", ITERATIONS, correction)
+    return run.object_error, run.position_rms_px
 
 
 def test_refinement_from_true_positions_keeps_a_focused_beam_scan() -> None:

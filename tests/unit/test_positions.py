@@ -34,11 +34,11 @@ from ptychompi.engines.shift_tables import between_bin_probes
 from ptychompi.errors import ConfigError
 from ptychompi.io.export import export_result
 from ptychompi.io.results import read_result
-from ptychompi.model.metrics import registered_object_error
 from ptychompi.model.physics import Windows, subpixel_grid, subpixel_ramps, window_index
 from ptychompi.ops import ProbeShifts
 from ptychompi.sim.matrix import Case, make_scan
 from ptychompi.sim.position_errors import perturb, rms_error, with_positions
+from ptychompi.sim.position_runs import run_from
 
 CASE = Case(grid=8, frame=64, diameter_px=24, overlap=0.7, photons=1e7, seed=1)
 ITERATIONS = 100
@@ -72,20 +72,8 @@ _TRUTH: dict[tuple[str, int], dict] = {}
 
 def reconstruct(sim, positions: np.ndarray, engine: str, correction: dict,
                 iterations: int = ITERATIONS) -> dict:
-    cfg = {"algorithm": {"name": engine, "iterations": iterations,
-                         "position_correction": correction},
-           "parallel": {"device": "cpu"}}
-    with Reconstruction(cfg, scan=with_positions(sim.as_scan(), positions,
-                                                 sim.pixel_size_m)) as recon:
-        recon.run()
-        refined = recon.refined_positions()
-        est = recon.positions if refined is None else refined
-        obj = recon.object
-    true = sim.positions_px
-    return {"rms": rms_error(est, true),
-            # first search in half pixels: probe and object may slide together against the
-            # positions by about half a pixel (an ambiguity)
-            "object": registered_object_error(obj, est, sim.object, true, sim.probe, grid=0.5)}
+    run = run_from(sim, positions, engine, iterations, correction)
+    return {"rms": run.position_rms_px, "object": run.object_error}
 
 
 def truth(sim, engine: str, iterations: int = ITERATIONS) -> dict:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptychompi.app.api import Reconstruction
 from ptychompi.config import PositionCorrectionConfig
 from ptychompi.engines.positions import PositionRefiner, make_refiner
-from ptychompi.model.metrics import registered_object_error
 from ptychompi.parallel.serial_exchange import SerialExchange
 from ptychompi.sim.matrix import Case, make_scan
-from ptychompi.sim.position_errors import perturb, rms_error, with_positions
+from ptychompi.sim.position_errors import perturb, rms_error
+from ptychompi.sim.position_runs import run_from
 
 PHOTO = Case(object="photo", grid=12, frame=64, diameter_px=20.0)
 ITERATIONS = 200
@@ -33,17 +32,8 @@ def photo():
 
 
 def reconstruct(sim, positions: np.ndarray, engine: str, correction: dict) -> tuple[float, float]:
-    cfg = {"algorithm": {"name": engine, "iterations": ITERATIONS,
-                         "position_correction": correction},
-           "parallel": {"device": "cpu"}}
-    with Reconstruction(cfg, scan=with_positions(sim.as_scan(), positions,
-                                                 sim.pixel_size_m)) as recon:
-        recon.run()
-        refined = recon.refined_positions()
-        est = recon.positions if refined is None else refined
-        error = registered_object_error(recon.object, est, sim.object, sim.positions_px,
-                                        sim.probe, grid=0.5)
-    return error, rms_error(est, sim.positions_px)
+    run = run_from(sim, positions, engine, ITERATIONS, correction)
+    return run.object_error, run.position_rms_px
 
 
 @pytest.mark.parametrize("engine", ["lsqml", "epie"])
