@@ -36,10 +36,11 @@ import numpy as np
 TILE_KEYS = frozenset({"object", "momentum_last", "momentum_velocity", "best_object"})
 POSITION_KEYS = frozenset({"waves", "position_velocity", "position_gain",
                            "position_last_move"})
-LOCAL_KEYS = frozenset({"positions", "best_positions"})  # (n, 2) tile-local pixels
+# (n, 2) tile-local pixels
+LOCAL_KEYS = frozenset({"positions", "best_positions", "position_best", "position_ran_with"})
 GLOBAL_KEYS = frozenset({"probe", "iteration", "errors", "refined", "best_probe",
                          "position_transform", "probe_reference",
-                         "position_linear_velocity"})
+                         "position_linear_velocity", "position_guard"})
 BOOK_KEYS = frozenset({"indices", "box", "rng", "history_error", "history_seconds"})
 ZERO_FILL = frozenset({"momentum_velocity"})  # pixels no old tile held: zero, not the object
 

@@ -98,6 +98,10 @@ class PositionCorrectionConfig:
                                high=1.0)
     stop: int | None = opt(None, "iteration from which positions stay where they are "
                            "(null = never)", low=0)
+    guard: float | None = opt(0.1, "once positions have moved for 5 iterations, if each of "
+                              "the engine's last 5 errors exceeds its best by more than this "
+                              "fraction, the refinement stops for the run and the positions "
+                              "return to those of the best error (null = never)", low=0.0)
     update_every: int | None = opt(None, "iterations between position updates (null = after "
                                    "every iteration of LSQML, DM's LSQML refinement and, with "
                                    "epie_residuals, ePIE, whose residuals give the update, "

@@ -67,6 +67,7 @@ from ..model.physics import subpixel_ramps
 from ..ops import PositionJob
 from ..ops.steps import central_differences
 from ..parallel.tiling import Box, Tile, decompose
+from .position_guard import MisfitGuard
 
 if TYPE_CHECKING:
     from .base import Engine
@@ -236,6 +237,7 @@ class PositionRefiner:
         # centre_probe: the probe's intensity centroid at the start (frame pixels)
         self.reference: np.ndarray | None = None
         self._settled = False  # whether the engine's model has formed (:func:`settled`)
+        self.guard = None if cfg.guard is None else MisfitGuard(cfg.guard)
 
     def due(self, iteration: int) -> bool:
         """Whether the positions move after iteration ``iteration`` (0-based): every
@@ -245,8 +247,13 @@ class PositionRefiner:
 
     def _active(self, iteration: int) -> bool:
         c = self.cfg
-        return (self._settled and iteration >= c.start
+        return (self._settled and iteration >= c.start and not self.halted
                 and (c.stop is None or iteration < c.stop))
+
+    @property
+    def halted(self) -> bool:
+        """Whether the misfit guard stopped the refinement (:mod:`.position_guard`)."""
+        return self.guard is not None and self.guard.halted
 
     def _regular(self, iteration: int) -> bool:
         """An update with a pass of its own if the engine hands over nothing."""
@@ -272,6 +279,14 @@ class PositionRefiner:
             self._armed = None
         self._called = False
         self._settled = settled(engine.errors, self.cfg.settle)
+        if self.guard is not None:
+            current = np.asarray(engine.data.positions, np.float64).reshape(-1, 2)
+            back = self.guard.observe(engine.errors, current)
+            if back is not None:  # the fit got worse: the positions of the best fit, for good
+                engine.move_positions(back)
+                self.velocity = np.zeros_like(self.initial)
+                self.linear_velocity = np.zeros((2, 2))
+                self.last_move, self._moving = np.zeros_like(self.initial), None
         if self.cfg.centre_probe and self.reference is None:
             self.reference = self._centroid(engine)
         it = engine.iteration
@@ -381,6 +396,8 @@ class PositionRefiner:
         moved = self.initial + self._within(moved - self.initial, ex)
         moved = np.clip(moved, 0.0, self.high)
         engine.move_positions(moved)
+        if self.guard is not None:
+            self.guard.moved(engine.iteration)
 
     def _split_linear(self, raw: np.ndarray, ex: Any) -> tuple[np.ndarray, np.ndarray]:
         """``raw`` moves as each position's own part and the scan's linear part (2 x 2: the
@@ -449,6 +466,8 @@ class PositionRefiner:
             out["position_transform"] = self.transform.copy()
         if self.reference is not None:
             out["probe_reference"] = self.reference.copy()
+        if self.guard is not None:
+            out.update(self.guard.state())
         return out
 
     def restore(self, engine: Engine, state: dict[str, np.ndarray]) -> None:
@@ -472,6 +491,8 @@ class PositionRefiner:
         self.last_move = (self.velocity.copy() if last is None
                           else np.asarray(last, np.float64).reshape(-1, 2))
         self._moving = None
+        if self.guard is not None:
+            self.guard.restore(state)
         if "positions" in state:
             engine.move_positions(np.asarray(state["positions"], np.float64))
 
