@@ -17,7 +17,7 @@ from ..model.physics import (
     relaxed_modulus_project,
     run_index,
 )
-from .steps import Operations
+from .steps import Operations, gradient_sums
 
 
 class ArrayOps(Operations):
@@ -192,12 +192,7 @@ class ArrayOps(Operations):
 
     def position_sums(self, probes: Any, probe_of: Any, back: Any, psi: Any, d_row: Any,
                       d_col: Any, win: Windows) -> np.ndarray:
-        chi = back - psi
-        out = np.empty((len(win), 4))
-        for axis, grad in enumerate((d_row, d_col)):
-            g = self.exit_waves(probes, grad, win, probe_of)
-            out[:, 2 * axis] = self.backend.asnumpy(
-                (g.conj() * chi).real.sum(axis=(1, 2, 3), dtype=np.float64))
-            out[:, 2 * axis + 1] = self.backend.asnumpy(
-                (g.real ** 2 + g.imag ** 2).sum(axis=(1, 2, 3), dtype=np.float64))
-        return out
+        probes = probes if probe_of is None else probes[probe_of]
+        sums = gradient_sums(self.backend.xp, probes, back - psi, self.extract(d_row, win),
+                             self.extract(d_col, win))
+        return np.asarray(self.backend.asnumpy(sums), np.float64)

@@ -162,6 +162,20 @@ def window_differences(xp: Any, obj: Any, win: Windows) -> tuple[Any, Any]:
     return out[0], out[1]
 
 
+def gradient_sums(xp: Any, probes: Any, chi: Any, d_row: Any, d_col: Any) -> Any:
+    """Per position (B, 4) float64, in the arrays' memory: ``(Σ Re(conj(g_r) χ), Σ |g_r|²,
+    Σ Re(conj(g_c) χ), Σ |g_c|²)`` with ``g = P_j · ∂O`` from the probes (B or 1, K, M, M),
+    the residuals ``chi`` (B, K, M, M) and the derivatives on the windows (B, M, M); the
+    modes enter as ``Σ_k conj(P_k) χ_k`` and ``Σ_k |P_k|²``."""
+    q = (probes.conj() * chi).sum(axis=1)
+    power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+    terms = []
+    for d in (d_row, d_col):
+        terms.append((d.conj() * q).real.sum(axis=(1, 2), dtype=np.float64))
+        terms.append(((d.real ** 2 + d.imag ** 2) * power).sum(axis=(1, 2), dtype=np.float64))
+    return xp.stack(terms, axis=1)
+
+
 class Operations:
     """The element-wise steps (implemented by a backend) and the per-position pipelines
     composed from them. ``probes`` and ``probe_of`` throughout: position j sees
@@ -326,14 +340,8 @@ class Operations:
         (:func:`window_differences`): no pass over the whole object, for ePIE's chunks."""
         xp = self.backend.xp
         d_row, d_col = window_differences(xp, obj, win)
-        q = (probes.conj() * chi).sum(axis=1)  # (B, M, M): Σ_k conj(P_k) χ_k
-        power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
-        terms = []
-        for d in (d_row, d_col):
-            terms.append((d.conj() * q).real.sum(axis=(1, 2), dtype=np.float64))
-            terms.append(((d.real ** 2 + d.imag ** 2) * power).sum(axis=(1, 2),
-                                                                  dtype=np.float64))
-        return np.asarray(self.backend.asnumpy(xp.stack(terms, axis=1)), np.float64)
+        return np.asarray(self.backend.asnumpy(gradient_sums(xp, probes, chi, d_row, d_col)),
+                          np.float64)
 
     # ------------------------------------------------------------------ shared compositions
     def shifted_set(self, probe: Any, shifts: ProbeShifts | None) -> tuple[Any, Any]:
