@@ -147,6 +147,13 @@ class PositionCorrectionConfig:
                                     "positions: an ambiguity the moves' removed mean leaves "
                                     "free); null = every engine but ePIE (placed exactly, it "
                                     "ends closer to the truth with the probe left free)")
+    search_every: int | None = opt(None, "iterations between searches for stuck positions: "
+                                   "a position whose data misfit exceeds 2.5 x the scan's "
+                                   "median tries every whole-pixel offset within "
+                                   "search_radius and moves to the best one when it fits "
+                                   "clearly better (null = never)", low=1)
+    search_radius: int = opt(3, "the search's reach, px per axis (within max_total of the "
+                             "input)", low=1, high=16)
 
 
 @dataclass
