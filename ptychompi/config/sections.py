@@ -148,7 +148,7 @@ class PositionCorrectionConfig:
                                     "free); null = every engine but ePIE (placed exactly, it "
                                     "ends closer to the truth with the probe left free)")
     search_every: int | None = opt(None, "iterations between searches for stuck positions: "
-                                   "a position whose data misfit exceeds 2.5 x the scan's "
+                                   "a position whose data misfit exceeds 2 x the scan's "
                                    "median tries every whole-pixel offset within "
                                    "search_radius and moves to the best one when it fits "
                                    "clearly better (null = never)", low=1)

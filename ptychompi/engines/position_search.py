@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .base import Engine
     from .positions import PositionRefiner
 
-FACTOR = 2.5  # candidates: misfit above this multiple of the scan's median misfit
+FACTOR = 2.0  # candidates: misfit above this multiple of the scan's median misfit
 GAIN = 0.8  # a candidate moves when its best offset's misfit is below this fraction of its own
 
 
@@ -141,11 +141,15 @@ def search(refiner: PositionRefiner, engine: Engine) -> np.ndarray | None:
     return moved
 
 
-def maybe_search(refiner: PositionRefiner, engine: Engine) -> None:
-    """The search when it is due (:func:`search_due`), its result placed on every rank
-    (collective: every rank calls it after each position update)."""
-    if not search_due(refiner.cfg, engine.iteration):
-        return
+def run_search(refiner: PositionRefiner, engine: Engine) -> None:
+    """:func:`search`, its result placed on every rank (collective)."""
     moved = search(refiner, engine)
     if moved is not None:
         engine.move_positions(moved)
+
+
+def maybe_search(refiner: PositionRefiner, engine: Engine) -> None:
+    """:func:`run_search` when it is due (:func:`search_due`; collective: every rank calls
+    it after each position update)."""
+    if search_due(refiner.cfg, engine.iteration):
+        run_search(refiner, engine)
