@@ -65,7 +65,7 @@ import numpy as np
 from ..config import AlgorithmConfig, PositionCorrectionConfig
 from ..model.physics import subpixel_ramps
 from ..ops import PositionJob
-from ..ops.steps import central_differences
+from ..ops.steps import central_differences, valley_equations
 from ..parallel.tiling import Box, Tile, decompose
 from .position_guard import MisfitGuard
 
@@ -82,6 +82,10 @@ GAINS_PASS = (1.5, 0.7, 0.3)
 SETTLE_WINDOW = 5  # iterations over which settled() averages the error's fall
 BETWEEN_BINS = 4  # LSQML's sub-pixel bins per px with positions between them (placement_config)
 DRIFT_PX = 1  # the positions' common offset may leave their inputs by this much beyond max_total
+# the valley's Gauss-Newton step is taken by halves: the object, which is not warped with
+# the positions, follows within a few iterations instead of the misfit jumping
+VALLEY_STEP = 0.5
+VALLEY_DAMPING = 1e-6  # the valley's normal equations' Tikhonov term, of their mean diagonal
 SETTLED_PX = 0.01  # moves' RMS per update below which the positions count as settled (moving)
 
 
@@ -226,11 +230,15 @@ class PositionRefiner:
         # about their global mean
         self.linear_velocity = np.zeros((2, 2))
         self._centred: np.ndarray | None = None
+        self._radius: float | None = None  # the largest |_centred| over all ranks
         self.last_move = np.zeros_like(self.initial)  # the last update's moves (moving())
         self._moving: bool | None = None  # moving()'s answer for the current moves
         self.gain = np.ones_like(self.initial)  # each position's step factor per axis
         # sums an engine handed over during a due iteration (:meth:`collect`), per position
         self._sums = np.zeros((len(self.initial), 4))
+        # with affine: the normal equations of the scan's linear mode along the valley
+        # (:func:`ptychompi.ops.steps.valley_terms`) from the same residuals, summed
+        self._valley = np.zeros(13)
         self._seen = np.zeros(len(self.initial), bool)
         self._armed: Engine | None = None
         self._called = False  # whether the armed engine handed over residuals
@@ -295,6 +303,7 @@ class PositionRefiner:
             self._armed.position_collector = self
             self._seen[:] = False
             self._sums[:] = 0.0
+            self._valley[:] = 0.0
 
     def collect(self, engine: Engine, members: np.ndarray, size: int,
                 chunks: list[tuple[Any, Any, Any, Any]]) -> None:
@@ -304,14 +313,20 @@ class PositionRefiner:
         batch on every rank, also with no members."""
         ops, obj = engine.backend.ops, engine.object
         self._called = True
+        valley = self.cfg.affine
 
-        def part(_: int, sl: slice) -> np.ndarray:
+        def part(_: int, sl: slice) -> tuple[np.ndarray, np.ndarray | None]:
             probes, probe_of, win, chi = chunks[sl.start // size]
-            return ops.residual_position_sums(probes, probe_of, chi, obj, win)
+            sums = ops.residual_position_sums(probes, probe_of, chi, obj, win)
+            extra = ops.residual_valley_terms(probes, probe_of, chi, obj, win) if valley else None
+            return sums, extra
 
         if len(members):
-            self._sums[members] = np.concatenate(engine.map_chunks(part, len(members), size))
+            parts = engine.map_chunks(part, len(members), size)
+            self._sums[members] = np.concatenate([p[0] for p in parts])
             self._seen[members] = True
+            if valley:
+                self._valley += np.sum([p[1] for p in parts], axis=0)
 
     def collect_sums(self, members: np.ndarray, sums: np.ndarray) -> None:
         """Per-position sums (B, 4: as :meth:`collect` forms them) an engine computed itself
@@ -368,6 +383,7 @@ class PositionRefiner:
         damping = DAMPING * sums[:2] / max(sums[2], 1.0)
         raw = num / (den + damping + 1e-30)
         own, linear = self._split_linear(raw, ex) if c.affine else (raw, None)
+        valley = self._valley_step(ex) if c.affine and collected is not None else None
         if c.adaptive_step:  # per position and axis: a reversal cuts its step
             factors = GAINS_EACH if collected is not None else GAINS_PASS
             self.gain = adapted_gain(self.gain, own, self.velocity, factors)
@@ -375,7 +391,9 @@ class PositionRefiner:
         if c.momentum > 0:  # a steady direction speeds up; a reversal starts afresh
             agree = (move * self.velocity).sum(axis=1) > 0
             move[agree] += c.momentum * self.velocity[agree]
-        if linear is not None:  # the scan's linear part: one step, its own momentum
+        if valley is not None:  # the scan's linear part: the valley's Gauss-Newton step
+            linear = self.linear_velocity = self._limited(valley, ex)
+        elif linear is not None:  # the scan's linear part: one step, its own momentum
             linear = c.step * linear
             if c.momentum > 0 and (linear * self.linear_velocity).sum() > 0:
                 linear += c.momentum * self.linear_velocity
@@ -384,6 +402,8 @@ class PositionRefiner:
         length = np.hypot(move[:, 0], move[:, 1])
         too_far = length > c.max_shift
         move[too_far] *= (c.max_shift / length[too_far])[:, None]
+        if valley is not None:  # limited as a whole (:meth:`_limited`), not per position
+            move += self._centred @ linear
         mean = ex.allreduce(np.array([*move.sum(axis=0), float(n)]))
         move -= mean[:2] / max(mean[2], 1.0)
         self.last_move, self._moving = move, None
@@ -398,6 +418,9 @@ class PositionRefiner:
         engine.move_positions(moved)
         if self.guard is not None:
             self.guard.moved(engine.iteration)
+        if self.cfg.search_every is not None:  # stuck positions (position_search.py)
+            from .position_search import maybe_search  # noqa: PLC0415 (imports this module)
+            maybe_search(self, engine)
 
     def _split_linear(self, raw: np.ndarray, ex: Any) -> tuple[np.ndarray, np.ndarray]:
         """``raw`` moves as each position's own part and the scan's linear part (2 x 2: the
@@ -414,6 +437,28 @@ class PositionRefiner:
             return raw, np.zeros((2, 2))
         linear = np.linalg.solve(xtx, xty)
         return raw - x @ linear, linear
+
+    def _valley_step(self, ex: Any) -> np.ndarray | None:
+        """The scan's linear part of the moves (2 x 2, as :meth:`_split_linear`'s) from the
+        valley's normal equations the engine's residuals gave (one allreduce), or None
+        when they are empty or singular."""
+        terms = ex.allreduce(self._valley.copy())
+        gram, num = valley_equations(terms)
+        scale = np.trace(gram) / 4.0
+        if not np.all(np.isfinite(terms)) or scale <= 0:
+            return None
+        step = np.linalg.solve(gram + VALLEY_DAMPING * scale * np.eye(4), num)
+        # moves = centred @ it; step[2a + b]: axis a moves per unit of axis b
+        return VALLEY_STEP * step.reshape(2, 2).T
+
+    def _limited(self, linear: np.ndarray, ex: Any) -> np.ndarray:
+        """``linear`` scaled down so that no position's share of it exceeds ``max_shift``
+        (the largest distance of an input from the scan's centre: one allreduce, once)."""
+        if self._radius is None:
+            local = np.hypot(*self._centred.T).max() if len(self._centred) else 0.0
+            self._radius = float(ex.allreduce(np.array([local]), op="max")[0])
+        largest = np.linalg.norm(linear, 2) * self._radius
+        return linear * min(1.0, self.cfg.max_shift / largest) if largest > 0 else linear
 
     def _within(self, dev: np.ndarray, ex: Any) -> np.ndarray:
         """Each position's distance ``dev`` from its input, within ``max_total`` (per axis) of

@@ -176,6 +176,48 @@ def gradient_sums(xp: Any, probes: Any, chi: Any, d_row: Any, d_col: Any) -> Any
     return xp.stack(terms, axis=1)
 
 
+def valley_terms(xp: Any, probes: Any, chi: Any, d_row: Any, d_col: Any) -> Any:
+    """Per position (B, 13) float64, in the arrays' memory, the terms of the scan's linear
+    mode along the object-position valley (:func:`valley_equations` assembles them):
+    ``−Σ w_b Re(conj(∂_aO) q)`` (index ``2a + b``), then ``Σ u_s v_t`` (index ``4 + 3s + t``)
+    with ``u`` = ``|∂_rO|² p``, ``Re(conj(∂_rO) ∂_cO) p``, ``|∂_cO|² p`` and ``v`` =
+    ``w_r²``, ``w_r w_c``, ``w_c²`` (``q = Σ_k conj(P_k) χ_k``, ``p = Σ_k |P_k|²``, ``w``
+    the frame coordinates about its centre). Shapes as :func:`gradient_sums`."""
+    m = chi.shape[-1]
+    q = (probes.conj() * chi).sum(axis=1)
+    power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+    w = xp.arange(m, dtype=power.dtype) - m / 2
+    weights = (w[:, None], w[None, :])
+    terms = [-((d.conj() * q).real * wb).sum(axis=(1, 2), dtype=np.float64)
+             for d in (d_row, d_col) for wb in weights]
+    for u in (d_row.real ** 2 + d_row.imag ** 2, (d_row.conj() * d_col).real,
+              d_col.real ** 2 + d_col.imag ** 2):
+        u = u * power
+        terms += [(u * v).sum(axis=(1, 2), dtype=np.float64)
+                  for v in (weights[0] ** 2, weights[0] * weights[1], weights[1] ** 2)]
+    return xp.stack(terms, axis=1)
+
+
+def valley_equations(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The normal equations ``G E = N`` (4 x 4, 4; index ``2a + b``: ``E_ab`` moves axis a
+    of every position by its distance from the scan's centre along axis b) of the scan's
+    linear mode along the object-position valley, from :func:`valley_terms` summed over
+    positions (13,). Moving every position by ``E`` times its distance from the centre
+    and warping the object by the same map leaves every window's translation as it was;
+    the data then see only the object's scale, rotation and shear within each frame,
+    ``∂ψ/∂E_ab = −P ∂_aO w_b``, whose Gauss-Newton step this is."""
+    num = np.asarray(terms[:4], np.float64)
+    s = np.asarray(terms[4:], np.float64).reshape(3, 3)  # (u: rr, rc, cc) x (v: rr, rc, cc)
+    pair = ((0, 1), (1, 2))  # u (or v) index of (a, c) = (0, 0), (0, 1) / (1, 0), (1, 1)
+    gram = np.empty((4, 4))
+    for a in (0, 1):
+        for b in (0, 1):
+            for c in (0, 1):
+                for e in (0, 1):
+                    gram[2 * a + b, 2 * c + e] = s[pair[a][c], pair[b][e]]
+    return gram, num
+
+
 class Operations:
     """The element-wise steps (implemented by a backend) and the per-position pipelines
     composed from them. ``probes`` and ``probe_of`` throughout: position j sees
@@ -342,6 +384,16 @@ class Operations:
         d_row, d_col = window_differences(xp, obj, win)
         return np.asarray(self.backend.asnumpy(gradient_sums(xp, probes, chi, d_row, d_col)),
                           np.float64)
+
+    def residual_valley_terms(self, probes: Any, probe_of: Any, chi: Any, obj: Any,
+                              win: Windows) -> np.ndarray:
+        """:func:`valley_terms` summed over the chunk (13,) float64 on the host, of a
+        residual ``chi`` an engine formed (as :meth:`residual_position_sums` takes it)."""
+        xp = self.backend.xp
+        probes = probes if probe_of is None else probes[xp.asarray(probe_of)]
+        d_row, d_col = window_differences(xp, obj, win)
+        terms = valley_terms(xp, probes, chi, d_row, d_col).sum(axis=0)
+        return np.asarray(self.backend.asnumpy(terms), np.float64)
 
     # ------------------------------------------------------------------ shared compositions
     def shifted_set(self, probe: Any, shifts: ProbeShifts | None) -> tuple[Any, Any]:

@@ -116,6 +116,97 @@ def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.nda
         out[j, 3] = den_c
 
 
+@jit(JIT_SUMS)
+def residual_valley_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.ndarray,
+                         obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                         out: np.ndarray) -> None:
+    """Per position (B, 13) float64, the terms of
+    :func:`ptychompi.ops.steps.valley_terms` (the differences as
+    :func:`residual_position_sums` takes them). Per row the pixels are summed in single
+    precision against the column weight, the rows in double against the row weight."""
+    b, kk, m0, m1 = chi.shape
+    h, w = obj.shape
+    half = np.float32(0.5)
+    q = np.empty(m1, np.complex64)
+    power = np.empty(m1, np.float32)
+    d_row = np.empty(m1, np.complex64)
+    d_col = np.empty(m1, np.complex64)
+    for j in range(b):
+        p, r0, c0 = probe_of[j], rows[j], cols[j]
+        n_rr = n_rc = n_cr = n_cc = 0.0
+        g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = 0.0
+        for y in range(m0):
+            r = r0 + y
+            up, down = min(r + 1, h - 1), max(r - 1, 0)
+            scale_r = half if up - down == 2 else np.float32(1.0)
+            for x in range(m1):
+                d_row[x] = (obj[up, c0 + x] - obj[down, c0 + x]) * scale_r
+                c = c0 + x
+                right, left = min(c + 1, w - 1), max(c - 1, 0)
+                d_col[x] = (obj[r, right] - obj[r, left]) * (half if right - left == 2
+                                                             else np.float32(1.0))
+            for x in range(m1):
+                pv = probes[p, 0, y, x]
+                q[x] = pv.conjugate() * chi[j, 0, y, x]
+                power[x] = pv.real * pv.real + pv.imag * pv.imag
+            for k in range(1, kk):
+                for x in range(m1):
+                    pv = probes[p, k, y, x]
+                    q[x] += pv.conjugate() * chi[j, k, y, x]
+                    power[x] += pv.real * pv.real + pv.imag * pv.imag
+            # per row: Σ t (weight 1) and Σ t w_c, for t_r, t_c and u_0..u_2 (w_c² too)
+            tr0 = tr1 = tc0 = tc1 = np.float32(0.0)
+            a0 = a1 = a2 = b0 = b1 = b2 = c0_ = c1_ = c2_ = np.float32(0.0)
+            for x in range(m1):
+                wc = np.float32(x - m1 / 2)
+                a, g, e = d_row[x], d_col[x], q[x]
+                tr = a.real * e.real + a.imag * e.imag
+                tc = g.real * e.real + g.imag * e.imag
+                tr0 += tr
+                tr1 += tr * wc
+                tc0 += tc
+                tc1 += tc * wc
+                u0 = (a.real * a.real + a.imag * a.imag) * power[x]
+                u1 = (a.real * g.real + a.imag * g.imag) * power[x]
+                u2 = (g.real * g.real + g.imag * g.imag) * power[x]
+                a0 += u0
+                a1 += u0 * wc
+                a2 += u0 * wc * wc
+                b0 += u1
+                b1 += u1 * wc
+                b2 += u1 * wc * wc
+                c0_ += u2
+                c1_ += u2 * wc
+                c2_ += u2 * wc * wc
+            wr = np.float64(y - m0 / 2)
+            n_rr -= tr0 * wr
+            n_rc -= tr1
+            n_cr -= tc0 * wr
+            n_cc -= tc1
+            g0 += a0 * wr * wr
+            g1 += a1 * wr
+            g2 += a2
+            g3 += b0 * wr * wr
+            g4 += b1 * wr
+            g5 += b2
+            g6 += c0_ * wr * wr
+            g7 += c1_ * wr
+            g8 += c2_
+        out[j, 0] = n_rr
+        out[j, 1] = n_rc
+        out[j, 2] = n_cr
+        out[j, 3] = n_cc
+        out[j, 4] = g0
+        out[j, 5] = g1
+        out[j, 6] = g2
+        out[j, 7] = g3
+        out[j, 8] = g4
+        out[j, 9] = g5
+        out[j, 10] = g6
+        out[j, 11] = g7
+        out[j, 12] = g8
+
+
 @jit(JIT)
 def between_bins(stack: np.ndarray, member: np.ndarray, rest: np.ndarray, g: int,
                  out: np.ndarray) -> None:
