@@ -56,11 +56,11 @@ def search_due(cfg: Any, iteration: int) -> bool:
 def frame_misfits(backend: Any, wave: Any, amplitude: Any) -> np.ndarray:
     """``Σ_valid (|Ψ_j| − A_j)²`` per position (host float64) of detector-plane waves
     (B, K, M, M) against amplitudes (B, M, M) or one frame's (M, M); masked pixels are < 0."""
-    xp = backend.xp
     model = model_amplitude(backend, wave)
-    diff = (model - xp.maximum(amplitude, 0)) * (amplitude >= 0)
-    diff = diff.astype(np.float64)
-    return np.asarray(backend.asnumpy((diff * diff).sum(axis=(1, 2))), np.float64)
+    diff = model - amplitude
+    diff *= amplitude >= 0
+    diff *= diff
+    return np.asarray(backend.asnumpy(diff.sum(axis=(1, 2), dtype=np.float64)), np.float64)
 
 
 def position_misfits(engine: Engine, probe_ft: Any = None) -> np.ndarray:
