@@ -23,7 +23,8 @@ from ptychompi.sim.position_runs import run_from
 SCAN = Case(grid=12, frame=64, diameter_px=20, object="photo")
 SMALL = Case(grid=8, frame=64, diameter_px=20, object="photo")
 ITERATIONS = 200
-# the scan's largest error is 4.6 px along one axis: max_total (4 px by default) would hold it
+# one error of this draw is 4.4 px along an axis (common shift removed): max_total (4 px by
+# default) would hold it
 SEARCH = {"enabled": True, "search_every": 10, "max_total": 6}
 
 
