@@ -8,7 +8,8 @@ the iteration number alone: nothing to keep in a checkpoint), after the position
 
 1. each of this rank's positions' amplitude misfit ``Σ_valid (|F(P_j·O_j)| − A_j)²`` at its
    current position (one forward propagation per position, the engine's own sub-pixel probes
-   and windows: :func:`position_misfits`);
+   and windows: :func:`position_misfits`; with LSQML, ``Σ|χ|²`` of the residuals it handed
+   over in that iteration, the same misfit up to the transform's scale: no pass);
 2. the candidates: positions whose misfit exceeds ``FACTOR`` times the median misfit of the
    whole scan (the misfits of all ranks gathered: n numbers; every rank, and one rank,
    decides alike);
@@ -113,7 +114,9 @@ def search(refiner: PositionRefiner, engine: Engine) -> np.ndarray | None:
     model = engine.refined_by()
     current = np.asarray(engine.data.positions, np.float64).reshape(-1, 2)
     probe_ft = model.backend.fft2(model.probe) if model.use_subpixel else None
-    mine = position_misfits(model, probe_ft)
+    mine = refiner.residual_misfits(engine.iteration)
+    if ex.allreduce(np.array([float(mine is None)]))[0] > 0:  # a pass where any rank lacks them
+        mine = position_misfits(model, probe_ft)
     every = ex.allgather(mine)
     median = float(np.median(every)) if len(every) else 0.0
     candidates = np.flatnonzero(mine > FACTOR * median)

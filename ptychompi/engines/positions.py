@@ -239,6 +239,10 @@ class PositionRefiner:
         # with affine: the normal equations of the scan's linear mode along the valley
         # (:func:`ptychompi.ops.steps.valley_terms`) from the same residuals, summed
         self._valley = np.zeros(13)
+        # with the position search due: each position's Σ|χ|² (its misfit, up to the
+        # transform's scale) and the iteration it was collected in
+        self._power = np.zeros(len(self.initial))
+        self._power_iteration = -1
         self._seen = np.zeros(len(self.initial), bool)
         self._armed: Engine | None = None
         self._called = False  # whether the armed engine handed over residuals
@@ -311,22 +315,45 @@ class PositionRefiner:
         = (probes, probe_of, windows, χ) of ``members[t * size:(t + 1) * size]``, χ against
         ``engine.object`` as it stands (the batch's object, before its step). Called for every
         batch on every rank, also with no members."""
-        ops, obj = engine.backend.ops, engine.object
+        ops, obj, xp = engine.backend.ops, engine.object, engine.backend.xp
         self._called = True
         valley = self.cfg.affine
+        power = self._search_due(engine.iteration)
 
-        def part(_: int, sl: slice) -> tuple[np.ndarray, np.ndarray | None]:
+        def part(_: int, sl: slice) -> tuple[np.ndarray, np.ndarray | None, Any]:
             probes, probe_of, win, chi = chunks[sl.start // size]
             sums = ops.residual_position_sums(probes, probe_of, chi, obj, win)
             extra = ops.residual_valley_terms(probes, probe_of, chi, obj, win) if valley else None
-            return sums, extra
+            misfit = (xp.abs(chi) ** 2).sum(axis=(1, 2, 3), dtype=np.float64) if power else None
+            return sums, extra, misfit
 
+        if power and self._power_iteration != engine.iteration:
+            self._power[:] = np.nan
+            self._power_iteration = engine.iteration
         if len(members):
             parts = engine.map_chunks(part, len(members), size)
             self._sums[members] = np.concatenate([p[0] for p in parts])
             self._seen[members] = True
             if valley:
                 self._valley += np.sum([p[1] for p in parts], axis=0)
+            if power:
+                self._power[members] = np.concatenate(
+                    [np.asarray(engine.backend.asnumpy(p[2]), np.float64) for p in parts])
+
+    def _search_due(self, iteration: int) -> bool:
+        """Whether the position search runs after this iteration's update."""
+        if self.cfg.search_every is None:
+            return False
+        from .position_search import search_due  # noqa: PLC0415 (imports this module)
+        return search_due(self.cfg, iteration)
+
+    def residual_misfits(self, iteration: int) -> np.ndarray | None:
+        """Each position's ``Σ|χ|²`` from the residuals the engine handed over in
+        ``iteration`` (the search's candidates need no pass of their own), or None when
+        they were not collected for every position."""
+        if self._power_iteration != iteration or not np.all(np.isfinite(self._power)):
+            return None
+        return self._power.copy()
 
     def collect_sums(self, members: np.ndarray, sums: np.ndarray) -> None:
         """Per-position sums (B, 4: as :meth:`collect` forms them) an engine computed itself
