@@ -125,9 +125,11 @@ class PositionCorrectionConfig:
                            low=0.0, high=64.0)
     affine: bool = opt(False, "fit scale, rotation, shear and offset over all positions each "
                        "update; positions = the fitted transform of the input + a residual, "
-                       "and the moves' scan-wide linear part steps as one (faster on stage "
-                       "scale/shear errors and on the linear share of random errors; weakly "
-                       "determined with strongly focused beams)")
+                       "and the moves' scan-wide linear part steps as one (LSQML, DM: a "
+                       "Gauss-Newton step along the object-position valley; ePIE: the moves' "
+                       "fit) (for stage scale/rotation/shear errors and the linear share of "
+                       "random errors; weakly determined with strongly focused beams and at "
+                       "low dose)")
     max_residual: float | None = opt(None, "affine: largest residual from the fitted "
                                      "transform, px per axis (null = max_total)", low=0.0)
     subpixel_bins: int | None = opt(None, "algorithm.subpixel_bins while positions are "
@@ -147,7 +149,7 @@ class PositionCorrectionConfig:
                                     "positions: an ambiguity the moves' removed mean leaves "
                                     "free); null = every engine but ePIE (placed exactly, it "
                                     "ends closer to the truth with the probe left free)")
-    search_every: int | None = opt(None, "iterations between searches for stuck positions: "
+    search_every: int | None = opt(10, "iterations between searches for stuck positions: "
                                    "a position whose data misfit exceeds 2 x the scan's "
                                    "median tries every whole-pixel offset within "
                                    "search_radius and moves to the best one when it fits "
