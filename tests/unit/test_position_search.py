@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from resume_check import assert_resumed_equals_whole
 
 import ptychompi.app.api as api
 from ptychompi.app.api import Reconstruction
-from ptychompi.app.checkpoint import resume, write_checkpoint
 from ptychompi.backends import Backend, select_backend
 from ptychompi.engines.position_search import offsets, search, search_due
 from ptychompi.sim.matrix import Case, make_scan
@@ -97,19 +97,9 @@ def test_resumed_before_a_search_equals_the_whole_run(tmp_path: Path) -> None:
     cfg = {"algorithm": {"name": "lsqml", "iterations": 11, "seed": 0, "position_correction": {
         "enabled": True, "start": 8, "settle": None, "search_every": 10}},
            "parallel": {"device": "cpu"}, "output": {"directory": str(tmp_path)}}
-    with Reconstruction(cfg, scan=scan) as whole:
-        whole.run()
-        expected = (whole.object, whole.probe, whole.refined_positions())
-    with Reconstruction(cfg, scan=scan) as first:
-        first.step(8)  # the search runs after iteration 8's update
-        write_checkpoint(first, tmp_path)
-    with Reconstruction(cfg, scan=scan) as again:
-        assert resume(again, tmp_path) == 8
-        again.run()
-        np.testing.assert_array_equal(again.object, expected[0])
-        np.testing.assert_array_equal(again.probe, expected[1])
-        np.testing.assert_array_equal(again.refined_positions(), expected[2])
-    d = expected[2] - sim.positions_px
+    # the search runs after iteration 8's update
+    refined = assert_resumed_equals_whole(cfg, scan, tmp_path, 8)
+    d = refined - sim.positions_px
     d -= np.median(d, axis=0)
     assert max(np.hypot(*d[g]) for g in planted) < 1.5
 

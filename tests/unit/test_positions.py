@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from resume_check import assert_resumed_equals_whole
 
 import ptychompi.app.api as api
 from ptychompi.app.api import Reconstruction
@@ -345,19 +346,8 @@ def test_lsqml_resume_with_updates_from_its_residuals(sim, tmp_path: Path) -> No
                          "position_correction": {"enabled": True, "affine": True,
                                                  "settle": None}},
            "parallel": {"device": "cpu"}, "output": {"directory": str(tmp_path)}}
-    with Reconstruction(cfg, scan=scan) as whole:
-        whole.run()
-        expected = (whole.object, whole.probe, whole.refined_positions())
-    with Reconstruction(cfg, scan=scan) as first:
-        first.step(4)
-        write_checkpoint(first, tmp_path)
-    with Reconstruction(cfg, scan=scan) as again:
-        assert resume(again, tmp_path) == 4
-        again.run()
-        np.testing.assert_array_equal(again.object, expected[0])
-        np.testing.assert_array_equal(again.probe, expected[1])
-        np.testing.assert_array_equal(again.refined_positions(), expected[2])
-    assert rms_error(expected[2], given) > 0.05  # moved after every iteration from 1 on
+    refined = assert_resumed_equals_whole(cfg, scan, tmp_path, 4)
+    assert rms_error(refined, given) > 0.05  # moved after every iteration from 1 on
 
 
 def test_result_checkpoint_and_exports(sim, tmp_path: Path) -> None:

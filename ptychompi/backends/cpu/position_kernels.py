@@ -51,6 +51,41 @@ def position_sums(probes: np.ndarray, probe_of: np.ndarray, back: np.ndarray, ps
 
 
 @jit(JIT_SUMS)
+def window_row(probes: np.ndarray, p: int, chi: np.ndarray, j: int, obj: np.ndarray, r: int,
+               c0: int, y: int, d_row: np.ndarray, d_col: np.ndarray, q: np.ndarray,
+               power: np.ndarray) -> None:
+    """Row ``y`` of position j's window (object row ``r``, first column ``c0``): the
+    object's central differences ``d_row``, ``d_col`` (one-sided at its edges, as
+    :func:`ptychompi.ops.steps.central_differences`), ``q = Σ_k conj(P_k) χ_k`` and
+    ``power = Σ_k |P_k|²`` (``probes[p]``, ``chi[j]``), each (M,)."""
+    kk, m1 = chi.shape[1], chi.shape[3]
+    h, w = obj.shape
+    half = np.float32(0.5)
+    up, down = min(r + 1, h - 1), max(r - 1, 0)
+    scale_r = half if up - down == 2 else np.float32(1.0)
+    for x in range(m1):
+        d_row[x] = (obj[up, c0 + x] - obj[down, c0 + x]) * scale_r
+    if c0 > 0 and c0 + m1 < w:  # no column of the window at the object's edge
+        for x in range(m1):
+            d_col[x] = (obj[r, c0 + x + 1] - obj[r, c0 + x - 1]) * half
+    else:
+        for x in range(m1):
+            c = c0 + x
+            right, left = min(c + 1, w - 1), max(c - 1, 0)
+            d_col[x] = (obj[r, right] - obj[r, left]) * (half if right - left == 2
+                                                         else np.float32(1.0))
+    for x in range(m1):
+        pv = probes[p, 0, y, x]
+        q[x] = pv.conjugate() * chi[j, 0, y, x]
+        power[x] = pv.real * pv.real + pv.imag * pv.imag
+    for k in range(1, kk):
+        for x in range(m1):
+            pv = probes[p, k, y, x]
+            q[x] += pv.conjugate() * chi[j, k, y, x]
+            power[x] += pv.real * pv.real + pv.imag * pv.imag
+
+
+@jit(JIT_SUMS)
 def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.ndarray,
                            obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                            out: np.ndarray) -> None:
@@ -60,8 +95,6 @@ def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.nda
     enter as ``q = Σ_k conj(P_k) χ_k`` and ``Σ_k |P_k|²`` (then ``Re(conj(∂O) q)`` and
     ``|∂O|² Σ_k |P_k|²``); each row is summed in single precision, the rows in double."""
     b, kk, m0, m1 = chi.shape
-    h, w = obj.shape
-    half = np.float32(0.5)
     q = np.empty(m1, np.complex64)
     power = np.empty(m1, np.float32)
     d_row = np.empty(m1, np.complex64)
@@ -73,29 +106,7 @@ def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.nda
         num_c = 0.0
         den_c = 0.0
         for y in range(m0):
-            r = r0 + y
-            up, down = min(r + 1, h - 1), max(r - 1, 0)
-            scale_r = half if up - down == 2 else np.float32(1.0)
-            for x in range(m1):
-                d_row[x] = (obj[up, c0 + x] - obj[down, c0 + x]) * scale_r
-            if c0 > 0 and c0 + m1 < w:  # no column of the window at the object's edge
-                for x in range(m1):
-                    d_col[x] = (obj[r, c0 + x + 1] - obj[r, c0 + x - 1]) * half
-            else:
-                for x in range(m1):
-                    c = c0 + x
-                    right, left = min(c + 1, w - 1), max(c - 1, 0)
-                    d_col[x] = (obj[r, right] - obj[r, left]) * (half if right - left == 2
-                                                                 else np.float32(1.0))
-            for x in range(m1):
-                pv = probes[p, 0, y, x]
-                q[x] = pv.conjugate() * chi[j, 0, y, x]
-                power[x] = pv.real * pv.real + pv.imag * pv.imag
-            for k in range(1, kk):
-                for x in range(m1):
-                    pv = probes[p, k, y, x]
-                    q[x] += pv.conjugate() * chi[j, k, y, x]
-                    power[x] += pv.real * pv.real + pv.imag * pv.imag
+            window_row(probes, p, chi, j, obj, r0 + y, c0, y, d_row, d_col, q, power)
             nr = np.float32(0.0)
             dr = np.float32(0.0)
             nc = np.float32(0.0)
@@ -125,8 +136,6 @@ def residual_valley_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.ndarr
     :func:`residual_position_sums` takes them). Per row the pixels are summed in single
     precision against the column weight, the rows in double against the row weight."""
     b, kk, m0, m1 = chi.shape
-    h, w = obj.shape
-    half = np.float32(0.5)
     q = np.empty(m1, np.complex64)
     power = np.empty(m1, np.float32)
     d_row = np.empty(m1, np.complex64)
@@ -136,24 +145,7 @@ def residual_valley_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.ndarr
         n_rr = n_rc = n_cr = n_cc = 0.0
         g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = 0.0
         for y in range(m0):
-            r = r0 + y
-            up, down = min(r + 1, h - 1), max(r - 1, 0)
-            scale_r = half if up - down == 2 else np.float32(1.0)
-            for x in range(m1):
-                d_row[x] = (obj[up, c0 + x] - obj[down, c0 + x]) * scale_r
-                c = c0 + x
-                right, left = min(c + 1, w - 1), max(c - 1, 0)
-                d_col[x] = (obj[r, right] - obj[r, left]) * (half if right - left == 2
-                                                             else np.float32(1.0))
-            for x in range(m1):
-                pv = probes[p, 0, y, x]
-                q[x] = pv.conjugate() * chi[j, 0, y, x]
-                power[x] = pv.real * pv.real + pv.imag * pv.imag
-            for k in range(1, kk):
-                for x in range(m1):
-                    pv = probes[p, k, y, x]
-                    q[x] += pv.conjugate() * chi[j, k, y, x]
-                    power[x] += pv.real * pv.real + pv.imag * pv.imag
+            window_row(probes, p, chi, j, obj, r0 + y, c0, y, d_row, d_col, q, power)
             # per row: Σ t (weight 1) and Σ t w_c, for t_r, t_c and u_0..u_2 (w_c² too)
             tr0 = tr1 = tc0 = tc1 = np.float32(0.0)
             a0 = a1 = a2 = b0 = b1 = b2 = c0_ = c1_ = c2_ = np.float32(0.0)
