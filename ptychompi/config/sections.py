@@ -125,11 +125,11 @@ class PositionCorrectionConfig:
                            low=0.0, high=64.0)
     affine: bool = opt(False, "fit scale, rotation, shear and offset over all positions each "
                        "update; positions = the fitted transform of the input + a residual, "
-                       "and the moves' scan-wide linear part steps as one (LSQML, DM: a "
-                       "Gauss-Newton step along the object-position valley; ePIE: the moves' "
-                       "fit) (for stage scale/rotation/shear errors and the linear share of "
-                       "random errors; weakly determined with strongly focused beams and at "
-                       "low dose)")
+                       "and (ePIE; LSQML and DM with a curved beam) the moves' scan-wide "
+                       "linear part steps as one by their fit (LSQML and DM with a flat beam "
+                       "step it along the object-position valley also without affine) (for "
+                       "stage scale/rotation/shear errors; weakly determined with strongly "
+                       "focused beams and at low dose)")
     max_residual: float | None = opt(None, "affine: largest residual from the fitted "
                                      "transform, px per axis (null = max_total)", low=0.0)
     subpixel_bins: int | None = opt(None, "algorithm.subpixel_bins while positions are "

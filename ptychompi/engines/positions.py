@@ -86,6 +86,11 @@ DRIFT_PX = 1  # the positions' common offset may leave their inputs by this much
 # the positions, follows within a few iterations instead of the misfit jumping
 VALLEY_STEP = 0.5
 VALLEY_DAMPING = 1e-6  # the valley's normal equations' Tikhonov term, of their mean diagonal
+# a probe with at least this phase curvature (waves at its RMS radius; a pinhole's Fresnel
+# fringes a few hundredths, a defocused zone plate's beam a good part of one) trades the
+# scan's scale and shear against its own defocus and astigmatism: the valley's step follows
+# that trade, so the linear part is left to the moves (with affine: their fit)
+VALLEY_CURVED = 0.25
 SETTLED_PX = 0.01  # moves' RMS per update below which the positions count as settled (moving)
 
 
@@ -153,6 +158,29 @@ def probe_centroid(backend: Any, probe: Any) -> np.ndarray:
     rows, cols = power.sum(axis=1), power.sum(axis=0)
     return np.array([float((rows * xp.arange(len(rows))).sum()),
                      float((cols * xp.arange(len(cols))).sum()), float(rows.sum())])
+
+
+def probe_curvature_waves(backend: Any, probe: Any) -> float:
+    """The probe's quadratic phase at its RMS radius, in waves (signed): its first mode's
+    phase gradient fitted, weighted by intensity, as ``2 b r`` plus a tilt about its
+    intensity centroid; ``b r²/(2π)`` at the intensity-weighted ``r²``."""
+    p = np.asarray(backend.asnumpy(probe[0]), np.complex128)
+    power = np.abs(p) ** 2
+    total = power.sum()
+    if not np.isfinite(total) or total <= 0:
+        return 0.0
+    y, x = np.mgrid[:p.shape[0], :p.shape[1]].astype(np.float64)
+    y -= (power * y).sum() / total
+    x -= (power * x).sum() / total
+    weight = np.sqrt(power).ravel()
+    design, target = [], []
+    for g, coord, tilt in zip(np.gradient(p), (y, x), ((1.0, 0.0), (0.0, 1.0)), strict=True):
+        flux = np.imag(np.conj(p) * g).ravel()  # |P|² ∇φ
+        design.append(np.stack([2 * coord.ravel(), np.full(p.size, tilt[0]),
+                                np.full(p.size, tilt[1])], -1) * weight[:, None])
+        target.append(np.where(weight > 0, flux / np.maximum(weight, 1e-300), 0.0))
+    b = np.linalg.lstsq(np.concatenate(design), np.concatenate(target), rcond=None)[0][0]
+    return float(b * (power * (y * y + x * x)).sum() / total / (2 * np.pi))
 
 
 def shifted_probe(backend: Any, probe: Any, shift: np.ndarray) -> Any:
@@ -317,7 +345,7 @@ class PositionRefiner:
         batch on every rank, also with no members."""
         ops, obj, xp = engine.backend.ops, engine.object, engine.backend.xp
         self._called = True
-        valley = self.cfg.affine
+        valley = True  # LSQML's residuals: the linear part's valley step (_valley_step)
         power = self._search_due(engine.iteration)
 
         def part(_: int, sl: slice) -> tuple[np.ndarray, np.ndarray | None, Any]:
@@ -409,8 +437,9 @@ class PositionRefiner:
         sums = ex.allreduce(np.array([*den.sum(axis=0), float(n)]))
         damping = DAMPING * sums[:2] / max(sums[2], 1.0)
         raw = num / (den + damping + 1e-30)
-        own, linear = self._split_linear(raw, ex) if c.affine else (raw, None)
-        valley = self._valley_step(ex) if c.affine and collected is not None else None
+        valley = self._valley_step(ex, engine) if collected is not None else None
+        own, linear = (self._split_linear(raw, ex) if c.affine or valley is not None
+                       else (raw, None))
         if c.adaptive_step:  # per position and axis: a reversal cuts its step
             factors = GAINS_EACH if collected is not None else GAINS_PASS
             self.gain = adapted_gain(self.gain, own, self.velocity, factors)
@@ -465,14 +494,18 @@ class PositionRefiner:
         linear = np.linalg.solve(xtx, xty)
         return raw - x @ linear, linear
 
-    def _valley_step(self, ex: Any) -> np.ndarray | None:
+    def _valley_step(self, ex: Any, engine: Engine) -> np.ndarray | None:
         """The scan's linear part of the moves (2 x 2, as :meth:`_split_linear`'s) from the
-        valley's normal equations the engine's residuals gave (one allreduce), or None
-        when they are empty or singular."""
-        terms = ex.allreduce(self._valley.copy())
-        gram, num = valley_equations(terms)
+        valley's normal equations the engine's residuals gave (one allreduce, with the
+        probe's curvature: every rank decides alike), or None when they are empty or
+        singular, or when the probe is curved (``VALLEY_CURVED``)."""
+        curvature = probe_curvature_waves(engine.backend, engine.probe)
+        terms = ex.allreduce(np.concatenate([self._valley, [curvature, 1.0]]))
+        gram, num = valley_equations(terms[:13])
         scale = np.trace(gram) / 4.0
         if not np.all(np.isfinite(terms)) or scale <= 0:
+            return None
+        if abs(terms[13] / terms[14]) >= VALLEY_CURVED:
             return None
         step = np.linalg.solve(gram + VALLEY_DAMPING * scale * np.eye(4), num)
         # moves = centred @ it; step[2a + b]: axis a moves per unit of axis b

@@ -3,12 +3,13 @@
 The refinement's rules were tuned on test_positions' 8×8 texture scan (70 % overlap, 1e7
 photons). Here the robustness generator's own settings: a photograph with sharp edges, a
 Fresnel-fringed pinhole beam, 62 % overlap, 1e6 photons, a jittered 12×12 raster, and 1 px
-RMS random errors, or those plus the issue's stage error (2 % scale, 1° rotation). With
-``affine`` the scan-wide linear part of the moves steps as one
-(:meth:`PositionRefiner._split_linear`): the per-position gains alone cut it with the noise,
-and it converged slowly; LSQML steps it along the object-position valley
-(:func:`ptychompi.ops.steps.valley_equations`): moved alone, against an object that has
-absorbed the error, the positions' linear part converged over hundreds of iterations.
+RMS random errors, the issue's stage error (2 % scale, 1° rotation), or both. The scan-wide
+linear part of the moves steps as one (:meth:`PositionRefiner._split_linear`): the
+per-position gains alone cut it with the noise, and it converged slowly. LSQML steps it along
+the object-position valley (:func:`ptychompi.ops.steps.valley_equations`; by default, with a
+flat beam): moved alone, against an object that has absorbed the error, the positions'
+linear part converged over hundreds of iterations. ePIE steps it by the moves' fit, with
+``affine``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ import numpy as np
 import pytest
 
 from ptychompi.config import PositionCorrectionConfig
-from ptychompi.engines.positions import PositionRefiner, make_refiner
+from ptychompi.engines.positions import (
+    VALLEY_CURVED,
+    PositionRefiner,
+    make_refiner,
+    probe_curvature_waves,
+)
 from ptychompi.model.physics import Windows
 from ptychompi.ops.cpu_ops import CpuOps
 from ptychompi.ops.steps import valley_equations, valley_terms, window_differences
 from ptychompi.parallel.serial_exchange import SerialExchange
-from ptychompi.sim.matrix import Case, make_scan
+from ptychompi.sim.matrix import Case, make_matrix_probe, make_scan, mirrored
 from ptychompi.sim.position_errors import perturb, rms_error
 from ptychompi.sim.position_runs import run_from
 
@@ -52,15 +58,18 @@ def true_positions_error(photo, engine: str) -> float:
     return _TRUE[engine]
 
 
-@pytest.mark.parametrize(("engine", "kind"), [("lsqml", "random"), ("epie", "random"),
-                                              ("lsqml", "both")])
-def test_refinement_recovers_errors_on_an_untuned_scan(photo, engine: str, kind: str) -> None:
+@pytest.mark.parametrize(("engine", "kind", "affine"), [
+    ("lsqml", "random", True), ("epie", "random", True), ("lsqml", "both", True),
+    ("lsqml", "affine", False)])  # the last with the defaults: LSQML's valley step alone
+def test_refinement_recovers_errors_on_an_untuned_scan(photo, engine: str, kind: str,
+                                                       affine: bool) -> None:
     given = perturb(photo.positions_px, kind, np.random.default_rng(7), rms_px=1.0)
     best = true_positions_error(photo, engine)
-    refined, rms = reconstruct(photo, given, engine, {"enabled": True, "affine": True})
+    refined, rms = reconstruct(photo, given, engine, {"enabled": True, "affine": affine})
     start = rms_error(given, photo.positions_px)
-    print(f"\n[untuned positions] {engine} {kind}: position RMS {start:.3f} -> {rms:.3f} px; "
-          f"object error true {best:.4f}, refined {refined:.4f} ({refined / best:.2f}x)")
+    print(f"\n[untuned positions] {engine} {kind} affine={affine}: position RMS {start:.3f} -> "
+          f"{rms:.3f} px; object error true {best:.4f}, refined {refined:.4f} "
+          f"({refined / best:.2f}x)")
     assert rms <= start / POSITION_DROP
     assert refined <= OBJECT_RATIO * best
 
@@ -107,3 +116,20 @@ def test_valley_terms_are_the_exit_wave_derivatives() -> None:
         g, n = valley_equations(terms)
         np.testing.assert_allclose(g, gram, rtol=1e-5)
         np.testing.assert_allclose(n, num, rtol=1e-5, atol=1e-5 * np.abs(num).max())
+
+
+def test_probe_curvature_separates_flat_and_curved_beams() -> None:
+    """The valley's gate: a pinhole's Fresnel fringes and a Gaussian beam pass, a defocused
+    zone plate's beam (either side of the focus: the sign flips) does not."""
+    class Host:  # a backend's asnumpy: the host arrays pass through
+        @staticmethod
+        def asnumpy(a: np.ndarray) -> np.ndarray:
+            return a
+
+    waves = {kind: probe_curvature_waves(Host, make_matrix_probe(kind, 64, 20.0))
+             for kind in ("pinhole", "gaussian", "focused")}
+    assert abs(waves["pinhole"]) < VALLEY_CURVED / 4
+    assert abs(waves["gaussian"]) < VALLEY_CURVED
+    assert abs(waves["focused"]) > 2 * VALLEY_CURVED
+    flipped = probe_curvature_waves(Host, mirrored(make_matrix_probe("focused", 64, 20.0)))
+    assert flipped == pytest.approx(-waves["focused"], rel=0.05)
