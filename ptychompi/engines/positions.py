@@ -18,9 +18,16 @@ ptychography, taken up by the object). With ``affine`` the moves' linear part ov
 (scale, rotation, shear: the moves ≈ the centred input positions times a 2 x 2 matrix, one
 small allreduce) is taken out before the per-position gains, and moves as one with its own
 momentum: the adaptive gains cut each position's noisy move, and with it the small, coherent
-share of a scan-wide distortion, which then converges slowly. Without ``affine`` it is left
-to the per-position moves: on a strongly curved (focused) beam the scan's linear part is
-weakly determined and drifts from true positions when it moves as one. With ``affine`` the
+share of a scan-wide distortion, which then converges slowly. From an engine's residuals
+(LSQML, DM's LSQML refinement) that part moves instead, with or without ``affine``, by the
+Gauss-Newton step along the object-position valley (:meth:`PositionRefiner._valley_step`,
+:func:`ptychompi.ops.steps.valley_equations`): positions and object moved together by the
+same linear map change only the object's scale, rotation and shear within each frame, which
+the data see directly, while the positions moved alone are held by an object that has
+absorbed the distortion. A curved probe (:data:`VALLEY_CURVED`) trades that scale against
+its defocus, and there the part is left to the moves: without ``affine`` to the
+per-position moves (on a strongly curved, focused beam the scan's linear part is weakly
+determined and drifts from true positions when it moves as one). With ``affine`` the
 positions are then fitted by one global transform of the input positions (scale, rotation,
 shear, offset: 6 parameters whose normal equations are one small allreduce) and become that
 transform plus a residual limited to ``max_residual``. Every position stays within
@@ -264,8 +271,8 @@ class PositionRefiner:
         self.gain = np.ones_like(self.initial)  # each position's step factor per axis
         # sums an engine handed over during a due iteration (:meth:`collect`), per position
         self._sums = np.zeros((len(self.initial), 4))
-        # with affine: the normal equations of the scan's linear mode along the valley
-        # (:func:`ptychompi.ops.steps.valley_terms`) from the same residuals, summed
+        # the normal equations' terms of the scan's linear mode along the object-position
+        # valley (:func:`ptychompi.ops.steps.valley_terms`) from the same residuals, summed
         self._valley = np.zeros(13)
         # with the position search due: each position's Σ|χ|² (its misfit, up to the
         # transform's scale) and the iteration it was collected in
