@@ -352,13 +352,12 @@ class PositionRefiner:
         batch on every rank, also with no members."""
         ops, obj, xp = engine.backend.ops, engine.object, engine.backend.xp
         self._called = True
-        valley = True  # LSQML's residuals: the linear part's valley step (_valley_step)
         power = self._search_due(engine.iteration)
 
-        def part(_: int, sl: slice) -> tuple[np.ndarray, np.ndarray | None, Any]:
+        def part(_: int, sl: slice) -> tuple[np.ndarray, np.ndarray, Any]:
             probes, probe_of, win, chi = chunks[sl.start // size]
             sums = ops.residual_position_sums(probes, probe_of, chi, obj, win)
-            extra = ops.residual_valley_terms(probes, probe_of, chi, obj, win) if valley else None
+            extra = ops.residual_valley_terms(probes, probe_of, chi, obj, win)
             misfit = (xp.abs(chi) ** 2).sum(axis=(1, 2, 3), dtype=np.float64) if power else None
             return sums, extra, misfit
 
@@ -369,8 +368,7 @@ class PositionRefiner:
             parts = engine.map_chunks(part, len(members), size)
             self._sums[members] = np.concatenate([p[0] for p in parts])
             self._seen[members] = True
-            if valley:
-                self._valley += np.sum([p[1] for p in parts], axis=0)
+            self._valley += np.sum([p[1] for p in parts], axis=0)
             if power:
                 self._power[members] = np.concatenate(
                     [np.asarray(engine.backend.asnumpy(p[2]), np.float64) for p in parts])
@@ -441,10 +439,15 @@ class PositionRefiner:
         collected = self._collected()
         num, den = collected if collected is not None else self.misfit_terms(engine)
         n = len(current)
-        sums = ex.allreduce(np.array([*den.sum(axis=0), float(n)]))
+        # one collective: the denominators' sums, and from residuals the valley's terms with
+        # the probe's curvature (every rank decides alike)
+        curvature = (probe_curvature_waves(engine.backend, engine.probe)
+                     if collected is not None else 0.0)
+        sums = ex.allreduce(np.array([*den.sum(axis=0), float(n), *self._valley, curvature,
+                                      1.0]))
         damping = DAMPING * sums[:2] / max(sums[2], 1.0)
         raw = num / (den + damping + 1e-30)
-        valley = self._valley_step(ex, engine) if collected is not None else None
+        valley = self._valley_step(sums[3:]) if collected is not None else None
         own, linear = (self._split_linear(raw, ex) if c.affine or valley is not None
                        else (raw, None))
         if c.adaptive_step:  # per position and axis: a reversal cuts its step
@@ -501,13 +504,12 @@ class PositionRefiner:
         linear = np.linalg.solve(xtx, xty)
         return raw - x @ linear, linear
 
-    def _valley_step(self, ex: Any, engine: Engine) -> np.ndarray | None:
+    @staticmethod
+    def _valley_step(terms: np.ndarray) -> np.ndarray | None:
         """The scan's linear part of the moves (2 x 2, as :meth:`_split_linear`'s) from the
-        valley's normal equations the engine's residuals gave (one allreduce, with the
-        probe's curvature: every rank decides alike), or None when they are empty or
-        singular, or when the probe is curved (``VALLEY_CURVED``)."""
-        curvature = probe_curvature_waves(engine.backend, engine.probe)
-        terms = ex.allreduce(np.concatenate([self._valley, [curvature, 1.0]]))
+        valley's terms summed over all ranks (13), then the probe's curvature and a 1 summed
+        alike; None when the equations are empty or singular, or when the probe is curved
+        (``VALLEY_CURVED``, the ranks' mean)."""
         gram, num = valley_equations(terms[:13])
         scale = np.trace(gram) / 4.0
         if not np.all(np.isfinite(terms)) or scale <= 0:
