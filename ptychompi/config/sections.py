@@ -125,9 +125,9 @@ class PositionCorrectionConfig:
                            low=0.0, high=64.0)
     affine: bool = opt(False, "fit scale, rotation, shear and offset over all positions each "
                        "update; positions = the fitted transform of the input + a residual, "
-                       "and (ePIE; LSQML and DM with a curved beam) the moves' scan-wide "
-                       "linear part steps as one by their fit (LSQML and DM with a flat beam "
-                       "step it along the object-position valley also without affine) (for "
+                       "and the moves' scan-wide linear part steps as one also with a curved "
+                       "beam (with a flat beam it does so without affine: by the moves' fit "
+                       "in ePIE, along the object-position valley in LSQML and DM) (for "
                        "stage scale/rotation/shear errors; weakly determined with strongly "
                        "focused beams and at low dose)")
     max_residual: float | None = opt(None, "affine: largest residual from the fitted "

@@ -1,33 +1,34 @@
 """Position refinement for every engine (issue 18; Odstrčil, Menzel & Guizar-Sicairos 2018).
 
 Every ``update_every`` iterations from ``start`` on, an engine-independent pass over this
-rank's positions forms each exit wave ``ψ_j = P_j·O_j`` (the sub-pixel-shifted probe, as the
-engines form it), propagates it, applies the measured modulus and propagates back to the
-corrected wave ``ψ'_j``. A small move ``δ`` of position j changes the exit wave by
+rank's positions forms each exit wave ``ψ_j = P_j·O_j`` (the sub-pixel-shifted probe, as
+the engines form it), propagates it, applies the measured modulus and propagates back to
+the corrected wave ``ψ'_j``. A small move ``δ`` of position j changes the exit wave by
 ``δ·P_j ∂O_j``, so the least-squares move along each axis is
 
     δ = Σ Re(conj(P_j ∂O_j) (ψ'_j − ψ_j)) / (Σ |P_j ∂O_j|² + λ),
 
 with central differences for ∂O and λ a small fraction of the scan's mean denominator. The
-moves are scaled by ``step``; while a position's move points the way its previous one did, a
-``momentum`` fraction of that one is added (the object adapts to the wrong positions, so
-each least-squares move falls short, consistently; a reversal drops the memory, as Pty-Chi's
-and Tike's accelerated position updates do). Moves are limited to ``max_shift`` per update
-and their global mean is removed (a common shift of all positions is an ambiguity of
-ptychography, taken up by the object). With ``affine`` the moves' linear part over the scan
-(scale, rotation, shear: the moves ≈ the centred input positions times a 2 x 2 matrix, one
-small allreduce) is taken out before the per-position gains, and moves as one with its own
-momentum: the adaptive gains cut each position's noisy move, and with it the small, coherent
-share of a scan-wide distortion, which then converges slowly. From an engine's residuals
-(LSQML, DM's LSQML refinement) that part moves instead, with or without ``affine``, by the
-Gauss-Newton step along the object-position valley (:meth:`PositionRefiner._valley_step`,
-:func:`ptychompi.ops.steps.valley_equations`): positions and object moved together by the
-same linear map change only the object's scale, rotation and shear within each frame, which
-the data see directly, while the positions moved alone are held by an object that has
-absorbed the distortion. A curved probe (:data:`VALLEY_CURVED`) trades that scale against
-its defocus, and there the part is left to the moves: without ``affine`` to the
-per-position moves (on a strongly curved, focused beam the scan's linear part is weakly
-determined and drifts from true positions when it moves as one). With ``affine`` the
+moves are scaled by ``step``; while a position's move points the way its previous one did,
+a ``momentum`` fraction of that one is added (the object adapts to the wrong positions, so
+each least-squares move falls short, consistently; a reversal drops the memory, as
+Pty-Chi's and Tike's accelerated position updates do). Moves are limited to ``max_shift``
+per update and their global mean is removed (a common shift of all positions is an
+ambiguity of ptychography, taken up by the object). While the probe is flat (its quadratic
+phase below :data:`VALLEY_CURVED` waves at its RMS radius), and always with ``affine``, the
+moves' linear part over the scan (scale, rotation, shear: the moves ≈ the centred input
+positions times a 2 x 2 matrix, one small allreduce) is taken out before the per-position
+gains, and moves as one with its own momentum: the adaptive gains cut each position's noisy
+move, and with it the small, coherent share of a scan-wide distortion, which then converges
+slowly. From an engine's residuals (LSQML, DM's LSQML refinement) that part moves instead
+by the Gauss-Newton step along the object-position valley
+(:meth:`PositionRefiner._valley_step`, :func:`ptychompi.ops.steps.valley_equations`):
+positions and object moved together by the same linear map change only the object's scale,
+rotation and shear within each frame, which the data see directly, while the positions
+moved alone are held by an object that has absorbed the distortion. A curved probe trades
+that scale against its defocus, and there the part is left to the moves: without ``affine``
+to the per-position moves (on a strongly curved, focused beam the scan's linear part is
+weakly determined and drifts from true positions when it moves as one). With ``affine`` the
 positions are then fitted by one global transform of the input positions (scale, rotation,
 shear, offset: 6 parameters whose normal equations are one small allreduce) and become that
 transform plus a residual limited to ``max_residual``. Every position stays within
@@ -37,28 +38,28 @@ held short by that drift); the tiles are grown by that margin (:func:`padded_til
 windows never leave their tile and the halos hold every pixel two tiles' windows can share:
 with ``share_frequency: 1`` n ranks follow one rank.
 
-Placement (:func:`placement_config`): rounded to the engines' sub-pixel bins, positions that
-cross a bin edge at every update move the model by a whole bin, and the object does not
-settle. ePIE places refined positions exactly (it shifts the probe per position anyway);
-LSQML (also DM's refinement) in bins of ``1/BETWEEN_BINS`` px with each position's
+Placement (:func:`placement_config`): rounded to the engines' sub-pixel bins, positions
+that cross a bin edge at every update move the model by a whole bin, and the object does
+not settle. ePIE places refined positions exactly (it shifts the probe per position
+anyway); LSQML (also DM's refinement) in bins of ``1/BETWEEN_BINS`` px with each position's
 remainder past its bin applied to first order (``between_bins``:
 :func:`ptychompi.engines.shift_tables.between_bin_probes`), so the model follows every
 position continuously for three inverse FFTs per bin instead of two FFTs per position;
 ``subpixel_bins: 0`` places them exactly there too. DM's own iterations keep their bins.
 
-With ``centre_probe`` the probe is pinned (:func:`probe_centroid`). Probe and object shifted
-together by ``s`` against fixed positions give every exit wave shifted by ``s`` in its frame
-(``P(r−s) O(r−s+x_j) = ψ_j(r−s)``), a phase ramp in the detector plane: the same intensities.
-The removed mean of the moves pins the positions' mean and leaves that slide free, and while
-the positions are wrong the probe slides (a few tenths of a pixel), so the object ends up
-shifted against the positions by an arbitrary sub-pixel amount. After each update the probe
-is shifted back to the intensity centroid it started with (``−d``, exactly, by a Fourier
-ramp) and every position by ``+d``, which keeps every exit wave's intensities
-(``P(r+d) O(r+d+x_j) = ψ_j(r+d)``): the slide goes into the positions' common offset (itself
-an ambiguity). ``d`` is computed from the probe every rank holds, summed over the ranks, so
-all ranks (and one rank) move alike. Engines that keep exit waves between iterations (DM
-before its refinement) are not re-centred: their waves would have to move too.
-"""
+With ``centre_probe`` the probe is pinned (:func:`probe_centroid`). Probe and object
+shifted together by ``s`` against fixed positions give every exit wave shifted by ``s`` in
+its frame (``P(r−s) O(r−s+x_j) = ψ_j(r−s)``), a phase ramp in the detector plane: the same
+intensities. The removed mean of the moves pins the positions' mean and leaves that slide
+free, and while the positions are wrong the probe slides (a few tenths of a pixel), so the
+object ends up shifted against the positions by an arbitrary sub-pixel amount. After each
+update the probe is shifted back to the intensity centroid it started with (``−d``,
+exactly, by a Fourier ramp) and every position by ``+d``, which keeps every exit wave's
+intensities (``P(r+d) O(r+d+x_j) = ψ_j(r+d)``): the slide goes into the positions' common
+offset (itself an ambiguity). ``d`` is computed from the probe every rank holds, summed
+over the ranks, so all ranks (and one rank) move alike. Engines that keep exit waves
+between iterations (DM before its refinement) are not re-centred: their waves would have to
+move too."""
 
 from __future__ import annotations
 
@@ -439,17 +440,16 @@ class PositionRefiner:
         collected = self._collected()
         num, den = collected if collected is not None else self.misfit_terms(engine)
         n = len(current)
-        # one collective: the denominators' sums, and from residuals the valley's terms with
+        # one collective: the denominators' sums, the valley's terms (from residuals) and
         # the probe's curvature (every rank decides alike)
-        curvature = (probe_curvature_waves(engine.backend, engine.probe)
-                     if collected is not None else 0.0)
+        curvature = probe_curvature_waves(engine.backend, engine.probe)
         sums = ex.allreduce(np.array([*den.sum(axis=0), float(n), *self._valley, curvature,
                                       1.0]))
         damping = DAMPING * sums[:2] / max(sums[2], 1.0)
         raw = num / (den + damping + 1e-30)
-        valley = self._valley_step(sums[3:]) if collected is not None else None
-        own, linear = (self._split_linear(raw, ex) if c.affine or valley is not None
-                       else (raw, None))
+        flat = abs(sums[16] / sums[17]) < VALLEY_CURVED
+        valley = self._valley_step(sums[3:16]) if collected is not None and flat else None
+        own, linear = self._split_linear(raw, ex) if c.affine or flat else (raw, None)
         if c.adaptive_step:  # per position and axis: a reversal cuts its step
             factors = GAINS_EACH if collected is not None else GAINS_PASS
             self.gain = adapted_gain(self.gain, own, self.velocity, factors)
@@ -507,14 +507,11 @@ class PositionRefiner:
     @staticmethod
     def _valley_step(terms: np.ndarray) -> np.ndarray | None:
         """The scan's linear part of the moves (2 x 2, as :meth:`_split_linear`'s) from the
-        valley's terms summed over all ranks (13), then the probe's curvature and a 1 summed
-        alike; None when the equations are empty or singular, or when the probe is curved
-        (``VALLEY_CURVED``, the ranks' mean)."""
-        gram, num = valley_equations(terms[:13])
+        valley's terms summed over all ranks (13); None when the equations are empty or
+        singular (an engine that handed over no valley terms: ePIE's residuals)."""
+        gram, num = valley_equations(terms)
         scale = np.trace(gram) / 4.0
         if not np.all(np.isfinite(terms)) or scale <= 0:
-            return None
-        if abs(terms[13] / terms[14]) >= VALLEY_CURVED:
             return None
         step = np.linalg.solve(gram + VALLEY_DAMPING * scale * np.eye(4), num)
         # moves = centred @ it; step[2a + b]: axis a moves per unit of axis b

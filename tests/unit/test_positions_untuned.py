@@ -8,8 +8,8 @@ linear part of the moves steps as one (:meth:`PositionRefiner._split_linear`): t
 per-position gains alone cut it with the noise, and it converged slowly. LSQML steps it along
 the object-position valley (:func:`ptychompi.ops.steps.valley_equations`; by default, with a
 flat beam): moved alone, against an object that has absorbed the error, the positions'
-linear part converged over hundreds of iterations. ePIE steps it by the moves' fit, with
-``affine``.
+linear part converged over hundreds of iterations. ePIE steps it as one by the moves' fit
+(also by default, with a flat beam).
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def true_positions_error(photo, engine: str) -> float:
 
 @pytest.mark.parametrize(("engine", "kind", "affine"), [
     ("lsqml", "random", True), ("epie", "random", True), ("lsqml", "both", True),
-    ("lsqml", "affine", False)])  # the last with the defaults: LSQML's valley step alone
+    ("lsqml", "affine", False), ("epie", "affine", False)])  # the last two with the
+# defaults: LSQML's valley step, ePIE's fit of its moves' linear part (a flat beam)
 def test_refinement_recovers_errors_on_an_untuned_scan(photo, engine: str, kind: str,
                                                        affine: bool) -> None:
     given = perturb(photo.positions_px, kind, np.random.default_rng(7), rms_px=1.0)
