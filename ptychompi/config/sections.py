@@ -123,13 +123,14 @@ class PositionCorrectionConfig:
     max_total: float = opt(4.0, "largest distance of a position from its input, px per axis "
                            "(the tiles grow by this much so windows stay inside them)",
                            low=0.0, high=64.0)
-    affine: bool = opt(False, "fit scale, rotation, shear and offset over all positions each "
-                       "update; positions = the fitted transform of the input + a residual, "
-                       "and the moves' scan-wide linear part steps as one also with a curved "
-                       "beam (with a flat beam it does so without affine: by the moves' fit "
-                       "in ePIE, along the object-position valley in LSQML and DM) (for "
-                       "stage scale/rotation/shear errors; weakly determined with strongly "
-                       "focused beams and at low dose)")
+    affine: bool = opt(False, "a stage scale/rotation/shear error: fit scale, rotation, shear "
+                       "and offset over all positions each update (positions = the fitted "
+                       "transform of the input + a residual), and with a curved beam let the "
+                       "moves' scan-wide scale and shear step (without affine a curved beam "
+                       "keeps the input's, which it trades against its defocus, and only the "
+                       "rotation steps; a flat beam steps all of the linear part anyway: by the "
+                       "moves' fit in ePIE, along the object-position valley in LSQML and DM) "
+                       "(weakly determined with strongly focused beams and at low dose)")
     max_residual: float | None = opt(None, "affine: largest residual from the fitted "
                                      "transform, px per axis (null = max_total)", low=0.0)
     subpixel_bins: int | None = opt(None, "algorithm.subpixel_bins while positions are "

@@ -14,29 +14,31 @@ a ``momentum`` fraction of that one is added (the object adapts to the wrong pos
 each least-squares move falls short, consistently; a reversal drops the memory, as
 Pty-Chi's and Tike's accelerated position updates do). Moves are limited to ``max_shift``
 per update and their global mean is removed (a common shift of all positions is an
-ambiguity of ptychography, taken up by the object). While the probe is flat (its quadratic
-phase below :data:`VALLEY_CURVED` waves at its RMS radius), and always with ``affine``, the
-moves' linear part over the scan (scale, rotation, shear: the moves ≈ the centred input
-positions times a 2 x 2 matrix, one small allreduce) is taken out before the per-position
-gains, and moves as one with its own momentum: the adaptive gains cut each position's noisy
-move, and with it the small, coherent share of a scan-wide distortion, which then converges
-slowly. From an engine's residuals (LSQML, DM's LSQML refinement) that part moves instead
-by the Gauss-Newton step along the object-position valley
-(:meth:`PositionRefiner._valley_step`, :func:`ptychompi.ops.steps.valley_equations`):
-positions and object moved together by the same linear map change only the object's scale,
-rotation and shear within each frame, which the data see directly, while the positions
-moved alone are held by an object that has absorbed the distortion. A curved probe trades
-that scale against its defocus, and there the part is left to the moves: without ``affine``
-to the per-position moves (on a strongly curved, focused beam the scan's linear part is
-weakly determined and drifts from true positions when it moves as one). With ``affine`` the
-positions are then fitted by one global transform of the input positions (scale, rotation,
-shear, offset: 6 parameters whose normal equations are one small allreduce) and become that
-transform plus a residual limited to ``max_residual``. Every position stays within
-``max_total`` (per axis) of its input plus the positions' common offset (the re-centring
-below moves it; within ``DRIFT_PX``: a position whose error is near ``max_total`` is not
-held short by that drift); the tiles are grown by that margin (:func:`padded_tiles`), so
-windows never leave their tile and the halos hold every pixel two tiles' windows can share:
-with ``share_frequency: 1`` n ranks follow one rank.
+ambiguity of ptychography, taken up by the object). The moves' linear part over the scan
+(scale, rotation, shear: the moves ≈ the centred input positions times a 2 x 2 matrix, one
+small allreduce) is taken out before the per-position gains, and moves as one with its own
+momentum: the adaptive gains cut each position's noisy move, and with it the small,
+coherent share of a scan-wide distortion, which then converges slowly. From an engine's
+residuals (LSQML, DM's LSQML refinement) that part moves instead by the Gauss-Newton step
+along the object-position valley (:meth:`PositionRefiner._valley_step`,
+:func:`ptychompi.ops.steps.valley_equations`): positions and object moved together by the
+same linear map change only the object's scale, rotation and shear within each frame, which
+the data see directly, while the positions moved alone are held by an object that has
+absorbed the distortion. A curved probe (its quadratic phase :data:`VALLEY_CURVED` waves or
+more at its RMS radius) trades the scan's scale and shear against its defocus and
+astigmatism, so the data determine them weakly (the valley followed that trade, and the
+moves' fit went astray on focused beams): there, without ``affine``, the scan keeps its
+input's scale and shear (the symmetric share of the moves' fit is dropped) and only the
+rotation, which no aberration of a round beam mimics, steps; with ``affine`` (a stage error
+declared) the whole part steps by the moves' fit. With ``affine`` the positions are then
+fitted by one global transform of the input positions (scale, rotation, shear, offset: 6
+parameters whose normal equations are one small allreduce) and become that transform plus a
+residual limited to ``max_residual``. Every position stays within ``max_total`` (per axis)
+of its input plus the positions' common offset (the re-centring below moves it; within
+``DRIFT_PX``: a position whose error is near ``max_total`` is not held short by that
+drift); the tiles are grown by that margin (:func:`padded_tiles`), so windows never leave
+their tile and the halos hold every pixel two tiles' windows can share: with
+``share_frequency: 1`` n ranks follow one rank.
 
 Placement (:func:`placement_config`): rounded to the engines' sub-pixel bins, positions
 that cross a bin edge at every update move the model by a whole bin, and the object does
@@ -96,8 +98,8 @@ VALLEY_STEP = 0.5
 VALLEY_DAMPING = 1e-6  # the valley's normal equations' Tikhonov term, of their mean diagonal
 # a probe with at least this phase curvature (waves at its RMS radius; a pinhole's Fresnel
 # fringes a few hundredths, a defocused zone plate's beam a good part of one) trades the
-# scan's scale and shear against its own defocus and astigmatism: the valley's step follows
-# that trade, so the linear part is left to the moves (with affine: their fit)
+# scan's scale and shear against its own defocus and astigmatism: without affine the scan
+# keeps its input's scale and shear and only its rotation steps (with affine: the moves' fit)
 VALLEY_CURVED = 0.25
 SETTLED_PX = 0.01  # moves' RMS per update below which the positions count as settled (moving)
 
@@ -448,8 +450,14 @@ class PositionRefiner:
         damping = DAMPING * sums[:2] / max(sums[2], 1.0)
         raw = num / (den + damping + 1e-30)
         flat = abs(sums[16] / sums[17]) < VALLEY_CURVED
-        valley = self._valley_step(sums[3:16]) if collected is not None and flat else None
-        own, linear = self._split_linear(raw, ex) if c.affine or flat else (raw, None)
+        # a curved beam trades the scan's scale and shear against its defocus and astigmatism:
+        # without affine they stay the input's, and only the rotation steps
+        rotation_only = not flat and not c.affine
+        valley = (self._valley_step(sums[3:16], rotation_only)
+                  if collected is not None and (flat or rotation_only) else None)
+        own, linear = self._split_linear(raw, ex)
+        if rotation_only:
+            linear = 0.5 * (linear - linear.T)
         if c.adaptive_step:  # per position and axis: a reversal cuts its step
             factors = GAINS_EACH if collected is not None else GAINS_PASS
             self.gain = adapted_gain(self.gain, own, self.velocity, factors)
@@ -459,7 +467,7 @@ class PositionRefiner:
             move[agree] += c.momentum * self.velocity[agree]
         if valley is not None:  # the scan's linear part: the valley's Gauss-Newton step
             linear = self.linear_velocity = self._limited(valley, ex)
-        elif linear is not None:  # the scan's linear part: one step, its own momentum
+        else:  # the scan's linear part: one step, its own momentum
             linear = c.step * linear
             if c.momentum > 0 and (linear * self.linear_velocity).sum() > 0:
                 linear += c.momentum * self.linear_velocity
@@ -473,7 +481,7 @@ class PositionRefiner:
         mean = ex.allreduce(np.array([*move.sum(axis=0), float(n)]))
         move -= mean[:2] / max(mean[2], 1.0)
         self.last_move, self._moving = move, None
-        self.velocity = move if linear is None else move - self._centred @ linear
+        self.velocity = move - self._centred @ linear
         moved = current + move
         if self.reference is not None and getattr(engine, "waves", None) is None:
             moved += self._recentre(engine)
@@ -505,14 +513,19 @@ class PositionRefiner:
         return raw - x @ linear, linear
 
     @staticmethod
-    def _valley_step(terms: np.ndarray) -> np.ndarray | None:
+    def _valley_step(terms: np.ndarray, rotation_only: bool = False) -> np.ndarray | None:
         """The scan's linear part of the moves (2 x 2, as :meth:`_split_linear`'s) from the
-        valley's terms summed over all ranks (13); None when the equations are empty or
-        singular (an engine that handed over no valley terms: ePIE's residuals)."""
+        valley's terms summed over all ranks (13), or (``rotation_only``) its rotation alone;
+        None when the equations are empty or singular (an engine that handed over no valley
+        terms: ePIE's residuals)."""
         gram, num = valley_equations(terms)
         scale = np.trace(gram) / 4.0
         if not np.all(np.isfinite(terms)) or scale <= 0:
             return None
+        if rotation_only:  # E = θ [[0, -1], [1, 0]] (index 2a + b): one Gauss-Newton unknown
+            turn = np.array([0.0, -1.0, 1.0, 0.0])
+            step = turn * (turn @ num) / (turn @ gram @ turn + VALLEY_DAMPING * scale)
+            return VALLEY_STEP * step.reshape(2, 2).T
         step = np.linalg.solve(gram + VALLEY_DAMPING * scale * np.eye(4), num)
         # moves = centred @ it; step[2a + b]: axis a moves per unit of axis b
         return VALLEY_STEP * step.reshape(2, 2).T

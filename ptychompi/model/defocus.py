@@ -19,7 +19,9 @@ import numpy as np
 
 MAX_PAIRS = 96  # pairs of neighbouring frames scored per rank
 BRIGHT_LEVEL = 0.05  # the region of the mean pattern whose contrast is compared
-SMALLEST_DRIFT_PX = 0.5  # a drift this small at the typical step is no drift
+# drifts this small at the typical step are no drift: the pairs' shared centre and its shoulder
+# (the shadow's correlation length, blurred further by errors in the positions)
+SMALLEST_DRIFT_PX = 2.0
 SIGNIFICANCE = 4.0  # the pairs' mean preference for one sign, in standard errors
 
 
@@ -104,10 +106,13 @@ def defocus_sign(kappas: np.ndarray, scores: np.ndarray, frame: int,
     if count < 3:
         return 1
     mean, square, cross = (scores[i * k:(i + 1) * k] / count for i in range(3))
-    best = int(np.argmax(mean))
-    mirror = k - 1 - best
-    if abs(kappas[best]) * frame * spacing_px < SMALLEST_DRIFT_PX:
+    # the best drift of either sign; no drift (the pairs' shared centre, which errors in the
+    # positions favour by blurring the drifted peak) tells no sign, so it does not compete
+    drifting = np.abs(kappas) * frame * spacing_px >= SMALLEST_DRIFT_PX
+    if not drifting.any():
         return 1
+    best = int(np.argmax(np.where(drifting, mean, -np.inf)))
+    mirror = k - 1 - best
     lead = mean[best] - mean[mirror]  # per pair: x(κ) - x(-κ), its mean and spread
     spread = max(square[best] + square[mirror] - 2 * cross[best] - lead * lead, 0.0)
     error = np.sqrt(spread / (count - 1))
