@@ -21,7 +21,7 @@ MAX_PAIRS = 96  # pairs of neighbouring frames scored per rank
 BRIGHT_LEVEL = 0.05  # the region of the mean pattern whose contrast is compared
 # drifts this small at the typical step are no drift: the pairs' shared centre and its shoulder
 # (the shadow's correlation length, blurred further by errors in the positions)
-SMALLEST_DRIFT_PX = 2.0
+SMALLEST_DRIFT_PX = 1.25
 SIGNIFICANCE = 4.0  # the pairs' mean preference for one sign, in standard errors
 
 
