@@ -23,6 +23,9 @@ BRIGHT_LEVEL = 0.05  # the region of the mean pattern whose contrast is compared
 # (the shadow's correlation length, blurred further by errors in the positions)
 SMALLEST_DRIFT_PX = 1.25
 SIGNIFICANCE = 4.0  # the pairs' mean preference for one sign, in standard errors
+# and that preference as a fraction of the best drift's correlation: a drifted shadow is
+# one-sided (its mirror near zero), a lopsided shoulder of the centre (a pinhole's) is not
+ONE_SIDED = 0.5
 
 
 def neighbour_spacing(positions_px: np.ndarray) -> float:
@@ -116,6 +119,6 @@ def defocus_sign(kappas: np.ndarray, scores: np.ndarray, frame: int,
     lead = mean[best] - mean[mirror]  # per pair: x(κ) - x(-κ), its mean and spread
     spread = max(square[best] + square[mirror] - 2 * cross[best] - lead * lead, 0.0)
     error = np.sqrt(spread / (count - 1))
-    if lead <= SIGNIFICANCE * error:
+    if lead <= SIGNIFICANCE * error or lead < ONE_SIDED * mean[best]:
         return 1
     return -1 if kappas[best] < 0 else 1
