@@ -42,8 +42,7 @@ def test_sign_with_wrong_positions(mirror):
     centre (no drift); the sign comes from the best drift of either sign all the same (the
     mirrored focused beam's start went to the wrong side and no engine recovered: object
     error 0.69 against 0.02 from true positions, position refinement halted at 1.5 px)."""
-    case = replace(Case(probe="focused", mirrored=mirror).scaled(GRID, FRAME))
-    scan = make_scan(case)
+    scan = make_scan(Case(probe="focused", mirrored=mirror).scaled(GRID, FRAME))
     for seed in (2, 5):
         wrong = perturb(scan.positions_px, "random", np.random.default_rng(seed), rms_px=1.0)
         assert _sign(replace(scan, positions_px=wrong)) == (-1 if mirror else 1)
