@@ -173,24 +173,23 @@ def probe_centroid(backend: Any, probe: Any) -> np.ndarray:
 def probe_curvature_waves(backend: Any, probe: Any) -> float:
     """The probe's quadratic phase at its RMS radius, in waves (signed): its first mode's
     phase gradient fitted, weighted by intensity, as ``2 b r`` plus a tilt about its
-    intensity centroid; ``b r²/(2π)`` at the intensity-weighted ``r²``."""
+    intensity centroid; ``b r²/(2π)`` at the intensity-weighted ``r²``. About the centroid
+    the tilt drops out of the normal equations: ``b = Σ r·|P|²∇φ / (2 Σ |P|² r²)``."""
     p = np.asarray(backend.asnumpy(probe[0]), np.complex128)
     power = np.abs(p) ** 2
     total = power.sum()
     if not np.isfinite(total) or total <= 0:
         return 0.0
-    y, x = np.mgrid[:p.shape[0], :p.shape[1]].astype(np.float64)
-    y -= (power * y).sum() / total
-    x -= (power * x).sum() / total
-    weight = np.sqrt(power).ravel()
-    design, target = [], []
-    for g, coord, tilt in zip(np.gradient(p), (y, x), ((1.0, 0.0), (0.0, 1.0)), strict=True):
-        flux = np.imag(np.conj(p) * g).ravel()  # |P|² ∇φ
-        design.append(np.stack([2 * coord.ravel(), np.full(p.size, tilt[0]),
-                                np.full(p.size, tilt[1])], -1) * weight[:, None])
-        target.append(np.where(weight > 0, flux / np.maximum(weight, 1e-300), 0.0))
-    b = np.linalg.lstsq(np.concatenate(design), np.concatenate(target), rcond=None)[0][0]
-    return float(b * (power * (y * y + x * x)).sum() / total / (2 * np.pi))
+    y, x = np.ogrid[:p.shape[0], :p.shape[1]]
+    y = y - (power.sum(axis=1) * y[:, 0]).sum() / total
+    x = x - (power.sum(axis=0) * x[0]).sum() / total
+    g_row, g_col = np.gradient(p)
+    flux = (y * np.imag(np.conj(p) * g_row) + x * np.imag(np.conj(p) * g_col)).sum()  # r·|P|²∇φ
+    r2 = (power * (y * y + x * x)).sum()
+    if r2 <= 0:
+        return 0.0
+    b = flux / (2.0 * r2)
+    return float(b * r2 / total / (2 * np.pi))
 
 
 def shifted_probe(backend: Any, probe: Any, shift: np.ndarray) -> Any:
@@ -359,8 +358,7 @@ class PositionRefiner:
 
         def part(_: int, sl: slice) -> tuple[np.ndarray, np.ndarray, Any]:
             probes, probe_of, win, chi = chunks[sl.start // size]
-            sums = ops.residual_position_sums(probes, probe_of, chi, obj, win)
-            extra = ops.residual_valley_terms(probes, probe_of, chi, obj, win)
+            sums, extra = ops.residual_refinement_sums(probes, probe_of, chi, obj, win)
             misfit = (xp.abs(chi) ** 2).sum(axis=(1, 2, 3), dtype=np.float64) if power else None
             return sums, extra, misfit
 

@@ -236,13 +236,13 @@ class CpuOps(Operations):
             probes, probe_index(probes, len(win), probe_of), chi, obj, win.rows, win.cols, out)
         return out
 
-    def residual_valley_terms(self, probes: Any, probe_of: Any, chi: Any, obj: Any,
-                              win: Windows) -> np.ndarray:
-        """One compiled pass, the object's differences on the fly."""
-        out = np.empty((len(win), 13))
-        position_kernels.residual_valley_sums(
+    def residual_refinement_sums(self, probes: Any, probe_of: Any, chi: Any, obj: Any,
+                                 win: Windows) -> tuple[np.ndarray, np.ndarray]:
+        """One compiled pass for both, the object's differences on the fly."""
+        out = np.empty((len(win), 17))
+        position_kernels.residual_refinement_sums(
             probes, probe_index(probes, len(win), probe_of), chi, obj, win.rows, win.cols, out)
-        return out.sum(axis=0)
+        return out[:, :4], out[:, 4:].sum(axis=0)
 
     def window_position_sums(self, probes: Any, chi: Any, obj: Any,
                              win: Windows) -> np.ndarray:

@@ -385,15 +385,16 @@ class Operations:
         return np.asarray(self.backend.asnumpy(gradient_sums(xp, probes, chi, d_row, d_col)),
                           np.float64)
 
-    def residual_valley_terms(self, probes: Any, probe_of: Any, chi: Any, obj: Any,
-                              win: Windows) -> np.ndarray:
-        """:func:`valley_terms` summed over the chunk (13,) float64 on the host, of a
-        residual ``chi`` an engine formed (as :meth:`residual_position_sums` takes it)."""
-        xp = self.backend.xp
+    def residual_refinement_sums(self, probes: Any, probe_of: Any, chi: Any, obj: Any,
+                                 win: Windows) -> tuple[np.ndarray, np.ndarray]:
+        """Of a residual ``chi`` an engine formed: :meth:`residual_position_sums` (B, 4) and
+        :func:`valley_terms` summed over the chunk (13,), float64 on the host."""
+        xp, host = self.backend.xp, self.backend.asnumpy
         probes = probes if probe_of is None else probes[xp.asarray(probe_of)]
-        d_row, d_col = window_differences(xp, obj, win)
+        d_row, d_col = window_differences(xp, obj, win)  # the whole object's, on the windows
+        sums = gradient_sums(xp, probes, chi, d_row, d_col)
         terms = valley_terms(xp, probes, chi, d_row, d_col).sum(axis=0)
-        return np.asarray(self.backend.asnumpy(terms), np.float64)
+        return np.asarray(host(sums), np.float64), np.asarray(host(terms), np.float64)
 
     # ------------------------------------------------------------------ shared compositions
     def shifted_set(self, probe: Any, shifts: ProbeShifts | None) -> tuple[Any, Any]:

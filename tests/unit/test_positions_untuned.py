@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ptychompi.backends import Backend
 from ptychompi.config import PositionCorrectionConfig
 from ptychompi.engines.positions import (
     VALLEY_CURVED,
@@ -94,7 +95,8 @@ def test_linear_part_of_the_moves_is_split_off() -> None:
 
 def test_valley_terms_are_the_exit_wave_derivatives() -> None:
     """Compiled and array terms give ``G = Σ Re(conj(h_i) h_j)``, ``N = Σ Re(conj(h_i) χ)``
-    with ``h_ab = −P ∂_aO w_b`` formed explicitly (two modes, windows at the edges)."""
+    with ``h_ab = −P ∂_aO w_b`` formed explicitly (two modes, windows at the edges); the
+    compiled pass's position sums are the position kernel's."""
     rng = np.random.default_rng(3)
     m, b, k = 16, 5, 2
 
@@ -112,8 +114,14 @@ def test_valley_terms_are_the_exit_wave_derivatives() -> None:
     gram = np.einsum("bip,bjp->ij", h.conj(), h).real
     num = np.einsum("bip,bp->i", h.conj(), flat).real
     array_terms = valley_terms(np, probes, chi, d_row, d_col).sum(axis=0)
-    compiled = CpuOps.residual_valley_terms(None, probes, None, chi, obj, win)
-    for terms in (array_terms, compiled):
+    sums, compiled = CpuOps.residual_refinement_sums(None, probes, None, chi, obj, win)
+    # the one pass's position sums are those of the position kernel, to the bit
+    np.testing.assert_array_equal(
+        sums, CpuOps.residual_position_sums(None, probes, None, chi, obj, win))
+    array_sums, array_ops = Backend(np, "cpu", None, 1, ops_kind="array").ops \
+        .residual_refinement_sums(probes, None, chi, obj, win)
+    np.testing.assert_allclose(array_sums, sums, rtol=1e-5, atol=1e-5 * np.abs(sums).max())
+    for terms in (array_terms, compiled, array_ops):
         g, n = valley_equations(terms)
         np.testing.assert_allclose(g, gram, rtol=1e-5)
         np.testing.assert_allclose(n, num, rtol=1e-5, atol=1e-5 * np.abs(num).max())

@@ -128,13 +128,14 @@ def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.nda
 
 
 @jit(JIT_SUMS)
-def residual_valley_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.ndarray,
-                         obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                         out: np.ndarray) -> None:
-    """Per position (B, 13) float64, the terms of
-    :func:`ptychompi.ops.steps.valley_terms` (the differences as
-    :func:`residual_position_sums` takes them). Per row the pixels are summed in single
-    precision against the column weight, the rows in double against the row weight."""
+def residual_refinement_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.ndarray,
+                             obj: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                             out: np.ndarray) -> None:
+    """Per position (B, 17) float64 in one pass: :func:`residual_position_sums`'s four (to
+    the bit: the same row sums) then the 13 terms of
+    :func:`ptychompi.ops.steps.valley_terms` (the differences taken alike). Per row the
+    pixels are summed in single precision against the column weight, the rows in double
+    against the row weight."""
     b, kk, m0, m1 = chi.shape
     q = np.empty(m1, np.complex64)
     power = np.empty(m1, np.float32)
@@ -142,6 +143,7 @@ def residual_valley_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.ndarr
     d_col = np.empty(m1, np.complex64)
     for j in range(b):
         p, r0, c0 = probe_of[j], rows[j], cols[j]
+        num_r = den_r = num_c = den_c = 0.0
         n_rr = n_rc = n_cr = n_cc = 0.0
         g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = 0.0
         for y in range(m0):
@@ -170,6 +172,10 @@ def residual_valley_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.ndarr
                 c0_ += u2
                 c1_ += u2 * wc
                 c2_ += u2 * wc * wc
+            num_r += tr0
+            den_r += a0
+            num_c += tc0
+            den_c += c0_
             wr = np.float64(y - m0 / 2)
             n_rr -= tr0 * wr
             n_rc -= tr1
@@ -184,19 +190,23 @@ def residual_valley_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.ndarr
             g6 += c0_ * wr * wr
             g7 += c1_ * wr
             g8 += c2_
-        out[j, 0] = n_rr
-        out[j, 1] = n_rc
-        out[j, 2] = n_cr
-        out[j, 3] = n_cc
-        out[j, 4] = g0
-        out[j, 5] = g1
-        out[j, 6] = g2
-        out[j, 7] = g3
-        out[j, 8] = g4
-        out[j, 9] = g5
-        out[j, 10] = g6
-        out[j, 11] = g7
-        out[j, 12] = g8
+        out[j, 0] = num_r
+        out[j, 1] = den_r
+        out[j, 2] = num_c
+        out[j, 3] = den_c
+        out[j, 4] = n_rr
+        out[j, 5] = n_rc
+        out[j, 6] = n_cr
+        out[j, 7] = n_cc
+        out[j, 8] = g0
+        out[j, 9] = g1
+        out[j, 10] = g2
+        out[j, 11] = g3
+        out[j, 12] = g4
+        out[j, 13] = g5
+        out[j, 14] = g6
+        out[j, 15] = g7
+        out[j, 16] = g8
 
 
 @jit(JIT)
