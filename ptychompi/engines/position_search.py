@@ -144,15 +144,11 @@ def search(refiner: PositionRefiner, engine: Engine) -> np.ndarray | None:
     return moved
 
 
-def run_search(refiner: PositionRefiner, engine: Engine) -> None:
-    """:func:`search`, its result placed on every rank (collective)."""
+def maybe_search(refiner: PositionRefiner, engine: Engine) -> None:
+    """The search when it is due (:func:`search_due`), its result placed on every rank
+    (collective: every rank calls it after each position update)."""
+    if not search_due(refiner.cfg, engine.iteration):
+        return
     moved = search(refiner, engine)
     if moved is not None:
         engine.move_positions(moved)
-
-
-def maybe_search(refiner: PositionRefiner, engine: Engine) -> None:
-    """:func:`run_search` when it is due (:func:`search_due`; collective: every rank calls
-    it after each position update)."""
-    if search_due(refiner.cfg, engine.iteration):
-        run_search(refiner, engine)

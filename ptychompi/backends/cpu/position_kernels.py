@@ -51,6 +51,14 @@ def position_sums(probes: np.ndarray, probe_of: np.ndarray, back: np.ndarray, ps
 
 
 @jit(JIT_SUMS)
+def row_buffers(m1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`window_row`'s outputs for rows of ``m1`` pixels: ``d_row``, ``d_col``, ``q``
+    (complex64) and ``power`` (float32)."""
+    return (np.empty(m1, np.complex64), np.empty(m1, np.complex64),
+            np.empty(m1, np.complex64), np.empty(m1, np.float32))
+
+
+@jit(JIT_SUMS)
 def window_row(probes: np.ndarray, p: int, chi: np.ndarray, j: int, obj: np.ndarray, r: int,
                c0: int, y: int, d_row: np.ndarray, d_col: np.ndarray, q: np.ndarray,
                power: np.ndarray) -> None:
@@ -95,10 +103,7 @@ def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.nda
     enter as ``q = Σ_k conj(P_k) χ_k`` and ``Σ_k |P_k|²`` (then ``Re(conj(∂O) q)`` and
     ``|∂O|² Σ_k |P_k|²``); each row is summed in single precision, the rows in double."""
     b, kk, m0, m1 = chi.shape
-    q = np.empty(m1, np.complex64)
-    power = np.empty(m1, np.float32)
-    d_row = np.empty(m1, np.complex64)
-    d_col = np.empty(m1, np.complex64)
+    d_row, d_col, q, power = row_buffers(m1)
     for j in range(b):
         p, r0, c0 = probe_of[j], rows[j], cols[j]
         num_r = 0.0
@@ -137,10 +142,7 @@ def residual_refinement_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.n
     pixels are summed in single precision against the column weight, the rows in double
     against the row weight."""
     b, kk, m0, m1 = chi.shape
-    q = np.empty(m1, np.complex64)
-    power = np.empty(m1, np.float32)
-    d_row = np.empty(m1, np.complex64)
-    d_col = np.empty(m1, np.complex64)
+    d_row, d_col, q, power = row_buffers(m1)
     for j in range(b):
         p, r0, c0 = probe_of[j], rows[j], cols[j]
         num_r = den_r = num_c = den_c = 0.0
