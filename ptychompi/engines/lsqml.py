@@ -84,6 +84,7 @@ class _Part(NamedTuple):
     chi: Any  # χ = Ψ' − ψ in the sample plane
     err: float  # the chunk's amplitude misfit
     d_probe: Any  # its probe direction terms (a spectrum with sub-pixel shifts), or None
+    refinement: np.ndarray | None  # the position refinement's sums of χ (B, 17), or None
 
 
 class LSQML(Engine):
@@ -263,7 +264,7 @@ class LSQML(Engine):
         err = float(sum(p.err for p in parts))
         if self.position_collector is not None:  # the position refinement reuses χ
             self.position_collector.collect(self, b.members, b.size,
-                                            [(*p.probes, p.win, p.chi) for p in parts])
+                                            [(p.refinement, p.chi) for p in parts])
         pending = self._probe_direction(b, parts)  # its reduction in flight during the next
         d_obj = self._object_direction(b, nums, illums, spans)
         d_probe = pending() if b.update_probe else None
@@ -280,6 +281,7 @@ class LSQML(Engine):
         be = self.backend
         batch, update_probe = b.members, b.update_probe
         probe_ft = be.fft2(self.probe) if self.use_subpixel and len(batch) else None  # once
+        refining = self.position_collector  # its sums of χ come from the same pass
 
         def exit_part(t: int, sl: slice) -> _Part:
             part = batch[sl]
@@ -292,12 +294,14 @@ class LSQML(Engine):
             # once per run
             runs = self.runs(part) if ramps is not None else None
             shifts = run_ramps(be, ramps, runs) if update_probe and ramps is not None else None
+            refinement = None if refining is None else np.empty((len(part), 17))
             err, chi, d_probe = be.ops.lsqml_chunk(LsqmlJob(
                 amplitudes=self.data.amplitudes, frames=part, win=win, obj=self.object,
                 probes=probes, probe_of=probe_of, num=nums[t], den=illums[t],
                 with_probe=update_probe, per_position=ramps is not None and runs is None,
-                runs=runs, shifts=shifts, prop=self.data.propagator, noise=self.noise))
-            return _Part((probes, probe_of), win, chi, err, d_probe)
+                runs=runs, shifts=shifts, prop=self.data.propagator, noise=self.noise,
+                refinement=refinement))
+            return _Part((probes, probe_of), win, chi, err, d_probe, refinement)
 
         return self.map_chunks(exit_part, len(batch), b.size) if len(batch) else []
 

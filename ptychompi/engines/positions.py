@@ -45,8 +45,9 @@ that cross a bin edge at every update move the model by a whole bin, and the obj
 not settle. ePIE places refined positions exactly (it shifts the probe per position
 anyway); LSQML (also DM's refinement) in bins of ``1/BETWEEN_BINS`` px with each position's
 remainder past its bin applied to first order (``between_bins``:
-:func:`ptychompi.engines.shift_tables.between_bin_probes`), so the model follows every
-position continuously for three inverse FFTs per bin instead of two FFTs per position;
+:meth:`ptychompi.ops.steps.Operations.between_bin_probes`), so the model follows every
+position continuously for one inverse FFT per position (three per bin with the array
+operations) where exact placement takes two (the shift and the back-shift);
 ``subpixel_bins: 0`` places them exactly there too. DM's own iterations keep their bins.
 
 With ``centre_probe`` the probe is pinned (:func:`probe_centroid`). Probe and object
@@ -125,7 +126,7 @@ def placement_config(cfg: AlgorithmConfig, engine: str) -> AlgorithmConfig:
 
 def between_bins(cfg: AlgorithmConfig, engine: str) -> bool:
     """Whether ``engine`` places refined positions between its sub-pixel bins
-    (:func:`ptychompi.engines.shift_tables.between_bin_probes`): LSQML (also DM's
+    (:meth:`ptychompi.ops.steps.Operations.between_bin_probes`): LSQML (also DM's
     refinement). Not DM's own iterations, whose probe update takes one probe per run of
     equal shift, nor ePIE, which shifts the probe per position anyway (exact while refining:
     :func:`placement_config`)."""
@@ -347,32 +348,32 @@ class PositionRefiner:
             self._valley[:] = 0.0
 
     def collect(self, engine: Engine, members: np.ndarray, size: int,
-                chunks: list[tuple[Any, Any, Any, Any]]) -> None:
+                chunks: list[tuple[np.ndarray, Any]]) -> None:
         """The per-position sums of a batch from residuals the engine formed: ``chunks[t]``
-        = (probes, probe_of, windows, χ) of ``members[t * size:(t + 1) * size]``, χ against
-        ``engine.object`` as it stands (the batch's object, before its step). Called for every
-        batch on every rank, also with no members."""
-        ops, obj, xp = engine.backend.ops, engine.object, engine.backend.xp
+        = (sums, χ) of ``members[t * size:(t + 1) * size]``, the sums (B, 17) those of
+        :meth:`Operations.residual_refinement_sums` of χ against ``engine.object`` as it
+        stands (the batch's object, before its step), which the engine took in the pass that
+        formed χ. Called for every batch on every rank, also with no members."""
         self._called = True
         power = self._search_due(engine.iteration)
-
-        def part(_: int, sl: slice) -> tuple[np.ndarray, np.ndarray, Any]:
-            probes, probe_of, win, chi = chunks[sl.start // size]
-            sums, extra = ops.residual_refinement_sums(probes, probe_of, chi, obj, win)
-            misfit = (xp.abs(chi) ** 2).sum(axis=(1, 2, 3), dtype=np.float64) if power else None
-            return sums, extra, misfit
-
         if power and self._power_iteration != engine.iteration:
             self._power[:] = np.nan
             self._power_iteration = engine.iteration
-        if len(members):
-            parts = engine.map_chunks(part, len(members), size)
-            self._sums[members] = np.concatenate([p[0] for p in parts])
-            self._seen[members] = True
-            self._valley += np.sum([p[1] for p in parts], axis=0)
-            if power:
-                self._power[members] = np.concatenate(
-                    [np.asarray(engine.backend.asnumpy(p[2]), np.float64) for p in parts])
+        if not len(members):
+            return
+        sums = np.concatenate([c[0] for c in chunks])
+        self._sums[members] = sums[:, :4]
+        self._seen[members] = True
+        self._valley += sums[:, 4:].sum(axis=0)
+        if power:  # Σ|χ|² per position, for the search's candidates
+            xp = engine.backend.xp
+
+            def misfit(_: int, sl: slice) -> np.ndarray:
+                chi = chunks[sl.start // size][1]
+                return np.asarray(engine.backend.asnumpy(
+                    (xp.abs(chi) ** 2).sum(axis=(1, 2, 3), dtype=np.float64)), np.float64)
+
+            self._power[members] = np.concatenate(engine.map_chunks(misfit, len(members), size))
 
     def _search_due(self, iteration: int) -> bool:
         """Whether the position search runs after this iteration's update."""

@@ -8,41 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.cpu import position_kernels
 from ..model.physics import Windows, runs_of, subpixel_grid, subpixel_ramps, window_index
 from ..ops import ProbeShifts
 from .positions import between_bins
-
-
-def between_bin_probes(backend: Any, probe: Any, shifts: ProbeShifts, rest: np.ndarray
-                       ) -> Any:
-    """Probes (B, K, M, M) of positions ``rest`` (B, 2) px past their bins' shifts:
-    ``P_b − rest · ∇P_b``, the bin's shifted probe moved on to first order (the shift's
-    Fourier ramp ``exp(−2πi (f + δ) q) ≈ exp(−2πi f q) (1 − 2πi δ q)``), its gradient by
-    Fourier from the same spectrum: three inverse transforms per distinct bin, none per
-    position, and a model continuous in each position. Positions of one bin share the bin's
-    back-shift (the probe update's direction is off by under half a bin per term)."""
-    xp = backend.xp
-    ids, member = np.unique(shifts.ids, return_inverse=True)
-    rows = xp.asarray(ids)
-    rr, rc = shifts.table[0][rows], shifts.table[1][rows]
-    frame = rr.shape[-1]
-    slope = xp.asarray(2j * np.pi * np.fft.fftfreq(frame), dtype=rr.dtype)
-    g = len(ids)
-    stack = backend.ops.shifted_probes(
-        shifts.spectrum, (xp.concatenate([rr, rr * slope, rr]),
-                          xp.concatenate([rc, rc, rc * slope])), probe)
-    if backend.ops.compiled:  # one pass, no copies
-        out = np.empty((len(rest), *stack.shape[1:]), stack.dtype)
-        position_kernels.between_bins(stack, member.reshape(-1).astype(np.int64),
-                                      np.ascontiguousarray(rest, np.float64), g, out)
-        return out
-    member = xp.asarray(member.reshape(-1))
-    d = xp.asarray(rest, dtype=backend.real_dtype)
-    out = stack[member]
-    out -= d[:, 0, None, None, None] * stack[g + member]
-    out -= d[:, 1, None, None, None] * stack[2 * g + member]
-    return out
 
 
 class ShiftTables:
@@ -115,11 +83,12 @@ class ShiftTables:
     def probe_set(self, sel: Any, probe_ft: Any | None = None) -> tuple[Any, Any | None]:
         """The distinct shifted probes (G, K, M, M) of positions ``sel`` and each position's
         row in them (None: one row per position, or the unshifted probe (1, K, M, M)).
-        Positions between bins get their own (:func:`between_bin_probes`)."""
+        Positions between bins get their own
+        (:meth:`~ptychompi.ops.steps.Operations.between_bin_probes`)."""
         shifts = self.shifts(sel, probe_ft)
         if shifts is None or self._rest is None:
             return self.backend.ops.shifted_set(self.probe, shifts)
-        return between_bin_probes(self.backend, self.probe, shifts, self._rest[sel]), None
+        return self.backend.ops.between_bin_probes(self.probe, shifts, self._rest[sel]), None
 
     def shifts(self, sel: Any, probe_ft: Any | None = None) -> ProbeShifts | None:
         """How positions ``sel`` see the probe (its spectrum ``probe_ft``, made here when not

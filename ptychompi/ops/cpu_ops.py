@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.cpu import fftw, position_kernels
 from ..backends.cpu import fused as fused_kernels
 from ..backends.cpu import kernels as cpu_kernels
-from ..backends.cpu import position_kernels
 from ..model.physics import (
     EPS,
     Windows,
@@ -29,6 +29,7 @@ from .steps import (
     LsqmlJob,
     Operations,
     PositionJob,
+    ProbeShifts,
 )
 
 
@@ -228,6 +229,22 @@ class CpuOps(Operations):
                                        psi, d_row, d_col, win.rows, win.cols, out)
         return out
 
+    def between_bin_probes(self, probe: Any, shifts: ProbeShifts, rest: np.ndarray) -> Any:
+        """The same model, one inverse transform per position in one compiled call (the bins
+        here are nearly as many as a chunk's positions)."""
+        kk, m0, m1 = probe.shape
+        if not self.fuses((m0, m1)):
+            return super().between_bin_probes(probe, shifts, rest)
+        out = fftw.empty_aligned((len(rest), kk, m0, m1), np.complex64)
+        position_kernels.between_bin_probes(
+            fftw.execute_dft, self.backend.fft_plans.frame_plan((m0, m1), fftw.FFTW_BACKWARD),
+            _c(shifts.spectrum), _c(shifts.table[0]), _c(shifts.table[1]),
+            np.ascontiguousarray(shifts.ids, np.int64).reshape(-1),
+            np.ascontiguousarray(rest, np.float64),
+            (2j * np.pi * np.fft.fftfreq(m0)).astype(np.complex64),
+            fftw.empty_aligned((1, kk, m0, m1), np.complex64), out)
+        return out
+
     def residual_position_sums(self, probes: Any, probe_of: Any, chi: Any, obj: Any,
                                win: Windows) -> np.ndarray:
         """One compiled pass, the object's differences on the fly."""
@@ -237,12 +254,12 @@ class CpuOps(Operations):
         return out
 
     def residual_refinement_sums(self, probes: Any, probe_of: Any, chi: Any, obj: Any,
-                                 win: Windows) -> tuple[np.ndarray, np.ndarray]:
+                                 win: Windows) -> np.ndarray:
         """One compiled pass for both, the object's differences on the fly."""
         out = np.empty((len(win), 17))
         position_kernels.residual_refinement_sums(
             probes, probe_index(probes, len(win), probe_of), chi, obj, win.rows, win.cols, out)
-        return out[:, :4], out[:, 4:].sum(axis=0)
+        return out
 
     def window_position_sums(self, probes: Any, chi: Any, obj: Any,
                              win: Windows) -> np.ndarray:

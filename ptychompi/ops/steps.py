@@ -74,6 +74,9 @@ class LsqmlJob(NamedTuple):
     shifts: tuple[Any, Any] | None  # ramps to back-shift the terms by (per run or position)
     prop: Propagator
     noise: Any  # the noise model (:mod:`ptychompi.engines.noise`)
+    # (B, 17) float64 on the host to fill with the position refinement's sums of χ
+    # (:meth:`Operations.residual_refinement_sums`), or None
+    refinement: np.ndarray | None = None
 
 
 class DmFourierJob(NamedTuple):
@@ -386,15 +389,15 @@ class Operations:
                           np.float64)
 
     def residual_refinement_sums(self, probes: Any, probe_of: Any, chi: Any, obj: Any,
-                                 win: Windows) -> tuple[np.ndarray, np.ndarray]:
-        """Of a residual ``chi`` an engine formed: :meth:`residual_position_sums` (B, 4) and
-        :func:`valley_terms` summed over the chunk (13,), float64 on the host."""
-        xp, host = self.backend.xp, self.backend.asnumpy
+                                 win: Windows) -> np.ndarray:
+        """Of a residual ``chi`` an engine formed, per position (B, 17) float64 on the host:
+        :meth:`residual_position_sums`'s four then :func:`valley_terms`' 13."""
+        xp = self.backend.xp
         probes = probes if probe_of is None else probes[xp.asarray(probe_of)]
         d_row, d_col = window_differences(xp, obj, win)  # the whole object's, on the windows
-        sums = gradient_sums(xp, probes, chi, d_row, d_col)
-        terms = valley_terms(xp, probes, chi, d_row, d_col).sum(axis=0)
-        return np.asarray(host(sums), np.float64), np.asarray(host(terms), np.float64)
+        both = xp.concatenate([gradient_sums(xp, probes, chi, d_row, d_col),
+                               valley_terms(xp, probes, chi, d_row, d_col)], axis=1)
+        return np.asarray(self.backend.asnumpy(both), np.float64)
 
     # ------------------------------------------------------------------ shared compositions
     def shifted_set(self, probe: Any, shifts: ProbeShifts | None) -> tuple[Any, Any]:
@@ -409,6 +412,28 @@ class Operations:
         ramps = shifts.table[0][rows], shifts.table[1][rows]
         return (self.shifted_probes(shifts.spectrum, ramps, probe),
                 self.backend.xp.asarray(member.reshape(-1)))
+
+    def between_bin_probes(self, probe: Any, shifts: ProbeShifts, rest: np.ndarray) -> Any:
+        """Probes (B, K, M, M) of positions ``rest`` (B, 2) px past their bins' shifts:
+        ``P_b − rest · ∇P_b``, the bin's shifted probe moved on to first order (the shift's
+        Fourier ramp ``exp(−2πi (f + δ) q) ≈ exp(−2πi f q) (1 − 2πi δ q)``), its gradient by
+        Fourier from the same spectrum: three inverse transforms per distinct bin, none per
+        position, and a model continuous in each position."""
+        xp = self.backend.xp
+        ids, member = np.unique(shifts.ids, return_inverse=True)
+        rows = xp.asarray(ids)
+        rr, rc = shifts.table[0][rows], shifts.table[1][rows]
+        slope = xp.asarray(2j * np.pi * np.fft.fftfreq(rr.shape[-1]), dtype=rr.dtype)
+        g = len(ids)
+        stack = self.shifted_probes(shifts.spectrum, (xp.concatenate([rr, rr * slope, rr]),
+                                                      xp.concatenate([rc, rc, rc * slope])),
+                                    probe)
+        member = xp.asarray(member.reshape(-1))
+        d = xp.asarray(rest, dtype=self.backend.real_dtype)
+        out = stack[member]
+        out -= d[:, 0, None, None, None] * stack[g + member]
+        out -= d[:, 1, None, None, None] * stack[2 * g + member]
+        return out
 
     def shifted_probe_residual(self, psi: Any, obj: Any, win: Windows, ramps: tuple[Any, Any],
                                probes: Any, probe_of: Any = None,
@@ -456,7 +481,8 @@ class Operations:
     def lsqml_chunk(self, job: LsqmlJob) -> tuple[float, Any, Any]:
         """LSQML's step 1 on a chunk: exit waves ψ, the noise model's targets Ψ', χ = Ψ' − ψ
         back in the sample plane, the object sums into ``job.num``/``job.den`` and the probe
-        direction terms (back-shifted by ``job.shifts`` into a spectrum when given). Returns
+        direction terms (back-shifted by ``job.shifts`` into a spectrum when given), and the
+        position refinement's sums into ``job.refinement`` when given. Returns
         ``(error, χ, terms)``."""
         xp = self.backend.xp
         psi = self.exit_waves(job.probes, job.obj, job.win, job.probe_of)
@@ -466,6 +492,9 @@ class Operations:
         terms = self.lsqml_object_terms(chi, psi, job.probes, job.obj, job.win, job.num,
                                         job.den, job.with_probe, job.probe_of,
                                         per_position=job.per_position, runs=job.runs)
+        if job.refinement is not None:  # of χ = Ψ' − ψ (the object terms formed it)
+            job.refinement[...] = self.residual_refinement_sums(job.probes, job.probe_of, chi,
+                                                                job.obj, job.win)
         if job.with_probe and job.shifts is not None:
             terms = self.unshift_sum(terms, job.shifts, spectrum=True, overwrite=True)
         return err, chi, terms

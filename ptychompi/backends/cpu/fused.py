@@ -120,7 +120,8 @@ def epie_positions(execute: Any, a: EpieArgs, plans: Plans, s: Frames) -> float:
 @jit(JIT)
 def lsqml_positions(execute: Any, a: LsqmlArgs, plans: Plans, s: Frames) -> float:
     """LSQML's exit-wave update (Gaussian noise) and its sums for a chunk of positions,
-    ``χ_j = prop⁻¹ Ψ'_j − ψ_j``; returns the chunk's Fourier error numerator."""
+    ``χ_j = prop⁻¹ Ψ'_j − ψ_j`` (and the position refinement's sums of it when asked);
+    returns the chunk's Fourier error numerator."""
     m0, m1 = s.psi.shape[2], s.psi.shape[3]
     scale = np.complex64(1.0 / np.sqrt(m0 * m1))
     f, b, h = plans.forward, plans.backward, plans.transfer
@@ -134,6 +135,9 @@ def lsqml_positions(execute: Any, a: LsqmlArgs, plans: Plans, s: Frames) -> floa
         _propagate(execute, f, b, s.wave, a.chi[j:j + 1], s.tmp, h, True, scale)
         ck.lsqml_object_terms(a.chi[j:j + 1], s.psi, a.probes, of, a.obj, r, c, a.num, a.den,
                               a.pnum, a.slot[j:j + 1])
+        if a.refinement.shape[0] > 0:  # χ as the object terms left it (Ψ' − ψ)
+            pk.residual_refinement_sums(a.probes, of, a.chi[j:j + 1], a.obj, r, c,
+                                        a.refinement[j:j + 1])
     return err
 
 
@@ -294,7 +298,9 @@ def lsqml_chunk(job: LsqmlJob, plans: fftw.FftwPlans) -> tuple[float, np.ndarray
                      rows=_int64(job.win.rows), cols=_int64(job.win.cols), obj=job.obj,
                      probes=np.ascontiguousarray(job.probes),
                      probe_of=probe_index(job.probes, b, job.probe_of), eps=float(EPS),
-                     num=job.num, den=job.den, pnum=pnum, slot=slot, chi=chi)
+                     num=job.num, den=job.den, pnum=pnum, slot=slot, chi=chi,
+                     refinement=(np.zeros((0, 17)) if job.refinement is None
+                                 else job.refinement))
     err = lsqml_positions(fftw.execute_dft, args, _plans_for(plans, (m0, m1), job.prop),
                           _frames((kk, m0, m1), "psi", "wave", "tmp"))
     if not (job.with_probe and job.runs is not None and job.shifts is not None):

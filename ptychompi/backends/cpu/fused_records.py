@@ -58,7 +58,8 @@ class LsqmlArgs(NamedTuple):
     """:func:`lsqml_positions`' chunk: measured amplitudes as in :class:`EpieArgs`; position j
     sees ``probes[probe_of[j]]``; the sums go to ``num``, ``den`` and the probe terms to
     ``pnum[slot[j]]`` (:func:`cpu_kernels.lsqml_object_terms`); ``chi`` (B, K, M, M)
-    receives χ."""
+    receives χ; ``refinement`` (B, 17), when it has rows, the position refinement's sums of
+    each χ (:func:`position_kernels.residual_refinement_sums`) while it is in cache."""
 
     amplitudes: np.ndarray
     frames: np.ndarray
@@ -73,6 +74,7 @@ class LsqmlArgs(NamedTuple):
     pnum: np.ndarray
     slot: np.ndarray
     chi: np.ndarray
+    refinement: np.ndarray
 
 
 class DmFourierArgs(NamedTuple):

@@ -51,46 +51,58 @@ def position_sums(probes: np.ndarray, probe_of: np.ndarray, back: np.ndarray, ps
 
 
 @jit(JIT_SUMS)
-def row_buffers(m1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`window_row`'s outputs for rows of ``m1`` pixels: ``d_row``, ``d_col``, ``q``
-    (complex64) and ``power`` (float32)."""
-    return (np.empty(m1, np.complex64), np.empty(m1, np.complex64),
-            np.empty(m1, np.complex64), np.empty(m1, np.float32))
+def row_buffers(m1: int) -> np.ndarray:
+    """:func:`window_row`'s output for rows of ``m1`` pixels: (7, M) float32, the rows
+    ``Re ∂_r O``, ``Im ∂_r O``, ``Re ∂_c O``, ``Im ∂_c O``, ``Re q``, ``Im q``, power."""
+    return np.empty((7, m1), np.float32)
 
 
 @jit(JIT_SUMS)
 def window_row(probes: np.ndarray, p: int, chi: np.ndarray, j: int, obj: np.ndarray, r: int,
-               c0: int, y: int, d_row: np.ndarray, d_col: np.ndarray, q: np.ndarray,
-               power: np.ndarray) -> None:
-    """Row ``y`` of position j's window (object row ``r``, first column ``c0``): the
-    object's central differences ``d_row``, ``d_col`` (one-sided at its edges, as
-    :func:`ptychompi.ops.steps.central_differences`), ``q = Σ_k conj(P_k) χ_k`` and
-    ``power = Σ_k |P_k|²`` (``probes[p]``, ``chi[j]``), each (M,)."""
+               c0: int, y: int, row: np.ndarray) -> None:
+    """Row ``y`` of position j's window (object row ``r``, first column ``c0``) into ``row``
+    (:func:`row_buffers`): the object's central differences ``∂_r O``, ``∂_c O`` (one-sided
+    at its edges, as :func:`ptychompi.ops.steps.central_differences`), ``q = Σ_k conj(P_k)
+    χ_k`` and ``Σ_k |P_k|²`` (``probes[p]``, ``chi[j]``), real and imaginary parts apart
+    (each loop over contiguous row slices, which the compiler vectorises)."""
     kk, m1 = chi.shape[1], chi.shape[3]
     h, w = obj.shape
+    drr, dri, dcr, dci, qr, qi, power = row[0], row[1], row[2], row[3], row[4], row[5], row[6]
     half = np.float32(0.5)
     up, down = min(r + 1, h - 1), max(r - 1, 0)
     scale_r = half if up - down == 2 else np.float32(1.0)
+    o_up, o_down = obj[up, c0:c0 + m1], obj[down, c0:c0 + m1]
     for x in range(m1):
-        d_row[x] = (obj[up, c0 + x] - obj[down, c0 + x]) * scale_r
+        d = o_up[x] - o_down[x]
+        drr[x] = d.real * scale_r
+        dri[x] = d.imag * scale_r
     if c0 > 0 and c0 + m1 < w:  # no column of the window at the object's edge
+        o_left, o_right = obj[r, c0 - 1:c0 - 1 + m1], obj[r, c0 + 1:c0 + 1 + m1]
         for x in range(m1):
-            d_col[x] = (obj[r, c0 + x + 1] - obj[r, c0 + x - 1]) * half
+            d = o_right[x] - o_left[x]
+            dcr[x] = d.real * half
+            dci[x] = d.imag * half
     else:
         for x in range(m1):
             c = c0 + x
             right, left = min(c + 1, w - 1), max(c - 1, 0)
-            d_col[x] = (obj[r, right] - obj[r, left]) * (half if right - left == 2
-                                                         else np.float32(1.0))
+            scale_c = half if right - left == 2 else np.float32(1.0)
+            d = obj[r, right] - obj[r, left]
+            dcr[x] = d.real * scale_c
+            dci[x] = d.imag * scale_c
+    p_row, c_row = probes[p, 0, y], chi[j, 0, y]
     for x in range(m1):
-        pv = probes[p, 0, y, x]
-        q[x] = pv.conjugate() * chi[j, 0, y, x]
-        power[x] = pv.real * pv.real + pv.imag * pv.imag
+        a, v = p_row[x], c_row[x]
+        qr[x] = a.real * v.real + a.imag * v.imag
+        qi[x] = a.real * v.imag - a.imag * v.real
+        power[x] = a.real * a.real + a.imag * a.imag
     for k in range(1, kk):
+        p_row, c_row = probes[p, k, y], chi[j, k, y]
         for x in range(m1):
-            pv = probes[p, k, y, x]
-            q[x] += pv.conjugate() * chi[j, k, y, x]
-            power[x] += pv.real * pv.real + pv.imag * pv.imag
+            a, v = p_row[x], c_row[x]
+            qr[x] += a.real * v.real + a.imag * v.imag
+            qi[x] += a.real * v.imag - a.imag * v.real
+            power[x] += a.real * a.real + a.imag * a.imag
 
 
 @jit(JIT_SUMS)
@@ -103,7 +115,8 @@ def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.nda
     enter as ``q = Σ_k conj(P_k) χ_k`` and ``Σ_k |P_k|²`` (then ``Re(conj(∂O) q)`` and
     ``|∂O|² Σ_k |P_k|²``); each row is summed in single precision, the rows in double."""
     b, kk, m0, m1 = chi.shape
-    d_row, d_col, q, power = row_buffers(m1)
+    row = row_buffers(m1)
+    drr, dri, dcr, dci, qr, qi, power = row[0], row[1], row[2], row[3], row[4], row[5], row[6]
     for j in range(b):
         p, r0, c0 = probe_of[j], rows[j], cols[j]
         num_r = 0.0
@@ -111,17 +124,16 @@ def residual_position_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.nda
         num_c = 0.0
         den_c = 0.0
         for y in range(m0):
-            window_row(probes, p, chi, j, obj, r0 + y, c0, y, d_row, d_col, q, power)
+            window_row(probes, p, chi, j, obj, r0 + y, c0, y, row)
             nr = np.float32(0.0)
             dr = np.float32(0.0)
             nc = np.float32(0.0)
             dc = np.float32(0.0)
             for x in range(m1):
-                a, g, e = d_row[x], d_col[x], q[x]
-                nr += a.real * e.real + a.imag * e.imag
-                dr += (a.real * a.real + a.imag * a.imag) * power[x]
-                nc += g.real * e.real + g.imag * e.imag
-                dc += (g.real * g.real + g.imag * g.imag) * power[x]
+                nr += drr[x] * qr[x] + dri[x] * qi[x]
+                dr += (drr[x] * drr[x] + dri[x] * dri[x]) * power[x]
+                nc += dcr[x] * qr[x] + dci[x] * qi[x]
+                dc += (dcr[x] * dcr[x] + dci[x] * dci[x]) * power[x]
             num_r += nr
             den_r += dr
             num_c += nc
@@ -142,29 +154,29 @@ def residual_refinement_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.n
     pixels are summed in single precision against the column weight, the rows in double
     against the row weight."""
     b, kk, m0, m1 = chi.shape
-    d_row, d_col, q, power = row_buffers(m1)
+    row = row_buffers(m1)
+    drr, dri, dcr, dci, qr, qi, power = row[0], row[1], row[2], row[3], row[4], row[5], row[6]
     for j in range(b):
         p, r0, c0 = probe_of[j], rows[j], cols[j]
         num_r = den_r = num_c = den_c = 0.0
         n_rr = n_rc = n_cr = n_cc = 0.0
         g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = 0.0
         for y in range(m0):
-            window_row(probes, p, chi, j, obj, r0 + y, c0, y, d_row, d_col, q, power)
+            window_row(probes, p, chi, j, obj, r0 + y, c0, y, row)
             # per row: Σ t (weight 1) and Σ t w_c, for t_r, t_c and u_0..u_2 (w_c² too)
             tr0 = tr1 = tc0 = tc1 = np.float32(0.0)
             a0 = a1 = a2 = b0 = b1 = b2 = c0_ = c1_ = c2_ = np.float32(0.0)
             for x in range(m1):
                 wc = np.float32(x - m1 / 2)
-                a, g, e = d_row[x], d_col[x], q[x]
-                tr = a.real * e.real + a.imag * e.imag
-                tc = g.real * e.real + g.imag * e.imag
+                tr = drr[x] * qr[x] + dri[x] * qi[x]
+                tc = dcr[x] * qr[x] + dci[x] * qi[x]
                 tr0 += tr
                 tr1 += tr * wc
                 tc0 += tc
                 tc1 += tc * wc
-                u0 = (a.real * a.real + a.imag * a.imag) * power[x]
-                u1 = (a.real * g.real + a.imag * g.imag) * power[x]
-                u2 = (g.real * g.real + g.imag * g.imag) * power[x]
+                u0 = (drr[x] * drr[x] + dri[x] * dri[x]) * power[x]
+                u1 = (drr[x] * dcr[x] + dri[x] * dci[x]) * power[x]
+                u2 = (dcr[x] * dcr[x] + dci[x] * dci[x]) * power[x]
                 a0 += u0
                 a1 += u0 * wc
                 a2 += u0 * wc * wc
@@ -212,22 +224,40 @@ def residual_refinement_sums(probes: np.ndarray, probe_of: np.ndarray, chi: np.n
 
 
 @jit(JIT)
-def between_bins(stack: np.ndarray, member: np.ndarray, rest: np.ndarray, g: int,
-                 out: np.ndarray) -> None:
-    """``out[j] = stack[s] − rest[j, 0] · stack[g + s] − rest[j, 1] · stack[2g + s]`` with
-    ``s = member[j]``: each position's probe from its bin's shifted probe and the two
-    gradients (:func:`ptychompi.engines.shift_tables.between_bin_probes`) in one pass."""
+def between_bin_probes(execute: Any, plan: int, spectrum: np.ndarray, ramp_r: np.ndarray,
+                       ramp_c: np.ndarray, member: np.ndarray, rest: np.ndarray,
+                       slope: np.ndarray, spec: np.ndarray, out: np.ndarray) -> None:
+    """Each position's probe ``out[j]`` (B, K, M, M) between the bins, one inverse transform
+    per position (FFTW's backward frame ``plan``): its bin's shifted spectrum (``spectrum``
+    times the bin's ramps ``ramp_r[s]``, ``ramp_c[s]``, ``s = member[j]``) times the first
+    order of the rest of the shift, ``1 − rest_r · slope_r − rest_c · slope_c`` (``slope`` =
+    ``2πi f``), through the aligned scratch ``spec`` (1, K, M, M): the model of
+    :meth:`ptychompi.ops.steps.Operations.between_bin_probes`, whose three transforms per
+    bin cost more than one per position where the bins are nearly as many as the
+    positions."""
     b, kk, m0, m1 = out.shape
+    scale = np.float32(1.0 / np.sqrt(m0 * m1))
+    one = np.complex64(1.0)
+    # per position the column factors u = rc · scale and v = rc · slope · scale; per row
+    # the pixel's factor is a · u + c · v with a = ry (1 − rest_r slope_r), c = −ry rest_c
+    u = np.empty(m1, np.complex64)
+    v = np.empty(m1, np.complex64)
     for j in range(b):
         s = member[j]
         dr = np.float32(rest[j, 0])
         dc = np.float32(rest[j, 1])
+        for x in range(m1):
+            u[x] = ramp_c[s, x] * scale
+            v[x] = u[x] * slope[x]
         for k in range(kk):
             for y in range(m0):
-                a, gr, gc, dst = stack[s, k, y], stack[g + s, k, y], stack[2 * g + s, k, y], \
-                    out[j, k, y]
+                src, dst = spectrum[k, y], spec[0, k, y]
+                ry = ramp_r[s, y]
+                a = ry * (one - dr * slope[y])
+                c = -dc * ry
                 for x in range(m1):
-                    dst[x] = (a[x] - dr * gr[x]) - dc * gc[x]
+                    dst[x] = src[x] * (a * u[x] + c * v[x])
+            execute(plan, spec[0, k].ctypes.data, out[j, k].ctypes.data)
 
 
 class PositionArgs(NamedTuple):
