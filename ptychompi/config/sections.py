@@ -142,8 +142,9 @@ class PositionCorrectionConfig:
     between_bins: bool = opt(True, "with sub-pixel bins, a position between them sees its "
                              "bin's shifted probe moved on to it to first order (P - d.grad P, "
                              "the gradient by Fourier): the model follows the position "
-                             "continuously for two more shifted probes per bin (false: "
-                             "rounded to the bin, which refined positions dither across)")
+                             "continuously (a CPU: one inverse FFT per position; a GPU: two "
+                             "more shifted probes per bin) (false: rounded to the bin, which "
+                             "refined positions dither across)")
     centre_probe: bool | None = opt(None, "after each update shift the probe back to its "
                                     "starting intensity centroid and all positions with it "
                                     "(probe and object may slide together against the "
