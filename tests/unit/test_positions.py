@@ -278,10 +278,14 @@ def test_recentring_keeps_every_frame(sim) -> None:
         assert kept < 1e-3 * before.max() and lost > 10 * kept, (kept, lost, before.max())
 
 
-def test_lsqml_refinement_reuses_its_residuals_on_both_operations(sim, monkeypatch) -> None:
+@pytest.mark.parametrize("bins", [0, None])
+def test_lsqml_refinement_reuses_its_residuals_on_both_operations(sim, monkeypatch,
+                                                                  bins: int | None) -> None:
     """LSQML hands its residuals χ to the refinement (no separate pass over the positions),
     and the numpy reference operations (``parallel.operations: array``, the GPU's code) refine
-    the positions as the compiled ones do."""
+    the positions as the compiled ones do: placed exactly (``subpixel_bins: 0``) and between
+    bins (the default: the compiled path one transform per position, the array path three
+    per bin)."""
     def no_pass(*_: object) -> None:
         raise AssertionError("a separate pass although LSQML formed the residuals")
 
@@ -292,7 +296,7 @@ def test_lsqml_refinement_reuses_its_residuals_on_both_operations(sim, monkeypat
                                                              ops_kind="array")):
         monkeypatch.setattr(api, "select_backend", lambda *a, b=backend, **k: b)
         cfg = {"algorithm": {"name": "lsqml", "iterations": 6, "position_correction": {
-            "enabled": True, "start": 0, "update_every": 1, "subpixel_bins": 0}}}
+            "enabled": True, "start": 0, "update_every": 1, "subpixel_bins": bins}}}
         with Reconstruction(cfg, scan=with_positions(sim.as_scan(), given,
                                                      sim.pixel_size_m)) as recon:
             recon.run()
