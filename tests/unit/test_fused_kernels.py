@@ -115,16 +115,22 @@ def test_lsqml_chunk_equals_the_composed_pipeline(with_probe, per_position, runs
 
     def run(ops):
         sums = [np.zeros((H, W), np.complex64), np.zeros((H, W), np.float32)]
+        refinement = np.full((len(rows), 17), np.nan)
         err, chi, terms = ops.lsqml_chunk(LsqmlJob(
             amplitudes=amplitudes, frames=frames, win=Windows(rows, cols, None, M), obj=obj,
             probes=probes, probe_of=probe_of, num=sums[0], den=sums[1], with_probe=with_probe,
             per_position=per_position, runs=runs, shifts=shifts, prop=farfield(be),
-            noise=GaussianNoise()))
-        return err, chi, terms, sums
+            noise=GaussianNoise(), refinement=refinement))
+        return err, chi, terms, sums, refinement
 
-    (err, chi, terms, sums), (expected_err, expected_chi, expected_terms, expected_sums) = \
-        both_ways(be, run)
+    (err, chi, terms, sums, refinement), (expected_err, expected_chi, expected_terms,
+                                          expected_sums, expected_refinement) = both_ways(be, run)
     assert np.array_equal(chi, expected_chi)
+    # the position refinement's sums the fused pass took of each χ = Ψ' − ψ, as the composed
+    # pipeline takes them of the χ it returns
+    assert np.array_equal(refinement, expected_refinement)
+    assert np.array_equal(refinement, be.ops.residual_refinement_sums(
+        probes, probe_of, chi, obj, Windows(rows, cols, None, M)))
     assert all(np.array_equal(a, b) for a, b in zip(sums, expected_sums, strict=True))
     assert np.abs(sums[0]).max() > 0
     assert (terms is None) == (expected_terms is None) == (not with_probe)
