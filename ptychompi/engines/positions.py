@@ -186,11 +186,8 @@ def probe_curvature_waves(backend: Any, probe: Any) -> float:
     x = x - (power.sum(axis=0) * x[0]).sum() / total
     g_row, g_col = np.gradient(p)
     flux = (y * np.imag(np.conj(p) * g_row) + x * np.imag(np.conj(p) * g_col)).sum()  # r·|P|²∇φ
-    r2 = (power * (y * y + x * x)).sum()
-    if r2 <= 0:
-        return 0.0
-    b = flux / (2.0 * r2)
-    return float(b * r2 / total / (2 * np.pi))
+    # b = flux / (2 Σ|P|² r²), and the phase at the RMS radius b Σ|P|² r² / Σ|P|²
+    return float(flux / (4 * np.pi * total))
 
 
 def shifted_probe(backend: Any, probe: Any, shift: np.ndarray) -> Any:

@@ -165,13 +165,19 @@ def window_differences(xp: Any, obj: Any, win: Windows) -> tuple[Any, Any]:
     return out[0], out[1]
 
 
-def gradient_sums(xp: Any, probes: Any, chi: Any, d_row: Any, d_col: Any) -> Any:
+def mode_sums(probes: Any, chi: Any) -> tuple[Any, Any]:
+    """``q = Σ_k conj(P_k) χ_k`` and ``p = Σ_k |P_k|²`` (B or 1, M, M): how the modes enter
+    :func:`gradient_sums` and :func:`valley_terms`."""
+    return (probes.conj() * chi).sum(axis=1), (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+
+
+def gradient_sums(xp: Any, probes: Any, chi: Any, d_row: Any, d_col: Any,
+                  modes: tuple[Any, Any] | None = None) -> Any:
     """Per position (B, 4) float64, in the arrays' memory: ``(Σ Re(conj(g_r) χ), Σ |g_r|²,
     Σ Re(conj(g_c) χ), Σ |g_c|²)`` with ``g = P_j · ∂O`` from the probes (B or 1, K, M, M),
     the residuals ``chi`` (B, K, M, M) and the derivatives on the windows (B, M, M); the
-    modes enter as ``Σ_k conj(P_k) χ_k`` and ``Σ_k |P_k|²``."""
-    q = (probes.conj() * chi).sum(axis=1)
-    power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+    modes enter as :func:`mode_sums` (``modes``, when the caller has them)."""
+    q, power = mode_sums(probes, chi) if modes is None else modes
     terms = []
     for d in (d_row, d_col):
         terms.append((d.conj() * q).real.sum(axis=(1, 2), dtype=np.float64))
@@ -179,16 +185,16 @@ def gradient_sums(xp: Any, probes: Any, chi: Any, d_row: Any, d_col: Any) -> Any
     return xp.stack(terms, axis=1)
 
 
-def valley_terms(xp: Any, probes: Any, chi: Any, d_row: Any, d_col: Any) -> Any:
+def valley_terms(xp: Any, probes: Any, chi: Any, d_row: Any, d_col: Any,
+                 modes: tuple[Any, Any] | None = None) -> Any:
     """Per position (B, 13) float64, in the arrays' memory, the terms of the scan's linear
     mode along the object-position valley (:func:`valley_equations` assembles them):
     ``−Σ w_b Re(conj(∂_aO) q)`` (index ``2a + b``), then ``Σ u_s v_t`` (index ``4 + 3s + t``)
     with ``u`` = ``|∂_rO|² p``, ``Re(conj(∂_rO) ∂_cO) p``, ``|∂_cO|² p`` and ``v`` =
     ``w_r²``, ``w_r w_c``, ``w_c²`` (``q = Σ_k conj(P_k) χ_k``, ``p = Σ_k |P_k|²``, ``w``
-    the frame coordinates about its centre). Shapes as :func:`gradient_sums`."""
+    the frame coordinates about its centre). Shapes and ``modes`` as :func:`gradient_sums`."""
     m = chi.shape[-1]
-    q = (probes.conj() * chi).sum(axis=1)
-    power = (probes.real ** 2 + probes.imag ** 2).sum(axis=1)
+    q, power = mode_sums(probes, chi) if modes is None else modes
     w = xp.arange(m, dtype=power.dtype) - m / 2
     weights = (w[:, None], w[None, :])
     terms = [-((d.conj() * q).real * wb).sum(axis=(1, 2), dtype=np.float64)
@@ -395,8 +401,9 @@ class Operations:
         xp = self.backend.xp
         probes = probes if probe_of is None else probes[xp.asarray(probe_of)]
         d_row, d_col = window_differences(xp, obj, win)  # the whole object's, on the windows
-        both = xp.concatenate([gradient_sums(xp, probes, chi, d_row, d_col),
-                               valley_terms(xp, probes, chi, d_row, d_col)], axis=1)
+        modes = mode_sums(probes, chi)  # once for both
+        both = xp.concatenate([gradient_sums(xp, probes, chi, d_row, d_col, modes),
+                               valley_terms(xp, probes, chi, d_row, d_col, modes)], axis=1)
         return np.asarray(self.backend.asnumpy(both), np.float64)
 
     # ------------------------------------------------------------------ shared compositions
